@@ -1,0 +1,127 @@
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { NavigatorError } from '../../shared/errors.ts';
+import { formatRanking, rankHosts, type PlacementCandidate, type PlacementRequirements, type PlacementResult } from '../../pilot/placement.ts';
+
+// `navigator placement --service NAME`: where the next copy of a service would go, and why.
+// Reads the depots from a depot's /api/depots and runs the same pure ranking the pilots use.
+
+const DEFAULT_API = 'http://127.0.0.1:7480';
+
+const num = z.number().finite().nullable().optional();
+
+/** The part of an /api/depots row placement needs (extra fields are ignored). */
+export const DepotRowForPlacement = z.object({
+  name: z.string().min(1),
+  peerId: z.string().optional(),
+  state: z.enum(['alive', 'suspect', 'dead', 'left']),
+  uptimeS: num,
+  load: z.tuple([z.number(), z.number(), z.number()]).nullable().optional(),
+  cpus: num,
+  memFreeBytes: num,
+  memTotalBytes: num,
+  diskFreeBytes: num,
+  images: z.array(z.string()).default([]),
+  containers: z.array(z.object({ service: z.string(), role: z.string().optional(), image: z.string().optional() }).passthrough()).default([]),
+  group: z.string().optional(),
+  sessions: z.array(z.object({ startMs: z.number(), endMs: z.number() })).optional(),
+});
+export type DepotRowForPlacement = z.infer<typeof DepotRowForPlacement>;
+
+// /api/depots answers {self, counts, dropped, depots: [...]}; a bare array is accepted too.
+const DepotList = z.array(DepotRowForPlacement);
+const DepotsObject = z.object({ depots: DepotList }).passthrough();
+
+/** Sizes like 2GiB, 512M, 1.5G, 2048 (bytes). */
+export function parseSize(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$/i.exec(text);
+  if (!m) throw new NavigatorError('BAD_REQUEST', `not a size: "${text}" (examples: 2GiB, 512M, 1073741824)`);
+  const power = { '': 0, k: 1, m: 2, g: 3, t: 4 }[m[2]!.toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  return Math.round(Number(m[1]) * 1024 ** power);
+}
+
+/** Depot rows → placement candidates; a depot with no resource report yet gets NaN figures,
+ * which placement excludes as an unusable report. */
+export function depotsToCandidates(rows: DepotRowForPlacement[]): PlacementCandidate[] {
+  const n = (v: number | null | undefined) => (v === null || v === undefined ? Number.NaN : v);
+  return rows.map((d) => ({
+    name: d.name,
+    ...(d.peerId ? { peerId: d.peerId } : {}),
+    state: d.state,
+    uptimeS: n(d.uptimeS),
+    load: d.load ?? [Number.NaN, Number.NaN, Number.NaN],
+    cpus: n(d.cpus),
+    memFreeBytes: n(d.memFreeBytes),
+    memTotalBytes: n(d.memTotalBytes),
+    diskFreeBytes: n(d.diskFreeBytes),
+    images: d.images,
+    copies: [...new Set(d.containers.map((c) => c.service))],
+    ...(d.group ? { group: d.group } : {}),
+    ...(d.sessions ? { history: d.sessions } : {}),
+  }));
+}
+
+export async function fetchDepotRows(api: string, timeoutMs = 5000): Promise<DepotRowForPlacement[]> {
+  const url = `${api.replace(/\/+$/, '')}/api/depots`;
+  let res: Response;
+  try {
+    res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
+  } catch (err) {
+    const cause = (err as Error & { cause?: Error }).cause;
+    throw new NavigatorError('COMMAND_FAILED', `cannot reach the depot at ${url}: ${cause?.message ?? (err as Error).message} (is the depot running? use --api URL)`);
+  }
+  if (!res.ok) throw new NavigatorError('COMMAND_FAILED', `${url} answered HTTP ${res.status}`);
+  let body: unknown;
+  try {
+    body = await res.json();
+  } catch {
+    throw new NavigatorError('MESSAGE_INVALID', `${url} did not return JSON`);
+  }
+  const parsed = Array.isArray(body) ? DepotList.safeParse(body) : DepotsObject.transform((o) => o.depots).safeParse(body);
+  if (!parsed.success) {
+    const i = parsed.error.issues[0];
+    throw new NavigatorError('MESSAGE_INVALID', `${url} did not return a depot list${i ? ` (${i.path.join('.') || 'top level'}: ${i.message})` : ''}`);
+  }
+  return parsed.data;
+}
+
+export interface PlacementCommandOptions {
+  service: string;
+  api: string;
+  memory?: string;
+  disk?: string;
+  image?: string;
+  now?: number;
+}
+
+/** Fetch, rank, and return the result (the action prints it). */
+export async function runPlacement(opts: PlacementCommandOptions): Promise<PlacementResult> {
+  const rows = await fetchDepotRows(opts.api);
+  const copies = rows.flatMap((d) => d.containers.filter((c) => c.service === opts.service).map((c) => ({ depot: d, image: c.image })));
+  // The image: given, or the one the existing copies run.
+  const image = opts.image ?? copies.map((c) => c.image).find((i): i is string => typeof i === 'string' && i !== '');
+  const req: PlacementRequirements = {
+    service: opts.service,
+    memBytes: opts.memory ? parseSize(opts.memory) : 0,
+    diskBytes: opts.disk ? parseSize(opts.disk) : 0,
+    ...(image ? { image } : {}),
+    avoidGroups: [...new Set(copies.map((c) => c.depot.group).filter((g): g is string => !!g))],
+  };
+  return rankHosts(depotsToCandidates(rows), req, opts.now ?? Date.now());
+}
+
+export function registerPlacement(program: Command): void {
+  program
+    .command('placement')
+    .description('Rank the depots for the next copy of a service, with every factor and every exclusion')
+    .requiredOption('--service <name>', 'service to place')
+    .option('--memory <size>', 'memory the copy needs (e.g. 2GiB)')
+    .option('--disk <size>', 'disk the copy needs (e.g. 20GiB)')
+    .option('--image <id>', 'content id of the image (default: the one the existing copies run)')
+    .option('--json', 'print the ranking as JSON')
+    .option('--api <url>', 'HTTP address of a depot', DEFAULT_API)
+    .action(async (opts: PlacementCommandOptions & { json?: boolean }) => {
+      const result = await runPlacement(opts);
+      process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : formatRanking(result));
+    });
+}

@@ -1,0 +1,460 @@
+import { EventEmitter } from 'node:events';
+import type { PrivateKey } from '@libp2p/interface';
+import { peerIdFromString } from '@libp2p/peer-id';
+import { multiaddr } from '@multiformats/multiaddr';
+import type { GossipsubOpts } from '@chainsafe/libp2p-gossipsub';
+import type { Config } from '../shared/config.ts';
+import { SystemClock, type Clock, type TimerHandle } from '../shared/clock.ts';
+import { createLogger, type Logger } from '../shared/logger.ts';
+import { errorMessage } from '../shared/errors.ts';
+import { TOPICS, encodeMessage, type DeadMessage, type HeartbeatMessage, type LeftMessage, type MembershipMessage } from '../shared/wire.ts';
+import { HttpServer } from '../web/server.ts';
+import { registerDepotApi } from '../web/depot-api.ts';
+import { createNode, type NavigatorNode } from './libp2p.ts';
+import { readSwarmKey } from './swarm-key.ts';
+import { loadOrCreateIdentity } from './identity.ts';
+import { Membership, type MembershipAction } from './membership.ts';
+import { DepotMetrics } from './metrics.ts';
+import { GossipInbox } from './gossip-inbox.ts';
+import { HeartbeatPublisher, type HeartbeatContentProvider } from './heartbeat.ts';
+import { Prober } from './probe.ts';
+
+// The depot daemon: composes the libp2p node, gossip inbox, heartbeat, membership, prober and
+// HTTP server, and wires the pure membership state machine to real time and the network.
+// Other concerns (container drivers, control protocol, image store, journal, pilots) plug in
+// as parts: factories that receive the Depot and return something with start()/stop().
+
+/** A concern plugged into the depot; started in order after the core, stopped in reverse. */
+export interface DepotPart {
+  readonly name: string;
+  start(): void | Promise<void>;
+  stop(): void | Promise<void>;
+}
+
+export type DepotPartFactory = (depot: Depot) => DepotPart;
+
+export interface DepotOptions {
+  config: Config;
+  log?: Logger;
+  clock?: Clock;
+  /** Private network key; default: read config.network.swarmKeyFile. */
+  swarmKey?: Uint8Array;
+  /** Peer identity; default: loaded or created at config.network.identityFile. */
+  privateKey?: PrivateKey;
+  /** 'memory' runs hundreds of depots in one process (benchmarks). */
+  transport?: 'tcp' | 'memory';
+  /** Serve HTTP (default true). */
+  http?: boolean;
+  /** Export Node.js process metrics on /metrics (only meaningful with one depot per process). */
+  processMetrics?: boolean;
+  parts?: DepotPartFactory[];
+  /** Gossipsub tuning (benchmarks). */
+  gossip?: Partial<GossipsubOpts>;
+  /**
+   * Dial every depot heard of (from the addresses in its heartbeat) so that connectivity is
+   * full even where mDNS does not reach, and heartbeats arrive in one hop. Default true.
+   */
+  dialDiscovered?: boolean;
+}
+
+/** Least time between two dial attempts to the same unconnected depot. */
+const REDIAL_MS = 5000;
+
+/** Events: 'transition' (MembershipAction of kind transition), 'heartbeat' (HeartbeatMessage accepted from another depot). */
+export interface DepotEvents {
+  transition: [Extract<MembershipAction, { kind: 'transition' }>];
+  heartbeat: [HeartbeatMessage];
+}
+
+/** How long after publishing `left` the node stays up so the message gets out. */
+const LEFT_FLUSH_MS = 250;
+
+export class Depot {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly clock: Clock;
+  readonly events = new EventEmitter<DepotEvents>();
+  readonly metrics: DepotMetrics;
+  /** Start time of this process: a restart is a new incarnation. */
+  readonly incarnation: number;
+  private _node: NavigatorNode | undefined;
+  private _membership: Membership | undefined;
+  private _inbox: GossipInbox | undefined;
+  private _heartbeat: HeartbeatPublisher | undefined;
+  private _prober: Prober | undefined;
+  private _http: HttpServer | undefined;
+  private readonly parts: DepotPart[] = [];
+  private readonly pendingProviders: HeartbeatContentProvider[] = [];
+  private tickTimer: TimerHandle | undefined;
+  private redialTimer: TimerHandle | undefined;
+  private readonly lastDial = new Map<string, number>();
+  private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
+
+  constructor(private readonly opts: DepotOptions) {
+    this.config = opts.config;
+    this.clock = opts.clock ?? new SystemClock();
+    this.log = (opts.log ?? createLogger({ level: opts.config.log.level })).child({ depot: opts.config.node.name });
+    this.incarnation = this.clock.now();
+    this.metrics = new DepotMetrics({
+      processMetrics: opts.processMetrics ?? false,
+      membersByState: () => this._membership?.countByState() ?? { alive: 0, suspect: 0, dead: 0, left: 0 },
+    });
+  }
+
+  get node(): NavigatorNode {
+    return required(this._node, 'node');
+  }
+  get membership(): Membership {
+    return required(this._membership, 'membership');
+  }
+  get inbox(): GossipInbox {
+    return required(this._inbox, 'gossip inbox');
+  }
+  get heartbeat(): HeartbeatPublisher {
+    return required(this._heartbeat, 'heartbeat');
+  }
+  get prober(): Prober {
+    return required(this._prober, 'prober');
+  }
+  /** The HTTP server (undefined when started with http: false). Parts add routes in their start(). */
+  get http(): HttpServer | undefined {
+    return this._http;
+  }
+  get peerId(): string {
+    return this.node.peerId.toString();
+  }
+  get running(): boolean {
+    return this.state === 'running';
+  }
+
+  /** Add what a part contributes to every heartbeat (images, staging, containers). */
+  addHeartbeatContent(provider: HeartbeatContentProvider): void {
+    if (this._heartbeat) this._heartbeat.addContentProvider(provider);
+    else this.pendingProviders.push(provider);
+  }
+
+  async start(): Promise<void> {
+    if (this.state !== 'new') throw new Error(`depot already ${this.state}`);
+    this.state = 'starting';
+    const cfg = this.config;
+    const t = cfg.membership;
+    const started = this.clock.now();
+    try {
+      const swarmKey = this.opts.swarmKey ?? (await readSwarmKey(cfg.network.swarmKeyFile));
+      const privateKey = this.opts.privateKey ?? (await loadOrCreateIdentity(cfg.network.identityFile));
+      this._node = await createNode({
+        swarmKey,
+        privateKey,
+        listen: cfg.network.listen,
+        announce: cfg.network.announce,
+        bootstrap: cfg.network.bootstrap,
+        mdns: cfg.network.mdns,
+        mdnsIntervalMs: cfg.network.mdnsIntervalMs,
+        transport: this.opts.transport ?? 'tcp',
+        gossip: {
+          metricsRegister: this.metrics.gossipWire,
+          metricsTopicStrToLabel: new Map(Object.values(TOPICS).map((topic) => [topic, topic])),
+          ...this.opts.gossip,
+        },
+      });
+      const node = this._node;
+      const selfId = node.peerId.toString();
+      this._membership = new Membership({
+        selfId,
+        timing: {
+          heartbeatMs: t.heartbeatMs,
+          suspectAfterMissed: t.suspectAfterMissed,
+          probeTimeoutMs: t.probeTimeoutMs,
+          indirectProbes: t.indirectProbes,
+          suspectTimeoutMs: t.suspectTimeoutMs,
+          forgetAfterMs: t.forgetAfterMs,
+        },
+      });
+      this._inbox = new GossipInbox({
+        pubsub: node.services.pubsub,
+        metrics: this.metrics,
+        maxMessageBytes: t.maxMessageBytes,
+        log: this.log.child({ component: 'gossip' }),
+        handlers: {
+          heartbeat: (hb) => this.onHeartbeat(hb),
+          membership: (msg) => this.onMembershipMessage(msg),
+        },
+      });
+      this._prober = new Prober({
+        node,
+        log: this.log.child({ component: 'probe' }),
+        probeTimeoutMs: t.probeTimeoutMs,
+        members: () => this.knownMembers(),
+      });
+      node.addEventListener('peer:connect', (evt) => this.onPeerConnect(evt.detail.toString()));
+      if (this.opts.http !== false) {
+        this._http = new HttpServer({ host: cfg.http.host, port: cfg.http.port, log: this.log.child({ component: 'http' }) });
+        registerDepotApi(this._http, this);
+      }
+      this._heartbeat = new HeartbeatPublisher({
+        pubsub: node.services.pubsub,
+        clock: this.clock,
+        log: this.log.child({ component: 'heartbeat' }),
+        metrics: this.metrics,
+        peerId: selfId,
+        name: cfg.node.name,
+        incarnation: this.incarnation,
+        heartbeatMs: t.heartbeatMs,
+        maxMessageBytes: t.maxMessageBytes,
+        storeDir: cfg.store.dir,
+        httpPort: () => this._http?.port,
+        addresses: () => announceable(node.getMultiaddrs().map((a) => a.toString())),
+        onLocal: (hb) => this.membership.observeHeartbeat(hb, this.clock.now()),
+      });
+      for (const p of this.pendingProviders.splice(0)) this._heartbeat.addContentProvider(p);
+
+      await node.start();
+      await this._prober.start();
+      this._inbox.start();
+      await this._http?.start();
+      for (const factory of this.opts.parts ?? []) {
+        const part = factory(this);
+        await part.start();
+        this.parts.push(part);
+        this.log.info({ event: 'part-started', part: part.name }, `started ${part.name}`);
+      }
+      this._heartbeat.start();
+      this.tickTimer = this.clock.setInterval(() => this.tick(), Math.max(10, Math.min(100, Math.floor(t.heartbeatMs / 4))));
+      // The bootstrap module dials its list once; keep trying those we are not connected to
+      // (the first depot may start later, or a dial may fail on a busy host).
+      this.redialTimer = this.clock.setInterval(() => this.redialBootstrap(), REDIAL_MS);
+      this.state = 'running';
+      this.log.info(
+        {
+          event: 'depot-started',
+          peerId: selfId,
+          incarnation: this.incarnation,
+          listen: node.getMultiaddrs().map((a) => a.toString()),
+          httpPort: this._http?.port,
+          durationMs: this.clock.now() - started,
+        },
+        'depot started',
+      );
+    } catch (err) {
+      this.log.error({ event: 'depot-start-failed', err: errorMessage(err) }, 'depot failed to start');
+      await this.shutdown(false);
+      throw err;
+    }
+  }
+
+  /** Clean stop: parts first (the depot keeps heartbeating meanwhile), then announce `left`. */
+  async stop(): Promise<void> {
+    if (this.state === 'stopping' || this.state === 'stopped') return;
+    if (this.state !== 'running') {
+      await this.shutdown(false);
+      return;
+    }
+    await this.shutdown(true);
+  }
+
+  /**
+   * Stop at once without announcing `left`, as if the process had died (in-process simulations
+   * of failure detection; a real crash is kill -9).
+   */
+  async crash(): Promise<void> {
+    if (this.state === 'stopping' || this.state === 'stopped') return;
+    await this.shutdown(false);
+  }
+
+  private async shutdown(announce: boolean): Promise<void> {
+    this.state = 'stopping';
+    const started = this.clock.now();
+    for (const part of [...this.parts].reverse()) {
+      try {
+        await part.stop();
+      } catch (err) {
+        this.log.warn({ event: 'part-stop-failed', part: part.name, err: errorMessage(err) }, `stopping ${part.name} failed`);
+      }
+    }
+    this.parts.length = 0;
+    this.clock.clear(this.tickTimer);
+    this.tickTimer = undefined;
+    this.clock.clear(this.redialTimer);
+    this.redialTimer = undefined;
+    await this._heartbeat?.stop();
+    if (announce && this._node) {
+      const msg: LeftMessage = { type: 'left', v: 1, peerId: this.peerId, name: this.config.node.name, incarnation: this.incarnation, sentAt: this.clock.now() };
+      try {
+        await this.publish(TOPICS.membership, encodeMessage(msg));
+        await this.clock.sleep(LEFT_FLUSH_MS);
+      } catch (err) {
+        this.log.warn({ event: 'left-not-published', err: errorMessage(err) }, 'could not announce left');
+      }
+    }
+    this._inbox?.stop();
+    await this._prober?.stop();
+    await this._http?.stop();
+    try {
+      await this._node?.stop();
+    } catch (err) {
+      this.log.warn({ event: 'node-stop-failed', err: errorMessage(err) }, 'libp2p stop failed');
+    }
+    this.state = 'stopped';
+    this.log.info({ event: 'depot-stopped', announced: announce, durationMs: this.clock.now() - started }, 'depot stopped');
+  }
+
+  /** Publish on a gossip topic and count it. */
+  async publish(topic: string, bytes: Uint8Array): Promise<void> {
+    await this.node.services.pubsub.publish(topic, bytes);
+    this.metrics.gossipPublished.inc({ topic });
+    this.metrics.gossipPublishedBytes.inc({ topic }, bytes.byteLength);
+  }
+
+  private redialBootstrap(): void {
+    if (this.state !== 'running') return;
+    for (const a of this.config.network.bootstrap) {
+      try {
+        const peerId = multiaddr(a).getPeerId();
+        if (peerId) this.dialIfUnconnected({ peerId, addresses: [a] });
+      } catch {
+        // an invalid address was already reported by the bootstrap module
+      }
+    }
+  }
+
+  private tick(): void {
+    if (this.state !== 'running') return;
+    this.apply(this.membership.tick(this.clock.now()));
+  }
+
+  private onHeartbeat(hb: HeartbeatMessage): void {
+    if (this.state !== 'running') return;
+    this.apply(this.membership.observeHeartbeat(hb, this.clock.now()));
+    this.events.emit('heartbeat', hb);
+    if (this.opts.dialDiscovered !== false) this.dialIfUnconnected(hb);
+  }
+
+  /** Heard of a depot we have no connection to (it came through a third one): connect to it. */
+  private dialIfUnconnected(hb: { peerId: string; addresses: string[]; name?: string }): void {
+    const node = this._node;
+    if (!node || this.state !== 'running' || hb.peerId === node.peerId.toString()) return;
+    const now = this.clock.now();
+    if (hb.addresses.length === 0 || now - (this.lastDial.get(hb.peerId) ?? -Infinity) < REDIAL_MS) return;
+    let peer;
+    try {
+      peer = peerIdFromString(hb.peerId);
+    } catch {
+      return;
+    }
+    if (node.getConnections(peer).length > 0) return;
+    this.lastDial.set(hb.peerId, now);
+    const addrs = [];
+    for (const a of hb.addresses) {
+      try {
+        const ma = multiaddr(a);
+        // Only addresses that name this very peer, so a lying message cannot aim us elsewhere.
+        if (ma.getPeerId() === hb.peerId) addrs.push(ma);
+      } catch {
+        // not a multiaddr
+      }
+    }
+    if (addrs.length === 0) return;
+    const name = hb.name ?? hb.peerId;
+    void node.dial(addrs, { signal: AbortSignal.timeout(5000) }).then(
+      () => this.log.debug({ event: 'dialed-discovered', peer: hb.peerId, name }, `connected to ${name}`),
+      (err: unknown) => this.log.debug({ event: 'dial-discovered-failed', peer: hb.peerId, err: errorMessage(err) }, `could not connect to ${name}`),
+    );
+  }
+
+  /** Join sync (memberlist push/pull): ask a newly connected peer whom it knows, and connect to them. */
+  private onPeerConnect(peerId: string): void {
+    if (this.state !== 'running' || this.opts.dialDiscovered === false) return;
+    void this.prober.members(peerId).then((members) => {
+      if (!members) return;
+      for (const m of members) this.dialIfUnconnected(m);
+    });
+  }
+
+  /** What this depot answers to a `members` request. */
+  private knownMembers(): Array<{ peerId: string; addresses: string[] }> {
+    if (!this._membership) return [];
+    return this._membership
+      .view()
+      .filter((m) => (m.state === 'alive' || m.state === 'suspect') && m.heartbeat)
+      .map((m) => ({ peerId: m.peerId, addresses: m.heartbeat!.addresses.slice(0, 8) }));
+  }
+
+  private onMembershipMessage(msg: MembershipMessage): void {
+    if (this.state !== 'running') return;
+    const now = this.clock.now();
+    this.apply(msg.type === 'left' ? this.membership.observeLeft(msg, now) : this.membership.observeDead(msg, now));
+  }
+
+  /** Carry out what the membership state machine decided. */
+  private apply(actions: MembershipAction[]): void {
+    for (const a of actions) {
+      switch (a.kind) {
+        case 'transition': {
+          if (a.peer === this._node?.peerId.toString()) break;
+          const level = a.to === 'dead' || a.to === 'suspect' ? 'warn' : 'info';
+          this.log[level]({ event: 'member-transition', peer: a.peer, name: a.name, from: a.from, to: a.to, reason: a.reason, incarnation: a.incarnation }, `${a.name} ${a.from} -> ${a.to}`);
+          this.events.emit('transition', a);
+          break;
+        }
+        case 'probe': {
+          const startedAt = this.clock.now();
+          void this.prober.probe(a.peer, a.indirectVia).then((ok) => {
+            this.log.info({ event: 'probe-result', peer: a.peer, via: a.indirectVia, ok, durationMs: this.clock.now() - startedAt }, `probe ${ok ? 'answered' : 'failed'}`);
+            if (this.state === 'running') this.apply(this.membership.probeResult(a.peer, ok, this.clock.now()));
+          });
+          break;
+        }
+        case 'declare-dead': {
+          const msg: DeadMessage = { type: 'dead', v: 1, peerId: a.peer, incarnation: a.incarnation, by: this.peerId, sentAt: this.clock.now() };
+          void this.publish(TOPICS.membership, encodeMessage(msg)).catch((err: unknown) =>
+            this.log.warn({ event: 'dead-not-published', peer: a.peer, err: errorMessage(err) }, 'could not gossip death'),
+          );
+          break;
+        }
+        case 'refute':
+          this.log.warn({ event: 'refute', by: a.by }, 'another depot reported this one dead; heartbeating at once');
+          void this.heartbeat.beat();
+          break;
+        case 'forget':
+          this.log.info({ event: 'member-forgotten', peer: a.peer, name: a.name }, `forgot ${a.name}`);
+          break;
+      }
+    }
+  }
+}
+
+/** Addresses worth telling other hosts: loopback ones only when there is nothing else (tests on one host). */
+export function announceable(addrs: string[]): string[] {
+  const remote = addrs.filter((a) => !a.startsWith('/ip4/127.') && !a.startsWith('/ip6/::1/'));
+  return remote.length > 0 ? remote : addrs;
+}
+
+function required<T>(v: T | undefined, what: string): T {
+  if (v === undefined) throw new Error(`depot ${what} not started`);
+  return v;
+}
+
+/** Run a started depot until SIGTERM or SIGINT, then stop it cleanly (announcing `left`). */
+export function stopOnSignals(depot: Depot, exit: (code: number) => void = (c) => process.exit(c)): void {
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      depot.log.warn({ event: 'signal-again', signal }, 'second signal: exiting now');
+      exit(1);
+      return;
+    }
+    stopping = true;
+    depot.log.info({ event: 'signal', signal }, `received ${signal}, stopping`);
+    const force = setTimeout(() => exit(1), 15_000);
+    force.unref();
+    void depot.stop().then(
+      () => exit(0),
+      (err: unknown) => {
+        depot.log.error({ event: 'stop-failed', err: errorMessage(err) }, 'stop failed');
+        exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}

@@ -1,0 +1,105 @@
+import { createLibp2p, type Libp2p } from 'libp2p';
+import { tcp } from '@libp2p/tcp';
+import { memory } from '@libp2p/memory';
+import { noise } from '@chainsafe/libp2p-noise';
+import { yamux } from '@chainsafe/libp2p-yamux';
+import { identify } from '@libp2p/identify';
+import { ping, type PingService } from '@libp2p/ping';
+import { mdns } from '@libp2p/mdns';
+import { bootstrap } from '@libp2p/bootstrap';
+import { preSharedKey } from '@libp2p/pnet';
+import { gossipsub, type GossipsubOpts } from '@chainsafe/libp2p-gossipsub';
+import type { PrivateKey, PeerDiscovery, PubSub } from '@libp2p/interface';
+import type { Identify } from '@libp2p/identify';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+
+// The one place a libp2p node is composed: TCP (or the in-process memory transport for large
+// simulations), the private-network protector, Noise, Yamux, identify, ping and gossipsub with
+// strict signing. Every other part receives the running node and registers its own protocols.
+
+export type NodeServices = {
+  identify: Identify;
+  ping: PingService;
+  pubsub: PubSub;
+};
+
+export type NavigatorNode = Libp2p<NodeServices>;
+
+/**
+ * Gossipsub tuned for a LAN cluster whose traffic is mostly one small heartbeat per depot per
+ * second (measured with `npm run bench:gossip`, see its notes):
+ * - floodPublish: the publisher sends to every subscriber it is connected to (with mDNS that is
+ *   everyone), so a heartbeat arrives in one hop.
+ * - A minimal mesh (D 1) still forwards, for depots that are not directly connected, without the
+ *   six-fold duplicate traffic of the default D 6. (The depot also dials every depot it hears
+ *   of, so connectivity is full even without mDNS.)
+ * - Little IHAVE gossip (Dlazy 2, gossipFactor 0, one heartbeat of history): a lost heartbeat is
+ *   replaced by the next one a second later, and IHAVE lists of every heartbeat id cost more
+ *   than the heartbeats.
+ * - fastMsgIdFn (from + seqno): duplicates are recognised before their signature is verified.
+ */
+export const GOSSIP_TUNING: Partial<GossipsubOpts> = {
+  floodPublish: true,
+  D: 1,
+  Dlo: 1,
+  Dhi: 2,
+  Dscore: 1,
+  Dout: 0,
+  Dlazy: 2,
+  gossipFactor: 0,
+  mcacheGossip: 1,
+  // IDONTWANT control messages would follow almost every heartbeat and save little with D 1.
+  idontwantMinDataSize: 16_384,
+  fastMsgIdFn: (msg) =>
+    msg.from && msg.seqno ? `${Buffer.from(msg.from).toString('base64')}:${Buffer.from(msg.seqno).toString('base64')}` : `${Math.random()}`,
+};
+
+export interface CreateNodeOptions {
+  /** Private network key (swarm.key contents). */
+  swarmKey: Uint8Array;
+  privateKey?: PrivateKey;
+  listen: string[];
+  announce?: string[];
+  bootstrap?: string[];
+  mdns?: boolean;
+  mdnsIntervalMs?: number;
+  /** Use the in-process memory transport instead of TCP (benchmarks with hundreds of nodes). */
+  transport?: 'tcp' | 'memory';
+  gossip?: Partial<GossipsubOpts>;
+  maxConnections?: number;
+}
+
+export async function createNode(opts: CreateNodeOptions): Promise<NavigatorNode> {
+  const peerDiscovery: Array<(components: any) => PeerDiscovery> = [];
+  if (opts.mdns) peerDiscovery.push(mdns({ interval: opts.mdnsIntervalMs ?? 5000, serviceTag: 'navigator-depot.local' }));
+  if (opts.bootstrap && opts.bootstrap.length > 0) peerDiscovery.push(bootstrap({ list: opts.bootstrap, timeout: 100 }));
+
+  return createLibp2p({
+    privateKey: opts.privateKey ?? (await generateKeyPair('Ed25519')),
+    addresses: { listen: opts.listen, announce: opts.announce ?? [] },
+    transports: [opts.transport === 'memory' ? memory() : tcp()],
+    connectionProtector: preSharedKey({ psk: opts.swarmKey }),
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    peerDiscovery,
+    connectionManager: {
+      maxConnections: opts.maxConnections ?? 300,
+      // The defaults (5 inbound connections a second per IP, 10 pending) refuse a cluster that
+      // starts at once, and every depot on one host (tests, benchmarks) shares one IP. Only
+      // holders of the swarm key get past the handshake anyway.
+      inboundConnectionThreshold: 100,
+      maxIncomingPendingConnections: 100,
+    },
+    services: {
+      identify: identify(),
+      ping: ping({ timeout: 2000 }),
+      pubsub: gossipsub({
+        globalSignaturePolicy: 'StrictSign',
+        allowPublishToZeroTopicPeers: true,
+        emitSelf: false,
+        ...GOSSIP_TUNING,
+        ...opts.gossip,
+      }) as unknown as (components: any) => PubSub,
+    },
+  }) as Promise<NavigatorNode>;
+}

@@ -1,0 +1,301 @@
+import type { DeadMessage, HeartbeatMessage, LeftMessage } from '../shared/wire.ts';
+
+// Membership and failure detection as a pure state machine (memberlist/SWIM style). It never
+// reads a clock, opens a socket or sets a timer: the daemon feeds it what it observed together
+// with `now`, and carries out the actions it returns (probe a peer, gossip a death). That keeps
+// every timing rule in this one file and lets the tests replay thousands of random histories.
+//
+// States per depot and incarnation (the incarnation is the start time of the depot process):
+//   alive   --(no newer heartbeat for suspectAfterMissed × heartbeatMs)--> suspect (+ probe)
+//   suspect --(newer heartbeat, or a probe answered)--> alive
+//   suspect --(probe failed, or no answer within suspectTimeoutMs)--> dead (+ gossip DeadMessage)
+//   any     --(LeftMessage of this incarnation)--> left
+//   dead    --(heartbeat newer than the last one seen: the verdict was wrong)--> alive
+//   dead/left --(heartbeat of a newer incarnation: the depot restarted)--> alive
+//   dead/left --(forgetAfterMs)--> removed from the view
+// A left depot is never marked dead, and a heartbeat of an old incarnation never resurrects one.
+
+export type MemberState = 'alive' | 'suspect' | 'dead' | 'left';
+
+/** Every timing parameter of failure detection (config section `membership`). */
+export interface MembershipTiming {
+  /** Interval between heartbeats of every depot. */
+  heartbeatMs: number;
+  /** Missed heartbeats before a depot is suspect and probed. */
+  suspectAfterMissed: number;
+  /** Timeout of one direct or indirect ping (used by the prober; kept here so all timing is in one place). */
+  probeTimeoutMs: number;
+  /** How many other depots are asked to ping a suspect. */
+  indirectProbes: number;
+  /** Longest time a depot stays suspect with its probe unanswered before it is declared dead. */
+  suspectTimeoutMs: number;
+  /** Dead or left depots are removed from the view after this long. */
+  forgetAfterMs: number;
+}
+
+export const DEFAULT_TIMING: MembershipTiming = {
+  heartbeatMs: 1000,
+  suspectAfterMissed: 3,
+  probeTimeoutMs: 500,
+  indirectProbes: 2,
+  suspectTimeoutMs: 1500,
+  forgetAfterMs: 3_600_000,
+};
+
+/** How recent a heartbeat must be for a second-hand death report to be doubted (probe first). */
+export function freshWindowMs(t: MembershipTiming): number {
+  return Math.floor(t.heartbeatMs * 1.5);
+}
+
+export interface Member {
+  peerId: string;
+  name: string;
+  state: MemberState;
+  incarnation: number;
+  /** Highest heartbeat sequence number seen in this incarnation (-1: none yet). */
+  seq: number;
+  /** Local time the last newer heartbeat (or a successful probe) was observed. */
+  lastHeardAt: number;
+  /** Local time of the last state change. */
+  since: number;
+  /** Last heartbeat received from this incarnation, if any. */
+  heartbeat: HeartbeatMessage | undefined;
+  self: boolean;
+  /** Probe round of the current suspicion, if one was started. */
+  probe: { startedAt: number; via: string[] } | undefined;
+  /** Why the current state was entered. */
+  reason: string;
+}
+
+export type MembershipAction =
+  /** State change, for logs, metrics and the API. `from` is 'unknown' for a newly seen depot. */
+  | { kind: 'transition'; peer: string; name: string; from: MemberState | 'unknown'; to: MemberState; reason: string; incarnation: number }
+  /** Ping `peer` directly and ask `indirectVia` to ping it too; report with probeResult(). */
+  | { kind: 'probe'; peer: string; indirectVia: string[] }
+  /** This depot judged `peer` dead after a failed probe round: gossip a DeadMessage. */
+  | { kind: 'declare-dead'; peer: string; incarnation: number }
+  /** Another depot claims this one is dead; our next heartbeat refutes it. */
+  | { kind: 'refute'; by: string }
+  /** A dead or left depot was removed from the view. */
+  | { kind: 'forget'; peer: string; name: string };
+
+/** A member as others see it: everything but the probe round in progress. */
+export type MemberView = Omit<Member, 'probe'>;
+
+export interface MembershipOptions {
+  selfId: string;
+  timing?: Partial<MembershipTiming>;
+  /** Random source in [0, 1) for choosing indirect probers (seeded in tests). */
+  random?: () => number;
+}
+
+export class Membership {
+  readonly selfId: string;
+  readonly timing: MembershipTiming;
+  private readonly random: () => number;
+  private readonly members = new Map<string, Member>();
+
+  constructor(opts: MembershipOptions) {
+    this.selfId = opts.selfId;
+    this.timing = { ...DEFAULT_TIMING, ...opts.timing };
+    this.random = opts.random ?? Math.random;
+  }
+
+  /** Time without a newer heartbeat after which a depot becomes suspect. */
+  get suspectAfterMs(): number {
+    return this.timing.suspectAfterMissed * this.timing.heartbeatMs;
+  }
+
+  observeHeartbeat(hb: HeartbeatMessage, now: number): MembershipAction[] {
+    const m = this.members.get(hb.peerId);
+    if (!m) {
+      const fresh = this.newMember(hb.peerId, hb.name, 'alive', hb.incarnation, now, hb.peerId === this.selfId ? 'self' : 'first heartbeat');
+      fresh.seq = hb.seq;
+      fresh.heartbeat = hb;
+      this.members.set(hb.peerId, fresh);
+      return [this.transition(fresh, 'unknown')];
+    }
+    if (hb.incarnation < m.incarnation) return []; // an old process's message: never resurrects
+    if (hb.incarnation > m.incarnation) {
+      // The depot restarted: a new incarnation starts alive whatever the old one was.
+      const from = m.state;
+      m.incarnation = hb.incarnation;
+      m.seq = hb.seq;
+      m.heartbeat = hb;
+      m.name = hb.name;
+      m.lastHeardAt = now;
+      m.probe = undefined;
+      return [this.enter(m, 'alive', now, 'new incarnation', from, true)];
+    }
+    if (hb.seq <= m.seq) return []; // duplicate or reordered
+    if (m.state === 'left') return []; // sent before it left; left is final for an incarnation
+    const from = m.state;
+    m.seq = hb.seq;
+    m.heartbeat = hb;
+    m.name = hb.name;
+    m.lastHeardAt = now;
+    if (from === 'alive') return [];
+    m.probe = undefined;
+    return [this.enter(m, 'alive', now, from === 'dead' ? 'newer heartbeat after dead' : 'heartbeat while suspect', from)];
+  }
+
+  observeLeft(msg: LeftMessage, now: number): MembershipAction[] {
+    if (msg.peerId === this.selfId) return [];
+    const m = this.members.get(msg.peerId);
+    if (!m) {
+      // Keep a tombstone so a late heartbeat of that incarnation does not bring it back.
+      const t = this.newMember(msg.peerId, msg.name, 'left', msg.incarnation, now, 'left');
+      this.members.set(msg.peerId, t);
+      return [this.transition(t, 'unknown')];
+    }
+    if (msg.incarnation < m.incarnation) return [];
+    if (msg.incarnation > m.incarnation) {
+      m.incarnation = msg.incarnation;
+      m.seq = -1;
+      m.heartbeat = undefined;
+    } else if (m.state === 'left') return [];
+    const from = m.state;
+    m.probe = undefined;
+    if (msg.name) m.name = msg.name;
+    return [this.enter(m, 'left', now, 'left', from, true)];
+  }
+
+  observeDead(msg: DeadMessage, now: number): MembershipAction[] {
+    if (msg.peerId === this.selfId) return [{ kind: 'refute', by: msg.by }];
+    const m = this.members.get(msg.peerId);
+    if (!m) {
+      const t = this.newMember(msg.peerId, msg.peerId, 'dead', msg.incarnation, now, `reported dead by ${msg.by}`);
+      this.members.set(msg.peerId, t);
+      return [this.transition(t, 'unknown')];
+    }
+    if (msg.incarnation < m.incarnation) return [];
+    if (msg.incarnation > m.incarnation) {
+      m.incarnation = msg.incarnation;
+      m.seq = -1;
+      m.heartbeat = undefined;
+      const from = m.state;
+      m.probe = undefined;
+      return [this.enter(m, 'dead', now, `reported dead by ${msg.by}`, from, true)];
+    }
+    if (m.state === 'left' || m.state === 'dead') return [];
+    if (now - m.lastHeardAt < freshWindowMs(this.timing)) {
+      // We heard it very recently: doubt the report and check for ourselves.
+      if (m.state === 'suspect') return [];
+      return this.suspect(m, now, `reported dead by ${msg.by} but heard recently`);
+    }
+    const from = m.state;
+    m.probe = undefined;
+    return [this.enter(m, 'dead', now, `reported dead by ${msg.by}`, from)];
+  }
+
+  /** Outcome of the probe round started by a 'probe' action (ok: any direct or indirect ping answered). */
+  probeResult(peerId: string, ok: boolean, now: number): MembershipAction[] {
+    const m = this.members.get(peerId);
+    if (!m || m.state !== 'suspect' || !m.probe) return []; // stale: resolved meanwhile
+    m.probe = undefined;
+    if (ok) {
+      m.lastHeardAt = now; // it answered: give it a fresh window to resume heartbeats
+      return [this.enter(m, 'alive', now, 'probe answered', 'suspect')];
+    }
+    return this.declareDead(m, now, 'probe failed');
+  }
+
+  /** Advance timers: suspicion, probe timeouts, forgetting. Call at least every heartbeatMs / 4. */
+  tick(now: number): MembershipAction[] {
+    const out: MembershipAction[] = [];
+    for (const m of [...this.members.values()]) {
+      if (m.self) continue;
+      if (m.state === 'alive' && now - m.lastHeardAt > this.suspectAfterMs) {
+        out.push(...this.suspect(m, now, `no heartbeat for ${now - m.lastHeardAt} ms`));
+      } else if (m.state === 'suspect') {
+        if (!m.probe) out.push(...this.startProbe(m, now));
+        else if (now - m.probe.startedAt >= this.timing.suspectTimeoutMs) {
+          out.push(...this.declareDead(m, now, `probe unanswered for ${now - m.probe.startedAt} ms`));
+        }
+      } else if ((m.state === 'dead' || m.state === 'left') && now - m.since >= this.timing.forgetAfterMs) {
+        this.members.delete(m.peerId);
+        out.push({ kind: 'forget', peer: m.peerId, name: m.name });
+      }
+    }
+    return out;
+  }
+
+  get(peerId: string): MemberView | undefined {
+    const m = this.members.get(peerId);
+    return m ? snapshot(m) : undefined;
+  }
+
+  view(): MemberView[] {
+    return [...this.members.values()].map(snapshot).sort((a, b) => (a.self === b.self ? a.name.localeCompare(b.name) : a.self ? -1 : 1));
+  }
+
+  countByState(): Record<MemberState, number> {
+    const out: Record<MemberState, number> = { alive: 0, suspect: 0, dead: 0, left: 0 };
+    for (const m of this.members.values()) out[m.state] += 1;
+    return out;
+  }
+
+  private suspect(m: Member, now: number, reason: string): MembershipAction[] {
+    const out: MembershipAction[] = [this.enter(m, 'suspect', now, reason, m.state)];
+    out.push(...this.startProbe(m, now));
+    return out;
+  }
+
+  private startProbe(m: Member, now: number): MembershipAction[] {
+    const candidates = [...this.members.values()].filter((o) => !o.self && o.peerId !== m.peerId && o.state === 'alive').map((o) => o.peerId);
+    const via: string[] = [];
+    while (via.length < this.timing.indirectProbes && candidates.length > 0) {
+      const i = Math.min(candidates.length - 1, Math.floor(this.random() * candidates.length));
+      via.push(candidates.splice(i, 1)[0]!);
+    }
+    m.probe = { startedAt: now, via };
+    return [{ kind: 'probe', peer: m.peerId, indirectVia: via }];
+  }
+
+  private declareDead(m: Member, now: number, reason: string): MembershipAction[] {
+    m.probe = undefined;
+    return [this.enter(m, 'dead', now, reason, 'suspect'), { kind: 'declare-dead', peer: m.peerId, incarnation: m.incarnation }];
+  }
+
+  private enter(m: Member, to: MemberState, now: number, reason: string, from: MemberState, force = false): MembershipAction {
+    if (m.state !== to || force) m.since = now;
+    m.state = to;
+    m.reason = reason;
+    return this.transition(m, from);
+  }
+
+  private transition(m: Member, from: MemberState | 'unknown'): MembershipAction {
+    return { kind: 'transition', peer: m.peerId, name: m.name, from, to: m.state, reason: m.reason, incarnation: m.incarnation };
+  }
+
+  private newMember(peerId: string, name: string, state: MemberState, incarnation: number, now: number, reason: string): Member {
+    return {
+      peerId,
+      name,
+      state,
+      incarnation,
+      seq: -1,
+      lastHeardAt: now,
+      since: now,
+      heartbeat: undefined,
+      self: peerId === this.selfId,
+      probe: undefined,
+      reason,
+    };
+  }
+}
+
+function snapshot(m: Member): MemberView {
+  return {
+    peerId: m.peerId,
+    name: m.name,
+    state: m.state,
+    incarnation: m.incarnation,
+    seq: m.seq,
+    lastHeardAt: m.lastHeardAt,
+    since: m.since,
+    reason: m.reason,
+    self: m.self,
+    heartbeat: m.heartbeat,
+  };
+}

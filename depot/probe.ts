@@ -1,0 +1,145 @@
+import * as lp from 'it-length-prefixed';
+import { peerIdFromString } from '@libp2p/peer-id';
+import type { Stream } from '@libp2p/interface';
+import type { Logger } from '../shared/logger.ts';
+import { MembersResponse, PROTOCOLS, ProbeProtocolRequest, ProbeResponse, decodeMessage, encodeMessage, type ProbeRequest } from '../shared/wire.ts';
+import type { NavigatorNode } from './libp2p.ts';
+
+// SWIM probing of a suspect depot: a direct libp2p ping and, in parallel, ping-req through a
+// few other depots (PROTOCOLS.probe), so one bad link does not make a healthy depot look dead.
+// Frames are length-prefixed JSON, schema-checked, with a small size limit and timeouts.
+
+const MAX_PROBE_FRAME = 1024;
+/** A members list of 1024 depots with a few addresses each. */
+const MAX_MEMBERS_FRAME = 1_048_576;
+
+export interface ProberOptions {
+  node: NavigatorNode;
+  log: Logger;
+  /** Timeout of one ping (membership.probeTimeoutMs). */
+  probeTimeoutMs: number;
+  /** Depots this one knows alive or suspect, for a joining peer's `members` request. */
+  members?: () => MembersResponse['members'];
+}
+
+export class Prober {
+  constructor(private readonly opts: ProberOptions) {}
+
+  async start(): Promise<void> {
+    await this.opts.node.handle(PROTOCOLS.probe, ({ stream }) => void this.serve(stream), { runOnLimitedConnection: false });
+  }
+
+  async stop(): Promise<void> {
+    await this.opts.node.unhandle(PROTOCOLS.probe).catch(() => {});
+  }
+
+  /** Ping `target` directly; resolves the round trip in ms, or undefined on failure/timeout. */
+  async ping(target: string, timeoutMs = this.opts.probeTimeoutMs): Promise<number | undefined> {
+    try {
+      return await this.opts.node.services.ping.ping(peerIdFromString(target), { signal: AbortSignal.timeout(timeoutMs) });
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Ask `via` to ping `target` for us (SWIM ping-req). */
+  async pingVia(via: string, target: string): Promise<boolean> {
+    const t = this.opts.probeTimeoutMs;
+    const signal = AbortSignal.timeout(t * 2);
+    let stream: Stream | undefined;
+    try {
+      stream = await this.opts.node.dialProtocol(peerIdFromString(via), PROTOCOLS.probe, { signal });
+      const req: ProbeRequest = { type: 'ping-req', target, timeoutMs: t };
+      await stream.sink([lp.encode.single(encodeMessage(req, MAX_PROBE_FRAME))]);
+      const frame = await readFrame(stream, signal);
+      if (!frame) return false;
+      const r = decodeMessage(ProbeResponse, frame, MAX_PROBE_FRAME);
+      await stream.close().catch(() => {});
+      return r.ok && r.value.target === target && r.value.ok;
+    } catch {
+      stream?.abort(new Error('ping-req failed'));
+      return false;
+    }
+  }
+
+  /** Ask `peer` which depots it knows (join sync); undefined on failure. */
+  async members(peer: string, timeoutMs = 3000): Promise<MembersResponse['members'] | undefined> {
+    const signal = AbortSignal.timeout(timeoutMs);
+    let stream: Stream | undefined;
+    try {
+      stream = await this.opts.node.dialProtocol(peerIdFromString(peer), PROTOCOLS.probe, { signal });
+      await stream.sink([lp.encode.single(encodeMessage({ type: 'members' }, MAX_PROBE_FRAME))]);
+      const frame = await readFrame(stream, signal, MAX_MEMBERS_FRAME);
+      await stream.close().catch(() => {});
+      if (!frame) return undefined;
+      const r = decodeMessage(MembersResponse, frame, MAX_MEMBERS_FRAME);
+      return r.ok ? r.value.members : undefined;
+    } catch {
+      stream?.abort(new Error('members request failed'));
+      return undefined;
+    }
+  }
+
+  /**
+   * One probe round: direct ping and ping-req through `via`, all in parallel. True as soon as
+   * any of them reaches the target; false when all failed or timed out.
+   */
+  probe(target: string, via: string[]): Promise<boolean> {
+    const attempts: Array<Promise<boolean>> = [this.ping(target).then((rtt) => rtt !== undefined), ...via.map((v) => this.pingVia(v, target))];
+    return new Promise((resolve) => {
+      let pending = attempts.length;
+      for (const a of attempts) {
+        void a.then((ok) => {
+          pending -= 1;
+          if (ok) resolve(true);
+          else if (pending === 0) resolve(false);
+        });
+      }
+    });
+  }
+
+  private async serve(stream: Stream): Promise<void> {
+    const signal = AbortSignal.timeout(this.opts.probeTimeoutMs * 3);
+    try {
+      const frame = await readFrame(stream, signal);
+      if (!frame) {
+        stream.abort(new Error('no request'));
+        return;
+      }
+      const r = decodeMessage(ProbeProtocolRequest, frame, MAX_PROBE_FRAME);
+      if (!r.ok) {
+        this.opts.log.debug({ event: 'probe-request-invalid', reason: r.reason, detail: r.detail }, 'invalid ping-req');
+        stream.abort(new Error('invalid ping-req'));
+        return;
+      }
+      if (r.value.type === 'members') {
+        const resp: MembersResponse = { type: 'members', members: (this.opts.members?.() ?? []).slice(0, 1024) };
+        await stream.sink([lp.encode.single(encodeMessage(resp, MAX_MEMBERS_FRAME))]);
+        await stream.close().catch(() => {});
+        return;
+      }
+      const timeout = Math.min(r.value.timeoutMs, this.opts.probeTimeoutMs * 2);
+      const rtt = await this.ping(r.value.target, timeout);
+      const resp: ProbeResponse = rtt === undefined ? { type: 'ping-ack', target: r.value.target, ok: false } : { type: 'ping-ack', target: r.value.target, ok: true, rttMs: rtt };
+      await stream.sink([lp.encode.single(encodeMessage(resp, MAX_PROBE_FRAME))]);
+      await stream.close().catch(() => {});
+    } catch (err) {
+      this.opts.log.debug({ event: 'probe-serve-failed', err: (err as Error).message }, 'ping-req failed');
+      stream.abort(new Error('ping-req failed'));
+    }
+  }
+}
+
+/** Read exactly one length-prefixed frame (or undefined if the stream ends first). */
+async function readFrame(stream: Stream, signal: AbortSignal, maxBytes = MAX_PROBE_FRAME): Promise<Uint8Array | undefined> {
+  const onAbort = () => stream.abort(new Error('probe timeout'));
+  signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    for await (const chunk of lp.decode(stream.source, { maxDataLength: maxBytes })) {
+      return chunk.subarray();
+    }
+    return undefined;
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}

@@ -1,0 +1,65 @@
+import { statfs } from 'node:fs/promises';
+import { cpus, freemem, hostname, loadavg, networkInterfaces, totalmem, uptime } from 'node:os';
+import { dirname } from 'node:path';
+
+// What a depot tells the others about its host, sampled fresh for every heartbeat. Placement
+// (pilot/placement.ts) ranks hosts on these figures, so they must be cheap and never throw.
+
+export interface ResourceSample {
+  hostName: string;
+  /** Non-internal IPv4/IPv6 addresses of the host. */
+  hostAddresses: string[];
+  /** Host boot time, ms since the epoch. */
+  bootTime: number;
+  uptimeS: number;
+  load: [number, number, number];
+  cpus: number;
+  memFreeBytes: number;
+  memTotalBytes: number;
+  /** Free bytes available to unprivileged writes on the file system of the image store. */
+  diskFreeBytes: number;
+}
+
+export function hostAddresses(): string[] {
+  const out: string[] = [];
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (!a.internal) out.push(a.address);
+  }
+  return out.slice(0, 32);
+}
+
+/** Free disk of the file system holding `dir`; walks up to the nearest existing parent. */
+export async function freeDiskBytes(dir: string): Promise<number> {
+  let path = dir;
+  for (let i = 0; i < 64; i++) {
+    try {
+      const s = await statfs(path);
+      return Number(s.bavail) * Number(s.bsize);
+    } catch (err) {
+      const parent = dirname(path);
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || parent === path) return 0;
+      path = parent;
+    }
+  }
+  return 0;
+}
+
+export async function sampleResources(storeDir: string): Promise<ResourceSample> {
+  const up = uptime();
+  const [l1, l5, l15] = loadavg();
+  return {
+    hostName: hostname(),
+    hostAddresses: hostAddresses(),
+    bootTime: Math.round(Date.now() - up * 1000),
+    uptimeS: Math.round(up),
+    load: [round2(l1 ?? 0), round2(l5 ?? 0), round2(l15 ?? 0)],
+    cpus: Math.max(1, cpus().length),
+    memFreeBytes: freemem(),
+    memTotalBytes: totalmem(),
+    diskFreeBytes: await freeDiskBytes(storeDir),
+  };
+}
+
+function round2(n: number): number {
+  return Math.round(n * 100) / 100;
+}

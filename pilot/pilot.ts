@@ -1,0 +1,453 @@
+import type { Logger } from '../shared/logger.ts';
+import { errorMessage } from '../shared/errors.ts';
+import type { ContainerReport, ElectionView } from '../shared/wire.ts';
+import type { MovementEvent } from '../shared/movement.ts';
+import type { ContainerManager } from '../depot/containers.ts';
+import { tcpOpen } from '../depot/drivers/process.ts';
+import {
+  createPilot,
+  leaseValid,
+  nextWakeAt,
+  pilotCampaign,
+  pilotObserveMembership,
+  pilotObserveTerm,
+  pilotProbe,
+  pilotReceive,
+  pilotResign,
+  pilotSetSyncTime,
+  pilotTick,
+  type ElectionConfig,
+  type MemberObservation,
+  type PilotDecision,
+  type PilotState,
+  type PilotStep,
+} from './election.ts';
+import type { ElectionTransport } from './election-transport.ts';
+import { ServiceAddress } from './address.ts';
+import { FenceGuard } from './fence.ts';
+import type { PilotAssignment, ServiceSpec } from './service-spec.ts';
+import type { DbLink } from './db-link.ts';
+
+// The role agent of one copy of a service, running inside the depot that hosts the copy. The
+// decisions (campaign, lease, fence, restart in place) come from the pure election module; this
+// class feeds it time, probe results, replies and membership news, and carries out what it
+// decides: the address move (with the fence guard armed first), the container's role, the
+// movement records. Every step is logged with its duration.
+
+/** A copy of the service as seen in some depot's heartbeat. */
+export interface CopyView {
+  peerId: string;
+  host: string;
+  depotState: 'alive' | 'suspect' | 'dead' | 'left';
+  incarnation: number;
+  /** Address others reach the copy's host at (for the database sync). */
+  address: string | undefined;
+  report: ContainerReport;
+}
+
+/** What the pilot needs to know about the cluster (the depot provides it). */
+export interface ClusterView {
+  selfId: string;
+  selfName: string;
+  /** Every copy of `service` reported in heartbeats (this depot's included). */
+  copies(service: string): CopyView[];
+  /** Membership observations for the primary's view changes. */
+  observations(): MemberObservation[];
+  /** Is the depot `peerId` reachable right now (libp2p ping within timeoutMs)? */
+  ping(peerId: string, timeoutMs: number): Promise<boolean>;
+  /** Send a heartbeat now so the others learn a role change at once. */
+  beat(): void;
+}
+
+export interface MovementInput {
+  event: MovementEvent;
+  /** Host of the copy after the movement (default: this depot). */
+  host?: string;
+  role: 'primary' | 'standby';
+  fromHost?: string;
+  failover: boolean;
+  reason: string;
+  term: number;
+  timings: Partial<Record<'detect' | 'elect' | 'takeover' | 'ship' | 'boot', number>>;
+}
+
+export interface PilotOptions {
+  assignment: PilotAssignment;
+  /** Candidate id: unique per pilot instance (peer id / container / incarnation). */
+  id: string;
+  transport: ElectionTransport;
+  containers: ContainerManager;
+  cluster: ClusterView;
+  cfg: ElectionConfig;
+  probeIntervalMs: number;
+  /** Monotonic local time. */
+  now: () => number;
+  logger: Logger;
+  record: (m: MovementInput) => Promise<void>;
+  /** Keep the assignment (view, term) on disk for a restart. */
+  persist: (a: PilotAssignment) => Promise<void>;
+  /** Primary only: keep N standbys (placement); called from the probe loop. */
+  keepStandbys?: (pilot: Pilot) => Promise<void>;
+  /** The copy's database (sync to standbys, own sync status, movement table), if it has one. */
+  db?: DbLink | undefined;
+}
+
+/** Probe timeout: well under the lease, so a dead primary is noticed in one probe round. */
+const PROBE_TIMEOUT_MS = 300;
+/** The primary re-announces its address this often (gratuitous ARP). */
+const REASSERT_MS = 5000;
+/** A standby restarts its own failed container at most this often. */
+const COPY_RESTART_MS = 30_000;
+/** A standby reads its last good sync from its own database this often. */
+const OWN_SYNC_MS = 2000;
+
+export class Pilot {
+  private state: PilotState;
+  private readonly log: Logger;
+  private readonly address: ServiceAddress;
+  private readonly guard: FenceGuard;
+  private wakeTimer: NodeJS.Timeout | undefined;
+  private probeTimer: NodeJS.Timeout | undefined;
+  private probing = false;
+  private running = false;
+  /** Serialises side effects (takeover, fence) so they happen in decision order. */
+  private effects: Promise<void> = Promise.resolve();
+  private lastReassert = 0;
+  /** When this standby first saw the primary missing. */
+  private missingSince: number | undefined;
+  /** Last time this standby saw the primary's service answer (the detect timing starts there). */
+  private lastServiceOkAt: number | undefined;
+  private campaignStartedAt: number | undefined;
+  private lastPrimaryHost: string | undefined;
+  /** After a planned resign this copy leaves the election to the chosen target for a while. */
+  private holdOffUntil = 0;
+  /** Why the current campaign started (a switchover is recorded as such). */
+  private campaignReason: string | undefined;
+  private stopping = false;
+  private lastOwnSync = 0;
+  /** The takeover finished: the address is held and the service is ours to probe. */
+  private serving = false;
+  /** This copy was bootstrapped and has not served yet: its first win is the bootstrap. */
+  private bootstrapping: boolean;
+  private lastCopyRestart = 0;
+
+  constructor(private readonly opts: PilotOptions) {
+    const a = opts.assignment;
+    this.state = createPilot({ id: opts.id, service: a.spec.name, view: a.view, term: a.term });
+    this.log = opts.logger.child({ component: 'pilot', service: a.spec.name, container: a.container });
+    this.bootstrapping = a.campaign;
+    this.address = new ServiceAddress({ address: a.spec.address, iface: a.spec.iface, logger: this.log });
+    this.guard = new FenceGuard({
+      address: a.spec.address,
+      iface: a.spec.iface,
+      logger: this.log,
+      // The guard's clock ran the lease out before ours did (a starved event loop): stop serving.
+      onFenced: () => {
+        if (this.state.role === 'primary') this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'lease-expired'));
+      },
+    });
+  }
+
+  get spec(): ServiceSpec {
+    return this.opts.assignment.spec;
+  }
+  get container(): string {
+    return this.opts.assignment.container;
+  }
+  get role(): PilotState['role'] {
+    return this.state.role;
+  }
+  get term(): number {
+    return Math.max(this.state.electionTerm, this.state.term);
+  }
+  get view(): ElectionView {
+    return this.state.view;
+  }
+  get id(): string {
+    return this.opts.id;
+  }
+
+  async start(): Promise<void> {
+    this.running = true;
+    // Whatever this copy was before a restart, it starts as standby: it must win an election
+    // to serve again, so make sure no address is left behind from an earlier life.
+    await this.address.release().catch((err: unknown) => this.log.warn({ event: 'release-failed', err: errorMessage(err) }, 'could not release address'));
+    // A host that rebooted (or a depot restarted after its container died) brings its copy
+    // back, as a standby: the service regains protection without anyone stepping in.
+    const status = await this.opts.containers.status(this.container).catch(() => undefined);
+    if (status && status.state !== 'running' && status.state !== 'starting') {
+      const t0 = this.opts.now();
+      await this.opts.containers.startContainer({ id: this.container, service: this.spec.name, spec: this.spec.container, role: 'standby', term: this.term });
+      this.log.info({ event: 'copy-restarted', previousState: status.state, durationMs: Math.round(this.opts.now() - t0) }, 'copy started again as standby');
+    }
+    await this.opts.containers.setRole(this.container, 'standby', this.term).catch(() => undefined);
+    this.opts.cluster.beat();
+    this.log.info({ event: 'pilot-started', id: this.opts.id, term: this.term, voters: this.state.view.voters.length }, 'pilot started as standby');
+    await this.guard.prepare();
+    this.probeTimer = setInterval(() => void this.probe(), this.opts.probeIntervalMs);
+    if (this.opts.assignment.campaign) this.campaign('bootstrap');
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.running = false;
+    clearInterval(this.probeTimer);
+    clearTimeout(this.wakeTimer);
+    if (this.state.role === 'primary') this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'resigned'));
+    await this.effects;
+    await this.guard.release();
+    await this.opts.db?.stop();
+  }
+
+  get db(): DbLink | undefined {
+    return this.opts.db;
+  }
+
+  /** Planned hand-over (switchover, drain): stop serving and release the voters at once. */
+  async resign(reason: string): Promise<void> {
+    this.log.info({ event: 'resign', reason }, 'resigning');
+    if (this.state.role === 'primary' && this.opts.db) {
+      // No data lost on a planned move: stop writes, bring every standby up to date, then go.
+      const t0 = this.opts.now();
+      try {
+        await this.opts.db.syncAllNow(true);
+      } catch (err) {
+        await this.opts.db.resumeWrites();
+        throw err;
+      }
+      this.log.info({ event: 'final-sync', durationMs: Math.round(this.opts.now() - t0) }, 'standbys up to date; handing over');
+    }
+    this.holdOffUntil = this.opts.now() + 3 * this.opts.cfg.leaseMs;
+    this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'resigned'));
+    await this.effects;
+  }
+
+  /** Stand for election now (bootstrap, switchover target). */
+  campaign(reason: string): void {
+    this.campaignStartedAt = this.opts.now();
+    this.campaignReason = reason;
+    this.log.info({ event: 'campaign', reason, term: this.state.term + 1 }, 'standing for election');
+    this.apply(pilotCampaign(this.state, this.opts.now(), this.opts.cfg));
+  }
+
+  private apply(step: PilotStep): void {
+    this.state = step.state;
+    for (const d of step.decisions) this.execute(d);
+    this.schedule();
+  }
+
+  private schedule(): void {
+    clearTimeout(this.wakeTimer);
+    if (!this.running) return;
+    const at = nextWakeAt(this.state);
+    if (!Number.isFinite(at)) return;
+    const delay = Math.max(0, at - this.opts.now());
+    this.wakeTimer = setTimeout(() => this.apply(pilotTick(this.state, this.opts.now(), this.opts.cfg)), delay);
+  }
+
+  private execute(d: PilotDecision): void {
+    switch (d.kind) {
+      case 'send':
+        void this.opts.transport.request(d.to, d.message).then((reply) => {
+          if (reply && (this.running || this.stopping)) this.apply(pilotReceive(this.state, reply, this.opts.now(), this.opts.cfg));
+        });
+        break;
+      case 'probe-witness':
+        // No witness responder is deployed: with two voters the pair needs each other (safe).
+        break;
+      case 'become-primary':
+        this.effect(() => this.takeOver(d.term, d.leaseExpiry));
+        break;
+      case 'lease-extended':
+        this.guard.lease(d.leaseExpiry - this.opts.now());
+        break;
+      case 'fence':
+        this.effect(() => this.fence(d.term, d.reason));
+        break;
+      case 'restart-service':
+        this.effect(() => this.restartInPlace(d.term));
+        break;
+      case 'view-changed':
+        this.log.info({ event: 'view-changed', voters: d.view.voters.length, joint: Boolean(d.view.prev), committed: d.committed, epoch: d.view.epoch }, 'voter set changing');
+        void this.opts.persist({ ...this.opts.assignment, view: d.view, term: this.term, campaign: false });
+        break;
+    }
+  }
+
+  private effect(fn: () => Promise<void>): void {
+    this.effects = this.effects.then(fn).catch((err: unknown) => this.log.error({ event: 'pilot-effect-failed', err: errorMessage(err) }, 'pilot step failed'));
+  }
+
+  private async takeOver(term: number, leaseExpiry: number): Promise<void> {
+    const t0 = this.opts.now();
+    const elect = this.campaignStartedAt !== undefined ? Math.round(t0 - this.campaignStartedAt) : 0;
+    // From the last answer the primary gave us to the start of the campaign.
+    const detect =
+      this.lastServiceOkAt !== undefined && this.campaignStartedAt !== undefined && this.lastServiceOkAt <= this.campaignStartedAt
+        ? Math.round(this.campaignStartedAt - this.lastServiceOkAt)
+        : 0;
+    // The guard first: from the moment the address is ours, something must be able to drop it.
+    await this.guard.arm(leaseExpiry - this.opts.now());
+    if (this.state.role !== 'primary' || this.state.electionTerm !== term || !leaseValid(this.state, this.opts.now())) return;
+    await this.address.take();
+    this.lastReassert = this.opts.now();
+    await this.opts.containers.setRole(this.container, 'primary', term);
+    await this.opts.db?.becomePrimary(this.spec.name);
+    this.serving = true;
+    const takeover = Math.round(this.opts.now() - t0);
+    this.opts.cluster.beat();
+    const bootstrap = this.bootstrapping;
+    this.bootstrapping = false;
+    const fromHost = this.lastPrimaryHost !== this.opts.cluster.selfName ? this.lastPrimaryHost : undefined;
+    // A failover moves the service from another host; winning back our own lease is a promotion.
+    // A planned move is a switchover even though the standby saw the service go away meanwhile.
+    const switchover = !bootstrap && this.campaignReason === 'switchover';
+    const failover = !bootstrap && !switchover && this.missingSince !== undefined && fromHost !== undefined;
+    this.campaignReason = undefined;
+    this.log.info({ event: 'became-primary', term, detectMs: detect, electMs: elect, takeoverMs: takeover, fromHost }, `primary in term ${term}`);
+    this.missingSince = undefined;
+    this.campaignStartedAt = undefined;
+    await this.opts.record({
+      event: bootstrap ? 'bootstrap' : failover ? 'failover' : switchover ? 'switchover' : 'promoted',
+      role: 'primary',
+      ...(fromHost ? { fromHost } : {}),
+      failover,
+      reason: bootstrap
+        ? 'service bootstrapped'
+        : failover
+          ? `primary on ${fromHost} missing`
+          : switchover
+            ? 'planned switchover'
+            : this.missingSince !== undefined
+              ? 'primary missing; elected'
+              : 'elected',
+      term,
+      timings: { detect, elect, takeover },
+    });
+  }
+
+  private async fence(term: number, reason: string): Promise<void> {
+    const t0 = this.opts.now();
+    this.serving = false;
+    await this.address.release();
+    await this.guard.release();
+    await this.opts.containers.setRole(this.container, 'standby', this.term).catch(() => undefined);
+    await this.opts.db?.becomeStandby();
+    if (this.running) await this.guard.prepare();
+    this.opts.cluster.beat();
+    this.log.warn({ event: 'fenced', term, reason, durationMs: Math.round(this.opts.now() - t0) }, `stopped serving (${reason})`);
+    await this.opts.record({ event: 'demoted', role: 'standby', failover: false, reason: `fenced: ${reason}`, term, timings: { takeover: Math.round(this.opts.now() - t0) } });
+  }
+
+  private async restartInPlace(term: number): Promise<void> {
+    const t0 = this.opts.now();
+    this.log.warn({ event: 'restart-in-place', term }, 'service probe failed: restarting it in place once');
+    const status = await this.opts.containers.status(this.container);
+    if (status.state === 'running') {
+      // The container itself is healthy (e.g. its database): restart only what runs on the
+      // primary (e.g. zabbix_server), so a sync in flight and the data stay untouched.
+      await this.opts.containers.setRole(this.container, 'standby', term);
+      await this.opts.containers.setRole(this.container, 'primary', term);
+    } else {
+      await this.opts.containers.stopContainer(this.container, { timeoutMs: 5000 });
+      await this.opts.containers.startContainer({ id: this.container, service: this.spec.name, spec: this.spec.container, role: 'primary', term });
+      await this.opts.containers.setRole(this.container, 'primary', term);
+    }
+    this.log.info({ event: 'restarted-in-place', term, previousState: status.state, durationMs: Math.round(this.opts.now() - t0) }, 'service restarted in place');
+  }
+
+  /** One round of health probes; feeds the election and, on the primary, keeps the standbys. */
+  private async probe(): Promise<void> {
+    if (this.probing || !this.running) return;
+    this.probing = true;
+    try {
+      const ip = this.address.ip;
+      const copies = this.opts.cluster.copies(this.spec.name);
+      const own = copies.find((c) => c.peerId === this.opts.cluster.selfId && c.report.id === this.container);
+      if (own?.report.lastSyncAt !== undefined) this.state = pilotSetSyncTime(this.state, own.report.lastSyncAt);
+      // A primary elsewhere with a higher term: we must not serve (demote at once).
+      for (const c of copies) {
+        if (c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive') {
+          this.lastPrimaryHost = c.host;
+          // The hand-over happened: from now on this copy stands for election like any standby.
+          this.holdOffUntil = 0;
+          if (c.report.term > this.state.term || (this.state.role === 'primary' && c.report.term > this.state.electionTerm)) {
+            this.apply(pilotObserveTerm(this.state, c.report.term, this.opts.now(), this.opts.cfg));
+          }
+        }
+      }
+      if (this.state.role === 'primary') {
+        // Until the takeover has taken the address, a failed probe means nothing.
+        if (!this.serving) return;
+        const serviceOk = await tcpOpen(ip, this.spec.port, PROBE_TIMEOUT_MS);
+        if (this.state.role !== 'primary' || !this.serving) return;
+        this.apply(pilotProbe(this.state, { serviceOk, hostOk: true }, this.opts.now(), this.opts.cfg));
+        if (this.state.role !== 'primary') return;
+        // Never touch the address without a valid lease: the guard may just have dropped it.
+        if (!leaseValid(this.state, this.opts.now() + this.opts.cfg.fenceLatencyMs)) {
+          this.apply(pilotTick(this.state, this.opts.now(), this.opts.cfg));
+          return;
+        }
+        if (this.opts.now() - this.lastReassert > REASSERT_MS && this.guard.armed) {
+          this.lastReassert = this.opts.now();
+          await this.address.reassert().catch((err: unknown) => this.log.warn({ event: 'reassert-failed', err: errorMessage(err) }, 'address re-assert failed'));
+        }
+        this.apply(pilotObserveMembership(this.state, this.opts.cluster.observations(), this.opts.now(), this.opts.cfg));
+        if (this.opts.db) {
+          const targets = copies
+            .filter((c) => c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive' && c.report.role === 'standby' && c.report.state === 'running' && c.address)
+            .map((c) => ({ key: `${c.peerId}/${c.report.id}`, host: c.host, address: c.address! }));
+          await this.opts.db.setStandbys(targets);
+        }
+        if (this.opts.keepStandbys) await this.opts.keepStandbys(this);
+        return;
+      }
+      // A standby whose own container died brings it back (at most every COPY_RESTART_MS).
+      if (own && (own.report.state === 'failed' || own.report.state === 'stopped') && this.opts.now() - this.lastCopyRestart > COPY_RESTART_MS) {
+        this.lastCopyRestart = this.opts.now();
+        this.effect(async () => {
+          this.log.warn({ event: 'standby-copy-restart', state: own.report.state }, 'standby copy not running: starting it again');
+          await this.opts.containers.stopContainer(this.container, { timeoutMs: 5000 }).catch(() => undefined);
+          await this.opts.containers.startContainer({ id: this.container, service: this.spec.name, spec: this.spec.container, role: 'standby', term: this.term });
+        });
+      }
+      if (this.opts.db && this.opts.now() - this.lastOwnSync > OWN_SYNC_MS) {
+        this.lastOwnSync = this.opts.now();
+        const sync = await this.opts.db.ownSync(Date.now());
+        if (sync) {
+          this.opts.containers.setSync(this.container, sync.lastSyncAt, sync.syncFailing);
+          if (sync.lastSyncAt !== undefined) this.state = pilotSetSyncTime(this.state, sync.lastSyncAt);
+        }
+      }
+      // Standby or candidate: is the primary there?
+      const roleAtStart = this.state.role;
+      const serviceOk = await tcpOpen(ip, this.spec.port, PROBE_TIMEOUT_MS);
+      let hostOk = true;
+      if (!serviceOk) {
+        const primary = copies
+          .filter((c) => c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive')
+          .sort((a, b) => b.report.term - a.report.term)[0];
+        hostOk = primary !== undefined && (await this.opts.cluster.ping(primary.peerId, PROBE_TIMEOUT_MS));
+        this.missingSince ??= this.opts.now();
+      } else {
+        this.missingSince = undefined;
+        this.lastServiceOkAt = this.opts.now();
+      }
+      const before = this.state.role;
+      // A standby's view of the primary says nothing about our own service if we won meanwhile.
+      if (before !== roleAtStart) return;
+      // Just handed over on purpose: let the chosen standby win.
+      if (before === 'standby' && !serviceOk && this.opts.now() < this.holdOffUntil) return;
+      const step = pilotProbe(this.state, { serviceOk, hostOk }, this.opts.now(), this.opts.cfg);
+      if (before === 'standby' && step.state.role === 'candidate') {
+        this.campaignStartedAt = this.opts.now();
+        this.log.warn({ event: 'primary-missing', serviceOk, hostOk, term: step.state.electionTerm }, 'primary missing: standing for election');
+      }
+      this.apply(step);
+    } catch (err) {
+      this.log.error({ event: 'probe-failed', err: errorMessage(err) }, 'probe round failed');
+    } finally {
+      this.probing = false;
+    }
+  }
+}

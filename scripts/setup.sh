@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Navigator and its tests use, only those missing, then the npm
+# dependencies. Safe to run again. Needs root (or sudo) for apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+  openssh-server openssh-client   # image shipping (SFTP) and its tests
+  iproute2 iputils-arping         # service address move, network-namespace lab
+  mariadb-server mariadb-client   # database sync, demo service, tests (private mariadbd per test)
+  qemu-system-x86                 # qemu container driver and its test
+  chromium                        # tracking page browser test
+  keepalived                      # failover benchmark yardstick
+  zabbix-server-mysql zabbix-agent  # the Zabbix example service and its lab test (zabbix_sender too)
+  procps psmisc curl              # ps, pkill, fuser, curl for tests and the demo
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  case "$p" in \#*) continue ;; esac
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Debian starts services on install; the tests and the demo run their own private instances.
+  $SUDO systemctl disable --now keepalived 2>/dev/null || true
+  $SUDO systemctl disable --now zabbix-server zabbix-agent 2>/dev/null || true
+else
+  echo "setup: Debian packages present"
+fi
+
+# `npm install` (not `npm ci`): it installs the locked versions too, and npm 11's `ci` refuses a
+# lock file that records only this platform's optional packages (rollup's native builds).
+npm install --no-audit --no-fund
+# ssh2's native ciphers, built for the pinned Node 22 (npm built them for the system Node).
+bash scripts/ssh2-native.sh

@@ -1,0 +1,290 @@
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { z } from 'zod';
+import { parse as parseYaml, YAMLParseError } from 'yaml';
+import { NavigatorError } from './errors.ts';
+import { minSafetyMarginMs } from '../pilot/election.ts';
+
+// The whole configuration of a depot and the pilots inside it. Every field has a default and a
+// one-line description: the schema is the reference (README, `navigator config check`, the
+// commented default file are all generated from it). Sections are strict so a typo is refused
+// instead of silently ignored.
+
+const ms = (def: number, what: string) => z.number().int().positive().default(def).describe(what);
+
+export const NodeSection = z
+  .object({
+    name: z.string().min(1).max(63).default(hostname()).describe('Name of this depot as shown to others (default: host name)'),
+    dataDir: z.string().min(1).default('/var/lib/navigator').describe('State folder: identity key, journal, image store'),
+  })
+  .strict();
+
+export const NetworkSection = z
+  .object({
+    listen: z
+      .array(z.string())
+      .default(['/ip4/0.0.0.0/tcp/7470'])
+      .describe('libp2p listen multiaddrs'),
+    announce: z.array(z.string()).default([]).describe('Multiaddrs to announce instead of the listen ones (NAT, several interfaces)'),
+    bootstrap: z.array(z.string()).default([]).describe('Multiaddrs (with /p2p/ID) of depots to dial at start, in addition to mDNS'),
+    mdns: z.boolean().default(true).describe('Find other depots on the LAN with mDNS'),
+    mdnsIntervalMs: ms(5000, 'How often mDNS queries the LAN'),
+    swarmKeyFile: z
+      .string()
+      .default('/etc/navigator/swarm.key')
+      .describe('Private network pre-shared key (made by `navigator keygen`); peers without it cannot connect'),
+    identityFile: z
+      .string()
+      .default('')
+      .describe('Private key of this depot\'s peer id (default: DATADIR/identity.key, created on first start)'),
+  })
+  .strict();
+
+export const MembershipSection = z
+  .object({
+    heartbeatMs: ms(1000, 'Interval between heartbeats gossiped by every depot'),
+    suspectAfterMissed: z.number().int().min(1).default(3).describe('Missed heartbeats before a depot is suspect and probed'),
+    probeTimeoutMs: ms(500, 'Timeout of one direct or indirect ping while a depot is suspect'),
+    indirectProbes: z.number().int().min(0).default(2).describe('How many other depots are asked to ping a suspect (SWIM)'),
+    suspectTimeoutMs: ms(1500, 'Longest time a depot stays suspect before it is declared dead if no probe succeeds'),
+    forgetAfterMs: ms(3_600_000, 'Dead or left depots are removed from the view after this long'),
+    maxMessageBytes: z.number().int().min(1024).max(1_048_576).default(65_536).describe('Largest gossip message accepted; larger ones are dropped and counted'),
+  })
+  .strict();
+
+export const HttpSection = z
+  .object({
+    host: z.string().default('0.0.0.0').describe('Address the tracking page and read-only API listen on'),
+    port: z.number().int().min(0).max(65535).default(7480).describe('Port of the tracking page, API and metrics (0: any free port)'),
+    adminHost: z.string().default('127.0.0.1').describe('Mutating endpoints (switchover, drain) are only served to clients from this address'),
+    adminToken: z.string().default('').describe('Bearer token for mutating endpoints; empty disables them'),
+  })
+  .strict();
+
+export const LogSection = z
+  .object({
+    level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('Log level'),
+  })
+  .strict();
+
+export const StoreSection = z
+  .object({
+    dir: z.string().default('').describe('Image store folder (default: DATADIR/images)'),
+    keepVersions: z.number().int().min(1).default(3).describe('Versions of each image kept; older ones are removed'),
+    blockBytes: z
+      .number()
+      .int()
+      .min(65_536)
+      .max(67_108_864)
+      .default(4_194_304)
+      .describe('Block size of the per-block hashes of images imported here (unit of resume and delta)'),
+  })
+  .strict();
+
+export const PilotSection = z
+  .object({
+    leaseMs: ms(1500, 'Primary lease granted by a majority of voters; a voter promises no other vote until it expires'),
+    leaseSafetyMarginMs: ms(300, 'A primary fences itself this long before its lease would expire without renewal'),
+    witness: z
+      .string()
+      .default('')
+      .describe('Address (host:port) of a witness responder that votes as a third voter when only two voters remain; a ping-only gateway cannot vote safely (see pilot/election.ts)'),
+    standbys: z.number().int().min(0).max(8).default(1).describe('Standby copies kept for each service'),
+    probeIntervalMs: ms(250, 'Interval of service health probes'),
+    restartInPlace: z.boolean().default(true).describe('Restart a failed service once on a healthy host before failing over'),
+    maxClockDriftRate: z.number().min(0).max(0.2).default(0.01).describe('Bound ρ on clock rate error (0.01 = every clock runs within ±1 % of real time); the safety margin is checked against it'),
+    fenceLatencyMs: z.number().int().min(0).default(100).describe('Longest time from a fence decision until the service is stopped and the address dropped'),
+  })
+  .strict()
+  .superRefine((p, ctx) => {
+    // Lease safety (pilot/election.ts, rule R2): the primary must stop believing in its lease, and
+    // stop serving, before any voter's promise can run out under the worst allowed drift.
+    const min = minSafetyMarginMs(p.leaseMs, p.maxClockDriftRate, p.fenceLatencyMs);
+    if (p.leaseSafetyMarginMs < min) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['leaseSafetyMarginMs'],
+        message: `${p.leaseSafetyMarginMs} is below the safe minimum ${Math.ceil(min)} ms for leaseMs ${p.leaseMs}, clock drift ±${p.maxClockDriftRate * 100}% and fenceLatencyMs ${p.fenceLatencyMs}`,
+      });
+    } else if (p.leaseMs - p.leaseSafetyMarginMs <= (2 * p.leaseMs) / 3) {
+      ctx.addIssue({ code: 'custom', path: ['leaseSafetyMarginMs'], message: `must stay below leaseMs/3 (${Math.floor(p.leaseMs / 3)} ms) so two renewals fit before the primary fences` });
+    }
+  });
+
+export const ShipSection = z
+  .object({
+    sshPort: z.number().int().min(1).max(65535).default(22).describe('Port of sshd on depot hosts'),
+    sshUser: z.string().default('navigator').describe('User the SFTP transfers log in as'),
+    sshKeyFile: z.string().default('/etc/navigator/ssh/id_ed25519').describe('Private key for SFTP (key authentication only)'),
+    knownHostsFile: z.string().default('/etc/navigator/ssh/known_hosts').describe('Pinned host keys of depot hosts; unknown or changed keys are refused'),
+    requestsInFlight: z.number().int().min(1).max(256).default(64).describe('Parallel SFTP write requests per transfer'),
+    prestageCandidates: z.number().int().min(0).default(2).describe('Top placement candidates that keep a copy of the current image'),
+    prestageBandwidthPct: z.number().min(1).max(100).default(50).describe('Pre-staging bandwidth limit as a percentage of the link'),
+    linkMbps: z.number().positive().default(1000).describe('Link speed used to compute the pre-staging limit'),
+    chunkBytes: z
+      .number()
+      .int()
+      .min(4096)
+      .max(261_120)
+      .default(261_120)
+      .describe('Bytes per SFTP write request (OpenSSH sftp-server takes at most 255 KiB per write)'),
+    stallTimeoutMs: ms(30_000, 'A transfer with writes in flight and no reply for this long is failed (then resumed later)'),
+  })
+  .strict();
+
+export const DbSyncSection = z
+  .object({
+    syncIntervalMs: ms(60_000, 'Interval between mysqldump syncs from primary to standbys'),
+    retryBackoffMaxMs: ms(300_000, 'Longest wait between retries of a failing sync'),
+    retryBaseMs: ms(5_000, 'Wait before the first retry of a failed sync; doubles after each further failure up to retryBackoffMaxMs'),
+    syncTimeoutMs: ms(1_800_000, 'A dump and load taking longer than this is killed and counted as a failure'),
+    swapLockWaitS: z.number().int().min(1).max(3600).default(30).describe('Longest wait (s) for readers of the standby copy to let go of its tables at the swap (lock_wait_timeout); also bounds SET GLOBAL read_only on the primary'),
+    checksums: z.boolean().default(true).describe('Record CHECKSUM TABLE of every table of each synced copy (a full read of the copy; row counts are always recorded)'),
+    dumpCommand: z.string().default('').describe('mysqldump program (default: mariadb-dump if installed, else mysqldump)'),
+    clientCommand: z.string().default('').describe('mysql client program that loads the dump (default: mariadb if installed, else mysql)'),
+  })
+  .strict();
+
+export const ConfigSchema = z
+  .object({
+    node: NodeSection.prefault({}),
+    network: NetworkSection.prefault({}),
+    membership: MembershipSection.prefault({}),
+    http: HttpSection.prefault({}),
+    log: LogSection.prefault({}),
+    store: StoreSection.prefault({}),
+    pilot: PilotSection.prefault({}),
+    ship: ShipSection.prefault({}),
+    dbsync: DbSyncSection.prefault({}),
+  })
+  .strict();
+
+export type Config = z.infer<typeof ConfigSchema>;
+export type ConfigInput = z.input<typeof ConfigSchema>;
+
+export const DEFAULT_CONFIG_PATH = '/etc/navigator/navigator.yaml';
+export const ENV_PREFIX = 'NAVIGATOR__';
+
+/** Human-readable list of zod issues: one `path: reason` per line. */
+export function formatIssues(error: z.ZodError, source: string): string {
+  const lines = error.issues.map((i) => {
+    const path = i.path.length ? i.path.join('.') : '(top level)';
+    return `  ${path}: ${i.message}`;
+  });
+  return `invalid configuration in ${source}:\n${lines.join('\n')}`;
+}
+
+/**
+ * Environment overrides: NAVIGATOR__section__field=value, e.g. NAVIGATOR__http__port=7481.
+ * Values are parsed as YAML scalars/flow values, so numbers, booleans and [lists] work.
+ */
+export function envOverrides(env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, raw] of Object.entries(env)) {
+    if (!key.startsWith(ENV_PREFIX) || raw === undefined) continue;
+    const path = key.slice(ENV_PREFIX.length).split('__').filter(Boolean);
+    if (path.length === 0) continue;
+    let value: unknown;
+    try {
+      value = parseYaml(raw);
+    } catch {
+      value = raw;
+    }
+    let cursor: Record<string, unknown> = out;
+    for (const part of path.slice(0, -1)) {
+      const next = cursor[part];
+      cursor = (typeof next === 'object' && next !== null ? next : (cursor[part] = {})) as Record<string, unknown>;
+    }
+    cursor[path[path.length - 1]!] = value ?? '';
+  }
+  return out;
+}
+
+function deepMerge(base: Record<string, unknown>, over: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(over)) {
+    const b = out[k];
+    if (v && typeof v === 'object' && !Array.isArray(v) && b && typeof b === 'object' && !Array.isArray(b)) {
+      out[k] = deepMerge(b as Record<string, unknown>, v as Record<string, unknown>);
+    } else {
+      out[k] = v;
+    }
+  }
+  return out;
+}
+
+/** Validate an already-parsed object (file content merged with overrides). */
+export function parseConfig(input: unknown, source = 'configuration'): Config {
+  const result = ConfigSchema.safeParse(input ?? {});
+  if (!result.success) {
+    throw new NavigatorError('CONFIG_INVALID', formatIssues(result.error, source), {
+      issues: result.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })),
+    });
+  }
+  return resolveDerived(result.data);
+}
+
+/** Fill the fields whose defaults depend on other fields. */
+function resolveDerived(cfg: Config): Config {
+  return {
+    ...cfg,
+    network: { ...cfg.network, identityFile: cfg.network.identityFile || `${cfg.node.dataDir}/identity.key` },
+    store: { ...cfg.store, dir: cfg.store.dir || `${cfg.node.dataDir}/images` },
+  };
+}
+
+export interface LoadOptions {
+  /** Path of the YAML file; a missing file is an error only when the path was given explicitly. */
+  path?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Applied last (CLI flags). */
+  overrides?: Record<string, unknown>;
+}
+
+export function loadConfig(opts: LoadOptions = {}): Config {
+  const explicit = opts.path !== undefined;
+  const path = opts.path ?? DEFAULT_CONFIG_PATH;
+  let fileData: unknown = {};
+  let text: string | undefined;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    if (explicit) {
+      throw new NavigatorError('CONFIG_NOT_FOUND', `cannot read configuration file ${path}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`);
+    }
+  }
+  if (text !== undefined) {
+    try {
+      fileData = parseYaml(text) ?? {};
+    } catch (err) {
+      const where = err instanceof YAMLParseError && err.linePos ? ` (line ${err.linePos[0].line}, column ${err.linePos[0].col})` : '';
+      throw new NavigatorError('CONFIG_INVALID', `invalid configuration in ${path}: not valid YAML${where}: ${(err as Error).message.split('\n')[0]}`);
+    }
+    if (typeof fileData !== 'object' || Array.isArray(fileData)) {
+      throw new NavigatorError('CONFIG_INVALID', `invalid configuration in ${path}: the top level must be a mapping of sections`);
+    }
+  }
+  const merged = deepMerge(
+    deepMerge(fileData as Record<string, unknown>, envOverrides(opts.env ?? process.env)),
+    opts.overrides ?? {},
+  );
+  return parseConfig(merged, text !== undefined ? path : 'defaults and environment');
+}
+
+/** Every field with its default and description, for docs and the commented default file. */
+export function describeConfig(): Array<{ section: string; field: string; default: unknown; description: string }> {
+  const rows: Array<{ section: string; field: string; default: unknown; description: string }> = [];
+  const defaults = ConfigSchema.parse({}) as Record<string, Record<string, unknown>>;
+  for (const [section, schema] of Object.entries(ConfigSchema.shape)) {
+    const inner = (schema as unknown as { unwrap(): z.ZodObject }).unwrap();
+    for (const [field, fieldSchema] of Object.entries(inner.shape)) {
+      rows.push({
+        section,
+        field,
+        default: defaults[section]?.[field],
+        description: (fieldSchema as z.ZodType).description ?? '',
+      });
+    }
+  }
+  return rows;
+}

@@ -1,0 +1,178 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { Lab, LabProcess, REPO_ROOT } from './lab.ts';
+import { loadOrCreateIdentity } from '../../depot/identity.ts';
+import { peerIdFromPrivateKey } from '@libp2p/peer-id';
+import { makeSwarmKey } from '../../depot/swarm-key.ts';
+import { ImageStore } from '../../depot/image-store.ts';
+import { silentLogger } from '../../shared/logger.ts';
+import type { ServiceView } from '../../web/tracking.ts';
+
+// A Navigator cluster in the lab: one real depot process (`navigator depot run`) per workstation
+// namespace, all sharing a swarm key and knowing each other through bootstrap addresses, the
+// echo service image pre-staged in every store, and the service bootstrapped from one host.
+
+export const ADMIN_TOKEN = 'lab-admin-token';
+export const SERVICE = 'echo';
+export const SERVICE_PORT = 7000;
+const P2P_PORT = 7470;
+const HTTP_PORT = 7480;
+
+export interface LabCluster {
+  lab: Lab;
+  hosts: string[];
+  depots: Map<string, LabProcess>;
+  peerIds: Map<string, string>;
+  swarmKeyFile: string;
+  imageDir: string;
+  address: string;
+  ip: string;
+}
+
+/** The `navigator depot run` command line of one lab host (also used by the Zabbix lab). */
+export function depotArgs(c: Pick<LabCluster, 'lab' | 'hosts' | 'peerIds' | 'swarmKeyFile'>, host: string, swarmKeyFile = c.swarmKeyFile): string[] {
+  const h = c.lab.host(host);
+  const bootstrap = c.hosts.filter((x) => x !== host).map((x) => `/ip4/${c.lab.host(x).ip}/tcp/${P2P_PORT}/p2p/${c.peerIds.get(x)}`);
+  return [
+    process.execPath,
+    join(REPO_ROOT, 'bin/navigator.mjs'),
+    'depot',
+    'run',
+    '--name',
+    host,
+    '--data-dir',
+    join(c.lab.dir, 'data', host),
+    '--listen',
+    `/ip4/${h.ip}/tcp/${P2P_PORT}`,
+    ...(bootstrap.length ? ['--bootstrap', bootstrap.join(',')] : []),
+    '--swarm-key',
+    swarmKeyFile,
+    '--no-mdns',
+    '--http-host',
+    '0.0.0.0',
+    '--http-port',
+    String(HTTP_PORT),
+  ];
+}
+
+/** Start (or restart) the depot of one host. */
+export async function startDepot(c: LabCluster, host: string, opts: { swarmKeyFile?: string } = {}): Promise<LabProcess> {
+  const p = c.lab.spawn(host, depotArgs(c, host, opts.swarmKeyFile), {
+    name: 'depot',
+    env: { NAVIGATOR__http__adminToken: ADMIN_TOKEN, ECHO_NAME: host, NAVIGATOR_LOG_LEVEL: 'info' },
+  });
+  c.depots.set(host, p);
+  await p.waitForLine(/"event":"depot-started"/, 30_000);
+  return p;
+}
+
+export async function startCluster(lab: Lab, n: number): Promise<LabCluster> {
+  const hosts = lab.workstations.slice(0, n).map((w) => w.name);
+  const swarmKeyFile = join(lab.dir, 'swarm.key');
+  await writeFile(swarmKeyFile, makeSwarmKey(), { mode: 0o600 });
+  const imageDir = join(lab.dir, 'image');
+  await mkdir(imageDir, { recursive: true });
+  await writeFile(
+    join(imageDir, 'container.yaml'),
+    stringify({
+      name: 'echo',
+      start: [{ argv: [process.execPath, '--no-warnings', join(REPO_ROOT, 'test/lab/echo-service.ts'), '--port', String(SERVICE_PORT)] }],
+      health: { tcp: { host: '127.0.0.1', port: SERVICE_PORT } },
+      startTimeoutMs: 20_000,
+    }),
+  );
+  const peerIds = new Map<string, string>();
+  for (const host of hosts) {
+    const dataDir = join(lab.dir, 'data', host);
+    const key = await loadOrCreateIdentity(join(dataDir, 'identity.key'));
+    peerIds.set(host, peerIdFromPrivateKey(key).toString());
+    // Pre-staged image: what pre-staging leaves on the likely next hosts.
+    const store = new ImageStore({ dir: join(dataDir, 'images'), keepVersions: 3, logger: silentLogger() });
+    await store.start();
+    await store.import(imageDir, SERVICE);
+    await store.stop();
+  }
+  const address = lab.serviceAddress(0);
+  const c: LabCluster = { lab, hosts, depots: new Map(), peerIds, swarmKeyFile, imageDir, address, ip: address.split('/')[0]! };
+  await Promise.all(hosts.map((h) => startDepot(c, h)));
+  await waitFor(async () => (await aliveSeenBy(c, hosts[0]!)) === hosts.length, 20_000, 'all depots alive');
+  return c;
+}
+
+/** GET a depot's API from inside the lab (the client namespace). */
+export async function api<T>(c: LabCluster, host: string, path: string, from = 'client'): Promise<T | undefined> {
+  const r = await c.lab.exec(from, ['curl', '-sf', '--max-time', '2', `http://${c.lab.host(host).ip}:${HTTP_PORT}${path}`], { reject: false });
+  if (r.exitCode !== 0 || !r.stdout) return undefined;
+  return JSON.parse(r.stdout) as T;
+}
+
+export async function aliveSeenBy(c: LabCluster, host: string): Promise<number> {
+  const res = await api<{ depots: Array<{ state: string }> }>(c, host, '/api/depots');
+  return res?.depots.filter((d) => d.state === 'alive').length ?? 0;
+}
+
+export async function serviceView(c: LabCluster, host: string): Promise<ServiceView | undefined> {
+  const res = await api<{ services: ServiceView[] }>(c, host, '/api/services');
+  return res?.services.find((s) => s.service === SERVICE);
+}
+
+export interface Placement {
+  primary: string | undefined;
+  term: number;
+  standbys: string[];
+}
+
+/** Where the copies are, as `host` sees it (running copies on alive depots only). */
+export async function placement(c: LabCluster, host: string): Promise<Placement> {
+  const view = await serviceView(c, host);
+  const running = (view?.copies ?? []).filter((x) => x.state === 'running');
+  const primaries = running.filter((x) => x.role === 'primary').sort((a, b) => b.term - a.term);
+  return { primary: primaries[0]?.host, term: primaries[0]?.term ?? 0, standbys: running.filter((x) => x.role === 'standby').map((x) => x.host).sort() };
+}
+
+export async function bootstrap(c: LabCluster, host: string, standbys: number): Promise<void> {
+  const r = await c.lab.exec(
+    host,
+    [
+      process.execPath,
+      join(REPO_ROOT, 'bin/navigator.mjs'),
+      'pilot',
+      'bootstrap',
+      '--service',
+      SERVICE,
+      '--image',
+      c.imageDir,
+      '--address',
+      c.address,
+      '--iface',
+      'eth0',
+      '--port',
+      String(SERVICE_PORT),
+      '--standbys',
+      String(standbys),
+      '--token',
+      ADMIN_TOKEN,
+      '--timeout',
+      '60',
+    ],
+    { reject: false, timeoutMs: 90_000 },
+  );
+  if (r.exitCode !== 0) throw new Error(`bootstrap failed (${r.exitCode}): ${r.stderr}\n${r.stdout}`);
+}
+
+export async function waitFor(check: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** A host other than `exclude` whose depot still runs, to ask for the cluster's view. */
+export function observer(c: LabCluster, exclude: string[]): string {
+  const h = c.hosts.find((x) => !exclude.includes(x) && c.depots.get(x)?.running);
+  if (!h) throw new Error('no depot left to observe from');
+  return h;
+}

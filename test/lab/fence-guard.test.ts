@@ -1,0 +1,83 @@
+import { describe, it, expect, beforeEach, afterEach } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { execa } from 'execa';
+import { FenceGuard } from '../../pilot/fence.ts';
+import { silentLogger } from '../../shared/logger.ts';
+
+// The primary's dead man's switch, for real: a namespace with an interface holding the
+// service address; the guard must drop it when its lease runs out or its pilot disappears,
+// and must leave it alone on a clean release.
+
+let ns: string;
+const ADDRESS = '10.99.0.100/24';
+
+async function held(): Promise<boolean> {
+  const r = await execa('ip', ['-n', ns, '-j', 'addr', 'show', 'dev', 'svc0']);
+  return (JSON.parse(r.stdout) as Array<{ addr_info: Array<{ local: string }> }>).some((l) => l.addr_info.some((a) => a.local === '10.99.0.100'));
+}
+
+async function waitUntil(check: () => Promise<boolean>, ms: number): Promise<number> {
+  const t0 = Date.now();
+  while (!(await check())) {
+    if (Date.now() - t0 > ms) throw new Error(`condition not met within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return Date.now() - t0;
+}
+
+beforeEach(async () => {
+  ns = `navfence-${randomBytes(3).toString('hex')}`;
+  await execa('ip', ['netns', 'add', ns]);
+  // A veth pair (this kernel has no dummy driver); only svc0 matters.
+  await execa('ip', ['-n', ns, 'link', 'add', 'svc0', 'type', 'veth', 'peer', 'name', 'svc1']);
+  await execa('ip', ['-n', ns, 'link', 'set', 'svc0', 'up']);
+  await execa('ip', ['-n', ns, 'addr', 'add', ADDRESS, 'dev', 'svc0']);
+});
+afterEach(async () => {
+  await execa('ip', ['netns', 'del', ns], { reject: false });
+});
+
+describe('fence guard', () => {
+  it('drops the address when the lease runs out without renewal', async () => {
+    const guard = new FenceGuard({ address: ADDRESS, iface: 'svc0', netns: ns, logger: silentLogger() });
+    await guard.arm(300);
+    expect(await held()).toBe(true);
+    const took = await waitUntil(async () => !(await held()), 3000);
+    expect(took).toBeLessThan(1500);
+    await guard.release();
+  });
+
+  it('keeps the address while the lease is renewed, and on a clean release', async () => {
+    const guard = new FenceGuard({ address: ADDRESS, iface: 'svc0', netns: ns, logger: silentLogger() });
+    await guard.arm(300);
+    for (let i = 0; i < 10; i++) {
+      guard.lease(300);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(await held()).toBe(true);
+    await guard.release();
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await held()).toBe(true);
+  });
+
+  it('drops the address when its pilot process dies (kill -9), even with a long lease left', async () => {
+    // A separate Node process owns the guard, as the depot does; kill it hard.
+    const script = `
+      import { FenceGuard } from ${JSON.stringify(new URL('../../pilot/fence.ts', import.meta.url).pathname)};
+      import { silentLogger } from ${JSON.stringify(new URL('../../shared/logger.ts', import.meta.url).pathname)};
+      const g = new FenceGuard({ address: '${ADDRESS}', iface: 'svc0', netns: '${ns}', logger: silentLogger() });
+      await g.arm(60000);
+      process.stdout.write('armed\\n');
+      setInterval(() => g.lease(60000), 1000);
+    `;
+    const owner = execa(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { reject: false });
+    await new Promise<void>((resolve, reject) => {
+      owner.stdout?.on('data', (d: Buffer) => d.toString().includes('armed') && resolve());
+      void owner.then((r) => reject(new Error(`guard owner exited early: ${r.stderr}`)));
+    });
+    expect(await held()).toBe(true);
+    owner.kill('SIGKILL');
+    const took = await waitUntil(async () => !(await held()), 5000);
+    expect(took).toBeLessThan(3000);
+  });
+});

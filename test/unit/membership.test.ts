@@ -1,0 +1,176 @@
+import { describe, expect, it } from 'vitest';
+import { Membership, type MembershipAction } from '../../depot/membership.ts';
+import type { HeartbeatMessage } from '../../shared/wire.ts';
+
+const SELF = '12D3KooWSelf000000000000';
+const A = '12D3KooWAaaa000000000000';
+const B = '12D3KooWBbbb000000000000';
+const C = '12D3KooWCccc000000000000';
+const T0 = 1_700_000_000_000;
+
+function hb(peerId: string, seq: number, incarnation = 100, name = peerId.slice(8, 12)): HeartbeatMessage {
+  return {
+    type: 'heartbeat',
+    v: 1,
+    peerId,
+    name,
+    seq,
+    incarnation,
+    sentAt: T0,
+    addresses: [],
+    hostAddresses: [],
+    bootTime: 0,
+    uptimeS: 1,
+    load: [0, 0, 0],
+    cpus: 1,
+    memFreeBytes: 1,
+    memTotalBytes: 2,
+    diskFreeBytes: 3,
+    images: [],
+    staging: [],
+    containers: [],
+    version: '0.1.0',
+  };
+}
+
+const kinds = (acts: MembershipAction[]) => acts.map((a) => (a.kind === 'transition' ? `${a.peer.slice(8, 12)}:${a.from}->${a.to}` : `${a.kind}`));
+
+function fresh(): Membership {
+  const m = new Membership({ selfId: SELF, random: () => 0 });
+  m.observeHeartbeat(hb(SELF, 0), T0);
+  m.observeHeartbeat(hb(A, 0), T0);
+  m.observeHeartbeat(hb(B, 0), T0);
+  m.observeHeartbeat(hb(C, 0), T0);
+  return m;
+}
+
+describe('Membership (pure failure detector)', () => {
+  it('adds depots alive on their first heartbeat and includes itself', () => {
+    const m = fresh();
+    expect(m.view().map((v) => [v.name, v.state, v.self])).toEqual([
+      ['Self', 'alive', true],
+      ['Aaaa', 'alive', false],
+      ['Bbbb', 'alive', false],
+      ['Cccc', 'alive', false],
+    ]);
+  });
+
+  it('stays alive while heartbeats keep coming, suspects after 3 missed, then probes with 2 indirect helpers', () => {
+    const m = fresh();
+    for (let s = 1; s <= 5; s++) {
+      for (const p of [A, B, C]) m.observeHeartbeat(hb(p, s), T0 + s * 1000);
+      expect(m.tick(T0 + s * 1000 + 500)).toEqual([]);
+    }
+    // C stops after seq 5 (t=5000). Exactly 3000 ms later it is not yet suspect; just after, it is.
+    for (let s = 6; s <= 8; s++) for (const p of [A, B]) m.observeHeartbeat(hb(p, s), T0 + s * 1000);
+    expect(m.tick(T0 + 8000)).toEqual([]);
+    const acts = m.tick(T0 + 8001);
+    expect(kinds(acts)).toEqual(['Cccc:alive->suspect', 'probe']);
+    const probe = acts[1] as Extract<MembershipAction, { kind: 'probe' }>;
+    expect(probe.peer).toBe(C);
+    expect(probe.indirectVia.sort()).toEqual([A, B].sort());
+    expect(m.get(C)?.state).toBe('suspect');
+  });
+
+  it('declares dead after a failed probe round and asks to gossip it', () => {
+    const m = fresh();
+    m.tick(T0 + 3001);
+    const acts = m.probeResult(A, false, T0 + 3400);
+    expect(kinds(acts)).toEqual(['Aaaa:suspect->dead', 'declare-dead']);
+    expect(acts[1]).toEqual({ kind: 'declare-dead', peer: A, incarnation: 100 });
+  });
+
+  it('returns to alive when the probe is answered, and suspects again if heartbeats still do not come', () => {
+    const m = fresh();
+    m.tick(T0 + 3001);
+    expect(kinds(m.probeResult(A, true, T0 + 3100))).toEqual(['Aaaa:suspect->alive']);
+    expect(m.tick(T0 + 6100).filter((a) => a.kind === 'transition' && a.peer === A)).toEqual([]);
+    expect(kinds(m.tick(T0 + 6101).filter((a) => 'peer' in a && a.peer === A))).toEqual(['Aaaa:alive->suspect', 'probe']);
+  });
+
+  it('declares dead when the probe round gets no answer within suspectTimeoutMs', () => {
+    const m = fresh();
+    m.tick(T0 + 3001);
+    expect(m.tick(T0 + 3001 + 1499).filter((a) => a.kind !== 'probe')).toEqual([]);
+    expect(kinds(m.tick(T0 + 3001 + 1500).filter((a) => 'peer' in a && a.peer === A))).toEqual(['Aaaa:suspect->dead', 'declare-dead']);
+  });
+
+  it('ignores a late probe result once the suspicion was resolved by a heartbeat', () => {
+    const m = fresh();
+    m.tick(T0 + 3001);
+    expect(kinds(m.observeHeartbeat(hb(A, 1), T0 + 3050))).toEqual(['Aaaa:suspect->alive']);
+    expect(m.probeResult(A, false, T0 + 3200)).toEqual([]);
+    expect(m.get(A)?.state).toBe('alive');
+  });
+
+  it('a left depot is final for its incarnation: not dead, not revived by its own late heartbeats', () => {
+    const m = fresh();
+    expect(kinds(m.observeLeft({ type: 'left', v: 1, peerId: A, name: 'Aaaa', incarnation: 100, sentAt: T0 }, T0 + 10))).toEqual(['Aaaa:alive->left']);
+    expect(m.observeHeartbeat(hb(A, 7), T0 + 20)).toEqual([]);
+    expect(m.observeDead({ type: 'dead', v: 1, peerId: A, incarnation: 100, by: B, sentAt: T0 }, T0 + 5000)).toEqual([]);
+    expect(m.tick(T0 + 60_000).filter((a) => 'peer' in a && a.peer === A)).toEqual([]);
+    expect(m.get(A)?.state).toBe('left');
+    // A restart (new incarnation) is welcome back.
+    expect(kinds(m.observeHeartbeat(hb(A, 0, 200), T0 + 61_000))).toEqual(['Aaaa:left->alive']);
+    expect(m.get(A)?.incarnation).toBe(200);
+  });
+
+  it('a dead depot comes back only with a newer heartbeat or a new incarnation', () => {
+    const m = fresh();
+    m.observeHeartbeat(hb(A, 5), T0 + 100);
+    m.tick(T0 + 3101);
+    m.probeResult(A, false, T0 + 3200);
+    expect(m.get(A)?.state).toBe('dead');
+    expect(m.observeHeartbeat(hb(A, 5), T0 + 3300)).toEqual([]); // duplicate
+    expect(m.observeHeartbeat(hb(A, 3), T0 + 3300)).toEqual([]); // reordered old one
+    expect(m.observeHeartbeat(hb(A, 9, 50), T0 + 3300)).toEqual([]); // older incarnation
+    expect(m.get(A)?.state).toBe('dead');
+    expect(kinds(m.observeHeartbeat(hb(A, 6), T0 + 3400))).toEqual(['Aaaa:dead->alive']);
+  });
+
+  it('a death report about a depot heard from recently only makes it suspect and probed', () => {
+    const m = fresh();
+    m.observeHeartbeat(hb(A, 1), T0 + 1000);
+    const acts = m.observeDead({ type: 'dead', v: 1, peerId: A, incarnation: 100, by: B, sentAt: T0 }, T0 + 1500);
+    expect(kinds(acts)).toEqual(['Aaaa:alive->suspect', 'probe']);
+    // Not heard for longer than 1.5 heartbeats: the report is believed at once.
+    const acts2 = m.observeDead({ type: 'dead', v: 1, peerId: C, incarnation: 100, by: B, sentAt: T0 }, T0 + 2500);
+    expect(kinds(acts2)).toEqual(['Cccc:alive->dead']);
+    expect(acts2.some((a) => a.kind === 'declare-dead')).toBe(false); // only own verdicts are gossiped
+  });
+
+  it('refutes a death report about itself and never suspects itself', () => {
+    const m = fresh();
+    expect(m.observeDead({ type: 'dead', v: 1, peerId: SELF, incarnation: 100, by: B, sentAt: T0 }, T0)).toEqual([{ kind: 'refute', by: B }]);
+    expect(m.tick(T0 + 100_000).some((a) => 'peer' in a && a.peer === SELF)).toBe(false);
+    expect(m.get(SELF)?.state).toBe('alive');
+  });
+
+  it('keeps tombstones for unknown depots reported left or dead, and forgets them later', () => {
+    const m = new Membership({ selfId: SELF, timing: { forgetAfterMs: 10_000 } });
+    expect(kinds(m.observeLeft({ type: 'left', v: 1, peerId: A, name: 'Aaaa', incarnation: 100, sentAt: T0 }, T0))).toEqual(['Aaaa:unknown->left']);
+    expect(m.observeHeartbeat(hb(A, 50), T0 + 1)).toEqual([]);
+    expect(m.tick(T0 + 9_999)).toEqual([]);
+    expect(m.tick(T0 + 10_000)).toEqual([{ kind: 'forget', peer: A, name: 'Aaaa' }]);
+    expect(m.get(A)).toBeUndefined();
+  });
+
+  it('counts members by state', () => {
+    const m = fresh();
+    m.tick(T0 + 3001);
+    m.probeResult(A, false, T0 + 3100);
+    expect(m.countByState()).toEqual({ alive: 1, suspect: 2, dead: 1, left: 0 });
+  });
+
+  it('uses the configured timing', () => {
+    const m = new Membership({ selfId: SELF, timing: { heartbeatMs: 200, suspectAfterMissed: 5, indirectProbes: 0 } });
+    m.observeHeartbeat(hb(A, 0), T0);
+    m.observeHeartbeat(hb(B, 0), T0);
+    expect(m.tick(T0 + 1000)).toEqual([]);
+    const acts = m.tick(T0 + 1001);
+    expect(acts.filter((a) => a.kind === 'probe')).toEqual([
+      { kind: 'probe', peer: A, indirectVia: [] },
+      { kind: 'probe', peer: B, indirectVia: [] },
+    ]);
+  });
+});

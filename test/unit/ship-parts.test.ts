@@ -1,0 +1,194 @@
+import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { TokenBucket, prestageBytesPerSec } from '../../pilot/bandwidth.ts';
+import { checkHostKey, fingerprint, knownHostName, parseKnownHosts } from '../../pilot/ssh-known-hosts.ts';
+import { planPrestage, type PrestageCandidate } from '../../pilot/prestage.ts';
+import { TransferTracker } from '../../pilot/transfers.ts';
+import { canonicalJson, ImageManifest, manifestId, parseManifest, unsafePathReason } from '../../depot/image-manifest.ts';
+
+const H = (s: string) => createHash('sha256').update(s).digest('hex');
+
+describe('known_hosts pinning', () => {
+  const keyA = randomBytes(51);
+  const keyB = randomBytes(51);
+  const text = [
+    '# comment',
+    `[10.0.0.5]:2222 ssh-ed25519 ${keyA.toString('base64')}`,
+    `ws1,10.0.0.6 ssh-ed25519 ${keyB.toString('base64')}`,
+    '',
+  ].join('\n');
+  const entries = parseKnownHosts(text);
+
+  it('accepts the pinned key for host:port and names hosts like OpenSSH', () => {
+    expect(knownHostName('10.0.0.5', 2222)).toBe('[10.0.0.5]:2222');
+    expect(knownHostName('ws1', 22)).toBe('ws1');
+    expect(checkHostKey(entries, '10.0.0.5', 2222, keyA, 'kh')).toEqual({ ok: true });
+    expect(checkHostKey(entries, 'ws1', 22, keyB, 'kh')).toEqual({ ok: true });
+    expect(checkHostKey(entries, '10.0.0.6', 22, keyB, 'kh')).toEqual({ ok: true });
+  });
+
+  it('refuses a changed key and an unknown host with the fingerprint in the message', () => {
+    const changed = checkHostKey(entries, '10.0.0.5', 2222, keyB, '/etc/kh');
+    expect(changed).toMatchObject({ ok: false, reason: 'changed' });
+    if (!changed.ok) {
+      expect(changed.message).toContain(fingerprint(keyB));
+      expect(changed.message).toContain(fingerprint(keyA));
+      expect(changed.message).toContain('[10.0.0.5]:2222');
+    }
+    // Same host on another port is another entry: unknown.
+    expect(checkHostKey(entries, '10.0.0.5', 22, keyA, 'kh')).toMatchObject({ ok: false, reason: 'unknown' });
+  });
+
+  it('matches hashed host names (HashKnownHosts yes)', () => {
+    const salt = randomBytes(20);
+    const hash = createHmac('sha1', salt).update('[ws9]:2200').digest('base64');
+    const hashed = parseKnownHosts(`|1|${salt.toString('base64')}|${hash} ssh-ed25519 ${keyA.toString('base64')}\n`);
+    expect(checkHostKey(hashed, 'ws9', 2200, keyA, 'kh')).toEqual({ ok: true });
+    expect(checkHostKey(hashed, 'ws8', 2200, keyA, 'kh')).toMatchObject({ ok: false, reason: 'unknown' });
+  });
+
+  it('fingerprints like ssh-keygen -l (SHA256, unpadded base64)', () => {
+    expect(fingerprint(Buffer.from('abc'))).toBe(`SHA256:${createHash('sha256').update('abc').digest('base64').replace(/=+$/, '')}`);
+  });
+});
+
+describe('token bucket', () => {
+  it('lets a burst through, then paces to the rate', () => {
+    const b = new TokenBucket({ bytesPerSec: 1_000_000, burstBytes: 500_000 });
+    expect(b.reserve(500_000, 0)).toBe(0);
+    expect(b.reserve(250_000, 0)).toBe(250);
+    // After the wait the debt is paid; 1 s later a full second of rate is available again (capped by burst).
+    expect(b.reserve(0, 250)).toBe(0);
+    expect(b.reserve(500_000, 1250)).toBe(0);
+    expect(b.reserve(1, 1250)).toBe(1);
+  });
+
+  it('never exceeds the rate over a long run (random request sizes, fake time)', () => {
+    for (let seed = 1; seed <= 50; seed++) {
+      let x = seed;
+      const rnd = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+      const rate = 100_000 + Math.floor(rnd() * 10_000_000);
+      const b = new TokenBucket({ bytesPerSec: rate });
+      let now = 0;
+      let sent = 0;
+      for (let i = 0; i < 500; i++) {
+        const n = 1 + Math.floor(rnd() * 300_000);
+        now += b.reserve(n, now);
+        sent += n;
+      }
+      // Over the elapsed time at most rate x time plus one burst went out.
+      expect(sent).toBeLessThanOrEqual((rate * now) / 1000 + b.burstBytes + rate / 1000);
+    }
+  });
+
+  it('computes the pre-staging rate from link speed and percentage', () => {
+    expect(prestageBytesPerSec(1000, 50)).toBe(62_500_000);
+    expect(() => new TokenBucket({ bytesPerSec: 0 })).toThrow(/bytesPerSec/);
+  });
+});
+
+describe('pre-staging plan', () => {
+  const img = 'a'.repeat(64);
+  it('takes the top K alive candidates that do not run a copy, and says why others are skipped', () => {
+    const ranked: PrestageCandidate[] = [
+      { host: 'ws1', alive: true, images: [], hostsCopy: true },
+      { host: 'ws2', alive: false, images: [] },
+      { host: 'ws3', alive: true, images: [img] },
+      { host: 'ws4', alive: true, images: [] },
+      { host: 'ws5', alive: true, images: [] },
+    ];
+    expect(planPrestage({ ranked, imageId: img, k: 2 })).toEqual({
+      targets: ['ws3', 'ws4'],
+      ship: ['ws4'],
+      staged: ['ws3'],
+      skipped: [
+        { host: 'ws1', reason: 'already runs a copy' },
+        { host: 'ws2', reason: 'not alive' },
+        { host: 'ws5', reason: 'not in the top 2' },
+      ],
+    });
+    expect(planPrestage({ ranked, imageId: img, k: 2, busy: new Set(['ws4']) }).ship).toEqual([]);
+    expect(planPrestage({ ranked, imageId: img, k: 0 }).targets).toEqual([]);
+  });
+
+  it('holds its invariants for random rankings', () => {
+    for (let seed = 1; seed <= 200; seed++) {
+      let x = seed;
+      const rnd = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+      const ranked: PrestageCandidate[] = Array.from({ length: Math.floor(rnd() * 10) }, (_, i) => ({
+        host: `ws${Math.floor(rnd() * 12)}`,
+        alive: rnd() > 0.2,
+        images: rnd() > 0.5 ? [img] : [],
+        hostsCopy: rnd() > 0.8,
+      }));
+      const k = Math.floor(rnd() * 4);
+      const busy = new Set(ranked.filter(() => rnd() > 0.8).map((c) => c.host));
+      const p = planPrestage({ ranked, imageId: img, k, busy });
+      expect(p.targets.length).toBeLessThanOrEqual(k);
+      expect(new Set(p.targets).size).toBe(p.targets.length);
+      for (const h of p.ship) {
+        expect(p.targets).toContain(h);
+        expect(busy.has(h)).toBe(false);
+      }
+      for (const h of p.targets) {
+        const c = ranked.find((r) => r.host === h)!;
+        expect(c.alive && !c.hostsCopy).toBe(true);
+      }
+      expect(p.ship.filter((h) => p.staged.includes(h))).toEqual([]);
+      // Every listed candidate is either a target or skipped (a busy target is both: it stays a target).
+      const busySkipped = p.skipped.filter((s) => s.reason === 'transfer in progress');
+      for (const s of busySkipped) expect(p.targets).toContain(s.host);
+      expect(p.targets.length + p.skipped.length - busySkipped.length).toBe(ranked.length);
+      expect(p.ship.length + p.staged.length + busySkipped.length).toBe(p.targets.length);
+    }
+  });
+});
+
+describe('transfer tracker', () => {
+  it('derives rate and ETA and moves finished transfers to the history', () => {
+    let now = 1000;
+    const t = new TransferTracker(() => now);
+    const info = t.begin({ imageId: 'b'.repeat(64), imageName: 'zbx', target: 'ws2:22', imageBytes: 1000 });
+    t.update(info.key, { state: 'sending', bytesToSend: 1000 });
+    now = 3000;
+    t.update(info.key, { bytesSent: 500 }, 1000);
+    expect(t.list()[0]).toMatchObject({ rateBps: 250, etaMs: 2000, state: 'sending' });
+    t.end(info.key, 'done');
+    expect(t.list()).toEqual([]);
+    expect(t.history()[0]).toMatchObject({ state: 'done', etaMs: 0 });
+  });
+});
+
+describe('image manifest', () => {
+  const base = {
+    format: 1 as const,
+    name: 'zbx',
+    version: '1',
+    created: '2026-01-01T00:00:00.000Z',
+    blockSize: 65536,
+    files: [
+      { path: 'b/disk.img', size: 65537, mode: 0o644, sha256: H('x'), blocks: [H('1'), H('2')] },
+      { path: 'a.vmx', size: 3, mode: 0o600, sha256: H('y'), blocks: [H('3')] },
+    ],
+  };
+
+  it('has a stable id whatever the key order, and sorts files', () => {
+    const m = parseManifest(base);
+    expect(m.files.map((f) => f.path)).toEqual(['a.vmx', 'b/disk.img']);
+    const reordered = JSON.parse(JSON.stringify({ files: m.files, blockSize: 65536, created: base.created, version: '1', name: 'zbx', format: 1 }));
+    expect(manifestId(parseManifest(reordered))).toBe(manifestId(m));
+    expect(canonicalJson({ b: 1, a: [2, { d: 1, c: 2 }] })).toBe('{"a":[2,{"c":2,"d":1}],"b":1}');
+  });
+
+  it('refuses unsafe paths, wrong block counts, duplicates and file/folder clashes', () => {
+    for (const p of ['../x', 'a/../../x', '/etc/passwd', 'a//b', 'a/', './a', 'a\0b', 'a\\b', '']) {
+      expect(unsafePathReason(p), p).toBeDefined();
+      expect(() => parseManifest({ ...base, files: [{ ...base.files[1]!, path: p }] }), p).toThrow(/invalid image manifest/);
+    }
+    expect(unsafePathReason('a/b..c/.d')).toBeUndefined();
+    expect(() => parseManifest({ ...base, files: [{ ...base.files[0]!, blocks: [H('1')] }] })).toThrow(/expected 2/);
+    expect(() => parseManifest({ ...base, files: [base.files[1]!, base.files[1]!] })).toThrow(/duplicate/);
+    expect(() => parseManifest({ ...base, files: [base.files[1]!, { ...base.files[1]!, path: 'a.vmx/x' }] })).toThrow(/both a file and a folder/);
+    expect(ImageManifest.safeParse({ ...base, blockSize: 1000 }).success).toBe(false);
+  });
+});

@@ -1,0 +1,42 @@
+import { describe, it, expect } from 'vitest';
+import { buildServiceViews } from '../../web/tracking.ts';
+import type { MovementRecord } from '../../shared/movement.ts';
+
+const base = { address: '', fromHost: '', failover: false, reason: '', timings: {} } as const;
+const records: MovementRecord[] = [
+  { ...base, id: 'a', time: 1000, service: 'zabbix', role: 'primary', host: 'ws-01', address: '10.0.0.50', event: 'bootstrap', term: 1 },
+  { ...base, id: 'b', time: 2000, service: 'zabbix', role: 'standby', host: 'ws-02', event: 'placed', term: 1 },
+  { ...base, id: 'c', time: 3000, service: 'zabbix', role: 'primary', host: 'ws-02', address: '10.0.0.50', event: 'failover', failover: true, term: 2 },
+  { ...base, id: 'd', time: 4000, service: 'zabbix', role: 'standby', host: 'ws-03', event: 'replaced', term: 2 },
+  { ...base, id: 'e', time: 500, service: 'gone', role: 'primary', host: 'ws-09', address: '10.0.0.60', event: 'bootstrap', term: 5 },
+];
+
+describe('buildServiceViews', () => {
+  it('joins heartbeat containers with the journal: roles, since, RPO, address; stale depots left out', () => {
+    const views = buildServiceViews(
+      [
+        { name: 'ws-01', state: 'dead', containers: [{ service: 'zabbix', role: 'primary', term: 1, state: 'running' }] },
+        { name: 'ws-03', state: 'alive', containers: [{ service: 'zabbix', role: 'standby', term: 2, state: 'running', lastSyncAt: 3900, syncFailing: true }] },
+        { name: 'ws-02', state: 'suspect', containers: [{ service: 'zabbix', role: 'primary', term: 2, state: 'running', lastSyncAt: 1234 }, { bogus: true }] },
+      ],
+      records,
+    );
+    expect(views).toEqual([
+      { service: 'gone', address: '10.0.0.60', term: 5, copies: [] },
+      {
+        service: 'zabbix',
+        address: '10.0.0.50',
+        term: 2,
+        copies: [
+          { host: 'ws-02', role: 'primary', term: 2, state: 'running', since: 3000, lastSyncAt: null, syncFailing: false },
+          { host: 'ws-03', role: 'standby', term: 2, state: 'running', since: 4000, lastSyncAt: 3900, syncFailing: true },
+        ],
+      },
+    ]);
+  });
+
+  it('a copy without a matching record has no since', () => {
+    const v = buildServiceViews([{ name: 'ws-07', state: 'alive', containers: [{ service: 'zabbix', role: 'standby', term: 2, state: 'starting' }] }], records);
+    expect(v.find((s) => s.service === 'zabbix')?.copies).toEqual([{ host: 'ws-07', role: 'standby', term: 2, state: 'starting', since: null, lastSyncAt: null, syncFailing: false }]);
+  });
+});
