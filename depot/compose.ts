@@ -3,6 +3,7 @@ import type { Logger } from '../shared/logger.ts';
 import { Depot, type DepotOptions } from './daemon.ts';
 import { ImageStore } from './image-store.ts';
 import { containersPart, type ContainersPart } from './containers-part.ts';
+import { imagesPart } from './images-part.ts';
 import { trackingPart, type TrackingPart } from './tracking-part.ts';
 import { pilotsPart, type PilotsPart } from '../pilot/pilots-part.ts';
 import type { ElectionConfig } from '../pilot/election.ts';
@@ -46,20 +47,13 @@ export async function composeDepot(opts: ComposeOptions): Promise<FullDepot> {
     ...opts,
     parts: [
       (d) => (containers = containersPart({ images: store })(d)),
+      imagesPart({ store, control: () => need(containers, 'containers').control }),
       (d) =>
         (tracking = trackingPart({
           switchover: (a) => need(pilots, 'pilots').switchover(a),
           drain: (a) => need(pilots, 'pilots').drain(a),
         })(d)),
       (d) => (pilots = pilotsPart({ containers: () => need(containers, 'containers'), tracking: () => tracking, store, ...(opts.election ? { election: opts.election } : {}) })(d)),
-      (d) => ({
-        name: 'images',
-        start: () =>
-          d.addHeartbeatContent(async () => ({
-            images: (await store.list()).map((i) => i.id),
-          })),
-        stop: () => store.stop(),
-      }),
     ],
   });
   return {

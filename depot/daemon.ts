@@ -98,6 +98,8 @@ export class Depot {
     this.metrics = new DepotMetrics({
       processMetrics: opts.processMetrics ?? false,
       membersByState: () => this._membership?.countByState() ?? { alive: 0, suspect: 0, dead: 0, left: 0 },
+      connectedPeers: () => this._node?.getPeers().length ?? 0,
+      topicPeers: () => Object.fromEntries(Object.values(TOPICS).map((t) => [t, this._node?.services.pubsub.getSubscribers(t).length ?? 0])),
     });
   }
 

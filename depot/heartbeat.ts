@@ -14,6 +14,8 @@ export interface HeartbeatContent {
   images: string[];
   staging: HeartbeatMessage['staging'];
   containers: ContainerReport[];
+  /** Port of the sshd that receives images (the images part); the last provider that sets it wins. */
+  sshPort?: number;
 }
 
 /** Returns the part of the heartbeat content a part knows about; lists are concatenated. */
@@ -88,6 +90,7 @@ export class HeartbeatPublisher {
         content.images.push(...(part.images ?? []));
         content.staging.push(...(part.staging ?? []));
         content.containers.push(...(part.containers ?? []));
+        if (part.sshPort !== undefined) content.sshPort = part.sshPort;
       } catch (err) {
         o.log.warn({ event: 'heartbeat-provider-failed', err: (err as Error).message }, 'heartbeat content provider failed');
       }
@@ -104,6 +107,7 @@ export class HeartbeatPublisher {
       addresses: o.addresses().slice(0, 8),
       hostAddresses: res.hostAddresses.slice(0, 8),
       ...(httpPort !== undefined ? { httpPort } : {}),
+      ...(content.sshPort !== undefined ? { sshPort: content.sshPort } : {}),
       bootTime: res.bootTime,
       uptimeS: res.uptimeS,
       load: res.load,

@@ -119,6 +119,8 @@ export class ImageStore {
   private readonly log: Logger;
   private readonly pinned: () => Iterable<string>;
   private readonly manifests = new Map<string, ImageManifest>();
+  /** Manifests of staging folders by folder name (receiving() runs every heartbeat). */
+  private readonly stagingManifests = new Map<string, ImageManifest>();
   /** Per-id chains so prepare/commit/receive of the same image in this process run one at a time. */
   private readonly locks = new Map<string, Promise<unknown>>();
 
@@ -390,6 +392,44 @@ export class ImageStore {
       if (await stat(join(d, 'manifest.json')).then(() => true, () => false)) out.push(d);
     }
     return out.sort();
+  }
+
+  /**
+   * Images being received, for the heartbeat: staging folders written to within `activeMs`
+   * (a folder left by a cut-off transfer stays for a resume but is not "in progress"), with the
+   * bytes on disk so far (allocated blocks: the files are sparse until written; blocks seeded
+   * from a delta base count as present) and the image's total.
+   */
+  async receiving(activeMs = 60_000, now = Date.now()): Promise<Array<{ image: string; bytes: number; total: number }>> {
+    const out: Array<{ image: string; bytes: number; total: number }> = [];
+    const entries = await readdir(join(this.dir, 'staging')).catch(() => [] as string[]);
+    for (const e of entries) {
+      const id = e.split('.')[0] ?? '';
+      if (e.startsWith('.') || !ID_RE.test(id)) continue;
+      const dir = this.resolveInside('staging', e);
+      let manifest = this.stagingManifests.get(e);
+      if (!manifest) {
+        try {
+          manifest = parseManifest(JSON.parse(await readFile(join(dir, 'manifest.json'), 'utf8')), `staged manifest of ${id}`);
+        } catch {
+          continue; // not complete yet, or being removed
+        }
+        if (this.stagingManifests.size > 64) this.stagingManifests.clear();
+        this.stagingManifests.set(e, manifest);
+      }
+      let bytes = 0;
+      let newest = (await stat(dir).catch(() => undefined))?.mtimeMs ?? 0;
+      for (const f of manifest.files) {
+        const st = await stat(this.fileIn(join(dir, 'files'), f.path)).catch(() => undefined);
+        if (!st) continue;
+        bytes += Math.min(st.size, st.blocks * 512);
+        newest = Math.max(newest, st.mtimeMs);
+      }
+      if (now - newest > activeMs) continue;
+      const total = totalBytes(manifest);
+      out.push({ image: id, bytes: Math.min(bytes, total), total });
+    }
+    return out;
   }
 
   /**

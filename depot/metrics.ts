@@ -27,7 +27,14 @@ export class DepotMetrics {
   /** Same counts as gossipDropped, readable synchronously for /api/depots. */
   readonly dropped: Record<DropReason, number> = { 'too-large': 0, 'not-json': 0, schema: 0, spoofed: 0, unsigned: 0, 'unknown-topic': 0 };
 
-  constructor(opts: { processMetrics?: boolean; membersByState?: () => Record<string, number> } = {}) {
+  constructor(
+    opts: {
+      processMetrics?: boolean;
+      membersByState?: () => Record<string, number>;
+      connectedPeers?: () => number;
+      topicPeers?: () => Record<string, number>;
+    } = {},
+  ) {
     const registers = [this.registry];
     this.gossipReceived = new Counter({ name: 'navigator_gossip_received_total', help: 'Gossip messages accepted, by topic', labelNames: ['topic'], registers });
     this.gossipPublished = new Counter({ name: 'navigator_gossip_published_total', help: 'Gossip messages published, by topic', labelNames: ['topic'], registers });
@@ -48,6 +55,27 @@ export class DepotMetrics {
       collect() {
         if (!byState) return;
         for (const [state, n] of Object.entries(byState())) this.set({ state }, n);
+      },
+    });
+    const { connectedPeers, topicPeers } = opts;
+    // A depot connected to fewer peers than the view holds, or with no subscribers on a topic,
+    // hears of the others only second-hand (or not at all): the first thing to look at.
+    new Gauge({
+      name: 'navigator_peers_connected',
+      help: 'libp2p peers this depot has an open connection to',
+      registers,
+      collect() {
+        if (connectedPeers) this.set(connectedPeers());
+      },
+    });
+    new Gauge({
+      name: 'navigator_gossip_topic_peers',
+      help: 'Connected peers subscribed to each gossip topic',
+      labelNames: ['topic'],
+      registers,
+      collect() {
+        if (!topicPeers) return;
+        for (const [topic, n] of Object.entries(topicPeers())) this.set({ topic }, n);
       },
     });
     this.gossipWire = new GossipMetricsRegister(() => this.drop('unsigned'));

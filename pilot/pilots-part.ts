@@ -19,12 +19,15 @@ import { Pilot, type ClusterView, type CopyView, type MovementInput } from './pi
 import { DbLink, hostAddressOf } from './db-link.ts';
 import { rankHosts, type PlacementCandidate, type PlacementResult } from './placement.ts';
 import { PilotAssignment, ServiceSpec, type ServiceSpecInput } from './service-spec.ts';
+import { ImageShipping } from './shipping.ts';
+import type { PrestageCandidate } from './prestage.ts';
 
 // The pilots of the copies this depot hosts, and this depot's vote in every service's election,
 // as a depot part. It supervises the pilots (a pilot that fails to start is retried with
 // backoff), serves the control methods other depots use to hand it a copy (`pilot.assign`) or
 // move the primary (`pilot.campaign`, `pilot.resign`), runs bootstrap, and — on the depot whose
-// pilot is primary — keeps the configured number of standbys placed.
+// pilot is primary — keeps the configured number of standbys placed, shipping the image to a
+// host that lacks it, and once they are in place pre-stages the image on the next likely hosts.
 
 /** performance.now() based: the election must never see wall-clock jumps. */
 const monotonicNow = (): number => performance.timeOrigin + performance.now();
@@ -68,8 +71,6 @@ export function pilotsPart(opts: PilotsPartOptions): (depot: Depot) => PilotsPar
   return (depot) => new PilotsPartImpl(depot, opts);
 }
 
-/** Standby creation attempts on one host are spaced at least this much after a failure. */
-const HOST_RETRY_MS = 30_000;
 const RESTART_BACKOFF_MS = [1000, 2000, 5000, 10_000, 30_000];
 /** How long a just-placed standby counts before its heartbeat shows it. */
 const PLACED_GRACE_MS = 10_000;
@@ -88,6 +89,7 @@ class PilotsPartImpl implements PilotsPart {
   private readonly recentlyPlaced = new Map<string, { service: string; peerId: string; container: string; at: number }>();
   private stopped = false;
   private readonly dir: string;
+  private shipping: ImageShipping | undefined;
   private readonly onHeartbeat = (hb: { peerId: string; incarnation: number; containers: Array<{ id: string; service: string; role: string; lastSyncAt?: number | undefined }> }) => {
     for (const c of hb.containers) {
       if (c.role === 'standby' && c.lastSyncAt !== undefined) this.voters.observeSync(c.service, `${hb.peerId}/${c.id}/${hb.incarnation}`, c.lastSyncAt);
@@ -121,6 +123,14 @@ class PilotsPartImpl implements PilotsPart {
       timeoutMs: Math.max(200, this.cfg.leaseMs - this.cfg.leaseSafetyMarginMs),
     });
     await this.transport.start();
+    this.shipping = new ImageShipping({
+      ship: depot.config.ship,
+      store: this.opts.store,
+      client: () => this.opts.containers().client,
+      members: () => depot.membership.view(),
+      logger: depot.log,
+    });
+    if (depot.http) this.shipping.registerRoutes(depot.http);
     const control = this.opts.containers().control;
     control.register('pilot.assign', async (params) => {
       const a = PilotAssignment.parse(params);
@@ -185,6 +195,8 @@ class PilotsPartImpl implements PilotsPart {
   async stop(): Promise<void> {
     this.stopped = true;
     this.depot.events.off('heartbeat', this.onHeartbeat);
+    // Transfers first: a placement waiting on one must not hold the stop up.
+    await this.shipping?.stop().catch(() => undefined);
     await Promise.all([...this.running.values()].map((p) => p.stop().catch(() => undefined)));
     this.running.clear();
     await this.transport?.stop().catch(() => undefined);
@@ -334,19 +346,45 @@ class PilotsPartImpl implements PilotsPart {
       }
       return;
     }
-    if (healthy.length + pending >= spec.standbys) return;
+    if (healthy.length + pending >= spec.standbys) {
+      // Protected: use the quiet time to put the image where the next standby will likely go.
+      this.prestage(spec);
+      return;
+    }
     const now = Date.now();
     const result = rankHosts(candidatesOf(this.depot), { service: spec.name, memBytes: spec.memoryBytes, diskBytes: spec.diskBytes, image: spec.image }, now);
-    const target = result.ranking.find((r) => r.peerId && now - (this.failedHosts.get(r.peerId) ?? -Infinity) > HOST_RETRY_MS);
+    const retryMs = this.depot.config.pilot.placementRetryMs;
+    const target = result.ranking.find((r) => r.peerId && now - (this.failedHosts.get(r.peerId) ?? -Infinity) > retryMs);
     if (!target?.peerId) return;
     const lost = copiesOf(this.depot, spec.name).some((c) => c.depotState !== 'alive' && c.report.role === 'standby');
     const job = this.createStandby(pilot, target.peerId, target.name, lost, result)
       .catch((err: unknown) => {
         this.failedHosts.set(target.peerId!, Date.now());
-        this.log.error({ event: 'standby-failed', service: spec.name, host: target.name, err: errorMessage(err) }, `could not place a standby on ${target.name}`);
+        this.log.error(
+          { event: 'standby-failed', service: spec.name, host: target.name, err: errorMessage(err), code: (err as NavigatorError).code, retryInMs: retryMs },
+          `could not place a standby on ${target.name}: ${errorMessage(err)}`,
+        );
       })
       .finally(() => this.placing.delete(spec.name));
     this.placing.set(spec.name, job);
+  }
+
+  /** Pre-staging round: the top K of the placement ranking (hosts without a copy) keep the image. */
+  private prestage(spec: ServiceSpec): void {
+    this.shipping?.prestage(spec.image, () => {
+      const candidates = candidatesOf(this.depot);
+      const ranking = rankHosts(candidates, { service: spec.name, memBytes: spec.memoryBytes, diskBytes: spec.diskBytes, image: spec.image }, Date.now());
+      const byPeer = new Map(candidates.map((c) => [c.peerId, c]));
+      const ranked: PrestageCandidate[] = ranking.ranking
+        .filter((r) => r.peerId && r.peerId !== this.depot.peerId)
+        .map((r) => ({ host: r.peerId!, alive: byPeer.get(r.peerId)?.state === 'alive', images: byPeer.get(r.peerId)?.images ?? [] }));
+      // Depots receiving this image from another sender (an earlier primary) are left to it.
+      const busy = this.depot.membership
+        .view()
+        .filter((m) => m.heartbeat?.staging.some((s) => s.image === spec.image))
+        .map((m) => m.peerId);
+      return { ranked, busy };
+    });
   }
 
   /** A control call to a depot; this depot's own methods are dispatched in process (libp2p cannot dial itself). */
@@ -379,9 +417,14 @@ class PilotsPartImpl implements PilotsPart {
       { event: 'placing-standby', service: spec.name, host, ranking: ranking.ranking.slice(0, 3).map((r) => ({ host: r.name, score: Number(r.total.toFixed(3)) })) },
       `placing a standby on ${host}`,
     );
-    const status = (await client.call<{ state?: string }>(peer, 'image.status', { image: spec.image }, { timeoutMs: 10_000 }).catch(() => undefined)) ?? {};
+    const status = await client.call<{ state?: string }>(peer, 'image.status', { image: spec.image }, { timeoutMs: 10_000 });
+    let shipped = '';
     if (status.state !== 'ready') {
-      throw new NavigatorError('NOT_FOUND', `image ${spec.image.slice(0, 12)} is not staged on ${host}; ship it first (pre-staging keeps it on the top candidates)`);
+      // Not pre-staged there: ship it now. The target verifies every block before the image
+      // exists in its store, so a failed transfer leaves nothing a container could start from.
+      if (!this.shipping) throw new NavigatorError('INTERNAL', 'image shipping not started');
+      const r = await this.shipping.ensureImage(peerId, spec.image);
+      shipped = `; image shipped (${r.kind}, ${r.bytesSent} bytes in ${r.durationMs} ms)`;
     }
     const ship = Date.now() - t0;
     const container = `${spec.name}-${randomBytes(3).toString('hex')}`;
@@ -397,7 +440,7 @@ class PilotsPartImpl implements PilotsPart {
       role: 'standby',
       host,
       failover: false,
-      reason: `${replacing ? 'replaces a lost standby' : 'new standby'} on ${host} (placement score ${ranking.ranking.find((r) => r.peerId === peerId)?.total.toFixed(2) ?? '?'})`,
+      reason: `${replacing ? 'replaces a lost standby' : 'new standby'} on ${host} (placement score ${ranking.ranking.find((r) => r.peerId === peerId)?.total.toFixed(2) ?? '?'})${shipped}`,
       term: pilot.term,
       timings: { ship, boot },
     }).then(() => undefined);

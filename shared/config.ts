@@ -94,6 +94,7 @@ export const PilotSection = z
     restartInPlace: z.boolean().default(true).describe('Restart a failed service once on a healthy host before failing over'),
     maxClockDriftRate: z.number().min(0).max(0.2).default(0.01).describe('Bound ρ on clock rate error (0.01 = every clock runs within ±1 % of real time); the safety margin is checked against it'),
     fenceLatencyMs: z.number().int().min(0).default(100).describe('Longest time from a fence decision until the service is stopped and the address dropped'),
+    placementRetryMs: ms(30_000, 'After a failed standby placement on a host (image transfer, container start) that host is tried again no sooner than this; other hosts are tried at once'),
   })
   .strict()
   .superRefine((p, ctx) => {
@@ -113,12 +114,12 @@ export const PilotSection = z
 
 export const ShipSection = z
   .object({
-    sshPort: z.number().int().min(1).max(65535).default(22).describe('Port of sshd on depot hosts'),
+    sshPort: z.number().int().min(1).max(65535).default(22).describe("Port of this host's sshd; advertised in the heartbeat so senders write images shipped here to it"),
     sshUser: z.string().default('navigator').describe('User the SFTP transfers log in as'),
     sshKeyFile: z.string().default('/etc/navigator/ssh/id_ed25519').describe('Private key for SFTP (key authentication only)'),
     knownHostsFile: z.string().default('/etc/navigator/ssh/known_hosts').describe('Pinned host keys of depot hosts; unknown or changed keys are refused'),
     requestsInFlight: z.number().int().min(1).max(256).default(64).describe('Parallel SFTP write requests per transfer'),
-    prestageCandidates: z.number().int().min(0).default(2).describe('Top placement candidates that keep a copy of the current image'),
+    prestageCandidates: z.number().int().min(0).default(2).describe('Top placement candidates the primary keeps a copy of the current image on, in the background (0: no pre-staging)'),
     prestageBandwidthPct: z.number().min(1).max(100).default(50).describe('Pre-staging bandwidth limit as a percentage of the link'),
     linkMbps: z.number().positive().default(1000).describe('Link speed used to compute the pre-staging limit'),
     chunkBytes: z

@@ -55,6 +55,7 @@ export const HeartbeatMessage = z.object({
   addresses: z.array(z.string().max(256)).max(32).describe('libp2p multiaddrs of the depot'),
   hostAddresses: z.array(z.string().max(64)).max(32).default([]).describe('IP addresses of the host'),
   httpPort: z.number().int().min(0).max(65535).optional(),
+  sshPort: z.number().int().min(1).max(65535).optional().describe('Port of the sshd that receives images shipped to this depot (config ship.sshPort)'),
   bootTime: nonNeg.describe('Host boot time (ms since epoch)'),
   uptimeS: nonNeg.describe('Host uptime in seconds'),
   load: z.tuple([nonNeg, nonNeg, nonNeg]).describe('1, 5 and 15 minute load averages'),
@@ -67,7 +68,7 @@ export const HeartbeatMessage = z.object({
     .array(z.object({ image: z.string().max(128), bytes: nonNeg, total: nonNeg }))
     .max(32)
     .default([])
-    .describe('Images being received'),
+    .describe('Images being received: bytes on disk so far of total (staging folders written to lately)'),
   containers: z.array(ContainerReport).max(64).default([]),
   version: shortText,
 });

@@ -24,10 +24,14 @@ export interface DepotRow {
   memTotalBytes: number | null;
   diskFreeBytes: number | null;
   images: string[];
+  /** Images being received (the heartbeat's `staging`): bytes on disk so far of total. */
+  staging: Array<{ image: string; bytes: number; total: number }>;
   containers: unknown[];
   addresses: string[];
   hostAddresses: string[];
   httpPort: number | null;
+  /** Port of the sshd that receives images shipped to this depot. */
+  sshPort: number | null;
 }
 
 export interface DepotsResponse {
@@ -57,10 +61,12 @@ export function depotRow(v: MemberView): DepotRow {
     memTotalBytes: hb?.memTotalBytes ?? null,
     diskFreeBytes: hb?.diskFreeBytes ?? null,
     images: hb?.images ?? [],
+    staging: hb?.staging ?? [],
     containers: hb?.containers ?? [],
     addresses: hb?.addresses ?? [],
     hostAddresses: hb?.hostAddresses ?? [],
     httpPort: hb?.httpPort ?? null,
+    sshPort: hb?.sshPort ?? null,
   };
 }
 

@@ -2,13 +2,16 @@ import type { Command } from 'commander';
 import { NavigatorError } from '../../shared/errors.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
 import { DEFAULT_API } from './status.ts';
+import { painter, stdoutPainter, type Painter } from '../colour.ts';
+import { renderTable } from '../table.ts';
 
 // `navigator history`: the movement journal of one depot, newest first, as a table or JSON.
 
 const TIMING_KEYS = ['detect', 'elect', 'takeover', 'ship', 'boot'] as const;
 
-export function formatHistory(records: MovementRecord[], color: boolean): string {
-  const paint = (code: number, s: string) => (color ? `\u001b[${code}m${s}\u001b[0m` : s);
+/** The journal as a table; failovers in red when `colour` (a painter, or true/false). */
+export function formatHistory(records: MovementRecord[], colour: boolean | Painter): string {
+  const paint = typeof colour === 'boolean' ? painter(colour) : colour;
   const head = ['TIME', 'SERVICE', 'EVENT', 'ROLE', 'HOST', 'FROM', 'FAILOVER', 'TERM', 'TIMINGS (ms)', 'REASON'];
   const rows = records.map((r) => [
     new Date(r.time).toISOString().replace('T', ' ').slice(0, 19),
@@ -22,12 +25,7 @@ export function formatHistory(records: MovementRecord[], color: boolean): string
     TIMING_KEYS.filter((k) => r.timings[k] !== undefined).map((k) => `${k} ${r.timings[k]}`).join(', ') || '-',
     r.reason,
   ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  const line = (cells: string[], failover = false) => {
-    const text = cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
-    return failover ? paint(31, text) : text;
-  };
-  return [paint(1, line(head)), ...rows.map((row, i) => line(row, records[i]!.failover))].join('\n');
+  return renderTable(head, rows, { paint, rowStyle: (i) => (records[i]!.failover ? 'red' : undefined) }).join('\n');
 }
 
 export function registerHistory(program: Command): void {
@@ -52,6 +50,6 @@ export function registerHistory(program: Command): void {
       const body = (await res.json()) as { records?: MovementRecord[]; error?: string };
       if (!res.ok || !body.records) throw new NavigatorError('COMMAND_FAILED', `${url.pathname}: HTTP ${res.status}: ${body.error ?? 'no records'}`);
       if (o.json) process.stdout.write(`${JSON.stringify(body.records, null, 2)}\n`);
-      else process.stdout.write(`${body.records.length ? formatHistory(body.records, Boolean(process.stdout.isTTY)) : 'no movements recorded'}\n`);
+      else process.stdout.write(`${body.records.length ? formatHistory(body.records, stdoutPainter()) : 'no movements recorded'}\n`);
     });
 }

@@ -3,6 +3,11 @@ import { resolve } from 'node:path';
 import { loadConfig } from '../../shared/config.ts';
 import { NavigatorError } from '../../shared/errors.ts';
 import type { ServiceView } from '../../web/tracking.ts';
+import { stdoutPainter, type Painter } from '../colour.ts';
+import { ProgressBoard, type ProgressItem } from '../progress.ts';
+import { renderTable } from '../table.ts';
+import { fetchTransfers, type TransferRow } from '../transfers-api.ts';
+import { bootstrapBoard, bootstrapState, drainBoard, primariesOn, type Board, type DepotRowLike } from '../operation-progress.ts';
 
 // `navigator pilot bootstrap`, `navigator switchover`, `navigator drain`: thin clients of the
 // local depot's admin API (localhost + admin token from the configuration file).
@@ -48,10 +53,40 @@ async function services(api: string): Promise<ServiceView[]> {
   return ((await res.json()) as { services: ServiceView[] }).services;
 }
 
-function printCopies(view: ServiceView): void {
-  const rows = [['ROLE', 'HOST', 'TERM', 'STATE'], ...view.copies.map((c) => [c.role, c.host, String(c.term), c.state])];
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  for (const r of rows) process.stdout.write(`${r.map((c, i) => c.padEnd(widths[i]!)).join('  ')}\n`);
+async function depotRows(api: string): Promise<DepotRowLike[]> {
+  const res = await fetch(new URL('/api/depots', api), { signal: AbortSignal.timeout(5000) });
+  const body = (await res.json()) as { depots?: DepotRowLike[] };
+  return Array.isArray(body.depots) ? body.depots : [];
+}
+
+// Progress polls are best effort: a busy depot may miss one; only the command's own deadline counts.
+const orEmpty = <T>(p: Promise<T[]>): Promise<T[]> => p.catch(() => [] as T[]);
+
+function copiesTable(view: ServiceView, paint: Painter): string[] {
+  const rows = view.copies.map((c) => [
+    { text: c.role, style: c.role === 'primary' ? (['bold', 'cyan'] as const) : undefined },
+    c.role === 'primary' ? { text: c.host, style: 'bold' as const } : c.host,
+    String(c.term),
+    { text: c.state, style: c.state === 'running' ? ('green' as const) : c.state === 'failed' ? ('red' as const) : ('yellow' as const) },
+  ]);
+  return renderTable(['ROLE', 'HOST', 'TERM', 'STATE'], rows, { paint });
+}
+
+/** Put a board's items on the live board, removing the lines that are gone. */
+function show(board: ProgressBoard, next: Board): void {
+  const keys = new Set(next.items.map(([k]) => k));
+  for (const k of board.keys()) if (!keys.has(k)) board.remove(k);
+  for (const [k, item] of next.items) board.set(k, item);
+}
+
+/** Redraw `item` every second until the returned stop is called (a request of unknown length). */
+function ticking(board: ProgressBoard, key: string, item: ProgressItem): () => void {
+  board.set(key, item);
+  const t = setInterval(() => board.set(key, item), 1000);
+  return () => {
+    clearInterval(t);
+    board.remove(key);
+  };
 }
 
 const apiOption = (cmd: Command) =>
@@ -81,37 +116,62 @@ export function registerPilot(program: Command): void {
     const spec = { driver: o.driver, ...(o.spec ? (JSON.parse(o.spec) as object) : {}) };
     const standbys = Number(o.standbys);
     const started = Date.now();
-    const res = (await post(o, '/api/bootstrap', {
-      service: o.service,
-      imagePath: resolve(o.image),
-      container: spec,
-      address: o.address,
-      iface: o.iface,
-      port: Number(o.port),
-      standbys,
-      ...(o.database ? { database: JSON.parse(o.database) as unknown } : {}),
-    })) as { result: { image: string; container: string } };
-    if (!o.json) process.stdout.write(`image ${res.result.image.slice(0, 12)} imported; primary container ${res.result.container} starting\n`);
+    const paint = stdoutPainter();
+    // --json prints only the result: no live lines to parse around.
+    const board = o.json ? undefined : new ProgressBoard({ paint, ascii: !process.stdout.isTTY });
+    const stopTick = board ? ticking(board, 'request', { label: `bootstrap ${o.service}`, phase: 'importing the image and starting the primary', startedAt: started }) : () => undefined;
+    let res: { result: { image: string; container: string } };
+    try {
+      res = (await post(o, '/api/bootstrap', {
+        service: o.service,
+        imagePath: resolve(o.image),
+        container: spec,
+        address: o.address,
+        iface: o.iface,
+        port: Number(o.port),
+        standbys,
+        ...(o.database ? { database: JSON.parse(o.database) as unknown } : {}),
+      })) as { result: { image: string; container: string } };
+    } catch (err) {
+      // Refused or failed: the error line replaces the live line.
+      board?.clearLines();
+      board?.stop();
+      throw err;
+    } finally {
+      stopTick();
+    }
+    const image = res.result.image;
+    board?.note(`image ${image.slice(0, 12)} imported; primary container ${res.result.container} starting`);
     const deadline = started + Number(o.timeout) * 1000;
-    let last = '';
-    for (;;) {
-      // A busy depot may miss one poll; only the overall deadline counts.
-      const view = (await services(o.api).catch(() => [] as ServiceView[])).find((s) => s.service === o.service);
-      const primary = view?.copies.find((c) => c.role === 'primary' && c.state === 'running');
-      const ready = view?.copies.filter((c) => c.role === 'standby' && c.state === 'running').length ?? 0;
-      const line = `primary: ${primary?.host ?? '-'}  standbys: ${ready}/${standbys}`;
-      if (!o.json && line !== last) process.stdout.write(`  ${line}\n`);
-      last = line;
-      if (view && primary && ready >= standbys) {
-        if (o.json) process.stdout.write(`${JSON.stringify(view)}\n`);
-        else {
-          process.stdout.write(`${o.service} is protected (${((Date.now() - started) / 1000).toFixed(1)} s):\n`);
-          printCopies(view);
+    const seen = new Set<string>();
+    let line = '';
+    try {
+      for (;;) {
+        const [all, transfers, depots] = await Promise.all([orEmpty(services(o.api)), board ? orEmpty(fetchTransfers(o.api)) : ([] as TransferRow[]), board ? orEmpty(depotRows(o.api)) : ([] as DepotRowLike[])]);
+        const view = all.find((s) => s.service === o.service);
+        const { primary, ready } = bootstrapState(view);
+        line = `primary: ${primary ?? '-'}  standbys: ${ready.length}/${standbys}`;
+        // Milestones stay on screen; the live lines show what happens now.
+        for (const m of [...(primary ? [`primary running on ${primary}`] : []), ...ready.map((h) => `standby running on ${h}`)]) {
+          if (!seen.has(m)) board?.note(`  ${m}`);
+          seen.add(m);
         }
-        return;
+        if (view && primary && ready.length >= standbys) {
+          board?.clearLines();
+          board?.stop();
+          if (o.json) process.stdout.write(`${JSON.stringify(view)}\n`);
+          else {
+            process.stdout.write(`${paint('green', `${o.service} is protected`)} (${((Date.now() - started) / 1000).toFixed(1)} s):\n`);
+            for (const l of copiesTable(view, paint)) process.stdout.write(`${l}\n`);
+          }
+          return;
+        }
+        if (board) show(board, bootstrapBoard({ service: o.service, image, standbys, startedAt: started, view, transfers, depots }));
+        if (Date.now() > deadline) throw new NavigatorError('TIMEOUT', `${o.service} not protected after ${o.timeout} s (${line}); see the depot logs`);
+        await new Promise((r) => setTimeout(r, 500));
       }
-      if (Date.now() > deadline) throw new NavigatorError('TIMEOUT', `${o.service} not protected after ${o.timeout} s (${line}); see the depot logs`);
-      await new Promise((r) => setTimeout(r, 500));
+    } finally {
+      board?.stop();
     }
   });
 
@@ -128,8 +188,35 @@ export function registerPilot(program: Command): void {
 
   apiOption(program.command('drain').description('Move every primary off a host before maintenance').argument('<host>', 'depot name')).action(
     async (host: string, o: ApiFlags) => {
-      const res = (await post(o, '/api/drain', { host })) as { moved?: string[] };
-      process.stdout.write(o.json ? `${JSON.stringify(res)}\n` : `drained ${host}: moved ${res.moved?.join(', ') || 'nothing'}\n`);
+      if (o.json) {
+        process.stdout.write(`${JSON.stringify(await post(o, '/api/drain', { host }))}\n`);
+        return;
+      }
+      const started = Date.now();
+      const board = new ProgressBoard({ paint: stdoutPainter(), ascii: !process.stdout.isTTY });
+      const before = await orEmpty(depotRows(o.api));
+      const initial = primariesOn(host, before);
+      // The depot answers when every switchover is done; meanwhile poll what moved and what ships.
+      let settled = false;
+      const request = post(o, '/api/drain', { host }).finally(() => {
+        settled = true;
+      });
+      request.catch(() => undefined);
+      try {
+        show(board, drainBoard({ host, initial, startedAt: started, transfers: [], depots: before }));
+        while (!settled) {
+          await Promise.race([request.catch(() => undefined), new Promise((r) => setTimeout(r, 500))]);
+          if (settled) break;
+          const [transfers, depots] = await Promise.all([orEmpty(fetchTransfers(o.api)), orEmpty(depotRows(o.api))]);
+          if (!settled) show(board, drainBoard({ host, initial, startedAt: started, transfers, depots }));
+        }
+        const res = (await request) as { moved?: string[] };
+        board.clearLines();
+        board.stop();
+        process.stdout.write(`drained ${host}: moved ${res.moved?.join(', ') || 'nothing'}\n`);
+      } finally {
+        board.stop();
+      }
     },
   );
 }

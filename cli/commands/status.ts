@@ -1,8 +1,14 @@
 import type { Command } from 'commander';
-import { NavigatorError } from '../../shared/errors.ts';
+import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import type { DepotsResponse, DepotRow } from '../../web/depot-api.ts';
+import { noColour, stdoutPainter, type Painter, type Style } from '../colour.ts';
+import { renderTable, type Cell } from '../table.ts';
+import { formatBar, formatBytes, formatEta, formatPercent, formatRate, fractionOf, paintBar } from '../progress.ts';
+import { depotOf, fetchTransfers, imageNames, shortId, stagingNotShipped, type TransferRow } from '../transfers-api.ts';
 
-// `navigator status`: the cluster as one depot sees it, from its /api/depots.
+// `navigator status`: the cluster as one depot sees it, from its /api/depots (depots, the
+// copies of each service their heartbeats report, what they are receiving) and its
+// /api/transfers (images it is shipping, with rate and ETA).
 
 export const DEFAULT_API = 'http://127.0.0.1:7480';
 
@@ -31,11 +37,101 @@ function duration(s: number | null): string {
   return `${Math.floor(s / 86400)}d${Math.floor((s % 86400) / 3600)}h`;
 }
 
-export function formatTable(body: DepotsResponse, now = Date.now()): string {
+function ago(ms: number): string {
+  const s = Math.max(0, ms / 1000);
+  return s < 60 ? `${s.toFixed(s < 10 ? 1 : 0)}s ago` : `${duration(s)} ago`;
+}
+
+const STATE_STYLE: Record<DepotRow['state'], Style | readonly Style[]> = { alive: 'green', suspect: 'yellow', dead: ['red', 'bold'], left: 'dim' };
+const CONTAINER_STYLE: Record<string, Style> = { running: 'green', starting: 'yellow', stopping: 'yellow', failed: 'red', stopped: 'dim', unknown: 'dim' };
+
+/** One copy of a service as a depot's heartbeat reports it. */
+interface CopyRow {
+  service: string;
+  role: string;
+  host: string;
+  state: string;
+  term: number;
+  lastSyncAt: number | null;
+  syncFailing: boolean;
+}
+
+/** Copies on depots that are alive or suspect (a dead depot's last heartbeat is stale). */
+export function copiesOf(depots: readonly DepotRow[]): CopyRow[] {
+  const out: CopyRow[] = [];
+  for (const d of depots) {
+    if (d.state === 'dead' || d.state === 'left') continue;
+    for (const raw of d.containers) {
+      const c = (raw ?? {}) as { service?: unknown; role?: unknown; state?: unknown; term?: unknown; lastSyncAt?: unknown; syncFailing?: unknown };
+      if (typeof c.service !== 'string') continue;
+      out.push({
+        service: c.service,
+        role: typeof c.role === 'string' ? c.role : 'none',
+        host: d.name,
+        state: typeof c.state === 'string' ? c.state : 'unknown',
+        term: typeof c.term === 'number' ? c.term : 0,
+        lastSyncAt: typeof c.lastSyncAt === 'number' ? c.lastSyncAt : null,
+        syncFailing: c.syncFailing === true,
+      });
+    }
+  }
+  const order: Record<string, number> = { primary: 0, standby: 1 };
+  return out.sort((a, b) => a.service.localeCompare(b.service) || (order[a.role] ?? 2) - (order[b.role] ?? 2) || a.host.localeCompare(b.host));
+}
+
+export interface StatusFormatOptions {
+  paint?: Painter;
+  /** Transfers from the depot's /api/transfers (in progress). */
+  transfers?: readonly TransferRow[];
+  /** Bars in '#' and '.' (output that is not a terminal). */
+  ascii?: boolean;
+}
+
+const BAR_WIDTH = 20;
+
+function barCell(fraction: number | undefined, paint: Painter, ascii: boolean, failed = false): Cell {
+  const bar = formatBar(fraction, BAR_WIDTH, ascii);
+  const pct = formatPercent(fraction);
+  return { text: `[${bar}] ${pct}`, styled: `[${paintBar(bar, paint, failed)}] ${pct}` };
+}
+
+/** The transfers table: what this depot ships (with rate and ETA) and what every depot receives. */
+function transferRows(body: DepotsResponse, transfers: readonly TransferRow[], paint: Painter, ascii: boolean): Cell[][] {
+  const rows: Cell[][] = transfers.map((t) => {
+    const f = t.state === 'preparing' ? undefined : fractionOf(t.bytesSent, t.bytesToSend);
+    const failed = t.state === 'failed';
+    return [
+      `${t.imageName || shortId(t.imageId)} ${shortId(t.imageId)}`,
+      `→ ${depotOf(t.target, body.depots) ?? t.target}`,
+      { text: t.state === 'sending' ? `sending (${t.kind})` : t.state, style: failed ? 'red' : t.state === 'sending' ? 'cyan' : undefined },
+      barCell(f, paint, ascii, failed),
+      t.state === 'preparing' ? `? / ${formatBytes(t.imageBytes)}` : `${formatBytes(t.bytesSent)} / ${formatBytes(t.bytesToSend)}`,
+      t.state === 'sending' ? formatRate(t.rateBps) : '-',
+      t.state === 'sending' ? formatEta(t.etaMs) : '-',
+    ];
+  });
+  const names = imageNames(transfers, body.depots);
+  for (const { depot, entry } of stagingNotShipped(transfers, body.depots)) {
+    rows.push([
+      `${names.get(entry.image) ?? '-'} ${shortId(entry.image)}`,
+      `← ${depot}`,
+      { text: 'receiving', style: 'cyan' },
+      barCell(fractionOf(entry.bytes, entry.total), paint, ascii),
+      `${formatBytes(entry.bytes)} / ${formatBytes(entry.total)}`,
+      '-',
+      '-',
+    ]);
+  }
+  return rows;
+}
+
+export function formatTable(body: DepotsResponse, now = Date.now(), opts: StatusFormatOptions = {}): string {
+  const paint = opts.paint ?? noColour;
+  const ascii = opts.ascii ?? !paint.enabled;
   const head = ['NAME', 'STATE', 'UPTIME', 'LOAD', 'CPUS', 'MEM FREE', 'DISK FREE', 'IMAGES', 'CONTAINERS', 'LAST SEEN', 'VERSION', 'PEER'];
-  const rows = body.depots.map((d: DepotRow) => [
-    d.self ? `${d.name} *` : d.name,
-    d.state,
+  const rows: Cell[][] = body.depots.map((d: DepotRow) => [
+    d.self ? { text: `${d.name} *`, style: 'bold' } : d.name,
+    { text: d.state, style: STATE_STYLE[d.state] },
     duration(d.uptimeS),
     d.load ? d.load[0].toFixed(2) : '-',
     d.cpus === null ? '-' : String(d.cpus),
@@ -43,26 +139,61 @@ export function formatTable(body: DepotsResponse, now = Date.now()): string {
     gib(d.diskFreeBytes),
     String(d.images.length),
     String(d.containers.length),
-    d.self ? 'now' : `${((now - d.lastSeen) / 1000).toFixed(1)}s ago`,
+    d.self ? 'now' : ago(now - d.lastSeen),
     d.version ?? '-',
     `${d.peerId.slice(0, 8)}…${d.peerId.slice(-6)}`,
   ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  // A depot that left is history: the whole row dim.
+  const out = renderTable(head, rows, { paint, rowStyle: (i) => (body.depots[i]!.state === 'left' ? 'dim' : undefined) });
+
+  const copies = copiesOf(body.depots);
+  if (copies.length) {
+    const copyRows: Cell[][] = copies.map((c) => [
+      c.service,
+      { text: c.role, style: c.role === 'primary' ? ['bold', 'cyan'] : undefined },
+      c.role === 'primary' ? { text: c.host, style: 'bold' } : c.host,
+      { text: c.state, style: CONTAINER_STYLE[c.state] },
+      String(c.term),
+      c.syncFailing
+        ? { text: `failing${c.lastSyncAt !== null ? ` (last good ${ago(now - c.lastSyncAt)})` : ''}`, style: 'red' }
+        : c.lastSyncAt !== null ? ago(now - c.lastSyncAt) : '-',
+    ]);
+    out.push('', ...renderTable(['SERVICE', 'ROLE', 'HOST', 'STATE', 'TERM', 'LAST SYNC'], copyRows, { paint }));
+  }
+
+  const transfers = transferRows(body, opts.transfers ?? [], paint, ascii);
+  if (transfers.length) out.push('', ...renderTable(['IMAGE', 'PEER', 'STATE', 'PROGRESS', 'BYTES', 'RATE', 'ETA'], transfers, { paint }));
+
   const dropped = Object.entries(body.dropped).filter(([, n]) => n > 0);
   const c = body.counts;
-  const footer = `${c.alive} alive, ${c.suspect} suspect, ${c.dead} dead, ${c.left} left` + (dropped.length ? `; dropped gossip: ${dropped.map(([r, n]) => `${r}=${n}`).join(' ')}` : '');
-  return [line(head), ...rows.map(line), '', footer].join('\n');
+  const counts = [
+    paint(c.alive ? 'green' : undefined, `${c.alive} alive`),
+    paint(c.suspect ? 'yellow' : undefined, `${c.suspect} suspect`),
+    paint(c.dead ? 'red' : undefined, `${c.dead} dead`),
+    `${c.left} left`,
+  ].join(', ');
+  const footer = counts + (dropped.length ? `; dropped gossip: ${dropped.map(([r, n]) => `${r}=${n}`).join(' ')}` : '');
+  return [...out, '', footer].join('\n');
 }
 
 export function registerStatus(program: Command): void {
   program
     .command('status')
-    .description('Show the depots in the cluster as one depot sees them')
+    .description('Show the depots in the cluster as one depot sees them, the copies of each service and the image transfers')
     .option('--json', 'print the JSON of /api/depots')
     .option('--api <url>', 'HTTP address of a depot', DEFAULT_API)
     .action(async (opts: { json?: boolean; api: string }) => {
       const body = await fetchDepots(opts.api);
-      process.stdout.write(opts.json ? `${JSON.stringify(body, null, 2)}\n` : `${formatTable(body)}\n`);
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+        return;
+      }
+      // Transfers are an extra: if the depot cannot list them, say so and show the rest.
+      const transfers = await fetchTransfers(opts.api).catch((err: unknown) => {
+        process.stderr.write(`navigator: transfers not shown: ${errorMessage(err)}\n`);
+        return [];
+      });
+      const paint = stdoutPainter();
+      process.stdout.write(`${formatTable(body, Date.now(), { paint, transfers, ascii: !process.stdout.isTTY })}\n`);
     });
 }

@@ -11,7 +11,8 @@ import type { ServiceView } from '../../web/tracking.ts';
 
 // A Navigator cluster in the lab: one real depot process (`navigator depot run`) per workstation
 // namespace, all sharing a swarm key and knowing each other through bootstrap addresses, the
-// echo service image pre-staged in every store, and the service bootstrapped from one host.
+// echo service image pre-staged in every store (unless `preStage: false`: then only bootstrap
+// imports it and the depots ship it), and the service bootstrapped from one host.
 
 export const ADMIN_TOKEN = 'lab-admin-token';
 export const SERVICE = 'echo';
@@ -28,6 +29,8 @@ export interface LabCluster {
   imageDir: string;
   address: string;
   ip: string;
+  /** Extra environment of every depot (configuration as NAVIGATOR__section__field). */
+  env?: Record<string, string>;
 }
 
 /** The `navigator depot run` command line of one lab host (also used by the Zabbix lab). */
@@ -60,14 +63,21 @@ export function depotArgs(c: Pick<LabCluster, 'lab' | 'hosts' | 'peerIds' | 'swa
 export async function startDepot(c: LabCluster, host: string, opts: { swarmKeyFile?: string } = {}): Promise<LabProcess> {
   const p = c.lab.spawn(host, depotArgs(c, host, opts.swarmKeyFile), {
     name: 'depot',
-    env: { NAVIGATOR__http__adminToken: ADMIN_TOKEN, ECHO_NAME: host, NAVIGATOR_LOG_LEVEL: 'info' },
+    env: { NAVIGATOR__http__adminToken: ADMIN_TOKEN, ECHO_NAME: host, NAVIGATOR_LOG_LEVEL: 'info', ...c.env },
   });
   c.depots.set(host, p);
   await p.waitForLine(/"event":"depot-started"/, 30_000);
   return p;
 }
 
-export async function startCluster(lab: Lab, n: number): Promise<LabCluster> {
+export interface ClusterOptions {
+  /** Import the image into every store before the depots start (default true). */
+  preStage?: boolean;
+  /** Extra environment of every depot. */
+  env?: Record<string, string>;
+}
+
+export async function startCluster(lab: Lab, n: number, opts: ClusterOptions = {}): Promise<LabCluster> {
   const hosts = lab.workstations.slice(0, n).map((w) => w.name);
   const swarmKeyFile = join(lab.dir, 'swarm.key');
   await writeFile(swarmKeyFile, makeSwarmKey(), { mode: 0o600 });
@@ -88,13 +98,14 @@ export async function startCluster(lab: Lab, n: number): Promise<LabCluster> {
     const key = await loadOrCreateIdentity(join(dataDir, 'identity.key'));
     peerIds.set(host, peerIdFromPrivateKey(key).toString());
     // Pre-staged image: what pre-staging leaves on the likely next hosts.
+    if (opts.preStage === false) continue;
     const store = new ImageStore({ dir: join(dataDir, 'images'), keepVersions: 3, logger: silentLogger() });
     await store.start();
     await store.import(imageDir, SERVICE);
     await store.stop();
   }
   const address = lab.serviceAddress(0);
-  const c: LabCluster = { lab, hosts, depots: new Map(), peerIds, swarmKeyFile, imageDir, address, ip: address.split('/')[0]! };
+  const c: LabCluster = { lab, hosts, depots: new Map(), peerIds, swarmKeyFile, imageDir, address, ip: address.split('/')[0]!, env: opts.env ?? {} };
   await Promise.all(hosts.map((h) => startDepot(c, h)));
   await waitFor(async () => (await aliveSeenBy(c, hosts[0]!)) === hosts.length, 20_000, 'all depots alive');
   return c;

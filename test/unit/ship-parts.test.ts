@@ -2,7 +2,9 @@ import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { TokenBucket, prestageBytesPerSec } from '../../pilot/bandwidth.ts';
 import { checkHostKey, fingerprint, knownHostName, parseKnownHosts } from '../../pilot/ssh-known-hosts.ts';
-import { planPrestage, type PrestageCandidate } from '../../pilot/prestage.ts';
+import { Prestager, planPrestage, type PrestageCandidate } from '../../pilot/prestage.ts';
+import type { ShipOptions, ShipResult, ShipTarget } from '../../pilot/ship.ts';
+import { sshEndpointOf } from '../../pilot/shipping.ts';
 import { TransferTracker } from '../../pilot/transfers.ts';
 import { canonicalJson, ImageManifest, manifestId, parseManifest, unsafePathReason } from '../../depot/image-manifest.ts';
 
@@ -141,6 +143,90 @@ describe('pre-staging plan', () => {
       expect(p.targets.length + p.skipped.length - busySkipped.length).toBe(ranked.length);
       expect(p.ship.length + p.staged.length + busySkipped.length).toBe(p.targets.length);
     }
+  });
+});
+
+describe('pre-staging runs', () => {
+  const img = 'c'.repeat(64);
+  const target = (host: string): ShipTarget => ({ host, port: 22, prepare: async () => ({ state: 'present', id: img }), commit: async () => ({ ok: true, id: img, verifiedBytes: 0 }), abort: async () => undefined });
+  const result = (host: string): ShipResult => ({ id: img, target: host, kind: 'full', imageBytes: 1, bytesSent: 1, rounds: 1, resentBlocks: 0, prepareMs: 0, sendMs: 0, commitMs: 0, durationMs: 0 });
+
+  /** A shipper whose transfers finish when the test says so (or fail, or end on abort). */
+  function fakeShipper() {
+    const pending = new Map<string, { resolve: () => void; reject: (e: Error) => void }>();
+    const started: string[] = [];
+    return {
+      started,
+      finish: (host: string) => pending.get(host)?.resolve(),
+      fail: (host: string) => pending.get(host)?.reject(new Error(`ssh to ${host} refused`)),
+      ship: (_id: string, t: ShipTarget, o: ShipOptions = {}) =>
+        new Promise<ShipResult>((resolve, reject) => {
+          started.push(t.host);
+          o.signal?.addEventListener('abort', () => reject(new Error('transfer aborted')), { once: true });
+          pending.set(t.host, { resolve: () => resolve(result(t.host)), reject });
+        }),
+    };
+  }
+  const tick = () => new Promise((r) => setTimeout(r, 0));
+  const ranked = (...hosts: string[]): PrestageCandidate[] => hosts.map((host) => ({ host, alive: true, images: [] }));
+
+  it('passes over a host that failed lately and gives its place to the next one', async () => {
+    let now = 0;
+    const s = fakeShipper();
+    const p = new Prestager({ shipper: s, targetFor: target, k: 1, bytesPerSec: 1e6, retryAfterMs: 60_000, now: () => now });
+    expect(p.reconcile(ranked('ws1', 'ws2'), img).ship).toEqual(['ws1']);
+    await tick();
+    s.fail('ws1');
+    await p.idle();
+    expect(p.results[0]).toMatchObject({ host: 'ws1', ok: false });
+    const plan = p.reconcile(ranked('ws1', 'ws2'), img);
+    expect(plan).toMatchObject({ targets: ['ws2'], ship: ['ws2'] });
+    expect(plan.skipped).toContainEqual({ host: 'ws1', reason: 'pre-staging failed lately' });
+    await tick();
+    s.finish('ws2');
+    await p.idle();
+    now = 60_001;
+    expect(p.reconcile(ranked('ws1', 'ws2'), img).ship).toEqual(['ws1']);
+    await p.stop();
+  });
+
+  it('cancel() drops queued work for a host and aborts its running transfer without counting a failure', async () => {
+    const s = fakeShipper();
+    const p = new Prestager({ shipper: s, targetFor: target, k: 3, bytesPerSec: 1e6 });
+    p.reconcile(ranked('ws1', 'ws2', 'ws3'), img);
+    await tick();
+    expect(s.started).toEqual(['ws1']);
+    await p.cancel('ws3');
+    await p.cancel('ws1');
+    expect(p.results[0]).toMatchObject({ host: 'ws1', ok: false, cancelled: true });
+    await tick();
+    expect(s.started).toEqual(['ws1', 'ws2']);
+    s.finish('ws2');
+    await p.idle();
+    expect(s.started).toEqual(['ws1', 'ws2']);
+    // ws1 was cancelled, not failed: it is planned again at once.
+    expect(p.reconcile(ranked('ws1'), img).ship).toEqual(['ws1']);
+    await p.stop();
+  });
+
+  it('drops queued transfers that are no longer wanted (the depot stopped being primary)', async () => {
+    let wanted = true;
+    const s = fakeShipper();
+    const p = new Prestager({ shipper: s, targetFor: target, k: 2, bytesPerSec: 1e6, wanted: () => wanted });
+    p.reconcile(ranked('ws1', 'ws2'), img);
+    await tick();
+    wanted = false;
+    s.finish('ws1');
+    await p.idle();
+    expect(s.started).toEqual(['ws1']);
+    await p.stop();
+  });
+
+  it('finds a depot\'s sshd from its heartbeat', () => {
+    const hb = { addresses: ['/ip4/127.0.0.1/tcp/7470/p2p/x', '/ip4/10.0.0.7/tcp/7470/p2p/x'], hostAddresses: ['10.0.0.7', '192.168.1.9'] };
+    expect(sshEndpointOf({ ...hb, sshPort: 2222 }, 22)).toEqual({ host: '10.0.0.7', port: 2222 });
+    expect(sshEndpointOf({ addresses: [], hostAddresses: ['192.168.1.9'] }, 22)).toEqual({ host: '192.168.1.9', port: 22 });
+    expect(sshEndpointOf({ addresses: [], hostAddresses: [] }, 22)).toBeUndefined();
   });
 });
 

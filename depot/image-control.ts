@@ -1,0 +1,112 @@
+import type { PeerId } from '@libp2p/interface';
+import { z } from 'zod';
+import { NavigatorError } from '../shared/errors.ts';
+import { ImageId, ImageManifest, RelativePath } from './image-manifest.ts';
+import type { CommitResult, ImageStore, PrepareResult } from './image-store.ts';
+import type { ShipTarget } from '../pilot/ship.ts';
+
+// The control methods of an image transfer, both ends. The receiving depot serves
+// `image.prepare` (make a staging folder, say which blocks to send), `image.commit` (verify every
+// received block, rename atomically) and `image.abort` (drop the staging folder); the sender's
+// ShipTarget (controlShipTarget) calls them over /navigator/control/1 while it writes the file
+// data over SFTP. Params are checked on the receiver, results on the sender: neither trusts the
+// other's JSON.
+
+export const IMAGE_CONTROL_METHODS = ['image.prepare', 'image.commit', 'image.abort'] as const;
+
+export const ImagePrepareParams = z
+  .object({
+    manifest: ImageManifest.describe('Manifest of the image to receive; its id is the hash of this manifest'),
+    baseId: ImageId.optional().describe('Stored version to build from (delta); default: the newest stored version of the same name'),
+  })
+  .strict();
+
+export const ImageIdParams = z.object({ image: ImageId.describe('Content id of the image (64 hex digits)') }).strict();
+
+const MissingBlocksSchema = z.object({
+  path: RelativePath,
+  size: z.number().int().min(0),
+  blocks: z.array(z.number().int().min(0)),
+});
+
+/** image.prepare's result as the sender checks it (depot/image-store.ts PrepareResult). */
+export const PrepareResultSchema = z.discriminatedUnion('state', [
+  z.object({ state: z.literal('present'), id: ImageId }),
+  z.object({
+    state: z.literal('staging'),
+    id: ImageId,
+    filesDir: z.string().min(2).max(4096).startsWith('/', 'must be an absolute path on the target'),
+    baseId: ImageId.optional(),
+    resumed: z.boolean(),
+    missing: z.array(MissingBlocksSchema),
+    missingBytes: z.number().int().min(0),
+    totalBytes: z.number().int().min(0),
+  }),
+]);
+
+const BadItemSchema = z.object({ path: z.string().max(4096), block: z.number().int().min(0).optional(), reason: z.string().max(1024) });
+
+/** image.commit's result as the sender checks it. */
+export const CommitResultSchema = z.discriminatedUnion('ok', [
+  z.object({ ok: z.literal(true), id: ImageId, verifiedBytes: z.number().int().min(0) }),
+  z.object({ ok: z.literal(false), id: ImageId, bad: z.array(BadItemSchema) }),
+]);
+
+/** Where the control server takes extra methods (depot/control.ts ControlServer fits). */
+export interface MethodRegistry {
+  register(method: string, handler: (params: unknown) => Promise<unknown>): void;
+}
+
+/** Serve image.prepare / image.commit / image.abort from this depot's store. */
+export function registerImageControl(control: MethodRegistry, store: Pick<ImageStore, 'prepareReceive' | 'commitStaged' | 'abortStaged'>): void {
+  control.register('image.prepare', async (params) => {
+    const p = checkParams('image.prepare', ImagePrepareParams, params);
+    return store.prepareReceive(p.manifest, p.baseId ? { baseId: p.baseId } : {});
+  });
+  control.register('image.commit', async (params) => store.commitStaged(checkParams('image.commit', ImageIdParams, params).image));
+  control.register('image.abort', async (params) => {
+    await store.abortStaged(checkParams('image.abort', ImageIdParams, params).image);
+    return { ok: true };
+  });
+}
+
+/** What controlShipTarget needs of a control client (depot/control.ts ControlClient fits). */
+export interface ControlCaller {
+  call<T = unknown>(peer: PeerId, method: string, params: unknown, opts?: { timeoutMs?: number }): Promise<T>;
+}
+
+/**
+ * The receiving depot as a ShipTarget: its sshd at host:port for the data, its control methods
+ * for prepare/commit/abort. Prepare (hashing a cut-off staging folder) and commit (hashing the
+ * whole image) take time on large images, hence the long default timeout.
+ */
+export function controlShipTarget(client: ControlCaller, peer: PeerId, host: string, port: number, opts: { timeoutMs?: number } = {}): ShipTarget {
+  const timeoutMs = opts.timeoutMs ?? 600_000;
+  const where = `${peer.toString()} (${host})`;
+  return {
+    host,
+    port,
+    prepare: async (manifest) => checkResult(where, 'image.prepare', PrepareResultSchema, await client.call(peer, 'image.prepare', { manifest }, { timeoutMs })) as PrepareResult,
+    commit: async (id) => checkResult(where, 'image.commit', CommitResultSchema, await client.call(peer, 'image.commit', { image: id }, { timeoutMs })) as CommitResult,
+    abort: async (id) => {
+      await client.call(peer, 'image.abort', { image: id }, { timeoutMs: 60_000 });
+    },
+  };
+}
+
+function checkParams<T>(method: string, schema: z.ZodType<T>, params: unknown): T {
+  const r = schema.safeParse(params);
+  if (r.success) return r.data;
+  const first = r.error.issues[0];
+  const where = first?.path.join('.') || '(params)';
+  // A file path that leaves the image (../, absolute) is an attack on the store, not a typo.
+  const escapes = first?.path[0] === 'manifest' && first.path.at(-1) === 'path';
+  throw new NavigatorError(escapes ? 'PATH_OUTSIDE_STORE' : 'BAD_REQUEST', `${method}: ${where}: ${first?.message ?? 'invalid params'}`);
+}
+
+function checkResult<T>(where: string, method: string, schema: z.ZodType<T>, result: unknown): T {
+  const r = schema.safeParse(result);
+  if (r.success) return r.data;
+  const first = r.error.issues[0];
+  throw new NavigatorError('MESSAGE_INVALID', `${method} on ${where} answered an invalid result: ${first ? `${first.path.join('.') || '(result)'}: ${first.message}` : 'invalid'}`);
+}

@@ -1,0 +1,171 @@
+import { peerIdFromString } from '@libp2p/peer-id';
+import type { Config } from '../shared/config.ts';
+import type { Logger } from '../shared/logger.ts';
+import { NavigatorError } from '../shared/errors.ts';
+import type { HeartbeatMessage } from '../shared/wire.ts';
+import type { ImageStore } from '../depot/image-store.ts';
+import type { MemberView } from '../depot/membership.ts';
+import { controlShipTarget, type ControlCaller } from '../depot/image-control.ts';
+import type { RouteTarget } from '../web/tracking.ts';
+import { createShipper, type ShipResult, type ShipTarget, type Shipper } from './ship.ts';
+import { Prestager, type PrestageCandidate, type PrestagePlan } from './prestage.ts';
+import { prestageBytesPerSec } from './bandwidth.ts';
+import { TransferTracker, type TransferInfo } from './transfers.ts';
+import { hostAddressOf } from './db-link.ts';
+
+// Image shipping on the sending depot, as the pilots use it: one Shipper (config.ship) with one
+// TransferTracker for every transfer this depot makes; shipping on demand when a standby is
+// placed on a host without the image; pre-staging in the background while a pilot here is
+// primary; progress in the logs (`transfer-progress`, `transfer-done`) and on the HTTP API
+// (GET /api/transfers). Where a depot's sshd is comes from its heartbeat.
+
+/** A pre-staging round per image at most this often (the primary's rounds run every probe). */
+const PRESTAGE_EVERY_MS = 5000;
+/** Queued pre-stages of an image are dropped when no primary round asked for it this long (demoted). */
+const PRESTAGE_WANTED_MS = 30_000;
+
+export interface SshEndpoint {
+  host: string;
+  port: number;
+}
+
+/**
+ * Where to reach a depot's sshd: the address others reach its libp2p node at (as for its
+ * database) or else its first host address, and the port it advertises (older depots do not:
+ * then this depot's own ship.sshPort).
+ */
+export function sshEndpointOf(hb: Pick<HeartbeatMessage, 'addresses' | 'hostAddresses' | 'sshPort'>, defaultPort: number): SshEndpoint | undefined {
+  const host = hostAddressOf(hb) ?? hb.hostAddresses[0];
+  return host ? { host, port: hb.sshPort ?? defaultPort } : undefined;
+}
+
+export interface ImageShippingOptions {
+  ship: Config['ship'];
+  /** This depot's store: where shipped images come from. */
+  store: ImageStore;
+  /** Control client to the receiving depots (the containers part's). */
+  client: () => ControlCaller;
+  /** The membership view: heartbeats say where each depot's sshd is. */
+  members: () => readonly MemberView[];
+  logger: Logger;
+  /** Least time between two `transfer-progress` lines of one transfer (default 2 s). */
+  progressLogMs?: number;
+}
+
+export class ImageShipping {
+  readonly tracker = new TransferTracker();
+  readonly shipper: Shipper;
+  readonly prestager: Prestager | undefined;
+  private readonly log: Logger;
+  private readonly onDemand = new Map<string, Promise<ShipResult>>();
+  /** Image id -> last time a primary round asked to pre-stage it. */
+  private readonly wanted = new Map<string, number>();
+  private readonly lastRound = new Map<string, number>();
+  private readonly lastLogged = new Map<string, { at: number; state: string }>();
+  private readonly abort = new AbortController();
+
+  constructor(private readonly opts: ImageShippingOptions) {
+    this.log = opts.logger.child({ component: 'shipping' });
+    this.shipper = createShipper(opts.ship, opts.store, opts.logger, this.tracker);
+    if (opts.ship.prestageCandidates > 0) {
+      this.prestager = new Prestager({
+        shipper: this.shipper,
+        targetFor: (peerId) => this.targetFor(peerId),
+        k: opts.ship.prestageCandidates,
+        bytesPerSec: prestageBytesPerSec(opts.ship.linkMbps, opts.ship.prestageBandwidthPct),
+        wanted: (job) => Date.now() - (this.wanted.get(job.imageId) ?? -Infinity) < PRESTAGE_WANTED_MS,
+        describe: (peerId) => this.opts.members().find((m) => m.peerId === peerId)?.name ?? peerId,
+        logger: opts.logger,
+      });
+    }
+    const every = opts.progressLogMs ?? 2000;
+    this.tracker.on('progress', (t) => {
+      const last = this.lastLogged.get(t.key);
+      const now = Date.now();
+      // Every state change, and while sending at most one line per `every`.
+      if (last && last.state === t.state && now - last.at < every) return;
+      this.lastLogged.set(t.key, { at: now, state: t.state });
+      this.log.info({ event: 'transfer-progress', ...progressFields(t) }, `${t.state} ${t.imageName} to ${t.target}: ${t.bytesSent}/${t.bytesToSend} bytes`);
+    });
+    this.tracker.on('done', (t) => {
+      this.lastLogged.delete(t.key);
+      const level = t.state === 'done' ? 'info' : 'warn';
+      this.log[level]({ event: 'transfer-done', ...progressFields(t), durationMs: Date.now() - t.startedAt, ...(t.error ? { err: t.error } : {}) }, `transfer of ${t.imageName} to ${t.target} ${t.state}`);
+    });
+  }
+
+  /** The receiving depot `peerId` as a ShipTarget: its sshd from its heartbeat, its control methods. */
+  targetFor(peerId: string): ShipTarget {
+    const m = this.opts.members().find((x) => x.peerId === peerId);
+    if (!m?.heartbeat) throw new NavigatorError('PEER_UNREACHABLE', `depot ${m?.name ?? peerId} has sent no heartbeat: cannot tell where its sshd is`);
+    const ep = sshEndpointOf(m.heartbeat, this.opts.ship.sshPort);
+    if (!ep) throw new NavigatorError('PEER_UNREACHABLE', `depot ${m.name} advertises no address to reach its sshd at`);
+    return controlShipTarget(this.opts.client(), peerIdFromString(peerId), ep.host, ep.port);
+  }
+
+  /**
+   * Ship `imageId` to depot `peerId` now, at full speed (a standby is waiting for it). A
+   * pre-stage to the same depot is cancelled first; this transfer resumes from what it left.
+   * Concurrent calls for the same depot and image share one transfer.
+   */
+  ensureImage(peerId: string, imageId: string): Promise<ShipResult> {
+    const key = `${peerId}/${imageId}`;
+    const running = this.onDemand.get(key);
+    if (running) return running;
+    const job = (async () => {
+      await this.prestager?.cancel(peerId);
+      return this.shipper.ship(imageId, this.targetFor(peerId), { signal: this.abort.signal });
+    })().finally(() => this.onDemand.delete(key));
+    this.onDemand.set(key, job);
+    return job;
+  }
+
+  /**
+   * One pre-staging round for `imageId` (the primary calls this while its standbys are in
+   * place): keep the image on the top K of `ranked` (the placement ranking, best first; keys
+   * are peer ids). `busy` are depots receiving the image from elsewhere. Rounds closer than
+   * PRESTAGE_EVERY_MS are skipped (undefined) without calling `candidates`.
+   */
+  prestage(imageId: string, candidates: () => { ranked: readonly PrestageCandidate[]; busy: Iterable<string> }): PrestagePlan | undefined {
+    if (!this.prestager) return undefined;
+    const now = Date.now();
+    this.wanted.set(imageId, now);
+    if (now - (this.lastRound.get(imageId) ?? -Infinity) < PRESTAGE_EVERY_MS) return undefined;
+    this.lastRound.set(imageId, now);
+    const { ranked, busy } = candidates();
+    const onDemand = [...this.onDemand.keys()].filter((k) => k.endsWith(`/${imageId}`)).map((k) => k.slice(0, k.indexOf('/')));
+    return this.prestager.reconcile(ranked, imageId, { busy: [...busy, ...onDemand] });
+  }
+
+  /** Transfers in progress first, then recent ones, newest first (GET /api/transfers). */
+  transfers(): TransferInfo[] {
+    return [...this.tracker.list(), ...this.tracker.history()];
+  }
+
+  /** GET /api/transfers → { transfers: TransferInfo[] } (read by `navigator status`). */
+  registerRoutes(http: RouteTarget): void {
+    http.route('GET', '/api/transfers', () => ({ transfers: this.transfers() }));
+  }
+
+  async stop(): Promise<void> {
+    this.abort.abort();
+    await this.prestager?.stop();
+    await Promise.allSettled([...this.onDemand.values()]);
+  }
+}
+
+function progressFields(t: TransferInfo) {
+  return {
+    key: t.key,
+    imageId: t.imageId,
+    image: t.imageName,
+    target: t.target,
+    kind: t.kind,
+    state: t.state,
+    bytesSent: t.bytesSent,
+    bytesToSend: t.bytesToSend,
+    imageBytes: t.imageBytes,
+    rateBps: Math.round(t.rateBps),
+    ...(t.etaMs !== undefined ? { etaMs: t.etaMs } : {}),
+  };
+}

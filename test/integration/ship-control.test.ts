@@ -1,0 +1,209 @@
+import { randomBytes } from 'node:crypto';
+import { appendFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Depot } from '../../depot/daemon.ts';
+import { makeSwarmKey } from '../../depot/swarm-key.ts';
+import { ImageStore } from '../../depot/image-store.ts';
+import { containersPart, type ContainersPart } from '../../depot/containers-part.ts';
+import { imagesPart } from '../../depot/images-part.ts';
+import { ImageShipping } from '../../pilot/shipping.ts';
+import type { TransferInfo } from '../../pilot/transfers.ts';
+import { parseConfig, type Config } from '../../shared/config.ts';
+import { isNavigatorError, type NavigatorError } from '../../shared/errors.ts';
+import { silentLogger } from '../../shared/logger.ts';
+import type { DepotsResponse } from '../../web/depot-api.ts';
+import { startSshd, type TestSshd } from '../helpers/sshd.ts';
+import { waitFor } from '../helpers/depot-procs.ts';
+
+// The control side of image shipping between real depots on loopback, each receiver with its own
+// OpenSSH sshd: image.prepare/commit/abort over /navigator/control/1 (params checked), the sshPort
+// and receives in progress in the heartbeat, ImageShipping (the pilots' sender) shipping on
+// demand and pre-staging under a bandwidth limit, GET /api/transfers, and a refused host key.
+
+const BLOCK = 256 * 1024;
+const DISK = 24 * BLOCK; // 6 MiB
+const swarmKey = makeSwarmKey();
+
+interface Node {
+  depot: Depot;
+  part: ContainersPart;
+  store: ImageStore;
+  config: Config;
+}
+
+let root: string;
+let knownHosts: string;
+let shipKey: string;
+let sshdB: TestSshd;
+let sshdC: TestSshd;
+let a: Node;
+let b: Node;
+let c: Node;
+let shipping: ImageShipping;
+let image: string;
+const nodes: Node[] = [];
+
+async function startNode(name: string, sshPort: number, bootstrap: string[], ship: Record<string, unknown> = {}): Promise<Node> {
+  const dir = join(root, name);
+  const config = parseConfig({
+    node: { name, dataDir: dir },
+    network: { listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, bootstrap },
+    membership: { heartbeatMs: 200 },
+    http: { host: '127.0.0.1', port: 0 },
+    log: { level: 'silent' },
+    ship: { sshPort, sshUser: 'root', sshKeyFile: shipKey, knownHostsFile: knownHosts, requestsInFlight: 16, ...ship },
+  });
+  const store = new ImageStore({ dir: config.store.dir, keepVersions: 3, blockSize: BLOCK, logger: silentLogger() });
+  await store.start();
+  let part: ContainersPart | undefined;
+  const depot = new Depot({
+    config,
+    log: silentLogger(),
+    swarmKey,
+    parts: [(d) => (part = containersPart({ images: store })(d)), imagesPart({ store, control: () => part!.control })],
+  });
+  await depot.start();
+  const n = { depot, part: part!, store, config };
+  nodes.push(n);
+  return n;
+}
+
+async function failure(p: Promise<unknown>): Promise<NavigatorError> {
+  try {
+    await p;
+  } catch (err) {
+    if (isNavigatorError(err)) return err;
+    throw err;
+  }
+  throw new Error('expected a failure, it succeeded');
+}
+
+async function getJson<T>(node: Node, path: string): Promise<T> {
+  const res = await fetch(`http://127.0.0.1:${node.depot.http!.port}${path}`);
+  expect(res.status).toBe(200);
+  return (await res.json()) as T;
+}
+
+const heartbeatOf = (from: Node, of: Node) => from.depot.membership.view().find((m) => m.peerId === of.depot.peerId)?.heartbeat;
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'nav-ship-control-'));
+  [sshdB, sshdC] = await Promise.all([startSshd(), startSshd()]);
+  // One shipping key, authorized on both receivers' sshds.
+  shipKey = join(root, 'ship_ed25519');
+  await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', shipKey]);
+  for (const s of [sshdB, sshdC]) await appendFile(join(s.dir, 'authorized_keys'), await readFile(`${shipKey}.pub`));
+  knownHosts = join(root, 'known_hosts');
+  await writeFile(knownHosts, (await readFile(sshdB.knownHostsFile, 'utf8')) + (await readFile(sshdC.knownHostsFile, 'utf8')));
+
+  // A ships; its pre-staging limit is 50 % of a 32 Mb/s link = 2 MB/s, so a pre-stage takes ~3 s.
+  a = await startNode('ship-a', 22, [], { linkMbps: 32, prestageBandwidthPct: 50 });
+  const boot = [`${a.depot.node.getMultiaddrs()[0]!.toString()}`];
+  b = await startNode('ship-b', sshdB.port, boot);
+  c = await startNode('ship-c', sshdC.port, boot);
+  shipping = new ImageShipping({ ship: a.config.ship, store: a.store, client: () => a.part.client, members: () => a.depot.membership.view(), logger: silentLogger() });
+  shipping.registerRoutes(a.depot.http!);
+
+  const src = join(root, 'src');
+  await mkdir(src);
+  await writeFile(join(src, 'disk.img'), randomBytes(DISK));
+  await writeFile(join(src, 'container.yaml'), 'name: svc\n');
+  image = await a.store.import(src, 'svc');
+  await waitFor('A hears B and C', async () => (heartbeatOf(a, b) && heartbeatOf(a, c) ? true : undefined), 20_000);
+}, 60_000);
+
+afterAll(async () => {
+  await shipping?.stop();
+  for (const n of nodes.reverse()) await n.depot.stop().catch(() => undefined);
+  await Promise.all([sshdB?.stop(), sshdC?.stop()]);
+  if (root) await rm(root, { recursive: true, force: true });
+});
+
+describe('image shipping between depots', { timeout: 60_000 }, () => {
+  it('receivers advertise their sshd port in the heartbeat and /api/depots', async () => {
+    expect(heartbeatOf(a, b)?.sshPort).toBe(sshdB.port);
+    expect(heartbeatOf(a, c)?.sshPort).toBe(sshdC.port);
+    const d = await getJson<DepotsResponse>(a, '/api/depots');
+    expect(d.depots.find((x) => x.name === 'ship-b')).toMatchObject({ sshPort: sshdB.port, staging: [], images: [] });
+  });
+
+  it('checks the params of image.prepare / image.commit / image.abort', async () => {
+    const call = (method: string, params: unknown) => a.part.client.call(b.depot.node.peerId, method, params);
+    const manifest = await a.store.getManifest(image);
+    const evil = { ...manifest, files: [{ ...manifest.files[0]!, path: '../../etc/cron.d/x' }] };
+    const e1 = await failure(call('image.prepare', { manifest: evil }));
+    expect(e1.code).toBe('PATH_OUTSIDE_STORE');
+    expect(e1.message).toContain("manifest.files.0.path: path \"../../etc/cron.d/x\" contains '..'");
+    expect((await failure(call('image.commit', { image: 'not-an-id' }))).message).toMatch(/image\.commit: image: must be 64 lowercase hex digits/);
+    expect((await failure(call('image.abort', { image, extra: 1 }))).code).toBe('BAD_REQUEST');
+    const e4 = await failure(call('image.commit', { image }));
+    expect(e4.code).toBe('NOT_FOUND');
+    expect(await readdir(join(b.config.store.dir, 'staging'))).toEqual([]);
+  });
+
+  it('a refused host key fails the transfer clearly and leaves no staging behind', async () => {
+    const good = await readFile(knownHosts, 'utf8');
+    // C's address pinned to B's host key: "changed".
+    await writeFile(knownHosts, `[127.0.0.1]:${sshdC.port} ${sshdB.hostPublicKey}\n`);
+    try {
+      const e = await failure(shipping.ensureImage(c.depot.peerId, image));
+      expect(e.code).toBe('HOST_KEY_MISMATCH');
+      expect(e.message).toContain(`HOST KEY CHANGED for [127.0.0.1]:${sshdC.port}`);
+    } finally {
+      await writeFile(knownHosts, good);
+    }
+    expect(await readdir(join(c.config.store.dir, 'staging'))).toEqual([]);
+    expect(await c.store.has(image)).toBe(false);
+    const { transfers } = await getJson<{ transfers: TransferInfo[] }>(a, '/api/transfers');
+    expect(transfers[0]).toMatchObject({ imageId: image, target: `127.0.0.1:${sshdC.port}`, state: 'failed', bytesSent: 0 });
+    expect(transfers[0]!.error).toContain('HOST KEY CHANGED');
+  });
+
+  it('ships on demand: the receiver verifies and commits, /api/transfers shows the finished transfer', async () => {
+    const r = await shipping.ensureImage(b.depot.peerId, image);
+    expect(r).toMatchObject({ id: image, kind: 'full', target: `127.0.0.1:${sshdB.port}` });
+    expect(r.bytesSent).toBe(r.imageBytes);
+    expect(await b.store.verify(image, { quarantine: false })).toEqual({ ok: true, id: image });
+    expect(await readdir(join(b.config.store.dir, 'staging'))).toEqual([]);
+    const { transfers } = await getJson<{ transfers: TransferInfo[] }>(a, '/api/transfers');
+    expect(transfers[0]).toMatchObject({ imageId: image, imageName: 'svc', target: `127.0.0.1:${sshdB.port}`, kind: 'full', state: 'done', bytesSent: r.imageBytes, bytesToSend: r.imageBytes, etaMs: 0 });
+    // Again: the target already holds it, nothing is sent.
+    expect((await shipping.ensureImage(b.depot.peerId, image)).kind).toBe('present');
+    await waitFor('B heartbeat lists the image', async () => (heartbeatOf(a, b)?.images.includes(image) ? true : undefined), 5000);
+  });
+
+  it('pre-stages under the bandwidth limit; the receive shows in the heartbeat and /api/transfers while it runs', async () => {
+    const plan = shipping.prestage(image, () => ({
+      ranked: [
+        { host: b.depot.peerId, alive: true, images: heartbeatOf(a, b)?.images ?? [] },
+        { host: c.depot.peerId, alive: true, images: [] },
+      ],
+      busy: [],
+    }));
+    expect(plan).toMatchObject({ ship: [c.depot.peerId], staged: [b.depot.peerId] });
+    const t0 = Date.now();
+    // While it runs: C's heartbeat reports the receive, A lists the transfer as active first.
+    const seen = await waitFor(
+      'C reporting the receive in its heartbeat',
+      async () => heartbeatOf(a, c)?.staging.find((s) => s.image === image && s.bytes > 0 && s.bytes < s.total),
+      10_000,
+      50,
+    );
+    expect(seen.total).toBe(DISK + 'name: svc\n'.length);
+    const active = await getJson<{ transfers: TransferInfo[] }>(a, '/api/transfers');
+    expect(active.transfers[0]).toMatchObject({ imageId: image, target: `127.0.0.1:${sshdC.port}`, state: 'sending' });
+    const depots = await getJson<DepotsResponse>(a, '/api/depots');
+    expect(depots.depots.find((x) => x.name === 'ship-c')?.staging[0]).toMatchObject({ image, total: seen.total });
+    await shipping.prestager!.idle();
+    const seconds = (Date.now() - t0) / 1000;
+    expect(await c.store.verify(image, { quarantine: false })).toEqual({ ok: true, id: image });
+    // 6 MiB at 2 MB/s less the first burst (1/4 s of rate): at least ~2.9 s.
+    expect(seconds).toBeGreaterThan(((DISK - 500_000) / 2_000_000) * 0.9);
+    const done = await getJson<{ transfers: TransferInfo[] }>(a, '/api/transfers');
+    expect(done.transfers[0]).toMatchObject({ target: `127.0.0.1:${sshdC.port}`, state: 'done', bytesSent: seen.total });
+    await waitFor('C staging empty in its heartbeat', async () => (heartbeatOf(a, c)?.staging.length === 0 && heartbeatOf(a, c)?.images.includes(image) ? true : undefined), 5000);
+  });
+});
