@@ -2,7 +2,10 @@
 //
 //  1. N_PROC depots (default 32) as real processes on loopback, each bootstrapped to every
 //     earlier one (the full connectivity mDNS gives on a LAN). Idle window: CPU from
-//     /proc/PID/stat, RSS from /proc/PID/status, gossip bytes from each depot's /metrics.
+//     /proc/PID/stat, RSS from /proc/PID/status, and the bytes each depot puts on the wire: the
+//     TCP byte counters (`ss -ti`) of all its libp2p connections — gossip, probes, identify,
+//     Yamux and Noise framing included (the HTTP API the bench polls is left out) — beside
+//     gossipsub's own RPC byte count from /metrics.
 //     Then kill -9 a depot KILLS times; death_known_by_all = kill -> the last survivor's
 //     `member-transition ... to dead` log line.
 //  2. 128 and 256 depots in this one process over the libp2p memory transport, each
@@ -16,6 +19,7 @@ import { readFile, mkdtemp, rm } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateKeyPair } from '@libp2p/crypto/keys';
+import { execa } from 'execa';
 import { multiaddr } from '@multiformats/multiaddr';
 import { DepotCluster, getDepots, sleep, waitFor, type DepotProc } from '../test/helpers/depot-procs.ts';
 import { Depot } from '../depot/daemon.ts';
@@ -36,6 +40,9 @@ interface RunResult {
   deathKnownMs: number[];
   bytesSentPerNodePerS?: number;
   bytesRecvPerNodePerS?: number;
+  /** All TCP bytes of the depot's libp2p connections (processes only). */
+  tcpSentPerNodePerS?: number;
+  tcpRecvPerNodePerS?: number;
   publishedBytesPerNodePerS?: number;
   rssMbPerDepot?: number;
   rssMbMax?: number;
@@ -64,6 +71,29 @@ async function procRssMb(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, 'utf8');
   const m = /VmRSS:\s+(\d+) kB/.exec(status);
   return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** Bytes sent and received per process over its TCP connections, from `ss -tinp` (skips sockets on `skipPorts`). */
+async function tcpBytesByPid(pids: ReadonlySet<number>, skipPorts: ReadonlySet<number>): Promise<Map<number, { sent: number; received: number }>> {
+  const { stdout } = await execa('ss', ['-tinpH', 'state', 'established']);
+  const out = new Map<number, { sent: number; received: number }>();
+  const lines = stdout.split('\n');
+  for (let i = 0; i + 1 < lines.length; i++) {
+    const head = lines[i]!;
+    const pid = Number(/pid=(\d+)/.exec(head)?.[1]);
+    if (!pids.has(pid)) continue;
+    const ports = [...head.matchAll(/:(\d+)\s/g)].map((m) => Number(m[1]));
+    const info = lines[i + 1]!;
+    i++;
+    if (ports.some((p) => skipPorts.has(p))) continue;
+    const sent = Number(/bytes_sent:(\d+)/.exec(info)?.[1] ?? 0);
+    const received = Number(/bytes_received:(\d+)/.exec(info)?.[1] ?? 0);
+    const t = out.get(pid) ?? { sent: 0, received: 0 };
+    t.sent += sent;
+    t.received += received;
+    out.set(pid, t);
+  }
+  return out;
 }
 
 async function scrape(api: string): Promise<Record<string, number>> {
@@ -134,17 +164,23 @@ async function runProcesses(n: number): Promise<RunResult> {
     process.stderr.write(`  converged ${convergeMs} ms after the last start; settling, then ${IDLE_S} s idle window\n`);
     await sleep(5000); // let start-up work (compilation, GC) settle
 
+    const pids = new Set(procs.map((p) => p.pid));
+    const apiPorts = new Set(procs.map((p) => Number(new URL(p.api).port)));
     const m0 = await Promise.all(procs.map((p) => scrape(p.api)));
+    const t0b = await tcpBytesByPid(pids, apiPorts);
     const c0 = await Promise.all(procs.map((p) => procCpuTicks(p.pid)));
     const w0 = Date.now();
     await sleep(IDLE_S * 1000);
     const c1 = await Promise.all(procs.map((p) => procCpuTicks(p.pid)));
+    const t1b = await tcpBytesByPid(pids, apiPorts);
     const w1 = Date.now();
     const m1 = await Promise.all(procs.map((p) => scrape(p.api)));
     const rss = await Promise.all(procs.map((p) => procRssMb(p.pid)));
     const secs = (w1 - w0) / 1000;
     const per = (k: string) => mean(procs.map((_, i) => ((m1[i]![k] ?? 0) - (m0[i]![k] ?? 0)) / secs));
     const cpuPct = mean(procs.map((_, i) => ((c1[i]! - c0[i]!) / CLK_TCK / secs) * 100));
+    // Connections opened during the window count from zero; closed ones drop out (steady state: few).
+    const tcp = (k: 'sent' | 'received') => mean(procs.map((p) => Math.max(0, (t1b.get(p.pid)?.[k] ?? 0) - (t0b.get(p.pid)?.[k] ?? 0)) / secs));
 
     const killed = new Set<string>();
     const deathKnownMs: number[] = [];
@@ -175,6 +211,8 @@ async function runProcesses(n: number): Promise<RunResult> {
       deathKnownMs,
       bytesSentPerNodePerS: per('navigator_gossip_wire_sent_bytes_total'),
       bytesRecvPerNodePerS: per('navigator_gossip_wire_received_bytes_total'),
+      tcpSentPerNodePerS: tcp('sent'),
+      tcpRecvPerNodePerS: tcp('received'),
       publishedBytesPerNodePerS: per('navigator_gossip_published_bytes_total'),
       rssMbPerDepot: mean(rss),
       rssMbMax: Math.max(...rss),
@@ -210,7 +248,10 @@ async function runInProcess(n: number): Promise<RunResult> {
       const config = parseConfig({
         node: { name: `mem-${String(i).padStart(3, '0')}`, dataDir: join(dir, String(i)) },
         network: { listen: [`/memory/${tag}-${i}`], mdns: false },
-        membership: { heartbeatMs: hbMs },
+        // Heartbeat mode (no routine probes): SWIM probes would connect every depot to every
+        // other one, 32 k connections in one process at 256. Liveness here comes from the
+        // heartbeats, as it would with probeIntervalMs 0 (a dropped connection is still probed).
+        membership: { heartbeatMs: hbMs, heartbeatRefreshMs: hbMs, probeIntervalMs: 0 },
         log: { level: 'silent' },
       });
       // One process cannot verify N² signed heartbeats a second, nor hold N² connections: a
@@ -269,13 +310,15 @@ async function main(): Promise<void> {
   if (N_PROC > 0) results.push(await runProcesses(N_PROC));
   for (const n of MEM_NODES) results.push(await runInProcess(n));
 
-  const head = ['mode', 'nodes', 'death p50 ms', 'death p95 ms', 'kills', 'wire sent B/s/node', 'wire recv B/s/node', 'published B/s/node', 'RSS MB/depot', 'CPU % idle', 'converge ms', 'false deaths'];
+  const head = ['mode', 'nodes', 'death p50 ms', 'death p95 ms', 'kills', 'TCP sent B/s/node', 'TCP recv B/s/node', 'gossip sent B/s/node', 'gossip recv B/s/node', 'published B/s/node', 'RSS MB/depot', 'CPU % idle', 'converge ms', 'false deaths'];
   const rows = results.map((r) => [
     r.mode,
     String(r.nodes),
     fmt(percentile(r.deathKnownMs, 50)),
     fmt(percentile(r.deathKnownMs, 95)),
     String(r.deathKnownMs.length),
+    fmt(r.tcpSentPerNodePerS),
+    fmt(r.tcpRecvPerNodePerS),
     fmt(r.bytesSentPerNodePerS),
     fmt(r.bytesRecvPerNodePerS),
     fmt(r.publishedBytesPerNodePerS),
@@ -295,8 +338,11 @@ async function main(): Promise<void> {
     death_known_by_all_ms_p50: Math.round(percentile(main32.deathKnownMs, 50)),
     death_known_by_all_ms_p95: Math.round(percentile(main32.deathKnownMs, 95)),
     kills: main32.deathKnownMs.length,
-    bytes_per_node_per_s: Math.round(main32.bytesSentPerNodePerS ?? NaN),
-    wire_received_bytes_per_node_per_s: Math.round(main32.bytesRecvPerNodePerS ?? NaN),
+    // Everything a depot sends on its libp2p connections (TCP payload bytes), per second.
+    bytes_per_node_per_s: Math.round(main32.tcpSentPerNodePerS ?? main32.bytesSentPerNodePerS ?? NaN),
+    bytes_received_per_node_per_s: Math.round(main32.tcpRecvPerNodePerS ?? main32.bytesRecvPerNodePerS ?? NaN),
+    gossip_sent_bytes_per_node_per_s: Math.round(main32.bytesSentPerNodePerS ?? NaN),
+    gossip_received_bytes_per_node_per_s: Math.round(main32.bytesRecvPerNodePerS ?? NaN),
     published_bytes_per_node_per_s: Math.round(main32.publishedBytesPerNodePerS ?? NaN),
     rss_mb_per_depot: Number((main32.rssMbPerDepot ?? NaN).toFixed(1)),
     rss_mb_max: Number((main32.rssMbMax ?? NaN).toFixed(1)),

@@ -7,6 +7,7 @@ import type { Config } from '../shared/config.ts';
 import { SystemClock, type Clock, type TimerHandle } from '../shared/clock.ts';
 import { createLogger, type Logger } from '../shared/logger.ts';
 import { errorMessage } from '../shared/errors.ts';
+import { gossipLinkHealth, judgeLinks, type LinkObservation } from './gossip-links.ts';
 import { TOPICS, encodeMessage, type DeadMessage, type HeartbeatMessage, type LeftMessage, type MembershipMessage } from '../shared/wire.ts';
 import { HttpServer } from '../web/server.ts';
 import { registerDepotApi } from '../web/depot-api.ts';
@@ -69,6 +70,17 @@ export interface DepotEvents {
 /** How long after publishing `left` the node stays up so the message gets out. */
 const LEFT_FLUSH_MS = 250;
 
+/** How often the gossip streams of every connection are checked (gossip-links.ts). */
+const LINK_CHECK_MS = 2000;
+/** How long a connection may lack its gossip streams (set-up included) before it is closed. */
+const LINK_GRACE_MS = 15_000;
+/** A depot still dead this long after the verdict has its connections closed. */
+const DEAD_HANGUP_MS = 10_000;
+/** Wait before dialling a depot whose connection closed while it is still alive. */
+const RECONNECT_DELAY_MS = 1000;
+/** A peer that subscribes gets this depot's heartbeat this soon (several joins share one). */
+const JOIN_BEAT_DELAY_MS = 200;
+
 export class Depot {
   readonly config: Config;
   readonly log: Logger;
@@ -87,6 +99,9 @@ export class Depot {
   private readonly pendingProviders: HeartbeatContentProvider[] = [];
   private tickTimer: TimerHandle | undefined;
   private redialTimer: TimerHandle | undefined;
+  private linkTimer: TimerHandle | undefined;
+  private joinBeatTimer: TimerHandle | undefined;
+  private unhealthyLinks = new Map<string, number>();
   private readonly lastDial = new Map<string, number>();
   private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
 
@@ -165,6 +180,8 @@ export class Depot {
         selfId,
         timing: {
           heartbeatMs: t.heartbeatMs,
+          heartbeatRefreshMs: t.heartbeatRefreshMs,
+          probeIntervalMs: t.probeIntervalMs,
           suspectAfterMissed: t.suspectAfterMissed,
           probeTimeoutMs: t.probeTimeoutMs,
           indirectProbes: t.indirectProbes,
@@ -189,6 +206,21 @@ export class Depot {
         members: () => this.knownMembers(),
       });
       node.addEventListener('peer:connect', (evt) => this.onPeerConnect(evt.detail.toString()));
+      node.addEventListener('peer:disconnect', (evt) => {
+        if (this.state !== 'running') return;
+        const peer = evt.detail.toString();
+        this.apply(this.membership.connectionLost(peer, this.clock.now()));
+        // Keep the cluster fully connected (heartbeats go out in one hop): dial a depot that is
+        // still alive again after a moment; one that died is never dialled again.
+        this.clock.setTimeout(() => {
+          const view = this._membership?.get(peer);
+          if (view?.state === 'alive' && view.heartbeat) this.dialIfUnconnected(view.heartbeat);
+        }, RECONNECT_DELAY_MS);
+      });
+      // A depot that just joined learns of the others from their next heartbeat: send ours soon.
+      node.services.pubsub.addEventListener('subscription-change', (evt) => {
+        if (evt.detail.subscriptions.some((sub) => sub.topic === TOPICS.heartbeat && sub.subscribe)) this.scheduleJoinBeat();
+      });
       if (this.opts.http !== false) {
         this._http = new HttpServer({ host: cfg.http.host, port: cfg.http.port, log: this.log.child({ component: 'http' }) });
         registerDepotApi(this._http, this);
@@ -202,6 +234,7 @@ export class Depot {
         name: cfg.node.name,
         incarnation: this.incarnation,
         heartbeatMs: t.heartbeatMs,
+        refreshMs: t.heartbeatRefreshMs,
         maxMessageBytes: t.maxMessageBytes,
         storeDir: cfg.store.dir,
         httpPort: () => this._http?.port,
@@ -221,7 +254,9 @@ export class Depot {
         this.log.info({ event: 'part-started', part: part.name }, `started ${part.name}`);
       }
       this._heartbeat.start();
-      this.tickTimer = this.clock.setInterval(() => this.tick(), Math.max(10, Math.min(100, Math.floor(t.heartbeatMs / 4))));
+      const tickMs = Math.max(10, Math.min(100, Math.floor(t.heartbeatMs / 4), t.probeIntervalMs > 0 ? Math.floor(t.probeIntervalMs / 4) : Infinity));
+      this.tickTimer = this.clock.setInterval(() => this.tick(), tickMs);
+      this.linkTimer = this.clock.setInterval(() => this.checkGossipLinks(), LINK_CHECK_MS);
       // The bootstrap module dials its list once; keep trying those we are not connected to
       // (the first depot may start later, or a dial may fail on a busy host).
       this.redialTimer = this.clock.setInterval(() => this.redialBootstrap(), REDIAL_MS);
@@ -278,6 +313,10 @@ export class Depot {
     this.tickTimer = undefined;
     this.clock.clear(this.redialTimer);
     this.redialTimer = undefined;
+    this.clock.clear(this.linkTimer);
+    this.linkTimer = undefined;
+    this.clock.clear(this.joinBeatTimer);
+    this.joinBeatTimer = undefined;
     await this._heartbeat?.stop();
     if (announce && this._node) {
       const msg: LeftMessage = { type: 'left', v: 1, peerId: this.peerId, name: this.config.node.name, incarnation: this.incarnation, sentAt: this.clock.now() };
@@ -322,6 +361,64 @@ export class Depot {
   private tick(): void {
     if (this.state !== 'running') return;
     this.apply(this.membership.tick(this.clock.now()));
+  }
+
+  /**
+   * A connection to a depot judged dead may be a dead socket (a partition, a power loss): close
+   * it, so that when the depot is back its heartbeat brings a fresh dial. Not at once: a false
+   * verdict on a starved host is refuted within moments, and closing would only add churn.
+   */
+  private hangUpIfStillDead(peer: string): void {
+    this.clock.setTimeout(() => {
+      if (this.state !== 'running' || this._membership?.get(peer)?.state !== 'dead') return;
+      void this._node?.hangUp(peerIdFromString(peer)).catch(() => undefined);
+    }, DEAD_HANGUP_MS);
+  }
+
+  private scheduleJoinBeat(): void {
+    if (this.state !== 'running' || this.joinBeatTimer) return;
+    this.joinBeatTimer = this.clock.setTimeout(() => {
+      this.joinBeatTimer = undefined;
+      void this._heartbeat?.beat(true);
+    }, JOIN_BEAT_DELAY_MS);
+  }
+
+  /** Close connections whose gossip streams are gone (gossip-links.ts), then dial them again. */
+  private checkGossipLinks(): void {
+    const node = this._node;
+    if (!node || this.state !== 'running') return;
+    const now = this.clock.now();
+    const links = node.getConnections().filter((c) => c.status === 'open').map((c) => ({
+      peer: c.remotePeer.toString(),
+      healthy: gossipLinkHealth(node.services.pubsub, c.remotePeer.toString()),
+      openedAt: now - (Date.now() - c.timeline.open),
+    }));
+    // Several connections to one peer: it is healthy if gossipsub's streams are (they live on one of them).
+    const byPeer = new Map<string, LinkObservation>();
+    for (const l of links) {
+      const prev = byPeer.get(l.peer);
+      byPeer.set(l.peer, prev ? { ...prev, openedAt: Math.max(prev.openedAt, l.openedAt) } : l);
+    }
+    const j = judgeLinks([...byPeer.values()], this.unhealthyLinks, now, LINK_GRACE_MS);
+    if (process.env.NAV_DEBUG_LINKS) {
+      const g = node.services.pubsub as any;
+      this.log.info({ event: 'debug-links', conns: links.length, healthy: links.filter((l) => l.healthy).length, gpeers: g.peers?.size, out: g.streamsOutbound?.size, in: g.streamsInbound?.size, outStat: [...(g.streamsOutbound?.values() ?? [])].slice(0, 3).map((x: any) => `${x.rawStream?.status}/${x.rawStream?.writeStatus}`), protos: node.getProtocols().length }, 'links');
+    }
+    this.unhealthyLinks = j.unhealthySince;
+    for (const peer of j.close) {
+      const view = this._membership?.get(peer);
+      this.metrics.gossipLinkRepairs.inc();
+      this.log.warn({ event: 'gossip-link-repair', peer, name: view?.name }, `gossip streams to ${view?.name ?? peer} are gone; reconnecting`);
+      const peerId = peerIdFromString(peer);
+      void node
+        .hangUp(peerId)
+        .catch(() => undefined)
+        .then(() => {
+          this.lastDial.delete(peer);
+          if (view?.heartbeat) this.dialIfUnconnected(view.heartbeat);
+          else void node.dial(peerId, { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
+        });
+    }
   }
 
   private onHeartbeat(hb: HeartbeatMessage): void {
@@ -396,14 +493,19 @@ export class Depot {
           const level = a.to === 'dead' || a.to === 'suspect' ? 'warn' : 'info';
           this.log[level]({ event: 'member-transition', peer: a.peer, name: a.name, from: a.from, to: a.to, reason: a.reason, incarnation: a.incarnation }, `${a.name} ${a.from} -> ${a.to}`);
           this.events.emit('transition', a);
+          if (a.to === 'dead') this.hangUpIfStillDead(a.peer);
           break;
         }
         case 'probe': {
           const startedAt = this.clock.now();
-          void this.prober.probe(a.peer, a.indirectVia).then((ok) => {
-            this.log.info({ event: 'probe-result', peer: a.peer, via: a.indirectVia, ok, durationMs: this.clock.now() - startedAt }, `probe ${ok ? 'answered' : 'failed'}`);
-            if (this.state === 'running') this.apply(this.membership.probeResult(a.peer, ok, this.clock.now()));
-          });
+          const done = (ok: boolean) => {
+            // Routine probes answer once a second: only their failures are worth a line.
+            const level = a.routine && ok ? 'debug' : 'info';
+            this.log[level]({ event: 'probe-result', peer: a.peer, via: a.indirectVia, routine: a.routine, ok, durationMs: this.clock.now() - startedAt }, `probe ${ok ? 'answered' : 'failed'}`);
+            if (this.state === 'running') this.apply(this.membership.probeResult(a.peer, ok, this.clock.now(), a.id));
+          };
+          if (a.routine) void this.prober.probeRoutine(a.peer, a.indirectVia).then(done);
+          else void this.prober.probe(a.peer, a.indirectVia).then(done);
           break;
         }
         case 'declare-dead': {
@@ -415,7 +517,7 @@ export class Depot {
         }
         case 'refute':
           this.log.warn({ event: 'refute', by: a.by }, 'another depot reported this one dead; heartbeating at once');
-          void this.heartbeat.beat();
+          void this.heartbeat.beat(true);
           break;
         case 'forget':
           this.log.info({ event: 'member-forgotten', peer: a.peer, name: a.name }, `forgot ${a.name}`);

@@ -5,10 +5,13 @@ import { HeartbeatMessage, TOPICS, encodeMessage, type ContainerReport } from '.
 import { VERSION } from '../shared/version.ts';
 import type { DepotMetrics } from './metrics.ts';
 import { sampleResources, type ResourceSample } from './resources.ts';
+import { heartbeatChange } from './heartbeat-change.ts';
 
-// Gossips this depot's HeartbeatMessage every heartbeatMs. The host figures are sampled here;
-// what the depot holds (images, images being received, containers and their roles) comes from
-// content providers that other parts (image store, container supervisor) register.
+// Samples this depot's HeartbeatMessage every heartbeatMs and gossips it when it changed enough
+// (heartbeat-change.ts), and at least every refreshMs. The host figures are sampled here; what
+// the depot holds (images, images being received, containers and their roles) comes from
+// content providers that other parts (image store, container supervisor) register. Liveness
+// does not depend on heartbeats (membership.ts probes), so a quiet depot costs little traffic.
 
 export interface HeartbeatContent {
   images: string[];
@@ -31,6 +34,8 @@ export interface HeartbeatPublisherOptions {
   /** Start time of this process: a restart is a new incarnation. */
   incarnation: number;
   heartbeatMs: number;
+  /** Longest time between two published heartbeats (membership.heartbeatRefreshMs). */
+  refreshMs?: number;
   maxMessageBytes: number;
   storeDir: string;
   httpPort: () => number | undefined;
@@ -47,6 +52,9 @@ export class HeartbeatPublisher {
   private seq = 0;
   private running = false;
   private inFlight: Promise<void> | undefined;
+  private forceNext = false;
+  private lastPublished: HeartbeatMessage | undefined;
+  private lastPublishedAt = -Infinity;
 
   constructor(private readonly opts: HeartbeatPublisherOptions) {}
 
@@ -67,10 +75,20 @@ export class HeartbeatPublisher {
     await this.inFlight;
   }
 
-  /** Publish one heartbeat now (also used to refute a false death report at once). */
-  beat(): Promise<void> {
-    if (!this.running || this.inFlight) return this.inFlight ?? Promise.resolve();
-    this.inFlight = this.publishOne()
+  /**
+   * Sample now and publish if it changed (or the refresh is due). `force`: publish whatever it
+   * holds — to refute a false death report, or so a depot that just joined hears of this one.
+   */
+  beat(force = false): Promise<void> {
+    if (force) this.forceNext = true;
+    if (!this.running) return Promise.resolve();
+    if (this.inFlight) {
+      // A forced beat asked for while one is being built goes out right after it.
+      return force ? this.inFlight.then(() => this.beat(this.forceNext)) : this.inFlight;
+    }
+    const forced = this.forceNext;
+    this.forceNext = false;
+    this.inFlight = this.publishOne(forced)
       .catch((err: unknown) => {
         this.opts.log.warn({ event: 'heartbeat-failed', err: (err as Error).message }, 'heartbeat not published');
       })
@@ -122,8 +140,13 @@ export class HeartbeatPublisher {
     });
   }
 
-  private async publishOne(): Promise<void> {
+  private async publishOne(force: boolean): Promise<void> {
     const hb = await this.build();
+    const now = this.opts.clock.now();
+    const due = now - this.lastPublishedAt >= (this.opts.refreshMs ?? this.opts.heartbeatMs);
+    if (!force && !due && heartbeatChange(this.lastPublished, hb) === undefined) return;
+    this.lastPublished = hb;
+    this.lastPublishedAt = now;
     this.seq += 1;
     const bytes = encodeMessage(hb, this.opts.maxMessageBytes);
     this.opts.onLocal?.(hb);

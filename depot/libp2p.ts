@@ -26,16 +26,15 @@ export type NodeServices = {
 export type NavigatorNode = Libp2p<NodeServices>;
 
 /**
- * Gossipsub tuned for a LAN cluster whose traffic is mostly one small heartbeat per depot per
- * second (measured with `npm run bench:gossip`, see its notes):
+ * Gossipsub tuned for a LAN cluster whose traffic is a heartbeat per depot when its content
+ * changes (and once a minute anyway), a few movement events, and deaths (measured with
+ * `npm run bench:gossip`, see its notes):
  * - floodPublish: the publisher sends to every subscriber it is connected to (with mDNS that is
  *   everyone), so a heartbeat arrives in one hop.
  * - A minimal mesh (D 1) still forwards, for depots that are not directly connected, without the
  *   six-fold duplicate traffic of the default D 6. (The depot also dials every depot it hears
  *   of, so connectivity is full even without mDNS.)
- * - Little IHAVE gossip (Dlazy 2, gossipFactor 0, one heartbeat of history): a lost heartbeat is
- *   replaced by the next one a second later, and IHAVE lists of every heartbeat id cost more
- *   than the heartbeats.
+ * - No IHAVE gossip (below).
  * - fastMsgIdFn (from + seqno): duplicates are recognised before their signature is verified.
  */
 export const GOSSIP_TUNING: Partial<GossipsubOpts> = {
@@ -45,11 +44,18 @@ export const GOSSIP_TUNING: Partial<GossipsubOpts> = {
   Dhi: 2,
   Dscore: 1,
   Dout: 0,
-  Dlazy: 2,
+  // No IHAVE gossip: it costs more than the heartbeats it could recover, and every heartbeat is
+  // replaced by the next one anyway (deaths and movements are also pulled: journal sync).
+  Dlazy: 0,
   gossipFactor: 0,
   mcacheGossip: 1,
   // IDONTWANT control messages would follow almost every heartbeat and save little with D 1.
   idontwantMinDataSize: 16_384,
+  // Peer scoring's IP colocation penalty graylists a peer once more than 10 others share its
+  // address, and gossipsub then ignores everything it sends. Only swarm-key holders get this
+  // far, and depots behind one address (NAT, several per host in tests and benchmarks) are
+  // legitimate: measured, 32 depots on loopback stalled at 13 with the default penalty.
+  scoreParams: { IPColocationFactorWeight: 0 },
   fastMsgIdFn: (msg) =>
     msg.from && msg.seqno ? `${Buffer.from(msg.from).toString('base64')}:${Buffer.from(msg.seqno).toString('base64')}` : `${Math.random()}`,
 };
@@ -90,6 +96,10 @@ export async function createNode(opts: CreateNodeOptions): Promise<NavigatorNode
       inboundConnectionThreshold: 100,
       maxIncomingPendingConnections: 100,
     },
+    // The membership's probes check every depot (one per second, round-robin, and at once when
+    // a connection drops) and close a connection whose ping fails; libp2p's own monitor would
+    // ping every connection every 10 s on top of that (31 pings a second on a 32-depot cluster).
+    connectionMonitor: { enabled: false },
     services: {
       identify: identify(),
       ping: ping({ timeout: 2000 }),

@@ -5,8 +5,15 @@ import type { DeadMessage, HeartbeatMessage, LeftMessage } from '../shared/wire.
 // with `now`, and carries out the actions it returns (probe a peer, gossip a death). That keeps
 // every timing rule in this one file and lets the tests replay thousands of random histories.
 //
+// Liveness costs every depot the same whatever the cluster size (SWIM): each probeIntervalMs a
+// depot probes ONE other depot, round-robin over a shuffled list (a direct ping, then ping-req
+// through indirectProbes others). Heartbeats carry the content (resources, images, containers)
+// and are gossiped when it changes, and at least every heartbeatRefreshMs; they are not what
+// keeps a depot alive in the others' views. A lost connection is probed at once (a killed
+// process resets its TCP connections, so its death is known in well under a second).
+//
 // States per depot and incarnation (the incarnation is the start time of the depot process):
-//   alive   --(no newer heartbeat for suspectAfterMissed × heartbeatMs)--> suspect (+ probe)
+//   alive   --(routine probe failed, or nothing heard for suspectAfterMissed × heartbeatRefreshMs)--> suspect (+ probe)
 //   suspect --(newer heartbeat, or a probe answered)--> alive
 //   suspect --(probe failed, or no answer within suspectTimeoutMs)--> dead (+ gossip DeadMessage)
 //   any     --(LeftMessage of this incarnation)--> left
@@ -14,14 +21,19 @@ import type { DeadMessage, HeartbeatMessage, LeftMessage } from '../shared/wire.
 //   dead/left --(heartbeat of a newer incarnation: the depot restarted)--> alive
 //   dead/left --(forgetAfterMs)--> removed from the view
 // A left depot is never marked dead, and a heartbeat of an old incarnation never resurrects one.
+// A depot told it is dead refutes with a heartbeat at once (newer sequence number).
 
 export type MemberState = 'alive' | 'suspect' | 'dead' | 'left';
 
 /** Every timing parameter of failure detection (config section `membership`). */
 export interface MembershipTiming {
-  /** Interval between heartbeats of every depot. */
+  /** A depot samples its heartbeat content this often and gossips it when it changed. */
   heartbeatMs: number;
-  /** Missed heartbeats before a depot is suspect and probed. */
+  /** Longest time between two heartbeats of a depot, changed or not. */
+  heartbeatRefreshMs: number;
+  /** One routine probe of one other depot per interval (0: no routine probes). */
+  probeIntervalMs: number;
+  /** Refresh intervals with nothing heard (no heartbeat, no probe answer) before a depot is suspect. */
   suspectAfterMissed: number;
   /** Timeout of one direct or indirect ping (used by the prober; kept here so all timing is in one place). */
   probeTimeoutMs: number;
@@ -35,6 +47,8 @@ export interface MembershipTiming {
 
 export const DEFAULT_TIMING: MembershipTiming = {
   heartbeatMs: 1000,
+  heartbeatRefreshMs: 60_000,
+  probeIntervalMs: 1000,
   suspectAfterMissed: 3,
   probeTimeoutMs: 500,
   indirectProbes: 2,
@@ -42,7 +56,7 @@ export const DEFAULT_TIMING: MembershipTiming = {
   forgetAfterMs: 3_600_000,
 };
 
-/** How recent a heartbeat must be for a second-hand death report to be doubted (probe first). */
+/** How recent a heartbeat or probe answer must be for a second-hand death report to be doubted (probe first). */
 export function freshWindowMs(t: MembershipTiming): number {
   return Math.floor(t.heartbeatMs * 1.5);
 }
@@ -61,8 +75,8 @@ export interface Member {
   /** Last heartbeat received from this incarnation, if any. */
   heartbeat: HeartbeatMessage | undefined;
   self: boolean;
-  /** Probe round of the current suspicion, if one was started. */
-  probe: { startedAt: number; via: string[] } | undefined;
+  /** Probe in flight: a routine one (alive depot) or the round of the current suspicion. */
+  probe: { id: number; startedAt: number; via: string[]; routine: boolean } | undefined;
   /** Why the current state was entered. */
   reason: string;
 }
@@ -70,8 +84,11 @@ export interface Member {
 export type MembershipAction =
   /** State change, for logs, metrics and the API. `from` is 'unknown' for a newly seen depot. */
   | { kind: 'transition'; peer: string; name: string; from: MemberState | 'unknown'; to: MemberState; reason: string; incarnation: number }
-  /** Ping `peer` directly and ask `indirectVia` to ping it too; report with probeResult(). */
-  | { kind: 'probe'; peer: string; indirectVia: string[] }
+  /**
+   * Probe `peer` and report with probeResult(). Routine (an alive depot): a direct ping, then
+   * ping-req through `indirectVia` if it failed. A suspect: all of them at once.
+   */
+  | { kind: 'probe'; peer: string; indirectVia: string[]; routine: boolean; id: number }
   /** This depot judged `peer` dead after a failed probe round: gossip a DeadMessage. */
   | { kind: 'declare-dead'; peer: string; incarnation: number }
   /** Another depot claims this one is dead; our next heartbeat refutes it. */
@@ -94,6 +111,10 @@ export class Membership {
   readonly timing: MembershipTiming;
   private readonly random: () => number;
   private readonly members = new Map<string, Member>();
+  /** Round-robin order of routine probes (memberlist: shuffled once per round). */
+  private probeOrder: string[] = [];
+  private probeNextAt = -Infinity;
+  private probeSeq = 0;
 
   constructor(opts: MembershipOptions) {
     this.selfId = opts.selfId;
@@ -101,9 +122,9 @@ export class Membership {
     this.random = opts.random ?? Math.random;
   }
 
-  /** Time without a newer heartbeat after which a depot becomes suspect. */
+  /** Time with nothing heard from a depot (heartbeat or probe answer) after which it becomes suspect. */
   get suspectAfterMs(): number {
-    return this.timing.suspectAfterMissed * this.timing.heartbeatMs;
+    return this.timing.suspectAfterMissed * this.timing.heartbeatRefreshMs;
   }
 
   observeHeartbeat(hb: HeartbeatMessage, now: number): MembershipAction[] {
@@ -188,10 +209,23 @@ export class Membership {
     return [this.enter(m, 'dead', now, `reported dead by ${msg.by}`, from)];
   }
 
-  /** Outcome of the probe round started by a 'probe' action (ok: any direct or indirect ping answered). */
-  probeResult(peerId: string, ok: boolean, now: number): MembershipAction[] {
+  /**
+   * Outcome of the probe started by a 'probe' action (ok: any direct or indirect ping answered).
+   * `id` is the action's; a result of an earlier probe of the same depot is ignored.
+   */
+  probeResult(peerId: string, ok: boolean, now: number, id?: number): MembershipAction[] {
     const m = this.members.get(peerId);
-    if (!m || m.state !== 'suspect' || !m.probe) return []; // stale: resolved meanwhile
+    if (!m || !m.probe || (id !== undefined && id !== m.probe.id)) return []; // stale: resolved meanwhile
+    if (m.probe.routine) {
+      m.probe = undefined;
+      if (m.state !== 'alive') return [];
+      if (ok) {
+        m.lastHeardAt = now;
+        return [];
+      }
+      return this.suspect(m, now, 'routine probe failed');
+    }
+    if (m.state !== 'suspect') return [];
     m.probe = undefined;
     if (ok) {
       m.lastHeardAt = now; // it answered: give it a fresh window to resume heartbeats
@@ -200,15 +234,29 @@ export class Membership {
     return this.declareDead(m, now, 'probe failed');
   }
 
-  /** Advance timers: suspicion, probe timeouts, forgetting. Call at least every heartbeatMs / 4. */
+  /**
+   * The connection to `peerId` closed: probe it now rather than at its turn. A process that died
+   * resets its connections, so this is how a crash is noticed at once; a live depot answers.
+   */
+  connectionLost(peerId: string, now: number): MembershipAction[] {
+    const m = this.members.get(peerId);
+    if (!m || m.self || m.state !== 'alive' || m.probe) return [];
+    return [this.startProbe(m, now, true)];
+  }
+
+  /** Advance timers: routine probes, suspicion, probe timeouts, forgetting. Call at least every probeIntervalMs / 4. */
   tick(now: number): MembershipAction[] {
     const out: MembershipAction[] = [];
     for (const m of [...this.members.values()]) {
       if (m.self) continue;
-      if (m.state === 'alive' && now - m.lastHeardAt > this.suspectAfterMs) {
-        out.push(...this.suspect(m, now, `no heartbeat for ${now - m.lastHeardAt} ms`));
+      if (m.state === 'alive' && m.probe?.routine && now - m.probe.startedAt >= this.timing.suspectTimeoutMs) {
+        // The daemon always reports; a probe this late counts as failed.
+        m.probe = undefined;
+        out.push(...this.suspect(m, now, `routine probe unanswered for ${this.timing.suspectTimeoutMs} ms`));
+      } else if (m.state === 'alive' && now - m.lastHeardAt > this.suspectAfterMs) {
+        out.push(...this.suspect(m, now, `nothing heard for ${now - m.lastHeardAt} ms`));
       } else if (m.state === 'suspect') {
-        if (!m.probe) out.push(...this.startProbe(m, now));
+        if (!m.probe || m.probe.routine) out.push(this.startProbe(m, now, false));
         else if (now - m.probe.startedAt >= this.timing.suspectTimeoutMs) {
           out.push(...this.declareDead(m, now, `probe unanswered for ${now - m.probe.startedAt} ms`));
         }
@@ -217,7 +265,31 @@ export class Membership {
         out.push({ kind: 'forget', peer: m.peerId, name: m.name });
       }
     }
+    if (this.timing.probeIntervalMs > 0 && now >= this.probeNextAt) {
+      const target = this.nextRoutineTarget();
+      if (target) {
+        out.push(this.startProbe(target, now, true));
+        this.probeNextAt = now + this.timing.probeIntervalMs;
+      }
+    }
     return out;
+  }
+
+  /** Next alive depot in the round-robin, skipping any with a probe in flight; a new shuffled round when done. */
+  private nextRoutineTarget(): Member | undefined {
+    for (let pass = 0; pass < 2; pass++) {
+      while (this.probeOrder.length > 0) {
+        const m = this.members.get(this.probeOrder.shift()!);
+        if (m && !m.self && m.state === 'alive' && !m.probe) return m;
+      }
+      const ids = [...this.members.values()].filter((m) => !m.self && m.state === 'alive').map((m) => m.peerId);
+      for (let i = ids.length - 1; i > 0; i--) {
+        const j = Math.min(i, Math.floor(this.random() * (i + 1)));
+        [ids[i], ids[j]] = [ids[j]!, ids[i]!];
+      }
+      this.probeOrder = ids;
+    }
+    return undefined;
   }
 
   get(peerId: string): MemberView | undefined {
@@ -236,20 +308,20 @@ export class Membership {
   }
 
   private suspect(m: Member, now: number, reason: string): MembershipAction[] {
-    const out: MembershipAction[] = [this.enter(m, 'suspect', now, reason, m.state)];
-    out.push(...this.startProbe(m, now));
-    return out;
+    m.probe = undefined;
+    return [this.enter(m, 'suspect', now, reason, m.state), this.startProbe(m, now, false)];
   }
 
-  private startProbe(m: Member, now: number): MembershipAction[] {
+  private startProbe(m: Member, now: number, routine: boolean): Extract<MembershipAction, { kind: 'probe' }> {
     const candidates = [...this.members.values()].filter((o) => !o.self && o.peerId !== m.peerId && o.state === 'alive').map((o) => o.peerId);
     const via: string[] = [];
     while (via.length < this.timing.indirectProbes && candidates.length > 0) {
       const i = Math.min(candidates.length - 1, Math.floor(this.random() * candidates.length));
       via.push(candidates.splice(i, 1)[0]!);
     }
-    m.probe = { startedAt: now, via };
-    return [{ kind: 'probe', peer: m.peerId, indirectVia: via }];
+    const id = ++this.probeSeq;
+    m.probe = { id, startedAt: now, via, routine };
+    return { kind: 'probe', peer: m.peerId, indirectVia: via, routine, id };
   }
 
   private declareDead(m: Member, now: number, reason: string): MembershipAction[] {

@@ -16,6 +16,13 @@ export type DropReason =
 
 export const DROP_REASONS: readonly DropReason[] = ['too-large', 'not-json', 'schema', 'spoofed', 'unsigned', 'unknown-topic'];
 
+/**
+ * How often the event-loop delay histogram samples (prom-client's default is 10 ms). Each sample
+ * is a timer wake-up, 100 a second by default: the largest part of an idle depot's CPU. Stalls
+ * that matter to a depot (heartbeats every second) last far longer than this.
+ */
+export const EVENT_LOOP_SAMPLE_MS = 200;
+
 export class DepotMetrics {
   readonly registry = new Registry();
   readonly gossipReceived: Counter<'topic'>;
@@ -23,6 +30,8 @@ export class DepotMetrics {
   readonly gossipPublishedBytes: Counter<'topic'>;
   readonly gossipDropped: Counter<'reason'>;
   readonly members: Gauge<'state'>;
+  /** Connections closed because their gossip streams were gone (gossip-links.ts). */
+  readonly gossipLinkRepairs: Counter;
   readonly gossipWire: GossipMetricsRegister;
   /** Same counts as gossipDropped, readable synchronously for /api/depots. */
   readonly dropped: Record<DropReason, number> = { 'too-large': 0, 'not-json': 0, schema: 0, spoofed: 0, unsigned: 0, 'unknown-topic': 0 };
@@ -56,6 +65,11 @@ export class DepotMetrics {
         if (!byState) return;
         for (const [state, n] of Object.entries(byState())) this.set({ state }, n);
       },
+    });
+    this.gossipLinkRepairs = new Counter({
+      name: 'navigator_gossip_link_repairs_total',
+      help: 'Connections closed and dialled again because gossipsub had lost its streams on them',
+      registers,
     });
     const { connectedPeers, topicPeers } = opts;
     // A depot connected to fewer peers than the view holds, or with no subscribers on a topic,
@@ -96,7 +110,7 @@ export class DepotMetrics {
         this.set(wire.rpcRecvBytes);
       },
     });
-    if (opts.processMetrics) collectDefaultMetrics({ register: this.registry });
+    if (opts.processMetrics) collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
   }
 
   drop(reason: DropReason): void {

@@ -81,6 +81,18 @@ export class Prober {
   }
 
   /**
+   * A routine probe of a depot believed alive (memberlist): a direct ping first, ping-req through
+   * `via` only when it failed, so a healthy cluster pays one ping per probe. (A slow answer on a
+   * busy host is no reason to drop the connection: that only adds handshakes to the load.)
+   */
+  async probeRoutine(target: string, via: string[]): Promise<boolean> {
+    if ((await this.ping(target)) !== undefined) return true;
+    if (via.length === 0) return false;
+    const results = await Promise.all(via.map((v) => this.pingVia(v, target)));
+    return results.some(Boolean);
+  }
+
+  /**
    * One probe round: direct ping and ping-req through `via`, all in parallel. True as soon as
    * any of them reaches the target; false when all failed or timed out.
    */

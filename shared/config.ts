@@ -42,15 +42,18 @@ export const NetworkSection = z
 
 export const MembershipSection = z
   .object({
-    heartbeatMs: ms(1000, 'Interval between heartbeats gossiped by every depot'),
-    suspectAfterMissed: z.number().int().min(1).default(3).describe('Missed heartbeats before a depot is suspect and probed'),
-    probeTimeoutMs: ms(500, 'Timeout of one direct or indirect ping while a depot is suspect'),
+    heartbeatMs: ms(1000, 'How often a depot samples its heartbeat (resources, images, containers) and gossips it if it changed'),
+    heartbeatRefreshMs: ms(60_000, 'Longest time between two heartbeats of a depot, changed or not'),
+    probeIntervalMs: z.number().int().nonnegative().default(1000).describe('Each depot probes one other depot per interval, round-robin (SWIM); 0 turns routine probes off'),
+    suspectAfterMissed: z.number().int().min(1).default(3).describe('Refresh intervals with nothing heard from a depot (no heartbeat, no probe answer) before it is suspect and probed'),
+    probeTimeoutMs: ms(500, 'Timeout of one direct or indirect ping'),
     indirectProbes: z.number().int().min(0).default(2).describe('How many other depots are asked to ping a suspect (SWIM)'),
     suspectTimeoutMs: ms(1500, 'Longest time a depot stays suspect before it is declared dead if no probe succeeds'),
     forgetAfterMs: ms(3_600_000, 'Dead or left depots are removed from the view after this long'),
     maxMessageBytes: z.number().int().min(1024).max(1_048_576).default(65_536).describe('Largest gossip message accepted; larger ones are dropped and counted'),
   })
-  .strict();
+  .strict()
+  .refine((m) => m.heartbeatRefreshMs >= m.heartbeatMs, { path: ['heartbeatRefreshMs'], message: 'must be at least heartbeatMs' });
 
 export const HttpSection = z
   .object({
@@ -118,7 +121,14 @@ export const ShipSection = z
     sshUser: z.string().default('navigator').describe('User the SFTP transfers log in as'),
     sshKeyFile: z.string().default('/etc/navigator/ssh/id_ed25519').describe('Private key for SFTP (key authentication only)'),
     knownHostsFile: z.string().default('/etc/navigator/ssh/known_hosts').describe('Pinned host keys of depot hosts; unknown or changed keys are refused'),
-    requestsInFlight: z.number().int().min(1).max(256).default(64).describe('Parallel SFTP write requests per transfer'),
+    requestsInFlight: z.number().int().min(1).max(256).default(64).describe('Parallel SFTP write requests per transfer (shared by its connections)'),
+    connections: z
+      .number()
+      .int()
+      .min(1)
+      .max(16)
+      .default(2)
+      .describe('SSH connections per transfer, each an SFTP session writing different blocks; more than one keeps both ends busy'),
     prestageCandidates: z.number().int().min(0).default(2).describe('Top placement candidates the primary keeps a copy of the current image on, in the background (0: no pre-staging)'),
     prestageBandwidthPct: z.number().min(1).max(100).default(50).describe('Pre-staging bandwidth limit as a percentage of the link'),
     linkMbps: z.number().positive().default(1000).describe('Link speed used to compute the pre-staging limit'),

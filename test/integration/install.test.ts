@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { installDepot, uninstallDepot } from '../../depot/install.ts';
+import { DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
 import { loadConfig } from '../../shared/config.ts';
 import { silentLogger } from '../../shared/logger.ts';
 
@@ -44,7 +45,7 @@ describe('depot install', () => {
     const cfg = loadConfig({ path: join(root, 'etc/navigator/navigator.yaml'), env: {} });
     expect(cfg.network.swarmKeyFile).toBe('/etc/navigator/swarm.key');
     expect(cfg.node.dataDir).toBe('/var/lib/navigator');
-    expect(readFileSync(join(root, 'etc/navigator/navigator.yaml'), 'utf8')).toContain('# Interval between heartbeats');
+    expect(readFileSync(join(root, 'etc/navigator/navigator.yaml'), 'utf8')).toContain('# Each depot probes one other depot per interval');
 
     const unitFile = join(root, res.unitPath);
     const unit = readFileSync(unitFile, 'utf8');
@@ -52,7 +53,10 @@ describe('depot install', () => {
     expect(unit).toContain('User=navtest');
     expect(unit).toContain('AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW');
     expect(unit).toContain('CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW');
-    expect(unit).toMatch(/^ExecStart=\/\S+\/node_modules\/\.bin\/node \/\S+\/bin\/navigator\.mjs depot run --config \/etc\/navigator\/navigator\.yaml$/m);
+    // The same Node flags as every other launcher of a depot (depot/runtime-flags.ts).
+    expect(DEPOT_NODE_FLAGS.length).toBeGreaterThan(0);
+    expect(unit).toContain(`/node_modules/.bin/node ${DEPOT_NODE_FLAGS.join(' ')} /`);
+    expect(unit).toMatch(/^ExecStart=\/\S+\/node_modules\/\.bin\/node (--\S+ )+\/\S+\/bin\/navigator\.mjs depot run --config \/etc\/navigator\/navigator\.yaml$/m);
 
     // systemd-analyze resolves User= on the real system, where navtest does not exist: verify a copy
     // that names an existing system user instead (any unknown key or bad value is still reported).

@@ -7,6 +7,9 @@ import type { HeartbeatMessage } from '../../shared/wire.ts';
 // true and false death reports; probes answer late or never. After every step the state
 // machine's invariants are checked. "Clean" runs (no loss, no false reports) also check the
 // timing promises: a live depot is never suspected, a crashed one is dead in bounded time.
+// Two modes: 'heartbeats' (routine probes off, liveness from heartbeats every second) and
+// 'probes' (the defaults: heartbeats once a minute, one routine probe a second, a dropped
+// connection probed at once).
 
 function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
@@ -42,7 +45,8 @@ type Pending =
   | { at: number; kind: 'hb'; msg: HeartbeatMessage }
   | { at: number; kind: 'left'; peer: string; incarnation: number }
   | { at: number; kind: 'dead'; peer: string; incarnation: number; truthful: boolean }
-  | { at: number; kind: 'probe'; peer: string; ok: boolean };
+  | { at: number; kind: 'probe'; peer: string; ok: boolean; id: number }
+  | { at: number; kind: 'conn-lost'; peer: string };
 
 function heartbeat(p: Proc, now: number): HeartbeatMessage {
   return {
@@ -56,21 +60,37 @@ interface RunOptions {
   clean: boolean;
   seed: number;
   durationMs: number;
+  mode?: 'heartbeats' | 'probes';
 }
 
-function run({ clean, seed, durationMs }: RunOptions): { transitions: number; deaths: number; leaves: number } {
+const PROBE_INTERVAL = 1000;
+const REFRESH = 60_000;
+
+function run({ clean, seed, durationMs, mode = 'heartbeats' }: RunOptions): { transitions: number; deaths: number; leaves: number; probes: number } {
   const rnd = mulberry32(seed);
   const t0 = 1_000_000;
   const nPeers = 2 + Math.floor(rnd() * 7);
-  const timing = { heartbeatMs: HB, suspectAfterMissed: 3, probeTimeoutMs: PROBE_TIMEOUT, indirectProbes: 2, suspectTimeoutMs: 1500, forgetAfterMs: 20_000 };
+  const probing = mode === 'probes';
+  const beatEvery = probing ? REFRESH : HB;
+  const timing = {
+    heartbeatMs: HB,
+    heartbeatRefreshMs: beatEvery,
+    probeIntervalMs: probing ? PROBE_INTERVAL : 0,
+    suspectAfterMissed: 3,
+    probeTimeoutMs: PROBE_TIMEOUT,
+    indirectProbes: 2,
+    suspectTimeoutMs: 1500,
+    forgetAfterMs: 20_000,
+  };
   const m = new Membership({ selfId: SELF, timing, random: rnd });
-  const suspectAfter = timing.suspectAfterMissed * timing.heartbeatMs;
+  const suspectAfter = timing.suspectAfterMissed * timing.heartbeatRefreshMs;
+  let probes = 0;
   const procs: Proc[] = Array.from({ length: nPeers }, (_, i) => ({
     id: `12D3KooWPeer${String(i).padStart(8, '0')}`,
     running: true,
     incarnation: t0 - 1000 - i,
     seq: 0,
-    nextBeat: t0 + Math.floor(rnd() * HB),
+    nextBeat: t0 + Math.floor(rnd() * beatEvery),
     left: false,
     lastSentAt: t0,
   }));
@@ -81,6 +101,7 @@ function run({ clean, seed, durationMs }: RunOptions): { transitions: number; de
   const maxSeen = new Map<string, [number, number]>(); // peer -> [incarnation, seq] of newest heartbeat fed
   const lastHeard = new Map<string, number>(); // when a newer heartbeat or a probe success was fed
   const probeStarted = new Map<string, number>(); // peer -> time of the probe of the current suspicion
+  const routineStarted = new Map<string, { id: number; at: number }>(); // peer -> its routine probe in flight
   const probeFailedFed = new Set<string>();
   const leftInc = new Map<string, number>(); // peer -> incarnation announced left
   const lastDelivered = new Map<string, number>(); // per peer: last time one of its heartbeats was delivered
@@ -98,13 +119,20 @@ function run({ clean, seed, durationMs }: RunOptions): { transitions: number; de
         assert(new Set(a.indirectVia).size === a.indirectVia.length, 'helpers distinct');
         assert(a.indirectVia.length <= timing.indirectProbes, 'at most indirectProbes helpers');
         for (const v of a.indirectVia) assert(m.get(v)?.state === 'alive' || m.get(v)?.state === 'suspect', 'helpers were alive (may turn suspect later in the same tick)');
+        assert(probing || !a.routine, 'no routine probes when they are off');
+        if (a.routine) {
+          assert(m.get(a.peer)?.state === 'alive', 'routine probes only of alive depots');
+          routineStarted.set(a.peer, { id: a.id, at: now });
+        } else routineStarted.delete(a.peer);
+        probes++;
         probeStarted.set(a.peer, now);
         probeFailedFed.delete(a.peer);
         const proc = byId.get(a.peer)!;
         const r = rnd();
-        if (r < 0.1) continue; // the probe never answers: suspectTimeoutMs must end it
+        // The probe never answers: suspectTimeoutMs must end it (in clean probing runs every probe answers).
+        if (r < 0.1 && !(clean && probing)) continue;
         const ok = proc.running && !(!clean && r < 0.2);
-        pending.push({ at: now + 5 + Math.floor(rnd() * (PROBE_TIMEOUT + 100)), kind: 'probe', peer: a.peer, ok });
+        pending.push({ at: now + 5 + Math.floor(rnd() * (PROBE_TIMEOUT + 100)), kind: 'probe', peer: a.peer, ok, id: a.id });
         continue;
       }
       if (a.kind === 'declare-dead') {
@@ -143,8 +171,14 @@ function run({ clean, seed, durationMs }: RunOptions): { transitions: number; de
         if (a.from === 'left') assert(a.incarnation > left!, 'left->alive needs a new incarnation');
       }
       if (a.to === 'suspect') {
-        if (cause.kind === 'tick') assert(now - (lastHeard.get(a.peer) ?? -Infinity) > suspectAfter, 'suspect too early');
-        else assert(cause.kind === 'dead-report', 'suspect only by tick or doubted report');
+        if (cause.kind === 'tick') {
+          const routine = routineStarted.get(a.peer);
+          assert(
+            now - (lastHeard.get(a.peer) ?? -Infinity) > suspectAfter || (routine !== undefined && now - routine.at >= timing.suspectTimeoutMs),
+            `suspect too early: ${JSON.stringify({ a, now, lh: lastHeard.get(a.peer), rs: routineStarted.get(a.peer), ps: probeStarted.get(a.peer), seed })}`,
+          );
+        } else assert(cause.kind === 'dead-report' || (cause.kind === 'probe' && cause.ok === false), 'suspect only by tick, failed routine probe or doubted report');
+        routineStarted.delete(a.peer);
       }
       if (a.to === 'left') leaves++;
       if (a.to !== 'suspect') resolved.push(a.peer);
@@ -177,10 +211,15 @@ function run({ clean, seed, durationMs }: RunOptions): { transitions: number; de
         kind: 'dead-report',
         peer: p.peer,
       });
+    } else if (p.kind === 'conn-lost') {
+      check(m.connectionLost(p.peer, now), { kind: 'conn-lost', peer: p.peer });
     } else {
+      const current = m.get(p.peer);
+      const wasRoutine = routineStarted.has(p.peer);
       if (!p.ok) probeFailedFed.add(p.peer);
-      const acts = m.probeResult(p.peer, p.ok, now);
-      if (p.ok && acts.some((a) => a.kind === 'transition' && a.to === 'alive')) lastHeard.set(p.peer, now);
+      const acts = m.probeResult(p.peer, p.ok, now, p.id);
+      if (p.ok && m.get(p.peer)?.lastHeardAt === now && current) lastHeard.set(p.peer, now);
+      if (wasRoutine && routineStarted.get(p.peer)?.id === p.id) routineStarted.delete(p.peer);
       check(acts, { kind: 'probe', peer: p.peer, ok: p.ok });
     }
   };
@@ -198,12 +237,14 @@ function run({ clean, seed, durationMs }: RunOptions): { transitions: number; de
         const lost = !clean && rnd() < 0.15;
         if (!lost) pending.push({ at: now + delay, kind: 'hb', msg: heartbeat(p, now) });
         if (rnd() < 0.1) pending.push({ at: now + Math.floor(rnd() * 2500), kind: 'hb', msg: heartbeat(p, now) }); // late duplicate
-        p.nextBeat = now + HB;
+        p.nextBeat = now + beatEvery;
       }
       const r = rnd();
       if (p.running && r < 0.002) {
         p.running = false; // kill -9
         crashedAt.set(p.id, now);
+        // The kernel resets its connections (a power loss would not): half the crashes tell.
+        if (probing && rnd() < 0.5) pending.push({ at: now + Math.floor(rnd() * 50), kind: 'conn-lost', peer: p.id });
       } else if (p.running && r < 0.003) {
         p.running = false; // clean stop announces left
         p.left = true;
@@ -216,6 +257,8 @@ function run({ clean, seed, durationMs }: RunOptions): { transitions: number; de
         p.nextBeat = now;
         crashedAt.delete(p.id);
       }
+      // A connection of a live depot drops now and then (it must be probed, and answer).
+      if (probing && p.running && rnd() < 0.001) pending.push({ at: now + Math.floor(rnd() * 50), kind: 'conn-lost', peer: p.id });
       // Another depot's death report: truthful about a crashed one, or (unclean runs) false.
       if (rnd() < 0.003 && ((!p.running && !p.left) || !clean)) {
         pending.push({ at: now + Math.floor(rnd() * 300), kind: 'dead', peer: p.id, incarnation: p.incarnation, truthful: !p.running });
@@ -246,8 +289,12 @@ function run({ clean, seed, durationMs }: RunOptions): { transitions: number; de
         const crashed = crashedAt.get(p.id);
         const lastD = lastDelivered.get(p.id);
         if (!p.running && crashed !== undefined && lastD !== undefined && v.incarnation === p.incarnation && !p.left) {
-          const bound = Math.max(lastD, lastHeard.get(p.id) ?? 0) + suspectAfter + STEP + timing.suspectTimeoutMs;
-          if (now > bound) assert(v.state === 'dead', `crashed ${p.id} is ${v.state} at +${now - t0} (seed ${seed})`);
+          // Probing: its turn comes within two rounds (one probe in flight may still answer ok),
+          // then the routine probe fails and the suspicion round runs out.
+          const bound = probing
+            ? crashed + (2 * nPeers + 1) * PROBE_INTERVAL + 2 * STEP + PROBE_TIMEOUT + 100 + timing.suspectTimeoutMs
+            : Math.max(lastD, lastHeard.get(p.id) ?? 0) + suspectAfter + STEP + timing.suspectTimeoutMs;
+          if (now > bound) assert(v.state === 'dead', `crashed ${p.id} is ${v.state} at +${now - t0} (seed ${seed}, ${mode})`);
         }
         lastAliveWindow.set(p.id, now);
       }
@@ -257,7 +304,7 @@ function run({ clean, seed, durationMs }: RunOptions): { transitions: number; de
   for (const v of m.view()) {
     if (v.state === 'dead' || v.state === 'left') assert(now - v.since <= timing.forgetAfterMs + STEP, 'forgotten in time');
   }
-  return { transitions, deaths, leaves };
+  return { transitions, deaths, leaves, probes };
 }
 
 describe('Membership under random histories', () => {
@@ -283,8 +330,26 @@ describe('Membership under random histories', () => {
     expect(deaths).toBeGreaterThan(100);
   });
 
+  it('probing mode keeps its invariants over 200 seeds with loss, false reports and dropped connections', () => {
+    let deaths = 0;
+    let probes = 0;
+    for (let seed = 2001; seed <= 2200; seed++) {
+      const r = run({ clean: false, seed, durationMs: 60_000, mode: 'probes' });
+      deaths += r.deaths;
+      probes += r.probes;
+    }
+    expect(deaths).toBeGreaterThan(100);
+    expect(probes).toBeGreaterThan(10_000);
+  });
+
+  it('probing mode keeps its timing promises over 200 clean seeds (live never suspected, crashed dead in bounded time)', () => {
+    let deaths = 0;
+    for (let seed = 3001; seed <= 3200; seed++) deaths += run({ clean: true, seed, durationMs: 60_000, mode: 'probes' }).deaths;
+    expect(deaths).toBeGreaterThan(100);
+  });
+
   it('the fresh window for doubting death reports is shorter than the suspicion window', () => {
-    const t = { heartbeatMs: 1000, suspectAfterMissed: 3, probeTimeoutMs: 500, indirectProbes: 2, suspectTimeoutMs: 1500, forgetAfterMs: 1 };
-    expect(freshWindowMs(t)).toBeLessThan(t.heartbeatMs * t.suspectAfterMissed);
+    const t = { heartbeatMs: 1000, heartbeatRefreshMs: 1000, probeIntervalMs: 1000, suspectAfterMissed: 3, probeTimeoutMs: 500, indirectProbes: 2, suspectTimeoutMs: 1500, forgetAfterMs: 1 };
+    expect(freshWindowMs(t)).toBeLessThan(t.heartbeatRefreshMs * t.suspectAfterMissed);
   });
 });

@@ -35,8 +35,11 @@ function hb(peerId: string, seq: number, incarnation = 100, name = peerId.slice(
 
 const kinds = (acts: MembershipAction[]) => acts.map((a) => (a.kind === 'transition' ? `${a.peer.slice(8, 12)}:${a.from}->${a.to}` : `${a.kind}`));
 
+// Heartbeat mode (routine probes off, a heartbeat every second): liveness from heartbeats alone.
+const HEARTBEATS = { heartbeatRefreshMs: 1000, probeIntervalMs: 0 };
+
 function fresh(): Membership {
-  const m = new Membership({ selfId: SELF, random: () => 0 });
+  const m = new Membership({ selfId: SELF, random: () => 0, timing: HEARTBEATS });
   m.observeHeartbeat(hb(SELF, 0), T0);
   m.observeHeartbeat(hb(A, 0), T0);
   m.observeHeartbeat(hb(B, 0), T0);
@@ -147,7 +150,7 @@ describe('Membership (pure failure detector)', () => {
   });
 
   it('keeps tombstones for unknown depots reported left or dead, and forgets them later', () => {
-    const m = new Membership({ selfId: SELF, timing: { forgetAfterMs: 10_000 } });
+    const m = new Membership({ selfId: SELF, timing: { ...HEARTBEATS, forgetAfterMs: 10_000 } });
     expect(kinds(m.observeLeft({ type: 'left', v: 1, peerId: A, name: 'Aaaa', incarnation: 100, sentAt: T0 }, T0))).toEqual(['Aaaa:unknown->left']);
     expect(m.observeHeartbeat(hb(A, 50), T0 + 1)).toEqual([]);
     expect(m.tick(T0 + 9_999)).toEqual([]);
@@ -163,14 +166,82 @@ describe('Membership (pure failure detector)', () => {
   });
 
   it('uses the configured timing', () => {
-    const m = new Membership({ selfId: SELF, timing: { heartbeatMs: 200, suspectAfterMissed: 5, indirectProbes: 0 } });
+    const m = new Membership({ selfId: SELF, timing: { heartbeatMs: 200, heartbeatRefreshMs: 200, probeIntervalMs: 0, suspectAfterMissed: 5, indirectProbes: 0 } });
     m.observeHeartbeat(hb(A, 0), T0);
     m.observeHeartbeat(hb(B, 0), T0);
     expect(m.tick(T0 + 1000)).toEqual([]);
     const acts = m.tick(T0 + 1001);
-    expect(acts.filter((a) => a.kind === 'probe')).toEqual([
-      { kind: 'probe', peer: A, indirectVia: [] },
-      { kind: 'probe', peer: B, indirectVia: [] },
+    expect(acts.filter((a) => a.kind === 'probe').map((a) => ({ ...a, id: 0 }))).toEqual([
+      { kind: 'probe', peer: A, indirectVia: [], routine: false, id: 0 },
+      { kind: 'probe', peer: B, indirectVia: [], routine: false, id: 0 },
     ]);
+  });
+});
+
+describe('Membership with routine probes (the defaults: SWIM)', () => {
+  const probesOf = (acts: MembershipAction[]) => acts.filter((a): a is Extract<MembershipAction, { kind: 'probe' }> => a.kind === 'probe');
+
+  function probing(): Membership {
+    const m = new Membership({ selfId: SELF, random: () => 0 });
+    for (const p of [SELF, A, B, C]) m.observeHeartbeat(hb(p, 0), T0);
+    return m;
+  }
+
+  it('probes one depot per interval, every alive one once per round, never itself; silence alone is no reason to suspect', () => {
+    const m = probing();
+    const probed: string[] = [];
+    for (let t = T0; t < T0 + 6000; t += 100) {
+      for (const p of probesOf(m.tick(t))) {
+        expect(p.routine).toBe(true);
+        probed.push(p.peer);
+        m.probeResult(p.peer, true, t + 20, p.id);
+      }
+    }
+    expect(probed).toHaveLength(6); // one per 1000 ms
+    expect(new Set(probed.slice(0, 3))).toEqual(new Set([A, B, C]));
+    expect(new Set(probed.slice(3, 6))).toEqual(new Set([A, B, C]));
+    expect(probed).not.toContain(SELF);
+    // No heartbeat for 6 s (refresh is 60 s), answered probes: everyone alive, heard recently.
+    expect(m.view().every((v) => v.state === 'alive')).toBe(true);
+    expect(m.get(A)!.lastHeardAt).toBeGreaterThan(T0 + 2000);
+  });
+
+  it('a failed routine probe makes the depot suspect and starts a full probe round; that failing too, it is dead', () => {
+    const m = probing();
+    const [p] = probesOf(m.tick(T0));
+    const acts = m.probeResult(p!.peer, false, T0 + 900, p!.id);
+    expect(acts.map((a) => (a.kind === 'transition' ? `${a.from}->${a.to}` : a.kind))).toEqual(['alive->suspect', 'probe']);
+    const round = probesOf(acts)[0]!;
+    expect(round.routine).toBe(false);
+    expect(round.indirectVia).toHaveLength(2);
+    expect(kinds(m.probeResult(p!.peer, false, T0 + 1200, round.id))).toEqual([`${p!.peer.slice(8, 12)}:suspect->dead`, 'declare-dead']);
+  });
+
+  it('a routine probe with no result within suspectTimeoutMs counts as failed', () => {
+    const m = probing();
+    const [p] = probesOf(m.tick(T0));
+    expect(m.tick(T0 + 1499).filter((a) => a.kind === 'transition')).toEqual([]);
+    expect(m.tick(T0 + 1500).filter((a) => a.kind === 'transition' && a.peer === p!.peer).map((a) => (a as { to: string }).to)).toEqual(['suspect']);
+  });
+
+  it('a lost connection is probed at once, not at its turn; a result of an older probe is ignored', () => {
+    const m = probing();
+    const [first] = probesOf(m.tick(T0)); // routine probe of one depot in flight
+    const other = [A, B, C].find((x) => x !== first!.peer)!;
+    const now = probesOf(m.connectionLost(other, T0 + 100));
+    expect(now).toHaveLength(1);
+    expect(now[0]).toMatchObject({ peer: other, routine: true });
+    expect(m.connectionLost(other, T0 + 150)).toEqual([]); // already being probed
+    // The first probe's result, reported with another id, changes nothing.
+    expect(m.probeResult(first!.peer, false, T0 + 200, first!.id + 100)).toEqual([]);
+    expect(m.get(first!.peer)!.state).toBe('alive');
+    expect(kinds(m.probeResult(other, false, T0 + 300, now[0]!.id))).toEqual([`${other.slice(8, 12)}:alive->suspect`, 'probe']);
+  });
+
+  it('nothing heard at all for 3 refresh intervals (no heartbeat, no probe answer) still makes a depot suspect', () => {
+    const m = new Membership({ selfId: SELF, random: () => 0, timing: { probeIntervalMs: 0 } });
+    m.observeHeartbeat(hb(A, 0), T0);
+    expect(m.tick(T0 + 180_000)).toEqual([]);
+    expect(kinds(m.tick(T0 + 180_001))).toEqual(['Aaaa:alive->suspect', 'probe']);
   });
 });

@@ -1,0 +1,33 @@
+import type { HeartbeatMessage } from '../shared/wire.ts';
+
+// Whether a freshly sampled heartbeat is worth gossiping before the refresh interval is up.
+// What other depots act on (addresses, images, staging progress, containers and their roles,
+// sync state) goes out as soon as it changes; host figures that drift all the time (load, free
+// memory and disk) only when they moved enough to matter for placement. Uptime, the send time
+// and the sequence number are never a reason: they change every time.
+
+/** Smallest change of the 1-minute load average that is gossiped at once. */
+export const LOAD_STEP = 0.5;
+/** Smallest change of free memory, as a fraction of total memory, gossiped at once. */
+export const MEM_STEP = 0.05;
+/** Smallest change of free disk in the image store, as a fraction of what was free, gossiped at once. */
+export const DISK_STEP = 0.02;
+
+/** The name of what changed enough to gossip now, or undefined. */
+export function heartbeatChange(prev: HeartbeatMessage | undefined, next: HeartbeatMessage): string | undefined {
+  if (!prev) return 'first';
+  if (prev.incarnation !== next.incarnation) return 'incarnation';
+  if (!sameJson(stable(prev), stable(next))) return 'content';
+  if (Math.abs(next.load[0] - prev.load[0]) >= LOAD_STEP) return 'load';
+  if (Math.abs(next.memFreeBytes - prev.memFreeBytes) >= MEM_STEP * Math.max(1, next.memTotalBytes)) return 'memory';
+  if (Math.abs(next.diskFreeBytes - prev.diskFreeBytes) >= DISK_STEP * Math.max(1, prev.diskFreeBytes)) return 'disk';
+  return undefined;
+}
+
+function stable(hb: HeartbeatMessage): unknown[] {
+  return [hb.name, hb.addresses, hb.hostAddresses, hb.httpPort, hb.sshPort, hb.bootTime, hb.cpus, hb.memTotalBytes, hb.images, hb.staging, hb.containers, hb.version];
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
