@@ -400,10 +400,6 @@ export class Depot {
       byPeer.set(l.peer, prev ? { ...prev, openedAt: Math.max(prev.openedAt, l.openedAt) } : l);
     }
     const j = judgeLinks([...byPeer.values()], this.unhealthyLinks, now, LINK_GRACE_MS);
-    if (process.env.NAV_DEBUG_LINKS) {
-      const g = node.services.pubsub as any;
-      this.log.info({ event: 'debug-links', conns: links.length, healthy: links.filter((l) => l.healthy).length, gpeers: g.peers?.size, out: g.streamsOutbound?.size, in: g.streamsInbound?.size, outStat: [...(g.streamsOutbound?.values() ?? [])].slice(0, 3).map((x: any) => `${x.rawStream?.status}/${x.rawStream?.writeStatus}`), protos: node.getProtocols().length }, 'links');
-    }
     this.unhealthyLinks = j.unhealthySince;
     for (const peer of j.close) {
       const view = this._membership?.get(peer);
