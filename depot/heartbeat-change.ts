@@ -6,19 +6,32 @@ import type { HeartbeatMessage } from '../shared/wire.ts';
 // memory and disk) only when they moved enough to matter for placement. Uptime, the send time
 // and the sequence number are never a reason: they change every time.
 
-/** Smallest change of the 1-minute load average that is gossiped at once. */
+/** Smallest change of the 1-minute load average worth gossiping: this, or a quarter of it, whichever is larger. */
 export const LOAD_STEP = 0.5;
 /** Smallest change of free memory, as a fraction of total memory, gossiped at once. */
 export const MEM_STEP = 0.05;
 /** Smallest change of free disk in the image store, as a fraction of what was free, gossiped at once. */
 export const DISK_STEP = 0.02;
 
-/** The name of what changed enough to gossip now, or undefined. */
-export function heartbeatChange(prev: HeartbeatMessage | undefined, next: HeartbeatMessage): string | undefined {
+/**
+ * Host figures moved enough are gossiped at most this often. A busy host's load changes every
+ * second, and a heartbeat for each change would make every busy cluster busier still.
+ */
+export const FIGURES_MIN_INTERVAL_MS = 10_000;
+
+export type HeartbeatChange = 'first' | 'incarnation' | 'content' | 'load' | 'memory' | 'disk';
+
+/** Changes other depots act on: gossiped at once. The others are host figures (rate-limited). */
+export function isUrgent(c: HeartbeatChange): boolean {
+  return c === 'first' || c === 'incarnation' || c === 'content';
+}
+
+/** What changed enough to gossip, or undefined. */
+export function heartbeatChange(prev: HeartbeatMessage | undefined, next: HeartbeatMessage): HeartbeatChange | undefined {
   if (!prev) return 'first';
   if (prev.incarnation !== next.incarnation) return 'incarnation';
   if (!sameJson(stable(prev), stable(next))) return 'content';
-  if (Math.abs(next.load[0] - prev.load[0]) >= LOAD_STEP) return 'load';
+  if (Math.abs(next.load[0] - prev.load[0]) >= Math.max(LOAD_STEP, prev.load[0] / 4)) return 'load';
   if (Math.abs(next.memFreeBytes - prev.memFreeBytes) >= MEM_STEP * Math.max(1, next.memTotalBytes)) return 'memory';
   if (Math.abs(next.diskFreeBytes - prev.diskFreeBytes) >= DISK_STEP * Math.max(1, prev.diskFreeBytes)) return 'disk';
   return undefined;

@@ -5,7 +5,7 @@ import { HeartbeatMessage, TOPICS, encodeMessage, type ContainerReport } from '.
 import { VERSION } from '../shared/version.ts';
 import type { DepotMetrics } from './metrics.ts';
 import { sampleResources, type ResourceSample } from './resources.ts';
-import { heartbeatChange } from './heartbeat-change.ts';
+import { FIGURES_MIN_INTERVAL_MS, heartbeatChange, isUrgent } from './heartbeat-change.ts';
 
 // Samples this depot's HeartbeatMessage every heartbeatMs and gossips it when it changed enough
 // (heartbeat-change.ts), and at least every refreshMs. The host figures are sampled here; what
@@ -143,8 +143,11 @@ export class HeartbeatPublisher {
   private async publishOne(force: boolean): Promise<void> {
     const hb = await this.build();
     const now = this.opts.clock.now();
-    const due = now - this.lastPublishedAt >= (this.opts.refreshMs ?? this.opts.heartbeatMs);
-    if (!force && !due && heartbeatChange(this.lastPublished, hb) === undefined) return;
+    const since = now - this.lastPublishedAt;
+    const due = since >= (this.opts.refreshMs ?? this.opts.heartbeatMs);
+    const change = heartbeatChange(this.lastPublished, hb);
+    const worth = change !== undefined && (isUrgent(change) || since >= FIGURES_MIN_INTERVAL_MS);
+    if (!force && !due && !worth) return;
     this.lastPublished = hb;
     this.lastPublishedAt = now;
     this.seq += 1;

@@ -55,8 +55,9 @@ class TrackingPartImpl implements TrackingPart {
   };
   private readonly onTransition = (a: { peer: string; from: string; to: string }) => {
     this.onHeartbeat();
-    // A depot we had given up on is back: maybe it was us who was cut off. Ask it.
-    if (a.to === 'alive' && (a.from === 'dead' || a.from === 'left' || a.from === 'suspect')) void this.fillFrom([a.peer]);
+    // A depot we had given up on is back: maybe it was us who was cut off. Ask it. (Not after a
+    // mere suspicion: nothing was missed, and on a starved host that would be a request storm.)
+    if (a.to === 'alive' && (a.from === 'dead' || a.from === 'left')) void this.fillFrom([a.peer]);
   };
 
   constructor(

@@ -22,6 +22,9 @@ describe('heartbeatChange: what is worth gossiping before the refresh', () => {
     expect(heartbeatChange(base, { ...base, containers: [{ id: 'c', service: 's', driver: 'process', state: 'running', role: 'standby', term: 1, image: '', syncFailing: false }] })).toBe('content');
     expect(heartbeatChange(base, { ...base, incarnation: 6 })).toBe('incarnation');
     expect(heartbeatChange(base, { ...base, load: [1.5, 1, 1] })).toBe('load');
+    // On a busy host the step grows with the load: 20 -> 24 is drift, 20 -> 25 is news.
+    expect(heartbeatChange({ ...base, load: [20, 1, 1] }, { ...base, load: [24, 1, 1] })).toBeUndefined();
+    expect(heartbeatChange({ ...base, load: [20, 1, 1] }, { ...base, load: [25, 1, 1] })).toBe('load');
     expect(heartbeatChange(base, { ...base, memFreeBytes: 3.5e9 })).toBe('memory');
     expect(heartbeatChange(base, { ...base, diskFreeBytes: 97e9 })).toBe('disk');
   });
