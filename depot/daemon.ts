@@ -360,7 +360,7 @@ export class Depot {
 
   private tick(): void {
     if (this.state !== 'running') return;
-    this.apply(this.membership.tick(this.clock.now()));
+    this.apply(this.membership.tick(this.clock.now(), this._prober?.lagAllowanceMs() ?? 0));
   }
 
   /**

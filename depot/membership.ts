@@ -244,20 +244,25 @@ export class Membership {
     return [this.startProbe(m, now, true)];
   }
 
-  /** Advance timers: routine probes, suspicion, probe timeouts, forgetting. Call at least every probeIntervalMs / 4. */
-  tick(now: number): MembershipAction[] {
+  /**
+   * Advance timers: routine probes, suspicion, probe timeouts, forgetting. Call at least every
+   * probeIntervalMs / 4. `slackMs`: extra time probes get while this depot itself is starved
+   * (its event loop lags), so its own slowness is not taken for the others' death.
+   */
+  tick(now: number, slackMs = 0): MembershipAction[] {
+    const probeLimit = this.timing.suspectTimeoutMs + slackMs;
     const out: MembershipAction[] = [];
     for (const m of [...this.members.values()]) {
       if (m.self) continue;
-      if (m.state === 'alive' && m.probe?.routine && now - m.probe.startedAt >= this.timing.suspectTimeoutMs) {
+      if (m.state === 'alive' && m.probe?.routine && now - m.probe.startedAt >= probeLimit) {
         // The daemon always reports; a probe this late counts as failed.
         m.probe = undefined;
-        out.push(...this.suspect(m, now, `routine probe unanswered for ${this.timing.suspectTimeoutMs} ms`));
+        out.push(...this.suspect(m, now, `routine probe unanswered for ${probeLimit} ms`));
       } else if (m.state === 'alive' && now - m.lastHeardAt > this.suspectAfterMs) {
         out.push(...this.suspect(m, now, `nothing heard for ${now - m.lastHeardAt} ms`));
       } else if (m.state === 'suspect') {
         if (!m.probe || m.probe.routine) out.push(this.startProbe(m, now, false));
-        else if (now - m.probe.startedAt >= this.timing.suspectTimeoutMs) {
+        else if (now - m.probe.startedAt >= probeLimit) {
           out.push(...this.declareDead(m, now, `probe unanswered for ${now - m.probe.startedAt} ms`));
         }
       } else if ((m.state === 'dead' || m.state === 'left') && now - m.since >= this.timing.forgetAfterMs) {

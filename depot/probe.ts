@@ -1,6 +1,7 @@
 import * as lp from 'it-length-prefixed';
 import { peerIdFromString } from '@libp2p/peer-id';
 import type { Stream } from '@libp2p/interface';
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Logger } from '../shared/logger.ts';
 import { MembersResponse, PROTOCOLS, ProbeProtocolRequest, ProbeResponse, decodeMessage, encodeMessage, type ProbeRequest } from '../shared/wire.ts';
 import type { NavigatorNode } from './libp2p.ts';
@@ -10,6 +11,10 @@ import type { NavigatorNode } from './libp2p.ts';
 // Frames are length-prefixed JSON, schema-checked, with a small size limit and timeouts.
 
 const MAX_PROBE_FRAME = 1024;
+/** How far back the event-loop delay is looked at. */
+const LAG_WINDOW_MS = 5000;
+/** Most extra time a starved depot gives a ping. */
+const MAX_LAG_ALLOWANCE_MS = 4000;
 /** A members list of 1024 depots with a few addresses each. */
 const MAX_MEMBERS_FRAME = 1_048_576;
 
@@ -23,20 +28,39 @@ export interface ProberOptions {
 }
 
 export class Prober {
+  /** This process's event-loop delay: a starved depot must not blame others for its own slowness. */
+  private readonly loopDelay: IntervalHistogram = monitorEventLoopDelay({ resolution: 20 });
+  private lagResetTimer: NodeJS.Timeout | undefined;
+
   constructor(private readonly opts: ProberOptions) {}
 
   async start(): Promise<void> {
     await this.opts.node.handle(PROTOCOLS.probe, ({ stream }) => void this.serve(stream), { runOnLimitedConnection: false });
+    this.loopDelay.enable();
+    // A sliding view: the last few seconds of delays, not the whole life of the process.
+    this.lagResetTimer = setInterval(() => this.loopDelay.reset(), LAG_WINDOW_MS);
+    this.lagResetTimer.unref();
   }
 
   async stop(): Promise<void> {
+    clearInterval(this.lagResetTimer);
+    this.loopDelay.disable();
     await this.opts.node.unhandle(PROTOCOLS.probe).catch(() => {});
+  }
+
+  /**
+   * Extra time a ping gets while this process is starved (memberlist's Lifeguard idea, "local
+   * health"): twice the worst event-loop delay seen lately, capped. On a healthy host it is ~0.
+   */
+  lagAllowanceMs(): number {
+    const maxMs = this.loopDelay.max / 1e6;
+    return Number.isFinite(maxMs) && maxMs > 50 ? Math.min(MAX_LAG_ALLOWANCE_MS, Math.round(2 * maxMs)) : 0;
   }
 
   /** Ping `target` directly; resolves the round trip in ms, or undefined on failure/timeout. */
   async ping(target: string, timeoutMs = this.opts.probeTimeoutMs): Promise<number | undefined> {
     try {
-      return await this.opts.node.services.ping.ping(peerIdFromString(target), { signal: AbortSignal.timeout(timeoutMs) });
+      return await this.opts.node.services.ping.ping(peerIdFromString(target), { signal: AbortSignal.timeout(timeoutMs + this.lagAllowanceMs()) });
     } catch {
       return undefined;
     }
@@ -45,7 +69,7 @@ export class Prober {
   /** Ask `via` to ping `target` for us (SWIM ping-req). */
   async pingVia(via: string, target: string): Promise<boolean> {
     const t = this.opts.probeTimeoutMs;
-    const signal = AbortSignal.timeout(t * 2);
+    const signal = AbortSignal.timeout(t * 2 + this.lagAllowanceMs());
     let stream: Stream | undefined;
     try {
       stream = await this.opts.node.dialProtocol(peerIdFromString(via), PROTOCOLS.probe, { signal });

@@ -238,6 +238,14 @@ describe('Membership with routine probes (the defaults: SWIM)', () => {
     expect(kinds(m.probeResult(other, false, T0 + 300, now[0]!.id))).toEqual([`${other.slice(8, 12)}:alive->suspect`, 'probe']);
   });
 
+  it('a starved depot (slack from its own event-loop delay) gives probes longer before it blames the other', () => {
+    const m = probing();
+    const [p] = probesOf(m.tick(T0));
+    expect(m.tick(T0 + 1500, 2000).filter((a) => a.kind === 'transition')).toEqual([]);
+    expect(m.tick(T0 + 3499, 2000).filter((a) => a.kind === 'transition')).toEqual([]);
+    expect(m.tick(T0 + 3500, 2000).filter((a) => a.kind === 'transition' && a.peer === p!.peer).map((a) => (a as { to: string }).to)).toEqual(['suspect']);
+  });
+
   it('nothing heard at all for 3 refresh intervals (no heartbeat, no probe answer) still makes a depot suspect', () => {
     const m = new Membership({ selfId: SELF, random: () => 0, timing: { probeIntervalMs: 0 } });
     m.observeHeartbeat(hb(A, 0), T0);
