@@ -3,13 +3,17 @@
 //
 //   npm run bench:ship                     1 GiB image, 3 alternating trials
 //   BENCH_SHIP_MB=256 BENCH_SHIP_TRIALS=2 npm run bench:ship
+//   BENCH_SHIP_CONNECTIONS=1 / BENCH_SHIP_INFLIGHT=64 / BENCH_SHIP_CIPHER=chacha20-poly1305@openssh.com
 //
-// Prints a table, then one JSON line. navigator_mb_s counts connect + SFTP transfer (what scp
-// does); the target's verification (commit) is reported separately. delta_time_ratio compares
-// whole operations (prepare + send + verify/commit) of a delta re-ship and a full ship.
+// Prints a table, then one JSON line. navigator_mb_s counts SSH connect + login + SFTP transfer
+// (what scp does, less its process start); the target's prepare and verification (commit) are
+// reported separately. delta_time_ratio compares whole operations (connect + prepare + send +
+// verify/commit) of a delta re-ship and a full ship. The machine's load average is recorded:
+// both tools are CPU-bound on loopback, so other work on the host moves both numbers.
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, open, rm, writeFile, copyFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { ImageStore } from '../depot/image-store.ts';
@@ -21,6 +25,10 @@ const sizeMb = Number(process.env.BENCH_SHIP_MB ?? 1024);
 const trials = Number(process.env.BENCH_SHIP_TRIALS ?? 3);
 const cipher = process.env.BENCH_SHIP_CIPHER ?? 'aes128-gcm@openssh.com';
 const inFlight = Number(process.env.BENCH_SHIP_INFLIGHT ?? 64);
+const connections = process.env.BENCH_SHIP_CONNECTIONS ? Number(process.env.BENCH_SHIP_CONNECTIONS) : undefined;
+// ssh2 falls back to per-packet JavaScript/node:crypto ciphers when its native binding does not
+// load (scripts/ssh2-native.sh builds it for the Node that runs Navigator).
+const ssh2Native = Boolean((createRequire(import.meta.url)('ssh2/lib/protocol/crypto.js') as { bindingAvailable?: boolean }).bindingAvailable);
 const changedPct = 1;
 
 const median = (xs: number[]) => {
@@ -41,6 +49,7 @@ async function writeRandomFile(path: string, bytes: number): Promise<void> {
 }
 
 async function main(): Promise<void> {
+  const load0 = loadavg()[0]!;
   const root = await mkdtemp(join(process.env.BENCH_SHIP_DIR ?? tmpdir(), 'nav-bench-ship-'));
   // By default everything lives on a tmpfs, so both tools are measured on the network and
   // crypto path rather than on a shared, noisy disk (BENCH_SHIP_TMPFS=0 to use the disk).
@@ -69,8 +78,10 @@ async function main(): Promise<void> {
       store: sender,
       ssh: { user: sshd.user, keyFile: sshd.userKeyFile, knownHostsFile: sshd.knownHostsFile, ciphers: [cipher] },
       requestsInFlight: inFlight,
+      ...(connections ? { connections } : {}),
     });
-    const transferMs = (r: ShipResult) => r.durationMs - r.prepareMs - r.commitMs;
+    const transferMs = (r: ShipResult) => r.connectMs + r.sendMs;
+    let lanes = 0;
 
     // Full ships and scp, alternating, each into a fresh target folder.
     const navMbS: number[] = [];
@@ -83,6 +94,7 @@ async function main(): Promise<void> {
       await target.start();
       const r = await shipper.ship(v1, localShipTarget(target, sshd.host, sshd.port));
       navMbS.push(imageBytes / MB / (transferMs(r) / 1000));
+      lanes = r.connections;
       commitMs.push(r.commitMs);
       fullTotalMs.push(r.durationMs);
       await rm(join(root, `target-${i}`), { recursive: true, force: true });
@@ -142,19 +154,22 @@ async function main(): Promise<void> {
     const resumed = await shipper.ship(v1, localShipTarget(rtarget, sshd.host, sshd.port));
     const resentPct = Math.max(0, ((firstSent + resumed.bytesSent - imageBytes) / imageBytes) * 100);
 
+    const load1 = loadavg()[0]!;
     const nav = median(navMbS);
     const scp = median(scpMbS);
     const rows: [string, string][] = [
-      ['image', `${sizeMb} MiB, ${m1.blockSize / MB} MiB blocks, cipher ${cipher}, ${inFlight} requests in flight, ${mounted ? 'tmpfs' : 'disk'}`],
+      ['image', `${sizeMb} MiB, ${m1.blockSize / MB} MiB blocks, ${mounted ? 'tmpfs' : 'disk'}`],
+      ['navigator', `${lanes} SSH connection(s), ${inFlight} requests in flight, cipher ${cipher}, ssh2 native crypto ${ssh2Native ? 'yes' : 'NO (JS fallback)'}`],
+      ['load average (1 min) start / end', `${round(load0, 2)} / ${round(load1, 2)}`],
       ['import (copy + hash)', `${importMs} ms`],
       ['navigator full ship, MB/s (median)', `${round(nav)}  [${navMbS.map((x) => round(x)).join(', ')}]`],
       ['scp, MB/s (median)', `${round(scp)}  [${scpMbS.map((x) => round(x)).join(', ')}]`],
       ['ratio navigator / scp', `${round(nav / scp, 3)}`],
       ['target verify + commit (full)', `${round(median(commitMs), 0)} ms`],
-      ['full ship total (prepare+send+commit)', `${full.durationMs} ms`],
+      ['full ship total (connect+prepare+send+commit)', `${full.durationMs} ms`],
       ['delta: changed blocks', `${nChanged} of ${blocks} (${round((nChanged / blocks) * 100, 2)} %)`],
       ['delta: bytes sent', `${delta.bytesSent}`],
-      ['delta total (prepare+send+commit)', `${delta.durationMs} ms (prepare ${delta.prepareMs}, commit ${delta.commitMs})`],
+      ['delta total (connect+prepare+send+commit)', `${delta.durationMs} ms (connect ${delta.connectMs}, prepare ${delta.prepareMs}, send ${delta.sendMs}, commit ${delta.commitMs})`],
       ['delta / full time', `${round(delta.durationMs / full.durationMs, 3)}`],
       ['resume: sent before cut / after', `${firstSent} / ${resumed.bytesSent} (${resumed.kind})`],
       ['resume: bytes sent twice', `${round(resentPct, 2)} %`],
@@ -169,6 +184,9 @@ async function main(): Promise<void> {
         block_bytes: m1.blockSize,
         cipher,
         requests_in_flight: inFlight,
+        connections: lanes,
+        ssh2_native_crypto: ssh2Native,
+        load_avg_1m: [round(load0, 2), round(load1, 2)],
         trials,
         navigator_mb_s: round(nav, 1),
         scp_mb_s: round(scp, 1),

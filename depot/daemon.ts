@@ -75,11 +75,13 @@ const LINK_CHECK_MS = 2000;
 /** How long a connection may lack its gossip streams (set-up included) before it is closed. */
 const LINK_GRACE_MS = 15_000;
 /** A depot still dead this long after the verdict has its connections closed. */
-const DEAD_HANGUP_MS = 10_000;
+const DEAD_HANGUP_MS = 30_000;
 /** Wait before dialling a depot whose connection closed while it is still alive. */
 const RECONNECT_DELAY_MS = 1000;
 /** A peer that subscribes gets this depot's heartbeat this soon (several joins share one). */
 const JOIN_BEAT_DELAY_MS = 200;
+/** Forced heartbeats for joining peers at most this often (reconnections must not become a flood). */
+const JOIN_BEAT_MIN_INTERVAL_MS = 5000;
 
 export class Depot {
   readonly config: Config;
@@ -101,6 +103,7 @@ export class Depot {
   private redialTimer: TimerHandle | undefined;
   private linkTimer: TimerHandle | undefined;
   private joinBeatTimer: TimerHandle | undefined;
+  private lastJoinBeatAt = -Infinity;
   private unhealthyLinks = new Map<string, number>();
   private readonly lastDial = new Map<string, number>();
   private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
@@ -377,10 +380,12 @@ export class Depot {
 
   private scheduleJoinBeat(): void {
     if (this.state !== 'running' || this.joinBeatTimer) return;
+    const wait = Math.max(JOIN_BEAT_DELAY_MS, this.lastJoinBeatAt + JOIN_BEAT_MIN_INTERVAL_MS - this.clock.now());
     this.joinBeatTimer = this.clock.setTimeout(() => {
       this.joinBeatTimer = undefined;
+      this.lastJoinBeatAt = this.clock.now();
       void this._heartbeat?.beat(true);
-    }, JOIN_BEAT_DELAY_MS);
+    }, wait);
   }
 
   /** Close connections whose gossip streams are gone (gossip-links.ts), then dial them again. */
@@ -495,8 +500,8 @@ export class Depot {
         case 'probe': {
           const startedAt = this.clock.now();
           const done = (ok: boolean) => {
-            // Routine probes answer once a second: only their failures are worth a line.
-            const level = a.routine && ok ? 'debug' : 'info';
+            // Routine probes run once a second: their outcome shows in the transitions it causes.
+            const level = a.routine ? 'debug' : 'info';
             this.log[level]({ event: 'probe-result', peer: a.peer, via: a.indirectVia, routine: a.routine, ok, durationMs: this.clock.now() - startedAt }, `probe ${ok ? 'answered' : 'failed'}`);
             if (this.state === 'running') this.apply(this.membership.probeResult(a.peer, ok, this.clock.now(), a.id));
           };

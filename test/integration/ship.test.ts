@@ -4,12 +4,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ImageStore } from '../../depot/image-store.ts';
 import { isNavigatorError, type NavigatorError } from '../../shared/errors.ts';
 import { TokenBucket } from '../../pilot/bandwidth.ts';
 import { Prestager } from '../../pilot/prestage.ts';
-import { Shipper, localShipTarget, type ShipTarget } from '../../pilot/ship.ts';
+import { Shipper, localShipTarget, senderStats, type ShipTarget } from '../../pilot/ship.ts';
+import { rawSftpWriter } from '../../pilot/sftp-write.ts';
 import { startSshd, type TestSshd } from '../helpers/sshd.ts';
 
 // Image shipping against a real OpenSSH sshd on a loopback port.
@@ -86,7 +87,7 @@ describe('image shipping over SFTP', { timeout: 60_000 }, () => {
       if (t.state === 'sending') seen.push(s.tracker.list().length);
     });
     const r = await s.ship(v1, localShipTarget(target, sshd.host, sshd.port));
-    expect(r).toMatchObject({ id: v1, kind: 'full', imageBytes: DISK + EXTRA, bytesSent: DISK + EXTRA, rounds: 1, resentBlocks: 0 });
+    expect(r).toMatchObject({ id: v1, kind: 'full', imageBytes: DISK + EXTRA, bytesSent: DISK + EXTRA, connections: 2, rounds: 1, resentBlocks: 0 });
     expect(await target.has(v1)).toBe(true);
     expect(await target.verify(v1)).toEqual({ ok: true, id: v1 });
     expect((await readFile(join(target.imageFilesDir(v1), 'disk.img'))).equals(await readFile(join(sender.imageFilesDir(v1), 'disk.img')))).toBe(true);
@@ -99,6 +100,74 @@ describe('image shipping over SFTP', { timeout: 60_000 }, () => {
     // Shipping again sends nothing.
     const again = await s.ship(v1, localShipTarget(target, sshd.host, sshd.port));
     expect(again).toMatchObject({ kind: 'present', bytesSent: 0 });
+  });
+
+  it('spreads the blocks over several connections, small requests and one connection alike', async () => {
+    for (const extra of [{ connections: 3, requestsInFlight: 4, chunkBytes: 48 * 1024 }, { connections: 1 }]) {
+      const target = await newTarget();
+      const r = await shipper(extra).ship(v1, localShipTarget(target, sshd.host, sshd.port));
+      expect(r).toMatchObject({ kind: 'full', connections: extra.connections, bytesSent: DISK + EXTRA, rounds: 1 });
+      expect((await readFile(join(target.imageFilesDir(v1), 'disk.img'))).equals(await readFile(join(sender.imageFilesDir(v1), 'disk.img')))).toBe(true);
+    }
+  });
+
+  it('ships over the connections it could open when an extra one fails', async () => {
+    const target = await newTarget();
+    const s = shipper({ connections: 3 });
+    const real = Shipper.prototype.connect;
+    let calls = 0;
+    const spy = vi.spyOn(s, 'connect').mockImplementation(function (this: Shipper, t, signal) {
+      if (++calls === 2) return Promise.reject(new Error('MaxStartups'));
+      return real.call(this, t, signal);
+    });
+    try {
+      const r = await s.ship(v1, localShipTarget(target, sshd.host, sshd.port));
+      expect(calls).toBe(3);
+      expect(r).toMatchObject({ kind: 'full', connections: 2, bytesSent: DISK + EXTRA });
+      expect(await target.verify(v1)).toEqual({ ok: true, id: v1 });
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it("builds WRITE requests in place with this ssh2 (its internals are what pilot/sftp-write.ts expects)", async () => {
+    const conn = await shipper().connect({ host: sshd.host, port: sshd.port });
+    try {
+      const sftp = await new Promise<Parameters<typeof rawSftpWriter>[0]>((res, rej) => conn.sftp((e, s) => (e ? rej(e) : res(s))));
+      // Undefined here means every transfer falls back to sftp.write() and its extra copy.
+      expect(rawSftpWriter(sftp)).toBeDefined();
+    } finally {
+      conn.end();
+    }
+  });
+
+  it('recycles packet memory across key re-exchanges, with each cipher family', async () => {
+    // The server re-keys every MiB, so a transfer crosses many key exchanges (ssh2 installs a
+    // new packet writer each time; the recycling must follow it and never hand out a slab twice).
+    const rekeying = await startSshd({ extraConfig: ['RekeyLimit 1M'] });
+    const spy = vi.spyOn(Shipper.prototype, 'connect');
+    try {
+      for (const cipher of ['aes128-gcm@openssh.com', 'chacha20-poly1305@openssh.com', 'aes128-ctr']) {
+        spy.mockClear();
+        const target = await newTarget();
+        const s = shipper({ ssh: { user: rekeying.user, keyFile: rekeying.userKeyFile, knownHostsFile: rekeying.knownHostsFile, ciphers: [cipher] } });
+        const conns = spy.mock.results.length;
+        const r = await s.ship(v1, localShipTarget(target, rekeying.host, rekeying.port));
+        expect(r).toMatchObject({ kind: 'full', connections: 2, bytesSent: DISK + EXTRA, rounds: 1 });
+        expect(await target.verify(v1)).toEqual({ ok: true, id: v1 });
+        const clients = await Promise.all(spy.mock.results.slice(conns).map((x) => x.value as ReturnType<Shipper['connect']>));
+        expect(clients).toHaveLength(2);
+        for (const c of clients) {
+          const st = senderStats.get(c)!;
+          expect(st.recycled, cipher).toBeGreaterThan(st.fresh);
+          // The first handshake installs one writer, each later key exchange another.
+          expect(st.writers, cipher).toBeGreaterThan(2);
+        }
+      }
+    } finally {
+      spy.mockRestore();
+      await rekeying.stop();
+    }
   });
 
   it('delta: when the target holds version 1, only the changed block of version 2 is sent', async () => {

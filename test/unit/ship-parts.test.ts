@@ -3,7 +3,8 @@ import { describe, expect, it } from 'vitest';
 import { TokenBucket, prestageBytesPerSec } from '../../pilot/bandwidth.ts';
 import { checkHostKey, fingerprint, knownHostName, parseKnownHosts } from '../../pilot/ssh-known-hosts.ts';
 import { Prestager, planPrestage, type PrestageCandidate } from '../../pilot/prestage.ts';
-import type { ShipOptions, ShipResult, ShipTarget } from '../../pilot/ship.ts';
+import { laneRequests, segmentChunks, sendQueue, type ShipOptions, type ShipResult, type ShipTarget } from '../../pilot/ship.ts';
+import { rawSftpWriter } from '../../pilot/sftp-write.ts';
 import { sshEndpointOf } from '../../pilot/shipping.ts';
 import { TransferTracker } from '../../pilot/transfers.ts';
 import { canonicalJson, ImageManifest, manifestId, parseManifest, unsafePathReason } from '../../depot/image-manifest.ts';
@@ -149,7 +150,7 @@ describe('pre-staging plan', () => {
 describe('pre-staging runs', () => {
   const img = 'c'.repeat(64);
   const target = (host: string): ShipTarget => ({ host, port: 22, prepare: async () => ({ state: 'present', id: img }), commit: async () => ({ ok: true, id: img, verifiedBytes: 0 }), abort: async () => undefined });
-  const result = (host: string): ShipResult => ({ id: img, target: host, kind: 'full', imageBytes: 1, bytesSent: 1, rounds: 1, resentBlocks: 0, prepareMs: 0, sendMs: 0, commitMs: 0, durationMs: 0 });
+  const result = (host: string): ShipResult => ({ id: img, target: host, kind: 'full', imageBytes: 1, bytesSent: 1, connections: 1, rounds: 1, resentBlocks: 0, connectMs: 0, prepareMs: 0, sendMs: 0, commitMs: 0, durationMs: 0 });
 
   /** A shipper whose transfers finish when the test says so (or fail, or end on abort). */
   function fakeShipper() {
@@ -276,5 +277,124 @@ describe('image manifest', () => {
     expect(() => parseManifest({ ...base, files: [base.files[1]!, base.files[1]!] })).toThrow(/duplicate/);
     expect(() => parseManifest({ ...base, files: [base.files[1]!, { ...base.files[1]!, path: 'a.vmx/x' }] })).toThrow(/both a file and a folder/);
     expect(ImageManifest.safeParse({ ...base, blockSize: 1000 }).success).toBe(false);
+  });
+});
+
+describe('send plan', () => {
+  const block = 1024 * 1024;
+  const manifest = (sizes: Record<string, number>) =>
+    ({
+      name: 'img',
+      blockSize: block,
+      files: Object.entries(sizes).map(([path, size]) => ({ path, size, blocks: Array.from({ length: Math.ceil(size / block) }, (_, i) => H(`${path}${i}`)) })),
+    }) as unknown as ImageManifest;
+
+  it('cuts the missing blocks into segments that never cross a block, in order, covering exactly the missing bytes', () => {
+    const m = manifest({ 'disk.img': 5 * block + 100, 'a.vmx': 10 });
+    const q = sendQueue(m, [{ path: 'disk.img', size: 5 * block + 100, blocks: [0, 3, 5] }, { path: 'a.vmx', size: 10, blocks: [0] }], 300 * 1024);
+    expect(q.map((s) => s.path)).toEqual([...Array(4).fill('disk.img'), ...Array(4).fill('disk.img'), 'disk.img', 'a.vmx']);
+    expect(q.slice(0, 4).map((s) => [s.offset, s.length])).toEqual([
+      [0, 300 * 1024],
+      [300 * 1024, 300 * 1024],
+      [600 * 1024, 300 * 1024],
+      [900 * 1024, 124 * 1024],
+    ]);
+    expect(q[8]).toEqual({ path: 'disk.img', offset: 5 * block, length: 100 });
+    expect(q[9]).toEqual({ path: 'a.vmx', offset: 0, length: 10 });
+    expect(q.reduce((n, s) => n + s.length, 0)).toBe(2 * block + 100 + 10);
+    for (const s of q) expect(Math.floor(s.offset / block)).toBe(Math.floor((s.offset + s.length - 1) / block));
+  });
+
+  it('shares the request budget between connections and reads at most half a lane’s buffers at once', () => {
+    expect(laneRequests(64, 2)).toBe(32);
+    expect(laneRequests(5, 2)).toBe(3);
+    expect(laneRequests(1, 4)).toBe(1);
+    expect(segmentChunks(32)).toBe(16);
+    expect(segmentChunks(64)).toBe(16);
+    expect(segmentChunks(8)).toBe(4);
+    expect(segmentChunks(1)).toBe(1);
+    for (let n = 1; n <= 256; n++) expect(segmentChunks(laneRequests(n, 3))).toBeLessThanOrEqual(laneRequests(n, 3));
+  });
+});
+
+describe('SFTP WRITE requests built in place (ssh2 internals)', () => {
+  // A stand-in with the ssh2 1.x SFTPWrapper fields rawSftpWriter uses.
+  function fakeSftp(window: number, packetSize = 100) {
+    const sent: Buffer[] = [];
+    const sftp = {
+      _writeReqid: 41,
+      _requests: {} as Record<number, { cb: (err?: Error) => void }>,
+      _buffer: [] as Buffer[],
+      _waitWindow: false,
+      _chunkcb: undefined as undefined | (() => void),
+      outgoing: { id: 7, window, packetSize, state: 'open' },
+      _protocol: { channelData: (id: number, data: Buffer) => sent.push(Buffer.from(data)) },
+    };
+    // What ssh2's client does on CHANNEL_WINDOW_ADJUST.
+    const adjust = (n: number) => {
+      sftp.outgoing.window += n;
+      if (sftp._waitWindow) {
+        sftp._waitWindow = false;
+        sftp._chunkcb?.call(sftp);
+      }
+    };
+    return { sftp, sent, adjust };
+  }
+  const request = (w: NonNullable<ReturnType<typeof rawSftpWriter>>, handle: Buffer, data: Buffer) => {
+    const buf = Buffer.alloc(w.headerBytes(handle) + data.length);
+    data.copy(buf, w.headerBytes(handle));
+    return buf;
+  };
+
+  it('lays out SSH_FXP_WRITE like the protocol says, 64-bit offsets included, and registers the answer callback', () => {
+    const { sftp, sent } = fakeSftp(1 << 20, 1 << 20);
+    const w = rawSftpWriter(sftp as never)!;
+    expect(w).toBeDefined();
+    const handle = Buffer.from([1, 2, 3, 4]);
+    const data = randomBytes(50);
+    const answers: (Error | undefined)[] = [];
+    w.write(request(w, handle, data), handle, 5 * 2 ** 32 + 17, (e) => answers.push(e));
+    expect(sent).toHaveLength(1);
+    const p = sent[0]!;
+    expect(p.readUInt32BE(0)).toBe(p.length - 4);
+    expect(p[4]).toBe(6);
+    expect(p.readUInt32BE(5)).toBe(42);
+    expect(p.readUInt32BE(9)).toBe(4);
+    expect(p.subarray(13, 17)).toEqual(handle);
+    expect(p.readBigUInt64BE(17)).toBe(5n * 2n ** 32n + 17n);
+    expect(p.readUInt32BE(25)).toBe(50);
+    expect(p.subarray(29)).toEqual(data);
+    expect(sftp._writeReqid).toBe(42);
+    sftp._requests[42]!.cb();
+    expect(answers).toEqual([undefined]);
+  });
+
+  it('sends what the window allows in packet-size pieces, queues the rest in order and sends it when the window opens', () => {
+    const { sftp, sent, adjust } = fakeSftp(250, 100);
+    const w = rawSftpWriter(sftp as never)!;
+    const handle = Buffer.from('h');
+    const a = request(w, handle, randomBytes(200)); // 226 bytes
+    const b = request(w, handle, randomBytes(80)); // 106 bytes
+    w.write(a, handle, 0, () => {});
+    w.write(b, handle, 200, () => {});
+    expect(sent.map((x) => x.length)).toEqual([100, 100, 26, 24]);
+    expect(sftp.outgoing.window).toBe(0);
+    expect(sftp._buffer.map((x) => x.length)).toEqual([82]);
+    adjust(50);
+    adjust(1000);
+    expect(sent.map((x) => x.length)).toEqual([100, 100, 26, 24, 50, 32]);
+    expect(Buffer.concat(sent)).toEqual(Buffer.concat([a, b]));
+    expect(sftp._buffer).toEqual([]);
+    // A new request goes straight out once nothing is queued.
+    w.write(request(w, handle, randomBytes(10)), handle, 280, () => {});
+    expect(sent).toHaveLength(7);
+  });
+
+  it('is not used when ssh2 does not look like 1.x inside (then sftp.write does the work)', () => {
+    const { sftp } = fakeSftp(100);
+    expect(rawSftpWriter({ ...sftp, _requests: undefined } as never)).toBeUndefined();
+    expect(rawSftpWriter({ ...sftp, _protocol: {} } as never)).toBeUndefined();
+    expect(rawSftpWriter({ ...sftp, outgoing: undefined } as never)).toBeUndefined();
+    expect(rawSftpWriter({ ...sftp, server: true } as never)).toBeUndefined();
   });
 });
