@@ -148,6 +148,7 @@ export class HeartbeatPublisher {
     const change = heartbeatChange(this.lastPublished, hb);
     const worth = change !== undefined && (isUrgent(change) || since >= FIGURES_MIN_INTERVAL_MS);
     if (!force && !due && !worth) return;
+    this.opts.log.debug({ event: 'heartbeat-publish', reason: force ? 'forced' : worth ? change : 'refresh', seq: this.seq }, 'heartbeat');
     this.lastPublished = hb;
     this.lastPublishedAt = now;
     this.seq += 1;

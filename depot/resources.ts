@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { statfs } from 'node:fs/promises';
 import { cpus, freemem, hostname, loadavg, networkInterfaces, totalmem, uptime } from 'node:os';
 import { dirname } from 'node:path';
@@ -44,13 +45,32 @@ export async function freeDiskBytes(dir: string): Promise<number> {
   return 0;
 }
 
+let kernelBootTime: number | undefined;
+
+/**
+ * Host boot time (ms). The kernel's `btime` never changes; now − uptime would wobble by a few
+ * ms on every sample, and a heartbeat whose content "changed" is gossiped at once.
+ */
+export function bootTimeMs(): number {
+  if (kernelBootTime === undefined) {
+    try {
+      const m = /^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'));
+      kernelBootTime = m ? Number(m[1]) * 1000 : undefined;
+    } catch {
+      kernelBootTime = undefined;
+    }
+    kernelBootTime ??= Math.round((Date.now() - uptime() * 1000) / 60_000) * 60_000;
+  }
+  return kernelBootTime;
+}
+
 export async function sampleResources(storeDir: string): Promise<ResourceSample> {
   const up = uptime();
   const [l1, l5, l15] = loadavg();
   return {
     hostName: hostname(),
     hostAddresses: hostAddresses(),
-    bootTime: Math.round(Date.now() - up * 1000),
+    bootTime: bootTimeMs(),
     uptimeS: Math.round(up),
     load: [round2(l1 ?? 0), round2(l5 ?? 0), round2(l15 ?? 0)],
     cpus: Math.max(1, cpus().length),
