@@ -5,6 +5,7 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { stringify } from 'yaml';
 import { loadOrCreateIdentity } from '../depot/identity.ts';
 import { makeSwarmKey } from '../depot/swarm-key.ts';
+import { depotArgv } from '../depot/runtime-flags.ts';
 import { ImageStore } from '../depot/image-store.ts';
 import { silentLogger } from '../shared/logger.ts';
 import { NavigatorError } from '../shared/errors.ts';
@@ -99,7 +100,7 @@ export class DemoCluster {
     const old = this.depots.get(h.name);
     if (old?.running) throw new NavigatorError('CONFLICT', `the depot of ${h.name} still runs`);
     const p = this.net.spawn(h, {
-      argv: [process.execPath, join(REPO_ROOT, 'bin/navigator.mjs'), 'depot', 'run', '--config', this.configFile(h)],
+      argv: depotArgv(process.execPath, join(REPO_ROOT, 'bin/navigator.mjs'), ['--config', this.configFile(h)]),
       env: {
         [DEMO_ENV]: this.id,
         [HOST_ENV]: h.name,

@@ -109,6 +109,8 @@ export class ContainerManager {
   private readonly log: Logger;
   private readonly clock: Clock;
   private timer: TimerHandle | undefined;
+  /** Between start() and stop(). */
+  private watching = false;
   private refreshing = false;
 
   constructor(private readonly opts: ContainerManagerOptions) {
@@ -138,14 +140,29 @@ export class ContainerManager {
       this.log.info({ event: 'container-found', container: name, driver: entry.spec.driver }, 'container from a previous run');
     }
     await this.refresh();
-    this.timer = this.clock.setInterval(() => void this.refresh(), this.opts.statusIntervalMs ?? 5000);
+    this.watching = true;
+    this.watch();
   }
 
   /** Stop watching. Containers keep running: they outlive the depot process on purpose. */
   async stop(): Promise<void> {
-    this.clock.clear(this.timer);
-    this.timer = undefined;
+    this.watching = false;
+    this.watch();
     await Promise.allSettled([...this.queues.values()]);
+  }
+
+  /**
+   * Run the status timer only while there are containers to check: most depots host none, and
+   * an idle depot should not wake up for nothing.
+   */
+  private watch(): void {
+    const want = this.watching && this.entries.size > 0;
+    if (want && !this.timer) {
+      this.timer = this.clock.setInterval(() => void this.refresh(), this.opts.statusIntervalMs ?? 5000);
+    } else if (!want && this.timer) {
+      this.clock.clear(this.timer);
+      this.timer = undefined;
+    }
   }
 
   /** Start (or confirm running) a container; clones the image into its folder the first time. */
@@ -178,6 +195,7 @@ export class ContainerManager {
       if (!entry || JSON.stringify(entry.spec) !== JSON.stringify(p.spec)) {
         entry = this.makeEntry(p.id, p.service, p.image ?? entry?.image ?? '', p.spec, dir);
         this.entries.set(p.id, entry);
+        this.watch();
       }
       if (p.role) entry.role = p.role;
       if (p.term !== undefined) entry.term = p.term;
@@ -227,6 +245,7 @@ export class ContainerManager {
     await this.serial(id, async () => {
       await rm(entry.dir, { recursive: true, force: true });
       this.entries.delete(id);
+      this.watch();
     });
   }
 

@@ -1,6 +1,8 @@
 // The navigator-depot.service unit. Pure text generation so it can be verified with
 // `systemd-analyze verify` in a test and reviewed by admins before install.
 
+import { depotArgv } from './runtime-flags.ts';
+
 export interface UnitOptions {
   /** Absolute path of the Node 22 binary. */
   nodeBinary: string;
@@ -33,7 +35,7 @@ export function renderUnit(o: UnitOptions): string {
     'Type=simple',
     `User=${o.user}`,
     `Group=${o.user}`,
-    `ExecStart=${o.nodeBinary} ${o.entry} depot run --config ${o.configPath}`,
+    `ExecStart=${depotArgv(o.nodeBinary, o.entry, ['--config', o.configPath]).join(' ')}`,
     'Restart=always',
     'RestartSec=2s',
     ...backoff,

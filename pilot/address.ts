@@ -1,4 +1,4 @@
-import { execa, type ResultPromise } from 'execa';
+import type { ResultPromise } from 'execa';
 import type { Logger } from '../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../shared/errors.ts';
 
@@ -67,7 +67,8 @@ export class ServiceAddress {
   readonly iface: string;
   readonly netns: string | undefined;
   private readonly log: Logger;
-  private readonly run: CommandRunner;
+  /** opts.run, or execa once a command has run (imported then: most pilots never hold an address). */
+  private run: CommandRunner | undefined;
   private readonly garpCount: number;
   private readonly garpIntervalS: number;
   private readonly commandTimeoutMs: number;
@@ -88,7 +89,7 @@ export class ServiceAddress {
     this.iface = opts.iface;
     this.netns = opts.netns;
     this.log = opts.logger.child({ component: 'service-address', address: `${ip}/${prefix}`, iface: opts.iface, ...(opts.netns ? { netns: opts.netns } : {}) });
-    this.run = opts.run ?? (execa as unknown as CommandRunner);
+    this.run = opts.run;
     this.garpCount = garpCount;
     this.garpIntervalS = garpIntervalS;
     this.commandTimeoutMs = opts.commandTimeoutMs ?? 5000;
@@ -110,7 +111,7 @@ export class ServiceAddress {
       if (ALREADY_HELD.test(text(res.stderr))) added = false;
       else throw this.failure(this.ipArgv(['addr', 'add', this.cidr, 'dev', this.iface]), res);
     }
-    this.announce(this.garpCount);
+    this.announce(this.garpCount, await this.runner());
     const durationMs = Math.round(performance.now() - started);
     this.log.info({ event: 'address-taken', added, durationMs }, 'service address held and announced');
     return { added, durationMs };
@@ -126,7 +127,8 @@ export class ServiceAddress {
       readded = true;
     }
     // Only one announcer at a time: a reassert during take's announcement adds nothing.
-    if (!this.announcer) this.announce(1);
+    const run = await this.runner();
+    if (!this.announcer) this.announce(1, run);
     return { readded };
   }
 
@@ -181,7 +183,12 @@ export class ServiceAddress {
     }
   }
 
-  private announce(count: number): void {
+  private async runner(): Promise<CommandRunner> {
+    this.run ??= (await import('execa')).execa as unknown as CommandRunner;
+    return this.run;
+  }
+
+  private announce(count: number, run: CommandRunner): void {
     // One announcer at a time: a new announcement replaces one still running, so release() can
     // always stop the only one there is.
     this.announcer?.kill?.('SIGKILL');
@@ -191,7 +198,7 @@ export class ServiceAddress {
     ];
     const [file, ...args] = argv as [string, ...string[]];
     // Not awaited: the first packet leaves as soon as arping starts; takeover continues meanwhile.
-    const child = this.run(file, args, { reject: false, timeout: (count * this.garpIntervalS + 5) * 1000 }) as Announcer;
+    const child = run(file, args, { reject: false, timeout: (count * this.garpIntervalS + 5) * 1000 }) as Announcer;
     this.announcer = child;
     this.announcerDone = Promise.resolve(child).then(
       (res: CommandResult) => {
@@ -214,7 +221,8 @@ export class ServiceAddress {
 
   private async runIp(args: string[]): Promise<CommandResult> {
     try {
-      return await this.run('ip', this.ipArgv(args), { reject: false, timeout: this.commandTimeoutMs });
+      const run = await this.runner();
+      return await run('ip', this.ipArgv(args), { reject: false, timeout: this.commandTimeoutMs });
     } catch (err) {
       throw new NavigatorError('COMMAND_FAILED', `ip ${this.ipArgv(args).join(' ')}: ${errorMessage(err)}`, { command: ['ip', ...this.ipArgv(args)] }, { cause: err });
     }

@@ -1,14 +1,14 @@
 import { readFile } from 'node:fs/promises';
-import mysql from 'mysql2/promise';
+import type { Connection } from 'mysql2/promise';
 import type { Logger } from '../shared/logger.ts';
 import type { Config } from '../shared/config.ts';
 import { errorMessage } from '../shared/errors.ts';
 import type { MovementRecord } from '../shared/movement.ts';
 import type { HeartbeatMessage } from '../shared/wire.ts';
 import { insideDir } from '../depot/drivers/paths.ts';
-import { DbSync } from './dbsync.ts';
+import type { DbSync } from './dbsync.ts';
 import { readSyncHistory, syncHeartbeatFields } from './sync-history.ts';
-import { MovementRecorder, type MovementJournal } from './movements.ts';
+import type { MovementRecorder, MovementJournal } from './movements.ts';
 import type { DatabaseSpec } from './service-spec.ts';
 
 // The database side of one copy. On the primary: one DbSync per standby (mysqldump into the
@@ -16,6 +16,8 @@ import type { DatabaseSpec } from './service-spec.ts';
 // goes, plus the movement recorder writing navigator_movements into the service's own
 // database. On a standby: its last good sync, read from its own server, goes into the
 // heartbeat (the RPO) and into the election (freshest standby wins).
+// mysql2, DbSync and MovementRecorder are loaded at their first use: a depot without a pilot of
+// a service with a database never needs them, and mysql2 alone is ~90 modules held in memory.
 
 export interface StandbyTarget {
   /** Key of the copy (peer id / container id). */
@@ -75,6 +77,8 @@ export class DbLink {
     }
     for (const t of targets) {
       if (this.syncs.has(t.key)) continue;
+      const { DbSync } = await import('./dbsync.ts');
+      if (this.syncs.has(t.key)) continue; // set up by a concurrent call meanwhile
       const sync = new DbSync({
         source: await this.endpoint('127.0.0.1'),
         target: await this.endpoint(t.address),
@@ -105,9 +109,9 @@ export class DbLink {
   /** Primary: movements go into navigator_movements; journaled ones it lacks are added. */
   async becomePrimary(service: string): Promise<void> {
     // A copy that was a switchover's old primary was left read-only: the primary must write.
-    let conn: mysql.Connection | undefined;
+    let conn: Connection | undefined;
     try {
-      conn = await mysql.createConnection({ ...(await this.endpoint('127.0.0.1')), connectTimeout: 2000 });
+      conn = await connect({ ...(await this.endpoint('127.0.0.1')), connectTimeout: 2000 });
       await conn.query('SET GLOBAL read_only = 0');
     } catch (err) {
       this.log.warn({ event: 'read-write-failed', err: errorMessage(err) }, 'could not make the database writable');
@@ -115,8 +119,11 @@ export class DbLink {
       await conn?.end().catch(() => undefined);
     }
     if (this.recorder || !this.opts.journal) return;
+    const { MovementRecorder } = await import('./movements.ts');
+    const db = { ...(await this.endpoint('127.0.0.1')), database: this.opts.db.database };
+    if (this.recorder) return; // made by a concurrent call meanwhile
     this.recorder = new MovementRecorder({
-      db: { ...(await this.endpoint('127.0.0.1')), database: this.opts.db.database },
+      db,
       journal: this.opts.journal,
       publish: this.opts.publish,
       logger: this.log,
@@ -138,9 +145,9 @@ export class DbLink {
 
   /** Standby: the last good sync into this copy, from its own server. */
   async ownSync(now: number): Promise<{ lastSyncAt?: number; syncFailing: boolean } | undefined> {
-    let conn: mysql.Connection | undefined;
+    let conn: Connection | undefined;
     try {
-      conn = await mysql.createConnection({ ...(await this.endpoint('127.0.0.1')), connectTimeout: 2000 });
+      conn = await connect({ ...(await this.endpoint('127.0.0.1')), connectTimeout: 2000 });
       return syncHeartbeatFields(await readSyncHistory(conn, this.opts.db.database), now, this.opts.dbsync.syncIntervalMs);
     } catch {
       return undefined;
@@ -152,4 +159,9 @@ export class DbLink {
   async stop(): Promise<void> {
     await this.becomeStandby();
   }
+}
+
+async function connect(opts: { host: string; port: number; user: string; password: string; connectTimeout: number }): Promise<Connection> {
+  const { default: mysql } = await import('mysql2/promise');
+  return mysql.createConnection(opts);
 }

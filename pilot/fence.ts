@@ -1,4 +1,4 @@
-import { execa, type ResultPromise } from 'execa';
+import type { ResultPromise } from 'execa';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from '../shared/logger.ts';
 
@@ -40,6 +40,9 @@ export class FenceGuard {
    * process dies, and then dropping an address we do not hold is harmless.
    */
   async prepare(): Promise<void> {
+    // execa is imported here, not at load: only a pilot that may hold a service address needs it.
+    // Before the check, so that the check and the spawn happen without a wait between them.
+    const { execa } = await import('execa');
     if (this.armed) return;
     const config = JSON.stringify({ address: this.opts.address, iface: this.opts.iface, ...(this.opts.netns ? { netns: this.opts.netns } : {}) });
     // process.execPath is the Node 22 running the depot; the guard needs no tsx (type stripping).

@@ -7,7 +7,7 @@ import type { ImageStore } from '../depot/image-store.ts';
 import type { MemberView } from '../depot/membership.ts';
 import { controlShipTarget, type ControlCaller } from '../depot/image-control.ts';
 import type { RouteTarget } from '../web/tracking.ts';
-import { createShipper, type ShipResult, type ShipTarget, type Shipper } from './ship.ts';
+import type { ShipResult, ShipTarget, Shipper } from './ship.ts';
 import { Prestager, type PrestageCandidate, type PrestagePlan } from './prestage.ts';
 import { prestageBytesPerSec } from './bandwidth.ts';
 import { TransferTracker, type TransferInfo } from './transfers.ts';
@@ -54,7 +54,12 @@ export interface ImageShippingOptions {
 
 export class ImageShipping {
   readonly tracker = new TransferTracker();
-  readonly shipper: Shipper;
+  /**
+   * Ships through a Shipper made at the first transfer: ship.ts loads ssh2 (~20 modules and a
+   * WebAssembly Poly1305 reserving 16 MB), and most depots never send an image.
+   */
+  readonly shipper: Pick<Shipper, 'ship'> = { ship: async (...args) => (await this.realShipper()).ship(...args) };
+  private loading: Promise<Shipper> | undefined;
   readonly prestager: Prestager | undefined;
   private readonly log: Logger;
   private readonly onDemand = new Map<string, Promise<ShipResult>>();
@@ -66,7 +71,6 @@ export class ImageShipping {
 
   constructor(private readonly opts: ImageShippingOptions) {
     this.log = opts.logger.child({ component: 'shipping' });
-    this.shipper = createShipper(opts.ship, opts.store, opts.logger, this.tracker);
     if (opts.ship.prestageCandidates > 0) {
       this.prestager = new Prestager({
         shipper: this.shipper,
@@ -92,6 +96,16 @@ export class ImageShipping {
       const level = t.state === 'done' ? 'info' : 'warn';
       this.log[level]({ event: 'transfer-done', ...progressFields(t), durationMs: Date.now() - t.startedAt, ...(t.error ? { err: t.error } : {}) }, `transfer of ${t.imageName} to ${t.target} ${t.state}`);
     });
+  }
+
+  private realShipper(): Promise<Shipper> {
+    this.loading ??= import('./ship.ts')
+      .then(({ createShipper }) => createShipper(this.opts.ship, this.opts.store, this.opts.logger, this.tracker))
+      .catch((err: unknown) => {
+        this.loading = undefined; // try again at the next transfer
+        throw err;
+      });
+    return this.loading;
   }
 
   /** The receiving depot `peerId` as a ShipTarget: its sshd from its heartbeat, its control methods. */

@@ -240,7 +240,9 @@ export function registerTrackingRoutes(server: RouteTarget, opts: TrackingOption
   const timers: Partial<Record<'services' | 'depots', NodeJS.Timeout>> = {};
   const lastPush: Record<'services' | 'depots', number> = { services: 0, depots: 0 };
   const push = (kind: 'services' | 'depots') => {
-    if (timers[kind]) return;
+    // Nobody watching: building a view for no one costs every heartbeat of every depot (a page
+    // that connects gets the current views at once).
+    if (timers[kind] || hub.size === 0) return;
     const wait = Math.max(0, lastPush[kind] + coalesceMs - Date.now());
     timers[kind] = setTimeout(() => {
       timers[kind] = undefined;

@@ -1,10 +1,9 @@
 import type { Command } from 'commander';
-import { Demo } from '../../demo/demo.ts';
-import { sweepStaleDemos } from '../../demo/registry.ts';
 import { errorMessage } from '../../shared/errors.ts';
 
 // `navigator demo` (what `npm start` runs): the whole system on this machine; Ctrl-C removes
-// everything it made.
+// everything it made. The demo modules are imported when the command runs, so that other
+// commands (a depot above all) do not load and keep them.
 
 export function registerDemo(program: Command): void {
   program
@@ -17,10 +16,12 @@ export function registerDemo(program: Command): void {
     .option('--cleanup', 'only remove what demos that were killed (not stopped with Ctrl-C) left behind, then exit')
     .action(async (o: { depots: string; interval: string; chaos: boolean; loopback?: boolean; cleanup?: boolean }) => {
       if (o.cleanup) {
+        const { sweepStaleDemos } = await import('../../demo/registry.ts');
         const swept = await sweepStaleDemos();
         process.stdout.write(swept.length ? `removed what demos ${swept.join(', ')} left behind\n` : 'nothing left behind by earlier demos\n');
         return;
       }
+      const { Demo } = await import('../../demo/demo.ts');
       const out = (line: string) => process.stdout.write(`[${new Date().toLocaleTimeString()}] ${line}\n`);
       const demo = new Demo({ depots: Number(o.depots), intervalS: Number(o.interval), chaos: o.chaos, loopback: o.loopback === true, out });
       let signalled = false;

@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { installDepot, uninstallDepot } from '../../depot/install.ts';
 import { DEFAULT_CONFIG_PATH } from '../../shared/config.ts';
 import { createLogger } from '../../shared/logger.ts';
 
@@ -9,6 +8,9 @@ interface Common {
   config: string;
   dataDir: string;
 }
+
+// install.ts (and execa with it) is imported when one of these commands runs, not by every
+// `navigator` process: `depot run` never needs it.
 
 /** Adds `install` and `uninstall` under `navigator depot`. */
 export function registerDepotInstall(depot: Command): void {
@@ -22,6 +24,7 @@ export function registerDepotInstall(depot: Command): void {
     .option('--root <dir>', 'install under this root instead of / (for packaging and tests; skips systemctl)', '/')
     .option('--no-start', 'do not enable and start the unit')
     .action(async (opts: Common & { swarmKey?: string; start: boolean }) => {
+      const { installDepot } = await import('../../depot/install.ts');
       const logger = createLogger({ level: 'warn' });
       const res = await installDepot({
         root: opts.root,
@@ -46,6 +49,7 @@ export function registerDepotInstall(depot: Command): void {
     .option('--root <dir>', 'uninstall under this root instead of /', '/')
     .option('--purge', 'also remove images, state and the user')
     .action(async (opts: Common & { purge?: boolean }) => {
+      const { uninstallDepot } = await import('../../depot/install.ts');
       const removed = await uninstallDepot({
         root: opts.root,
         user: opts.user,

@@ -3,7 +3,6 @@ import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { execa } from 'execa';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import type { Logger } from '../../shared/logger.ts';
@@ -17,6 +16,8 @@ import { fileDescriptor, groupAlive, groupMembers } from './proc.ts';
 // signals the whole group, children included. With `netns`, every command, the health check and
 // exec run through `ip netns exec NS`. The group ids are written to a file in the container
 // folder so a restarted depot can still see and stop the container.
+// execa is imported where a command runs (here and in the other drivers and the image store):
+// most depots host no container, and an idle depot should not hold modules it does not use.
 
 const relPath = z.string().min(1).max(512);
 const argv = z.array(z.string().max(4096)).min(1).max(256);
@@ -137,6 +138,7 @@ export class ProcessDriver implements ContainerDriver {
         const fd = openSync(logPath, 'a');
         let child;
         try {
+          const { execa } = await import('execa');
           child = execa(cmd.file, cmd.args, {
             cwd: cmd.cwd,
             env: cmd.env,
@@ -204,6 +206,7 @@ export class ProcessDriver implements ContainerDriver {
     if (timeoutMs > 0) {
       if (m.stop) {
         const cmd = this.prepare(m, m.stop);
+        const { execa } = await import('execa');
         const r = await execa(cmd.file, cmd.args, { cwd: cmd.cwd, env: cmd.env, reject: false, timeout: timeoutMs, stdin: 'ignore' });
         if (r.exitCode !== 0) this.log.warn({ event: 'stop-command-failed', exitCode: r.exitCode, stderr: String(r.stderr ?? '').slice(0, 500) }, 'stop command failed');
         forced = !(await waitGroupsGone(groups, Math.max(0, timeoutMs - (Date.now() - started))));
@@ -253,6 +256,7 @@ export class ProcessDriver implements ContainerDriver {
       const fd = openSync(logPath, 'a');
       let child;
       try {
+        const { execa } = await import('execa');
         child = execa(cmd.file, cmd.args, { cwd: cmd.cwd, env: cmd.env, detached: !c.wait, cleanup: false, reject: false, stdin: 'ignore', stdout: fileDescriptor(fd), stderr: fileDescriptor(fd) });
       } finally {
         closeSync(fd);
@@ -289,6 +293,7 @@ export class ProcessDriver implements ContainerDriver {
   async exec(cmd: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<ExecResult> {
     const m = await this.load();
     const c = this.prepare(m, { argv: [cmd, ...args], env: {}, wait: true });
+    const { execa } = await import('execa');
     const r = await execa(c.file, c.args, { cwd: c.cwd, env: c.env, reject: false, timeout: opts.timeoutMs ?? 30_000, stdin: 'ignore' });
     if (r.timedOut) throw new NavigatorError('TIMEOUT', `${cmd} did not finish within ${opts.timeoutMs ?? 30_000} ms`);
     if (r.exitCode === undefined) throw new NavigatorError('COMMAND_FAILED', `cannot run ${cmd}: ${(r as { code?: string }).code ?? 'spawn failed'}`);
@@ -309,6 +314,7 @@ export class ProcessDriver implements ContainerDriver {
       // The script is constant, host and port travel as positional arguments.
       const script = banner ? 'exec 3<>"/dev/tcp/$1/$2" && read -r -n 1 -t "$3" _ <&3' : 'exec 3<>"/dev/tcp/$1/$2"';
       const waitS = String(Math.max(1, Math.ceil(m.healthTimeoutMs / 1000)));
+      const { execa } = await import('execa');
       const r = await execa('ip', ['netns', 'exec', m.netns, 'bash', '-c', script, 'health', host, String(port), waitS], {
         reject: false,
         timeout: m.healthTimeoutMs,
@@ -317,6 +323,7 @@ export class ProcessDriver implements ContainerDriver {
       return r.exitCode === 0;
     }
     const c = this.prepare(m, { argv: m.health.command, env: {}, wait: true });
+    const { execa } = await import('execa');
     const r = await execa(c.file, c.args, { cwd: c.cwd, env: c.env, reject: false, timeout: m.healthTimeoutMs, stdin: 'ignore' });
     return r.exitCode === 0;
   }

@@ -2,7 +2,6 @@ import { accessSync, constants as fsConstants, openSync, closeSync } from 'node:
 import { readFile, readlink, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { execa } from 'execa';
 import type { Logger } from '../../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import type { ContainerDriver, ContainerStateName, DriverContext, ExecResult, QemuSpec, StopOptions, StopResult } from './driver.ts';
@@ -94,6 +93,7 @@ export class QemuDriver implements ContainerDriver {
     const started = Date.now();
     let exited: { code: number | undefined } | undefined;
     try {
+      const { execa } = await import('execa');
       const child = execa(this.bin, args, { detached: true, cleanup: false, reject: false, stdin: 'ignore', stdout: fileDescriptor(fd), stderr: fileDescriptor(fd) });
       child.then((r) => {
         exited = { code: r.exitCode };

@@ -1,7 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { resolve } from 'node:path';
-import { execa } from 'execa';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import type { Logger } from '../../shared/logger.ts';
@@ -135,6 +134,7 @@ export class VmrunDriver implements ContainerDriver {
     if (opts.auth) argv.push('-gu', opts.auth.user, '-gp', opts.auth.password);
     argv.push(command, ...params);
     const started = Date.now();
+    const { execa } = await import('execa');
     const r = await execa(this.bin, argv, {
       reject: false,
       timeout: opts.timeoutMs ?? DEFAULT_CMD_TIMEOUT_MS,

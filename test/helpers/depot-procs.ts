@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { writeSwarmKey } from '../../depot/swarm-key.ts';
+import { DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
 import type { DepotsResponse } from '../../web/depot-api.ts';
 
 // Real depot processes on loopback for integration tests and bench/gossip.ts:
@@ -43,12 +44,20 @@ export class DepotCluster {
 
   async start(
     name: string,
-    opts: { swarmKey: string; bootstrap?: string[]; env?: Record<string, string>; timeoutMs?: number; logLevel?: string; nodeArgs?: string[] },
+    opts: {
+      swarmKey: string;
+      bootstrap?: string[];
+      env?: Record<string, string>;
+      timeoutMs?: number;
+      logLevel?: string;
+      /** Node flags of the depot process; default: those of a deployed depot (depot/runtime-flags.ts). */
+      nodeArgs?: readonly string[];
+    },
   ): Promise<DepotProc> {
     const dataDir = join(this.dir, name);
     this.dirs.push(dataDir);
     const args = [
-      ...(opts.nodeArgs ?? []),
+      ...(opts.nodeArgs ?? DEPOT_NODE_FLAGS),
       join(ROOT, 'bin/navigator.mjs'),
       'depot',
       'run',

@@ -1,9 +1,10 @@
-import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
 import { mkdir, mkdtemp, rm, writeFile, access } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import { silentLogger } from '../../shared/logger.ts';
+import { FakeClock } from '../../shared/clock.ts';
 import { ContainerManager, type ContainerStatus, type ImageSource } from '../../depot/containers.ts';
 import { tcpOpen } from '../../depot/drivers/process.ts';
 import { freePort } from '../helpers/ports.ts';
@@ -14,8 +15,8 @@ import { freePort } from '../helpers/ports.ts';
 let root: string;
 const managers: ContainerManager[] = [];
 
-async function prepared(id: string, port: number): Promise<void> {
-  const dir = join(root, 'containers', id);
+async function prepared(id: string, port: number, containers = join(root, 'containers')): Promise<void> {
+  const dir = join(containers, id);
   await mkdir(dir, { recursive: true });
   const script = `require('net').createServer((s) => { s.on('error', () => {}); s.end('x'); }).listen(${port}, '127.0.0.1');`;
   await writeFile(join(dir, 'container.yaml'), toYaml({ name: id, start: [{ argv: [process.execPath, '-e', script] }], health: { tcp: { port } } }));
@@ -87,5 +88,31 @@ describe('container manager', () => {
     expect(await tcpOpen('127.0.0.1', port, 1000)).toBe(true);
     expect(await second.stopContainer('c2', { timeoutMs: 5000 })).toMatchObject({ state: 'stopped' });
     expect(await tcpOpen('127.0.0.1', port, 500)).toBe(false);
+  });
+
+  it('checks container states on a timer only while it hosts containers (an idle depot sleeps)', async () => {
+    const clock = new FakeClock();
+    const setTimer = vi.spyOn(clock, 'setInterval');
+    const clear = vi.spyOn(clock, 'clear');
+    const folder = join(root, 'timer-containers');
+    const m = new ContainerManager({ root: folder, logger: silentLogger(), clock, statusIntervalMs: 1000 });
+    managers.push(m);
+    await m.start();
+    expect(setTimer).not.toHaveBeenCalled();
+
+    const port = await freePort();
+    await prepared('t1', port, folder);
+    await m.startContainer({ id: 't1', service: 'svc', spec: { driver: 'process' } });
+    expect(setTimer).toHaveBeenCalledTimes(1);
+    const timer = setTimer.mock.results[0]!.value;
+    const refresh = vi.spyOn(m, 'refresh');
+    clock.advance(1000);
+    expect(refresh).toHaveBeenCalledTimes(1);
+    await m.removeContainer('t1', { timeoutMs: 5000 });
+    expect(clear).toHaveBeenCalledWith(timer);
+    clock.advance(5000);
+    expect(refresh).toHaveBeenCalledTimes(1);
+    expect(setTimer).toHaveBeenCalledTimes(1);
+    await m.stop();
   });
 });

@@ -1,11 +1,13 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startMariaDb, type MariaDbServer } from '../helpers/mariadb.ts';
 import { Journal } from '../../depot/journal.ts';
 import { MovementRecorder, MOVEMENTS_TABLE } from '../../pilot/movements.ts';
 import { silentLogger } from '../../shared/logger.ts';
+import { DbLink } from '../../pilot/db-link.ts';
+import { parseConfig } from '../../shared/config.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
 
 // MovementRecorder against a real private mariadbd: rows land in navigator_movements, re-writes
@@ -133,6 +135,39 @@ describe('MovementRecorder', () => {
       expect((await recorder.read()).map((r) => r.id)).toEqual(['rec-1', 'rec-0']);
     } finally {
       await recorder.stop();
+      await journal.close();
+    }
+  });
+});
+
+describe('DbLink', () => {
+  it('loads mysql2 and the recorder when it becomes primary, and reads its own sync state as a standby', async () => {
+    const containerDir = await mkdtemp(join(dir, 'copy-'));
+    await writeFile(join(containerDir, 'db.password'), `${db.password}\n`);
+    const journal = new Journal({ path: join(dir, 'journal-link.jsonl'), logger: log });
+    await journal.open();
+    const link = new DbLink({
+      db: { database: 'zabbix', user: db.user, passwordFile: 'db.password', port: db.port },
+      containerDir,
+      dbsync: parseConfig({}).dbsync,
+      journal,
+      publish: async () => undefined,
+      logger: log,
+    });
+    try {
+      expect(link.movements).toBeUndefined();
+      await link.becomePrimary('zabbix');
+      const recorder = link.movements;
+      expect(recorder).toBeDefined();
+      const r = await recorder!.record({ service: 'zabbix', role: 'primary', host: 'ws-03', address: '10.0.0.50', event: 'failover', failover: true, reason: 'test', term: 3 });
+      await recorder!.flush();
+      expect((await recorder!.read('zabbix')).map((x) => x.id)).toContain(r.id);
+      await link.becomeStandby();
+      expect(link.movements).toBeUndefined();
+      // No sync has run into this copy: nothing to report, and no failure either.
+      expect(await link.ownSync(Date.now())).toMatchObject({ syncFailing: false });
+    } finally {
+      await link.stop();
       await journal.close();
     }
   });

@@ -26,6 +26,8 @@ let port: number;
 const events = new EventEmitter();
 const calls: Array<[string, unknown]> = [];
 let services: ServiceView[] = [];
+/** How often a view was built (services() or depots() called). */
+let viewBuilds = 0;
 const depots: DepotView[] = [
   { name: 'ws-01', state: 'alive', uptimeS: 3600, load: [0.1, 0.2, 0.3], memFreeBytes: 2e9, memTotalBytes: 8e9, diskFreeBytes: 5e10, images: ['sha256-a'], transfers: [] },
 ];
@@ -135,8 +137,8 @@ beforeAll(async () => {
   server = new HttpServer({ host: '127.0.0.1', port: 0, log });
   routes = registerTrackingRoutes(server, {
     journal,
-    services: () => services,
-    depots: () => depots,
+    services: () => (viewBuilds++, services),
+    depots: () => (viewBuilds++, depots),
     events,
     admin: { token: TOKEN, host: '127.0.0.1' },
     switchover: async (args) => {
@@ -254,6 +256,26 @@ describe('tracking API', () => {
     const deadline = Date.now() + 2000;
     while (routes.hub.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     expect(routes.hub.size).toBe(0);
+  });
+
+  it('builds no view while nobody watches (an idle depot hears heartbeats all the time)', async () => {
+    expect(routes.hub.size).toBe(0);
+    const before = viewBuilds;
+    for (let i = 0; i < 20; i++) {
+      events.emit('services');
+      events.emit('depots');
+      await new Promise((res) => setTimeout(res, 10));
+    }
+    await new Promise((res) => setTimeout(res, 200)); // well past coalesceMs
+    expect(viewBuilds).toBe(before);
+    // A page that connects afterwards still gets the current views at once.
+    const es = await openEvents();
+    try {
+      expect((await es.next('services')).services.length).toBeGreaterThan(0);
+      expect(viewBuilds).toBeGreaterThan(before);
+    } finally {
+      es.close();
+    }
   });
 
   it('admin endpoints: 401 without or with a wrong token, nothing done', async () => {

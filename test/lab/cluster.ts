@@ -5,6 +5,7 @@ import { Lab, LabProcess, REPO_ROOT } from './lab.ts';
 import { loadOrCreateIdentity } from '../../depot/identity.ts';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
+import { depotArgv } from '../../depot/runtime-flags.ts';
 import { ImageStore } from '../../depot/image-store.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import type { ServiceView } from '../../web/tracking.ts';
@@ -37,11 +38,7 @@ export interface LabCluster {
 export function depotArgs(c: Pick<LabCluster, 'lab' | 'hosts' | 'peerIds' | 'swarmKeyFile'>, host: string, swarmKeyFile = c.swarmKeyFile): string[] {
   const h = c.lab.host(host);
   const bootstrap = c.hosts.filter((x) => x !== host).map((x) => `/ip4/${c.lab.host(x).ip}/tcp/${P2P_PORT}/p2p/${c.peerIds.get(x)}`);
-  return [
-    process.execPath,
-    join(REPO_ROOT, 'bin/navigator.mjs'),
-    'depot',
-    'run',
+  return depotArgv(process.execPath, join(REPO_ROOT, 'bin/navigator.mjs'), [
     '--name',
     host,
     '--data-dir',
@@ -56,7 +53,7 @@ export function depotArgs(c: Pick<LabCluster, 'lab' | 'hosts' | 'peerIds' | 'swa
     '0.0.0.0',
     '--http-port',
     String(HTTP_PORT),
-  ];
+  ]);
 }
 
 /** Start (or restart) the depot of one host. */
