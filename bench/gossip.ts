@@ -20,6 +20,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { execa } from 'execa';
+import { DEPOT_NODE_FLAGS } from '../depot/runtime-flags.ts';
 import { multiaddr } from '@multiformats/multiaddr';
 import { DepotCluster, getDepots, sleep, waitFor, type DepotProc } from '../test/helpers/depot-procs.ts';
 import { Depot } from '../depot/daemon.ts';
@@ -31,7 +32,8 @@ const N_PROC = Number(process.env.BENCH_NODES ?? 32);
 const KILLS = Number(process.env.BENCH_KILLS ?? 4);
 const IDLE_S = Number(process.env.BENCH_IDLE_S ?? 10);
 const MEM_NODES = (process.env.BENCH_MEM_NODES ?? '128,256').split(',').filter(Boolean).map(Number);
-const NODE_ARGS = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+// Unset: the flags the systemd unit runs depots with (depot/runtime-flags.ts).
+const NODE_ARGS = process.env.BENCH_NODE_ARGS === undefined ? DEPOT_NODE_FLAGS : process.env.BENCH_NODE_ARGS.split(' ').filter(Boolean);
 const CLK_TCK = 100; // Linux USER_HZ
 
 interface RunResult {

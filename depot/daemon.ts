@@ -76,12 +76,16 @@ const LINK_CHECK_MS = 2000;
 const LINK_GRACE_MS = 15_000;
 /** A depot still dead this long after the verdict has its connections closed. */
 const DEAD_HANGUP_MS = 30_000;
+/**
+ * Push-pull sync (memberlist): ask a random connected depot whom it knows and connect to the
+ * ones this depot is not connected to. Every second for the first half minute (depots that start
+ * together know only their bootstrap peer at first), then every 30 s.
+ */
+const SYNC_FAST_MS = 1000;
+const SYNC_FAST_WINDOW_MS = 30_000;
+const SYNC_MS = 30_000;
 /** Wait before dialling a depot whose connection closed while it is still alive. */
 const RECONNECT_DELAY_MS = 1000;
-/** A peer that subscribes gets this depot's heartbeat this soon (several joins share one). */
-const JOIN_BEAT_DELAY_MS = 200;
-/** Forced heartbeats for joining peers at most this often (reconnections must not become a flood). */
-const JOIN_BEAT_MIN_INTERVAL_MS = 5000;
 
 export class Depot {
   readonly config: Config;
@@ -102,8 +106,7 @@ export class Depot {
   private tickTimer: TimerHandle | undefined;
   private redialTimer: TimerHandle | undefined;
   private linkTimer: TimerHandle | undefined;
-  private joinBeatTimer: TimerHandle | undefined;
-  private lastJoinBeatAt = -Infinity;
+  private syncTimer: TimerHandle | undefined;
   private unhealthyLinks = new Map<string, number>();
   private readonly lastDial = new Map<string, number>();
   private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
@@ -207,6 +210,8 @@ export class Depot {
         log: this.log.child({ component: 'probe' }),
         probeTimeoutMs: t.probeTimeoutMs,
         members: () => this.knownMembers(),
+        ownHeartbeat: () => this._heartbeat?.latest(),
+        maxHeartbeatBytes: t.maxMessageBytes,
       });
       node.addEventListener('peer:connect', (evt) => this.onPeerConnect(evt.detail.toString()));
       node.addEventListener('peer:disconnect', (evt) => {
@@ -220,10 +225,7 @@ export class Depot {
           if (view?.state === 'alive' && view.heartbeat) this.dialIfUnconnected(view.heartbeat);
         }, RECONNECT_DELAY_MS);
       });
-      // A depot that just joined learns of the others from their next heartbeat: send ours soon.
-      node.services.pubsub.addEventListener('subscription-change', (evt) => {
-        if (evt.detail.subscriptions.some((sub) => sub.topic === TOPICS.heartbeat && sub.subscribe)) this.scheduleJoinBeat();
-      });
+
       if (this.opts.http !== false) {
         this._http = new HttpServer({ host: cfg.http.host, port: cfg.http.port, log: this.log.child({ component: 'http' }) });
         registerDepotApi(this._http, this);
@@ -260,10 +262,13 @@ export class Depot {
       const tickMs = Math.max(10, Math.min(100, Math.floor(t.heartbeatMs / 4), t.probeIntervalMs > 0 ? Math.floor(t.probeIntervalMs / 4) : Infinity));
       this.tickTimer = this.clock.setInterval(() => this.tick(), tickMs);
       this.linkTimer = this.clock.setInterval(() => this.checkGossipLinks(), LINK_CHECK_MS);
+      this.scheduleSync(this.clock.now());
       // The bootstrap module dials its list once; keep trying those we are not connected to
       // (the first depot may start later, or a dial may fail on a busy host).
       this.redialTimer = this.clock.setInterval(() => this.redialBootstrap(), REDIAL_MS);
       this.state = 'running';
+      // Peers connected while starting (bootstrap) were not asked yet.
+      for (const p of node.getPeers()) this.onPeerConnect(p.toString());
       this.log.info(
         {
           event: 'depot-started',
@@ -318,8 +323,8 @@ export class Depot {
     this.redialTimer = undefined;
     this.clock.clear(this.linkTimer);
     this.linkTimer = undefined;
-    this.clock.clear(this.joinBeatTimer);
-    this.joinBeatTimer = undefined;
+    this.clock.clear(this.syncTimer);
+    this.syncTimer = undefined;
     await this._heartbeat?.stop();
     if (announce && this._node) {
       const msg: LeftMessage = { type: 'left', v: 1, peerId: this.peerId, name: this.config.node.name, incarnation: this.incarnation, sentAt: this.clock.now() };
@@ -378,14 +383,23 @@ export class Depot {
     }, DEAD_HANGUP_MS);
   }
 
-  private scheduleJoinBeat(): void {
-    if (this.state !== 'running' || this.joinBeatTimer) return;
-    const wait = Math.max(JOIN_BEAT_DELAY_MS, this.lastJoinBeatAt + JOIN_BEAT_MIN_INTERVAL_MS - this.clock.now());
-    this.joinBeatTimer = this.clock.setTimeout(() => {
-      this.joinBeatTimer = undefined;
-      this.lastJoinBeatAt = this.clock.now();
-      void this._heartbeat?.beat(true);
+  private scheduleSync(startedAt: number): void {
+    const wait = this.clock.now() - startedAt < SYNC_FAST_WINDOW_MS ? SYNC_FAST_MS : SYNC_MS;
+    this.syncTimer = this.clock.setTimeout(() => {
+      this.pushPullSync();
+      if (this.state === 'running') this.scheduleSync(startedAt);
     }, wait);
+  }
+
+  private pushPullSync(): void {
+    const node = this._node;
+    if (!node || this.state !== 'running' || this.opts.dialDiscovered === false) return;
+    const peers = node.getPeers();
+    if (peers.length === 0) return;
+    const peer = peers[Math.floor(Math.random() * peers.length)]!.toString();
+    void this.prober.members(peer).then((members) => {
+      for (const m of members ?? []) this.dialIfUnconnected(m);
+    });
   }
 
   /** Close connections whose gossip streams are gone (gossip-links.ts), then dial them again. */
@@ -461,9 +475,16 @@ export class Depot {
     );
   }
 
-  /** Join sync (memberlist push/pull): ask a newly connected peer whom it knows, and connect to them. */
+  /**
+   * Join sync (memberlist push/pull): ask a newly connected peer for its heartbeat (so both know
+   * each other at once, with heartbeats gossiped only on change) and whom it knows, and connect to them.
+   */
   private onPeerConnect(peerId: string): void {
-    if (this.state !== 'running' || this.opts.dialDiscovered === false) return;
+    if (this.state !== 'running') return;
+    void this.prober.heartbeatOf(peerId).then((hb) => {
+      if (hb) this.onHeartbeat(hb);
+    });
+    if (this.opts.dialDiscovered === false) return;
     void this.prober.members(peerId).then((members) => {
       if (!members) return;
       for (const m of members) this.dialIfUnconnected(m);

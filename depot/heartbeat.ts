@@ -58,6 +58,11 @@ export class HeartbeatPublisher {
 
   constructor(private readonly opts: HeartbeatPublisherOptions) {}
 
+  /** The heartbeat last published (what the other depots hold of this one), if any. */
+  latest(): HeartbeatMessage | undefined {
+    return this.lastPublished;
+  }
+
   addContentProvider(p: HeartbeatContentProvider): void {
     this.providers.push(p);
   }

@@ -3,7 +3,7 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import type { Stream } from '@libp2p/interface';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Logger } from '../shared/logger.ts';
-import { MembersResponse, PROTOCOLS, ProbeProtocolRequest, ProbeResponse, decodeMessage, encodeMessage, type ProbeRequest } from '../shared/wire.ts';
+import { HeartbeatMessage, MembersResponse, PROTOCOLS, ProbeProtocolRequest, ProbeResponse, decodeMessage, encodeMessage, type ProbeRequest } from '../shared/wire.ts';
 import type { NavigatorNode } from './libp2p.ts';
 
 // SWIM probing of a suspect depot: a direct libp2p ping and, in parallel, ping-req through a
@@ -25,11 +25,18 @@ export interface ProberOptions {
   probeTimeoutMs: number;
   /** Depots this one knows alive or suspect, for a joining peer's `members` request. */
   members?: () => MembersResponse['members'];
+  /** This depot's current heartbeat, for a newly connected peer's `heartbeat` request. */
+  ownHeartbeat?: () => HeartbeatMessage | undefined;
+  /** Largest heartbeat accepted (membership.maxMessageBytes). */
+  maxHeartbeatBytes?: number;
 }
 
 export class Prober {
-  /** This process's event-loop delay: a starved depot must not blame others for its own slowness. */
-  private readonly loopDelay: IntervalHistogram = monitorEventLoopDelay({ resolution: 20 });
+  /**
+   * This process's event-loop delay: a starved depot must not blame others for its own slowness.
+   * (A 100 ms sampling timer: ten wake-ups a second; delays that matter here are hundreds of ms.)
+   */
+  private readonly loopDelay: IntervalHistogram = monitorEventLoopDelay({ resolution: 100 });
   private lagResetTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: ProberOptions) {}
@@ -105,6 +112,28 @@ export class Prober {
   }
 
   /**
+   * Ask `peer` for its own heartbeat. The connection is authenticated (Noise), so an answer that
+   * names another depot is a lie and is refused; undefined on any failure.
+   */
+  async heartbeatOf(peer: string, timeoutMs = 3000): Promise<HeartbeatMessage | undefined> {
+    const signal = AbortSignal.timeout(timeoutMs);
+    const max = this.opts.maxHeartbeatBytes ?? MAX_MEMBERS_FRAME;
+    let stream: Stream | undefined;
+    try {
+      stream = await this.opts.node.dialProtocol(peerIdFromString(peer), PROTOCOLS.probe, { signal });
+      await stream.sink([lp.encode.single(encodeMessage({ type: 'heartbeat' }, MAX_PROBE_FRAME))]);
+      const frame = await readFrame(stream, signal, max);
+      await stream.close().catch(() => {});
+      if (!frame) return undefined;
+      const r = decodeMessage(HeartbeatMessage, frame, max);
+      return r.ok && r.value.peerId === peer ? r.value : undefined;
+    } catch {
+      stream?.abort(new Error('heartbeat request failed'));
+      return undefined;
+    }
+  }
+
+  /**
    * A routine probe of a depot believed alive (memberlist): a direct ping first, ping-req through
    * `via` only when it failed, so a healthy cluster pays one ping per probe. (A slow answer on a
    * busy host is no reason to drop the connection: that only adds handshakes to the load.)
@@ -146,6 +175,16 @@ export class Prober {
       if (!r.ok) {
         this.opts.log.debug({ event: 'probe-request-invalid', reason: r.reason, detail: r.detail }, 'invalid ping-req');
         stream.abort(new Error('invalid ping-req'));
+        return;
+      }
+      if (r.value.type === 'heartbeat') {
+        const hb = this.opts.ownHeartbeat?.();
+        if (!hb) {
+          stream.abort(new Error('no heartbeat yet'));
+          return;
+        }
+        await stream.sink([lp.encode.single(encodeMessage(hb, this.opts.maxHeartbeatBytes ?? MAX_MEMBERS_FRAME))]);
+        await stream.close().catch(() => {});
         return;
       }
       if (r.value.type === 'members') {

@@ -9,6 +9,11 @@ import type { Depot, DepotPart } from './daemon.ts';
 import { Journal } from './journal.ts';
 import { JournalSync, movementGossipHandler } from './journal-sync.ts';
 
+/** Gap fills after a peer came back are spread over this long. */
+const REFILL_SPREAD_MS = 5000;
+/** ...and asked of one peer at most this often. */
+const REFILL_MIN_INTERVAL_MS = 60_000;
+
 // The movement journal and the tracking page as a depot part: journal file in the data folder,
 // movement gossip through the depot's inbox, /navigator/journal/1 for gap filling (at start and
 // whenever a depot we had lost comes back: we may have been the one cut off), the page, API and
@@ -57,8 +62,22 @@ class TrackingPartImpl implements TrackingPart {
     this.onHeartbeat();
     // A depot we had given up on is back: maybe it was us who was cut off. Ask it. (Not after a
     // mere suspicion: nothing was missed, and on a starved host that would be a request storm.)
-    if (a.to === 'alive' && (a.from === 'dead' || a.from === 'left')) void this.fillFrom([a.peer]);
+    if (a.to === 'alive' && (a.from === 'dead' || a.from === 'left')) this.scheduleFill(a.peer);
   };
+  /** Last gap fill asked of each peer after it came back. */
+  private readonly lastFillAt = new Map<string, number>();
+
+  /**
+   * Every depot sees a depot come back at the same moment: spread their requests over a few
+   * seconds, and ask one peer at most once a minute (a flapping depot must not be a storm).
+   */
+  private scheduleFill(peer: string): void {
+    const now = Date.now();
+    if (now - (this.lastFillAt.get(peer) ?? -Infinity) < REFILL_MIN_INTERVAL_MS) return;
+    this.lastFillAt.set(peer, now);
+    const t = setTimeout(() => void this.fillFrom([peer]), Math.floor(Math.random() * REFILL_SPREAD_MS));
+    t.unref();
+  }
 
   constructor(
     private readonly depot: Depot,

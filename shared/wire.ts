@@ -276,6 +276,13 @@ export const MembersResponse = z.object({
     .describe('Depots the peer holds alive or suspect, with their libp2p addresses'),
 });
 export type MembersResponse = z.infer<typeof MembersResponse>;
+/**
+ * Ask a peer for its own current heartbeat (answered with a HeartbeatMessage). Sent when a
+ * connection opens, so a joining depot knows the others at once without making every depot
+ * gossip a heartbeat for it; the answer is accepted only if it names the connection's peer.
+ */
+export const HeartbeatRequest = z.object({ type: z.literal('heartbeat') });
+export type HeartbeatRequest = z.infer<typeof HeartbeatRequest>;
 /** Any request on PROTOCOLS.probe. */
-export const ProbeProtocolRequest = z.discriminatedUnion('type', [ProbeRequest, MembersRequest]);
+export const ProbeProtocolRequest = z.discriminatedUnion('type', [ProbeRequest, MembersRequest, HeartbeatRequest]);
 export type ProbeProtocolRequest = z.infer<typeof ProbeProtocolRequest>;
