@@ -99,7 +99,7 @@ async function tcpBytesByPid(pids: ReadonlySet<number>, skipPorts: ReadonlySet<n
 }
 
 async function scrape(api: string): Promise<Record<string, number>> {
-  const text = await (await fetch(`${api}/metrics`, { signal: AbortSignal.timeout(3000) })).text();
+  const text = await (await fetch(`${api}/metrics`, { signal: AbortSignal.timeout(15_000) })).text();
   const out: Record<string, number> = {};
   for (const line of text.split('\n')) {
     const m = /^(navigator_gossip_wire_sent_bytes_total|navigator_gossip_wire_received_bytes_total|navigator_gossip_published_bytes_total)(\{[^}]*\})? ([0-9.e+]+)$/.exec(line);

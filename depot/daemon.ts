@@ -391,6 +391,14 @@ export class Depot {
     }, wait);
   }
 
+  private connectedTo(peer: string): boolean {
+    try {
+      return (this._node?.getConnections(peerIdFromString(peer)).length ?? 0) > 0;
+    } catch {
+      return false; // not a peer id
+    }
+  }
+
   private pushPullSync(): void {
     const node = this._node;
     if (!node || this.state !== 'running' || this.opts.dialDiscovered === false) return;
@@ -398,7 +406,12 @@ export class Depot {
     if (peers.length === 0) return;
     const peer = peers[Math.floor(Math.random() * peers.length)]!.toString();
     void this.prober.members(peer).then((members) => {
-      for (const m of members ?? []) this.dialIfUnconnected(m);
+      for (const m of members ?? []) {
+        // Connected but never heard of (its heartbeat request failed on a busy host): ask again.
+        if (this.state === 'running' && !this._membership?.get(m.peerId) && this.connectedTo(m.peerId)) {
+          void this.prober.heartbeatOf(m.peerId).then((hb) => hb && this.onHeartbeat(hb));
+        } else this.dialIfUnconnected(m);
+      }
     });
   }
 

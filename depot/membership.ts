@@ -15,6 +15,7 @@ import type { DeadMessage, HeartbeatMessage, LeftMessage } from '../shared/wire.
 // States per depot and incarnation (the incarnation is the start time of the depot process):
 //   alive   --(routine probe failed, or nothing heard for suspectAfterMissed × heartbeatRefreshMs)--> suspect (+ probe)
 //   suspect --(newer heartbeat, or a probe answered)--> alive
+//   alive   --(another depot reports it dead)--> suspect (+ probe: reports are checked, not trusted)
 //   suspect --(probe failed, or no answer within suspectTimeoutMs)--> dead (+ gossip DeadMessage)
 //   any     --(LeftMessage of this incarnation)--> left
 //   dead    --(heartbeat newer than the last one seen: the verdict was wrong)--> alive
@@ -55,11 +56,6 @@ export const DEFAULT_TIMING: MembershipTiming = {
   suspectTimeoutMs: 1500,
   forgetAfterMs: 3_600_000,
 };
-
-/** How recent a heartbeat or probe answer must be for a second-hand death report to be doubted (probe first). */
-export function freshWindowMs(t: MembershipTiming): number {
-  return Math.floor(t.heartbeatMs * 1.5);
-}
 
 export interface Member {
   peerId: string;
@@ -198,15 +194,11 @@ export class Membership {
       m.probe = undefined;
       return [this.enter(m, 'dead', now, `reported dead by ${msg.by}`, from, true)];
     }
-    if (m.state === 'left' || m.state === 'dead') return [];
-    if (now - m.lastHeardAt < freshWindowMs(this.timing)) {
-      // We heard it very recently: doubt the report and check for ourselves.
-      if (m.state === 'suspect') return [];
-      return this.suspect(m, now, `reported dead by ${msg.by} but heard recently`);
-    }
-    const from = m.state;
-    m.probe = undefined;
-    return [this.enter(m, 'dead', now, `reported dead by ${msg.by}`, from)];
+    if (m.state === 'left' || m.state === 'dead' || m.state === 'suspect') return [];
+    // Never taken on trust: the reporter may be the slow one (a starved host whose pings time
+    // out). Suspect it and let this depot's own probe round decide; a depot that really died
+    // fails that round at once (its connections were reset, or nothing answers).
+    return this.suspect(m, now, `reported dead by ${msg.by}`);
   }
 
   /**

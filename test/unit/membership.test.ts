@@ -131,15 +131,20 @@ describe('Membership (pure failure detector)', () => {
     expect(kinds(m.observeHeartbeat(hb(A, 6), T0 + 3400))).toEqual(['Aaaa:dead->alive']);
   });
 
-  it('a death report about a depot heard from recently only makes it suspect and probed', () => {
+  it('a death report is checked, never taken on trust: suspect, own probe round, own verdict', () => {
     const m = fresh();
     m.observeHeartbeat(hb(A, 1), T0 + 1000);
     const acts = m.observeDead({ type: 'dead', v: 1, peerId: A, incarnation: 100, by: B, sentAt: T0 }, T0 + 1500);
     expect(kinds(acts)).toEqual(['Aaaa:alive->suspect', 'probe']);
-    // Not heard for longer than 1.5 heartbeats: the report is believed at once.
+    // Not heard for a long time: still only suspect (the reporter may be the slow one).
     const acts2 = m.observeDead({ type: 'dead', v: 1, peerId: C, incarnation: 100, by: B, sentAt: T0 }, T0 + 2500);
-    expect(kinds(acts2)).toEqual(['Cccc:alive->dead']);
-    expect(acts2.some((a) => a.kind === 'declare-dead')).toBe(false); // only own verdicts are gossiped
+    expect(kinds(acts2)).toEqual(['Cccc:alive->suspect', 'probe']);
+    expect(m.observeDead({ type: 'dead', v: 1, peerId: C, incarnation: 100, by: A, sentAt: T0 }, T0 + 2600)).toEqual([]); // already checking
+    // The probe answered: alive, nothing gossiped. The probe failed: dead by its own verdict.
+    const probeA = acts.find((a) => a.kind === 'probe') as Extract<MembershipAction, { kind: 'probe' }>;
+    expect(kinds(m.probeResult(A, true, T0 + 1700, probeA.id))).toEqual(['Aaaa:suspect->alive']);
+    const probeC = acts2.find((a) => a.kind === 'probe') as Extract<MembershipAction, { kind: 'probe' }>;
+    expect(kinds(m.probeResult(C, false, T0 + 2800, probeC.id))).toEqual(['Cccc:suspect->dead', 'declare-dead']);
   });
 
   it('refutes a death report about itself and never suspects itself', () => {
