@@ -81,6 +81,10 @@ export const StoreSection = z
       .max(67_108_864)
       .default(4_194_304)
       .describe('Block size of the per-block hashes of images imported here (unit of resume and delta)'),
+    spareCopies: z
+      .boolean()
+      .default(true)
+      .describe('Keep a spare copy of the newest version of each large image, so the next delta starts without a full local copy (costs one image of disk; dropped when space is needed)'),
   })
   .strict();
 

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageStore } from '../../depot/image-store.ts';
@@ -37,6 +37,47 @@ async function corruptByte(file: string, offset: number): Promise<void> {
   b[0] = b[0]! ^ 0xff;
   await fh.write(b, 0, 1, offset);
   await fh.close();
+}
+
+/** Write the given blocks of an image's files from `srcFiles` into a staging folder (what a sender does). */
+async function writeBlocks(srcFiles: string, filesDir: string, blockSize: number, items: Array<{ path: string; blocks: number[] }>): Promise<void> {
+  for (const it of items) {
+    const src = await open(join(srcFiles, it.path), 'r');
+    const dst = await open(join(filesDir, it.path), 'r+');
+    const buf = Buffer.alloc(blockSize);
+    for (const i of it.blocks) {
+      const { bytesRead } = await src.read(buf, 0, blockSize, i * blockSize);
+      await dst.write(buf, 0, bytesRead, i * blockSize);
+    }
+    await src.close();
+    await dst.close();
+  }
+}
+
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+const exists = (p: string) => stat(p).then(
+  () => true,
+  () => false,
+);
+
+/** Sender store with version 1 and version 2 (blocks 3 and 6 of disk.img changed, one file added). */
+async function twoVersions(tag: string): Promise<{ sender: ImageStore; v1: string; v2: string }> {
+  const src = join(root, `src-${tag}`);
+  await makeSource(src, 8 * BLOCK);
+  const sender = new ImageStore({ dir: join(root, `sender-${tag}`), keepVersions: 3, blockSize: BLOCK });
+  await sender.start();
+  const v1 = await sender.import(src, 'zabbix', { version: '1', created: new Date(Date.UTC(2026, 0, 1)) });
+  for (const b of [3, 6]) await corruptByte(join(src, 'disk.img'), b * BLOCK + 99);
+  await writeFile(join(src, 'conf', 'new.cfg'), 'added in version 2\n');
+  const v2 = await sender.import(src, 'zabbix', { version: '2', created: new Date(Date.UTC(2026, 0, 2)) });
+  return { sender, v1, v2 };
 }
 
 beforeAll(async () => {
@@ -195,6 +236,179 @@ describe('image store', () => {
   });
 });
 
+describe('delta receives (a version of the image is already stored)', () => {
+  it('asks only for the changed blocks, answers before the base is copied, merges at commit, and the result verifies', async () => {
+    const { sender, v1, v2 } = await twoVersions('d1');
+    const target = new ImageStore({ dir: join(root, 'target-d1'), keepVersions: 3 });
+    await target.start();
+    await target.receiveFromDir(await sender.getManifest(v1), sender.imageFilesDir(v1));
+    const m2 = await sender.getManifest(v2);
+    const prep = await target.prepareReceive(m2);
+    expect(prep.state).toBe('staging');
+    if (prep.state !== 'staging') return;
+    expect(prep).toMatchObject({ baseId: v1, resumed: false, missingBytes: 2 * BLOCK + 19 });
+    expect(prep.missing).toEqual([
+      { path: 'conf/new.cfg', size: 19, blocks: [0] },
+      { path: 'disk.img', size: 8 * BLOCK, blocks: [3, 6] },
+    ]);
+    // The sender's files are sparse: the base's blocks are copied beside them, not into them.
+    expect((await stat(join(prep.filesDir, 'disk.img'))).blocks * 512).toBeLessThan(4 * BLOCK);
+    await writeBlocks(sender.imageFilesDir(v2), prep.filesDir, BLOCK, prep.missing);
+    expect(await target.commitStaged(v2)).toEqual({ ok: true, id: v2, verifiedBytes: 8 * BLOCK + 23 + 19 });
+    expect(await target.verify(v2)).toEqual({ ok: true, id: v2 });
+    expect(await target.verify(v1)).toEqual({ ok: true, id: v1 });
+    expect((await readFile(join(target.imageFilesDir(v2), 'disk.img'))).equals(await readFile(join(sender.imageFilesDir(v2), 'disk.img')))).toBe(true);
+    expect((await stat(join(target.imageFilesDir(v2), 'conf', 'machine.vmx'))).mode & 0o777).toBe(0o640);
+    expect(await readdir(join(target.dir, 'images', v2))).toEqual(['files', 'manifest.json']);
+    expect(await readdir(join(target.dir, 'staging'))).toEqual([]);
+  });
+
+  it('a damaged sent block is refused and asked for again; a cut-off delta resumes with only what is missing', async () => {
+    const { sender, v1, v2 } = await twoVersions('d2');
+    const target = new ImageStore({ dir: join(root, 'target-d2'), keepVersions: 3 });
+    await target.start();
+    await target.receiveFromDir(await sender.getManifest(v1), sender.imageFilesDir(v1));
+    const m2 = await sender.getManifest(v2);
+    const prep = await target.prepareReceive(m2);
+    if (prep.state !== 'staging') throw new Error('expected staging');
+    // Cut off after block 3 of disk.img.
+    await writeBlocks(sender.imageFilesDir(v2), prep.filesDir, BLOCK, [{ path: 'disk.img', blocks: [3] }]);
+    const again = await target.prepareReceive(m2);
+    expect(again).toMatchObject({ state: 'staging', resumed: true, baseId: v1, filesDir: prep.filesDir, missingBytes: BLOCK + 19 });
+    expect(again.state === 'staging' && again.missing).toEqual([
+      { path: 'conf/new.cfg', size: 19, blocks: [0] },
+      { path: 'disk.img', size: 8 * BLOCK, blocks: [6] },
+    ]);
+    await writeBlocks(sender.imageFilesDir(v2), prep.filesDir, BLOCK, [{ path: 'conf/new.cfg', blocks: [0] }, { path: 'disk.img', blocks: [6] }]);
+    await corruptByte(join(prep.filesDir, 'disk.img'), 6 * BLOCK + 1);
+    expect(await target.commitStaged(v2)).toEqual({ ok: false, id: v2, bad: [{ path: 'disk.img', block: 6, reason: 'block hash mismatch' }] });
+    await writeBlocks(sender.imageFilesDir(v2), prep.filesDir, BLOCK, [{ path: 'disk.img', blocks: [6] }]);
+    expect(await target.commitStaged(v2)).toMatchObject({ ok: true, id: v2 });
+    expect(await target.verify(v2)).toEqual({ ok: true, id: v2 });
+  });
+
+  it('a base found damaged (quarantined) before the commit is no longer trusted: its blocks are asked for and verified', async () => {
+    const { sender, v1, v2 } = await twoVersions('d3');
+    const target = new ImageStore({ dir: join(root, 'target-d3'), keepVersions: 3 });
+    await target.start();
+    await target.receiveFromDir(await sender.getManifest(v1), sender.imageFilesDir(v1));
+    const prep = await target.prepareReceive(await sender.getManifest(v2));
+    if (prep.state !== 'staging') throw new Error('expected staging');
+    await writeBlocks(sender.imageFilesDir(v2), prep.filesDir, BLOCK, prep.missing);
+    await corruptByte(join(target.imageFilesDir(v1), 'disk.img'), 5 * BLOCK + 3);
+    expect(await target.verify(v1)).toMatchObject({ ok: false, quarantined: true });
+    const c = await target.commitStaged(v2);
+    expect(c.ok).toBe(false);
+    if (c.ok) return;
+    // Everything that was to come from the base: machine.vmx, empty-free blocks of disk.img.
+    expect(c.bad).toEqual([
+      { path: 'conf/machine.vmx', block: 0, reason: 'block hash mismatch' },
+      ...[0, 1, 2, 4, 5, 7].map((block) => ({ path: 'disk.img', block, reason: 'block hash mismatch' })),
+    ]);
+    await writeBlocks(sender.imageFilesDir(v2), prep.filesDir, BLOCK, [
+      { path: 'conf/machine.vmx', blocks: [0] },
+      { path: 'disk.img', blocks: [0, 1, 2, 4, 5, 7] },
+    ]);
+    expect(await target.commitStaged(v2)).toMatchObject({ ok: true, id: v2 });
+    expect(await target.verify(v2)).toEqual({ ok: true, id: v2 });
+  });
+
+  it('a base copy lost with the process, and a commit cut off by a crash, are taken up again by the next commit', async () => {
+    const { sender, v1, v2 } = await twoVersions('d4');
+    const dir = join(root, 'target-d4');
+    const t1 = new ImageStore({ dir, keepVersions: 3 });
+    await t1.start();
+    await t1.receiveFromDir(await sender.getManifest(v1), sender.imageFilesDir(v1));
+    const prep = await t1.prepareReceive(await sender.getManifest(v2));
+    if (prep.state !== 'staging') throw new Error('expected staging');
+    await writeBlocks(sender.imageFilesDir(v2), prep.filesDir, BLOCK, prep.missing);
+    await t1.stop();
+    const seedDir = join(prep.filesDir, '..', 'seed');
+    for (const e of await readdir(seedDir)) await rm(join(seedDir, e));
+    // The process also died in the middle of the commit (the folder under its private name).
+    const staged = prep.filesDir.slice(0, -'/files'.length);
+    await rename(staged, join(dir, 'staging', `.commit-${basename(staged)}`));
+    const t2 = new ImageStore({ dir, keepVersions: 3 });
+    await t2.start();
+    expect(await t2.status(v2)).toMatchObject({ state: 'staging' });
+    expect(await t2.commitStaged(v2)).toMatchObject({ ok: true, id: v2 });
+    expect(await t2.verify(v2)).toEqual({ ok: true, id: v2 });
+  });
+
+  it('receives the same delta concurrently (same process and two store instances)', async () => {
+    const { sender, v1, v2 } = await twoVersions('d5');
+    const dir = join(root, 'target-d5');
+    const t1 = new ImageStore({ dir, keepVersions: 3 });
+    const t2 = new ImageStore({ dir, keepVersions: 3 });
+    await t1.start();
+    await t2.start();
+    await t1.receiveFromDir(await sender.getManifest(v1), sender.imageFilesDir(v1));
+    const m2 = await sender.getManifest(v2);
+    const results = await Promise.all([
+      t1.receiveFromDir(m2, sender.imageFilesDir(v2)),
+      t2.receiveFromDir(m2, sender.imageFilesDir(v2)),
+      t1.receiveFromDir(m2, sender.imageFilesDir(v2)),
+      t2.receiveFromDir(m2, sender.imageFilesDir(v2)),
+    ]);
+    expect(results).toEqual([v2, v2, v2, v2]);
+    await Promise.all([t1.stop(), t2.stop()]);
+    expect(await t1.verify(v2)).toEqual({ ok: true, id: v2 });
+    const left = await readdir(join(dir, 'staging'));
+    expect(left, JSON.stringify(await Promise.all(left.map(async (e) => [e, await readdir(join(dir, 'staging', e)).catch(() => 'file')])))).toEqual([]);
+    expect((await readdir(join(dir, 'images'))).sort()).toEqual([v1, v2].sort());
+    expect(await readdir(join(dir, 'images', v2))).toEqual(['files', 'manifest.json']);
+  });
+});
+
+describe('spare copies (the next delta starts from a copy made while the store was idle)', () => {
+  it('keeps a verified spare of the newest received version; the next delta takes it instead of copying', async () => {
+    const { sender, v1, v2 } = await twoVersions('s1');
+    const target = new ImageStore({ dir: join(root, 'target-s1'), keepVersions: 3, spareMinBytes: 0, spareDelayMs: 0 });
+    await target.start();
+    await target.receiveFromDir(await sender.getManifest(v1), sender.imageFilesDir(v1));
+    const spare1 = join(target.dir, 'spare', v1);
+    await until('the spare of version 1', () => exists(spare1));
+    // One file per manifest entry, equal to the stored image's files.
+    const m1 = await target.getManifest(v1);
+    for (const [n, f] of m1.files.entries()) {
+      expect((await readFile(join(spare1, String(n)))).equals(await readFile(join(target.imageFilesDir(v1), f.path)))).toBe(true);
+    }
+    await target.receiveFromDir(await sender.getManifest(v2), sender.imageFilesDir(v2));
+    // The delta took the spare's files it needed (renamed, not copied; empty.log has no blocks)...
+    expect(await readdir(spare1).catch(() => [])).not.toContain('1');
+    expect(await target.verify(v2)).toEqual({ ok: true, id: v2 });
+    expect(await target.verify(v1)).toEqual({ ok: true, id: v1 });
+    // ... and version 2, now the newest, gets the spare; version 1's is gone.
+    await until('the spare of version 2', () => exists(join(target.dir, 'spare', v2)));
+    await target.stop();
+    expect(await readdir(join(target.dir, 'spare'))).toEqual([v2]);
+    // verify() checks the spare with the image: a damaged spare is dropped, the image stays.
+    const disk = (await target.getManifest(v2)).files.findIndex((f) => f.path === 'disk.img');
+    await corruptByte(join(target.dir, 'spare', v2, String(disk)), 5 * BLOCK);
+    expect(await target.verify(v2)).toEqual({ ok: true, id: v2 });
+    expect(await readdir(join(target.dir, 'spare'))).toEqual([]);
+    // Images below spareMinBytes get none.
+    const small = new ImageStore({ dir: join(root, 'target-s1b'), keepVersions: 3, spareMinBytes: 1024 * 1024 * 1024, spareDelayMs: 0 });
+    await small.start();
+    await small.receiveFromDir(await sender.getManifest(v1), sender.imageFilesDir(v1));
+    await new Promise((r) => setTimeout(r, 200));
+    await small.stop();
+    expect(await readdir(join(small.dir, 'spare'))).toEqual([]);
+  });
+
+  it('a received image damaged at rest is found while its spare is made, and quarantined', async () => {
+    const { sender, v1 } = await twoVersions('s2');
+    const target = new ImageStore({ dir: join(root, 'target-s2'), keepVersions: 3, spareMinBytes: 0, spareDelayMs: 300 });
+    await target.start();
+    await target.receiveFromDir(await sender.getManifest(v1), sender.imageFilesDir(v1));
+    await corruptByte(join(target.imageFilesDir(v1), 'disk.img'), 2 * BLOCK + 9);
+    await until('the quarantine of the damaged image', async () => !(await target.has(v1)));
+    await target.stop();
+    expect((await readdir(join(target.dir, 'quarantine'))).some((e) => e.startsWith(v1))).toBe(true);
+    expect(await readdir(join(target.dir, 'spare'))).toEqual([]);
+  });
+});
+
 describe('image store on a full disk (tmpfs)', () => {
   let mnt: string;
   beforeAll(async () => {
@@ -204,6 +418,51 @@ describe('image store on a full disk (tmpfs)', () => {
   });
   afterAll(async () => {
     if (mnt) await execa('umount', [mnt], { reject: false });
+  });
+
+  it('drops spare copies when an import needs their space', async () => {
+    const sender = new ImageStore({ dir: join(root, 'store8-sender'), keepVersions: 2, blockSize: BLOCK });
+    await sender.start();
+    const src = join(root, 'src8');
+    await makeSource(src, 2 * 1024 * 1024);
+    const id = await sender.import(src, 'zabbix');
+    const store = new ImageStore({ dir: join(mnt, 'store8'), keepVersions: 2, blockSize: BLOCK, spareMinBytes: 0, spareDelayMs: 0 });
+    await store.start();
+    await store.receiveFromDir(await sender.getManifest(id), sender.imageFilesDir(id));
+    await until('the spare', () => exists(join(store.dir, 'spare', id)));
+    // 8 MiB: image 2 + spare 2 leave 4 free; 5 fit only without the spare.
+    const big = join(root, 'src8-big');
+    await makeSource(big, 5 * 1024 * 1024);
+    await store.import(big, 'mysql');
+    await store.stop();
+    expect(await readdir(join(store.dir, 'spare'))).toEqual([]);
+    expect(await store.verify(id)).toEqual({ ok: true, id });
+    await rm(store.dir, { recursive: true, force: true });
+  });
+
+  it('a delta whose copy of the base runs out of space fails clearly at commit and leaves nothing behind', async () => {
+    const { sender, v1, v2 } = await twoVersions('f1');
+    const store = new ImageStore({ dir: join(mnt, 'store9'), keepVersions: 3 });
+    await store.start();
+    await store.receiveFromDir(await sender.getManifest(v1), sender.imageFilesDir(v1));
+    const prep = await store.prepareReceive(await sender.getManifest(v2));
+    if (prep.state !== 'staging') throw new Error('expected staging');
+    await writeBlocks(sender.imageFilesDir(v2), prep.filesDir, BLOCK, prep.missing);
+    await store.stop();
+    // The copy is lost (as with a crash) and the disk fills before the commit makes it again.
+    const seedDir = join(prep.filesDir, '..', 'seed');
+    for (const e of await readdir(seedDir)) await rm(join(seedDir, e));
+    await writeFile(join(mnt, 'filler'), Buffer.alloc(4 * 1024 * 1024, 1));
+    const again = new ImageStore({ dir: store.dir, keepVersions: 3 });
+    await again.start();
+    const e = await expectError(again.commitStaged(v2), 'DISK_FULL');
+    expect(e.message).toContain(store.dir);
+    expect(e.message).toContain('delta base');
+    expect(await readdir(join(store.dir, 'staging'))).toEqual([]);
+    expect(await again.has(v2)).toBe(false);
+    expect(await again.verify(v1)).toEqual({ ok: true, id: v1 });
+    await rm(join(mnt, 'filler'));
+    await rm(store.dir, { recursive: true, force: true });
   });
 
   it('refuses an import that does not fit, names the store and the bytes, and leaves nothing behind', async () => {
