@@ -39,11 +39,11 @@ export async function composeDepot(opts: ComposeOptions): Promise<FullDepot> {
   const store = new ImageStore({
     dir: config.store.dir,
     keepVersions: config.store.keepVersions,
-    blockBytes: config.store.blockBytes,
+    blockSize: config.store.blockBytes,
     spareCopies: config.store.spareCopies,
     ...(depotLog ? { logger: depotLog } : {}),
     pinned: () => containers?.containers.imagesInUse() ?? [],
-  } as ConstructorParameters<typeof ImageStore>[0]);
+  });
   await store.start();
   const depot = new Depot({
     ...opts,
