@@ -243,13 +243,16 @@ export class Membership {
    */
   tick(now: number, slackMs = 0): MembershipAction[] {
     const probeLimit = this.timing.suspectTimeoutMs + slackMs;
+    // A routine probe is a direct ping, then ping-req (each up to probeTimeoutMs, ping-req two),
+    // one after the other: it must be given that long before its silence counts as a failure.
+    const routineLimit = probeLimit + 3 * this.timing.probeTimeoutMs + slackMs;
     const out: MembershipAction[] = [];
     for (const m of [...this.members.values()]) {
       if (m.self) continue;
-      if (m.state === 'alive' && m.probe?.routine && now - m.probe.startedAt >= probeLimit) {
+      if (m.state === 'alive' && m.probe?.routine && now - m.probe.startedAt >= routineLimit) {
         // The daemon always reports; a probe this late counts as failed.
         m.probe = undefined;
-        out.push(...this.suspect(m, now, `routine probe unanswered for ${probeLimit} ms`));
+        out.push(...this.suspect(m, now, `routine probe unanswered for ${routineLimit} ms`));
       } else if (m.state === 'alive' && now - m.lastHeardAt > this.suspectAfterMs) {
         out.push(...this.suspect(m, now, `nothing heard for ${now - m.lastHeardAt} ms`));
       } else if (m.state === 'suspect') {

@@ -222,11 +222,11 @@ describe('Membership with routine probes (the defaults: SWIM)', () => {
     expect(kinds(m.probeResult(p!.peer, false, T0 + 1200, round.id))).toEqual([`${p!.peer.slice(8, 12)}:suspect->dead`, 'declare-dead']);
   });
 
-  it('a routine probe with no result within suspectTimeoutMs counts as failed', () => {
+  it('a routine probe with no result within suspectTimeoutMs plus its own three ping timeouts counts as failed', () => {
     const m = probing();
     const [p] = probesOf(m.tick(T0));
-    expect(m.tick(T0 + 1499).filter((a) => a.kind === 'transition')).toEqual([]);
-    expect(m.tick(T0 + 1500).filter((a) => a.kind === 'transition' && a.peer === p!.peer).map((a) => (a as { to: string }).to)).toEqual(['suspect']);
+    expect(m.tick(T0 + 2999).filter((a) => a.kind === 'transition')).toEqual([]);
+    expect(m.tick(T0 + 3000).filter((a) => a.kind === 'transition' && a.peer === p!.peer).map((a) => (a as { to: string }).to)).toEqual(['suspect']);
   });
 
   it('a lost connection is probed at once, not at its turn; a result of an older probe is ignored', () => {
@@ -246,9 +246,9 @@ describe('Membership with routine probes (the defaults: SWIM)', () => {
   it('a starved depot (slack from its own event-loop delay) gives probes longer before it blames the other', () => {
     const m = probing();
     const [p] = probesOf(m.tick(T0));
-    expect(m.tick(T0 + 1500, 2000).filter((a) => a.kind === 'transition')).toEqual([]);
-    expect(m.tick(T0 + 3499, 2000).filter((a) => a.kind === 'transition')).toEqual([]);
-    expect(m.tick(T0 + 3500, 2000).filter((a) => a.kind === 'transition' && a.peer === p!.peer).map((a) => (a as { to: string }).to)).toEqual(['suspect']);
+    expect(m.tick(T0 + 3000, 2000).filter((a) => a.kind === 'transition')).toEqual([]);
+    expect(m.tick(T0 + 6999, 2000).filter((a) => a.kind === 'transition')).toEqual([]);
+    expect(m.tick(T0 + 7000, 2000).filter((a) => a.kind === 'transition' && a.peer === p!.peer).map((a) => (a as { to: string }).to)).toEqual(['suspect']);
   });
 
   it('nothing heard at all for 3 refresh intervals (no heartbeat, no probe answer) still makes a depot suspect', () => {
