@@ -17,7 +17,7 @@ export const DISK_STEP = 0.02;
  * Host figures moved enough are gossiped at most this often. A busy host's load changes every
  * second, and a heartbeat for each change would make every busy cluster busier still.
  */
-export const FIGURES_MIN_INTERVAL_MS = 10_000;
+export const FIGURES_MIN_INTERVAL_MS = 30_000;
 
 export type HeartbeatChange = 'first' | 'incarnation' | 'content' | 'load' | 'memory' | 'disk';
 
