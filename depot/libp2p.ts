@@ -27,7 +27,7 @@ export type NavigatorNode = Libp2p<NodeServices>;
 
 /**
  * Gossipsub tuned for a LAN cluster whose traffic is a heartbeat per depot when its content
- * changes (and once a minute anyway), a few movement events, and deaths (measured with
+ * changes (and every 30 s anyway), a few movement events, and deaths (measured with
  * `npm run bench:gossip`, see its notes):
  * - floodPublish: the publisher sends to every subscriber it is connected to (with mDNS that is
  *   everyone), so a heartbeat arrives in one hop.

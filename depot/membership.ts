@@ -48,7 +48,7 @@ export interface MembershipTiming {
 
 export const DEFAULT_TIMING: MembershipTiming = {
   heartbeatMs: 1000,
-  heartbeatRefreshMs: 60_000,
+  heartbeatRefreshMs: 30_000,
   probeIntervalMs: 1000,
   suspectAfterMissed: 3,
   probeTimeoutMs: 500,

@@ -71,6 +71,8 @@ export interface ShipperOptions {
   requestsInFlight: number;
   /** SSH connections per transfer, each with its own SFTP session writing different blocks (config.ship.connections, default 2). */
   connections?: number;
+  /** Sends smaller than this use the first connection only (default 64 MiB). */
+  singleConnectionBytes?: number;
   /** Bytes per SFTP write request (default 256 KiB - OpenSSH's sftp-server accepts up to 255 KiB + header; see below). */
   chunkBytes?: number;
   /** A transfer with requests in flight and no reply for this long is failed (default 30 s). */
@@ -121,6 +123,9 @@ const DEFAULT_CHUNK = 261_120;
 const DEFAULT_CONNECTIONS = 2;
 // Largest WRITE header: fixed fields and an SFTP handle (at most 256 bytes by the protocol).
 const RAW_HEADER_MAX = 25 + 256;
+/** Sends smaller than this use the first connection only. */
+const SINGLE_CONNECTION_BYTES = 64 * 1024 * 1024;
+
 /** Packet recycling counts of the connections this module opened (tests check the pool is used). */
 export const senderStats = new WeakMap<Client, SenderStats>();
 
@@ -194,7 +199,10 @@ export class Shipper {
       );
       const c0 = Date.now();
       if (extra) {
-        conns.push(...(await extra));
+        // A small send (a delta, the end of a resume) is done on one connection before a second
+        // login would even finish: do not wait for the others, close them when they arrive.
+        if (prep.missingBytes >= (this.opts.singleConnectionBytes ?? SINGLE_CONNECTION_BYTES)) conns.push(...(await extra));
+        else void extra.then((cs) => cs.forEach((c) => c.end()));
         extra = undefined;
       }
       const lanes = await Promise.all(conns.map(async (conn) => ({ conn, sftp: await sftpOf(conn) })));

@@ -43,7 +43,7 @@ export const NetworkSection = z
 export const MembershipSection = z
   .object({
     heartbeatMs: ms(1000, 'How often a depot samples its heartbeat (resources, images, containers) and gossips it if it changed'),
-    heartbeatRefreshMs: ms(60_000, 'Longest time between two heartbeats of a depot, changed or not'),
+    heartbeatRefreshMs: ms(30_000, 'Longest time between two heartbeats of a depot, changed or not (also bounds how long a lost one leaves a view stale)'),
     probeIntervalMs: z.number().int().nonnegative().default(1000).describe('Each depot probes one other depot per interval, round-robin (SWIM); 0 turns routine probes off'),
     suspectAfterMissed: z.number().int().min(1).default(3).describe('Refresh intervals with nothing heard from a depot (no heartbeat, no probe answer) before it is suspect and probed'),
     probeTimeoutMs: ms(500, 'Timeout of one direct or indirect ping'),

@@ -31,6 +31,8 @@ function shipper(extra: Partial<ConstructorParameters<typeof Shipper>[0]> = {}):
     ssh: { user: sshd.user, keyFile: sshd.userKeyFile, knownHostsFile: sshd.knownHostsFile },
     requestsInFlight: 16,
     stallTimeoutMs: 10_000,
+    // The test images are a few MiB: use every connection anyway (the default keeps small sends on one).
+    singleConnectionBytes: 0,
     ...extra,
   });
 }
@@ -102,11 +104,16 @@ describe('image shipping over SFTP', { timeout: 60_000 }, () => {
     expect(again).toMatchObject({ kind: 'present', bytesSent: 0 });
   });
 
-  it('spreads the blocks over several connections, small requests and one connection alike', async () => {
-    for (const extra of [{ connections: 3, requestsInFlight: 4, chunkBytes: 48 * 1024 }, { connections: 1 }]) {
+  it('spreads the blocks over several connections, small requests and one connection alike; a small send uses one', async () => {
+    const cases = [
+      { opts: { connections: 3, requestsInFlight: 4, chunkBytes: 48 * 1024 }, used: 3 },
+      { opts: { connections: 1 }, used: 1 },
+      { opts: { connections: 3, singleConnectionBytes: 64 * 1024 * 1024 }, used: 1 }, // a small send: no waiting for more logins
+    ];
+    for (const { opts: extra, used } of cases) {
       const target = await newTarget();
       const r = await shipper(extra).ship(v1, localShipTarget(target, sshd.host, sshd.port));
-      expect(r).toMatchObject({ kind: 'full', connections: extra.connections, bytesSent: DISK + EXTRA, rounds: 1 });
+      expect(r).toMatchObject({ kind: 'full', connections: used, bytesSent: DISK + EXTRA, rounds: 1 });
       expect((await readFile(join(target.imageFilesDir(v1), 'disk.img'))).equals(await readFile(join(sender.imageFilesDir(v1), 'disk.img')))).toBe(true);
     }
   });

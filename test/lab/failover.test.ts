@@ -68,6 +68,8 @@ async function pidOf(l: Lab, host: string, marker: string): Promise<number | und
 describe('failover lab', () => {
   it('service crash is restarted in place; standby loss is replaced; a wrong-key host is ignored; switchover; primary power loss fails over', async () => {
     const { c, prober, arp } = await setup(5, 1);
+    // Bootstrap returns when w1 sees the service protected; w2's view follows by gossip.
+    await waitFor(async () => (await placement(c, 'w2')).standbys.length === 1, 5000, 'w2 to see the standby');
     const before = await placement(c, 'w2');
     expect(before.primary).toBe('w1');
     expect(before.standbys).toHaveLength(1);
@@ -188,6 +190,7 @@ describe('failover lab', () => {
 
   it('primary and a standby lost within 1 s of each other (2 standbys): the service survives', async () => {
     const { c, prober, arp } = await setup(5, 2);
+    await waitFor(async () => (await placement(c, 'w2')).standbys.length === 2, 5000, 'w2 to see both standbys');
     const before = await placement(c, 'w2');
     expect(before.standbys).toHaveLength(2);
     const [lost, survivor] = before.standbys as [string, string];

@@ -8,7 +8,7 @@ import type { HeartbeatMessage } from '../../shared/wire.ts';
 // machine's invariants are checked. "Clean" runs (no loss, no false reports) also check the
 // timing promises: a live depot is never suspected, a crashed one is dead in bounded time.
 // Two modes: 'heartbeats' (routine probes off, liveness from heartbeats every second) and
-// 'probes' (the defaults: heartbeats once a minute, one routine probe a second, a dropped
+// 'probes' (heartbeats once a minute here, one routine probe a second, a dropped
 // connection probed at once).
 
 function mulberry32(seed: number): () => number {
