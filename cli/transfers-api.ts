@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { NavigatorError } from '../shared/errors.ts';
+import { getDepotJson } from './depot-http.ts';
 import type { TransferInfo } from '../pilot/transfers.ts';
 import type { ProgressItem } from './progress.ts';
 
@@ -41,28 +41,8 @@ export type StagingEntry = z.infer<typeof StagingEntry>;
  * version) has none to show; any other failure is an error naming the URL.
  */
 export async function fetchTransfers(api: string, timeoutMs = 5000): Promise<TransferRow[]> {
-  const url = `${api.replace(/\/+$/, '')}/api/transfers`;
-  let res: Response;
-  try {
-    res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-  } catch (err) {
-    const cause = (err as Error & { cause?: Error }).cause;
-    throw new NavigatorError('COMMAND_FAILED', `cannot reach the depot at ${url}: ${cause?.message ?? (err as Error).message}`);
-  }
-  if (res.status === 404) return [];
-  if (!res.ok) throw new NavigatorError('COMMAND_FAILED', `${url} answered HTTP ${res.status}`);
-  let body: unknown;
-  try {
-    body = await res.json();
-  } catch {
-    throw new NavigatorError('MESSAGE_INVALID', `${url} did not return JSON`);
-  }
-  const parsed = TransfersBody.safeParse(body);
-  if (!parsed.success) {
-    const i = parsed.error.issues[0];
-    throw new NavigatorError('MESSAGE_INVALID', `${url} did not return a transfer list${i ? ` (${i.path.join('.') || 'top level'}: ${i.message})` : ''}`);
-  }
-  return parsed.data.transfers.filter(isActive);
+  const body = await getDepotJson(api, '/api/transfers', TransfersBody, { what: 'a transfer list', timeoutMs, whenMissing: { transfers: [] } });
+  return body.transfers.filter(isActive);
 }
 
 export function isActive(t: TransferRow): boolean {

@@ -1,6 +1,7 @@
 import * as lp from 'it-length-prefixed';
 import { peerIdFromString } from '@libp2p/peer-id';
 import type { Stream } from '@libp2p/interface';
+import type { z } from 'zod';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Logger } from '../shared/logger.ts';
 import { HeartbeatMessage, MembersResponse, PROTOCOLS, ProbeProtocolRequest, ProbeResponse, decodeMessage, encodeMessage, type ProbeRequest } from '../shared/wire.ts';
@@ -76,39 +77,14 @@ export class Prober {
   /** Ask `via` to ping `target` for us (SWIM ping-req). */
   async pingVia(via: string, target: string): Promise<boolean> {
     const t = this.opts.probeTimeoutMs;
-    const signal = AbortSignal.timeout(t * 2 + this.lagAllowanceMs());
-    let stream: Stream | undefined;
-    try {
-      stream = await this.opts.node.dialProtocol(peerIdFromString(via), PROTOCOLS.probe, { signal });
-      const req: ProbeRequest = { type: 'ping-req', target, timeoutMs: t };
-      await stream.sink([lp.encode.single(encodeMessage(req, MAX_PROBE_FRAME))]);
-      const frame = await readFrame(stream, signal);
-      if (!frame) return false;
-      const r = decodeMessage(ProbeResponse, frame, MAX_PROBE_FRAME);
-      await stream.close().catch(() => {});
-      return r.ok && r.value.target === target && r.value.ok;
-    } catch {
-      stream?.abort(new Error('ping-req failed'));
-      return false;
-    }
+    const req: ProbeRequest = { type: 'ping-req', target, timeoutMs: t };
+    const r = await this.request(via, req, ProbeResponse, MAX_PROBE_FRAME, t * 2 + this.lagAllowanceMs());
+    return r?.target === target && r.ok;
   }
 
   /** Ask `peer` which depots it knows (join sync); undefined on failure. */
   async members(peer: string, timeoutMs = 3000): Promise<MembersResponse['members'] | undefined> {
-    const signal = AbortSignal.timeout(timeoutMs);
-    let stream: Stream | undefined;
-    try {
-      stream = await this.opts.node.dialProtocol(peerIdFromString(peer), PROTOCOLS.probe, { signal });
-      await stream.sink([lp.encode.single(encodeMessage({ type: 'members' }, MAX_PROBE_FRAME))]);
-      const frame = await readFrame(stream, signal, MAX_MEMBERS_FRAME);
-      await stream.close().catch(() => {});
-      if (!frame) return undefined;
-      const r = decodeMessage(MembersResponse, frame, MAX_MEMBERS_FRAME);
-      return r.ok ? r.value.members : undefined;
-    } catch {
-      stream?.abort(new Error('members request failed'));
-      return undefined;
-    }
+    return (await this.request(peer, { type: 'members' }, MembersResponse, MAX_MEMBERS_FRAME, timeoutMs))?.members;
   }
 
   /**
@@ -116,19 +92,24 @@ export class Prober {
    * names another depot is a lie and is refused; undefined on any failure.
    */
   async heartbeatOf(peer: string, timeoutMs = 3000): Promise<HeartbeatMessage | undefined> {
+    const hb = await this.request(peer, { type: 'heartbeat' }, HeartbeatMessage, this.opts.maxHeartbeatBytes ?? MAX_MEMBERS_FRAME, timeoutMs);
+    return hb?.peerId === peer ? hb : undefined;
+  }
+
+  /** One request/answer on PROTOCOLS.probe: the answer checked against `schema`, undefined on any failure. */
+  private async request<T>(peer: string, req: ProbeProtocolRequest, schema: z.ZodType<T>, maxFrame: number, timeoutMs: number): Promise<T | undefined> {
     const signal = AbortSignal.timeout(timeoutMs);
-    const max = this.opts.maxHeartbeatBytes ?? MAX_MEMBERS_FRAME;
     let stream: Stream | undefined;
     try {
       stream = await this.opts.node.dialProtocol(peerIdFromString(peer), PROTOCOLS.probe, { signal });
-      await stream.sink([lp.encode.single(encodeMessage({ type: 'heartbeat' }, MAX_PROBE_FRAME))]);
-      const frame = await readFrame(stream, signal, max);
+      await stream.sink([lp.encode.single(encodeMessage(req, MAX_PROBE_FRAME))]);
+      const frame = await readFrame(stream, signal, maxFrame);
       await stream.close().catch(() => {});
       if (!frame) return undefined;
-      const r = decodeMessage(HeartbeatMessage, frame, max);
-      return r.ok && r.value.peerId === peer ? r.value : undefined;
+      const r = decodeMessage(schema, frame, maxFrame);
+      return r.ok ? r.value : undefined;
     } catch {
-      stream?.abort(new Error('heartbeat request failed'));
+      stream?.abort(new Error(`${req.type} request failed`));
       return undefined;
     }
   }

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { NavigatorError } from '../../shared/errors.ts';
+import { getDepotJson, type BodyCheck } from '../depot-http.ts';
 import { formatRanking, rankHosts, type PlacementCandidate, type PlacementRequirements, type PlacementResult } from '../../pilot/placement.ts';
 
 // `navigator placement --service NAME`: where the next copy of a service would go, and why.
@@ -61,28 +62,13 @@ export function depotsToCandidates(rows: DepotRowForPlacement[]): PlacementCandi
   }));
 }
 
+/** /api/depots as the depot serves it ({ depots: [...] }) or a bare list of rows. */
+const DepotRows: BodyCheck<DepotRowForPlacement[]> = {
+  safeParse: (body) => (Array.isArray(body) ? DepotList.safeParse(body) : DepotsObject.transform((o) => o.depots).safeParse(body)),
+};
+
 export async function fetchDepotRows(api: string, timeoutMs = 5000): Promise<DepotRowForPlacement[]> {
-  const url = `${api.replace(/\/+$/, '')}/api/depots`;
-  let res: Response;
-  try {
-    res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-  } catch (err) {
-    const cause = (err as Error & { cause?: Error }).cause;
-    throw new NavigatorError('COMMAND_FAILED', `cannot reach the depot at ${url}: ${cause?.message ?? (err as Error).message} (is the depot running? use --api URL)`);
-  }
-  if (!res.ok) throw new NavigatorError('COMMAND_FAILED', `${url} answered HTTP ${res.status}`);
-  let body: unknown;
-  try {
-    body = await res.json();
-  } catch {
-    throw new NavigatorError('MESSAGE_INVALID', `${url} did not return JSON`);
-  }
-  const parsed = Array.isArray(body) ? DepotList.safeParse(body) : DepotsObject.transform((o) => o.depots).safeParse(body);
-  if (!parsed.success) {
-    const i = parsed.error.issues[0];
-    throw new NavigatorError('MESSAGE_INVALID', `${url} did not return a depot list${i ? ` (${i.path.join('.') || 'top level'}: ${i.message})` : ''}`);
-  }
-  return parsed.data;
+  return getDepotJson(api, '/api/depots', DepotRows, { what: 'a depot list', timeoutMs });
 }
 
 export interface PlacementCommandOptions {

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
-import { NavigatorError, errorMessage } from '../../shared/errors.ts';
+import { errorMessage } from '../../shared/errors.ts';
+import { getDepotJson, type BodyCheck } from '../depot-http.ts';
 import type { DepotsResponse, DepotRow } from '../../web/depot-api.ts';
 import { noColour, stdoutPainter, type Painter, type Style } from '../colour.ts';
 import { renderTable, type Cell } from '../table.ts';
@@ -12,18 +13,16 @@ import { depotOf, fetchTransfers, imageNames, shortId, stagingNotShipped, type T
 
 export const DEFAULT_API = 'http://127.0.0.1:7480';
 
+/** /api/depots, checked only as far as status needs: a `depots` list (rows are printed defensively). */
+const DepotsBody: BodyCheck<DepotsResponse> = {
+  safeParse: (body) =>
+    typeof body === 'object' && body !== null && Array.isArray((body as DepotsResponse).depots)
+      ? { success: true, data: body as DepotsResponse }
+      : { success: false, error: { issues: [{ path: ['depots'], message: 'expected a list' }] } },
+};
+
 export async function fetchDepots(api: string, timeoutMs = 5000): Promise<DepotsResponse> {
-  const url = `${api.replace(/\/+$/, '')}/api/depots`;
-  let res: Response;
-  try {
-    res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-  } catch (err) {
-    throw new NavigatorError('COMMAND_FAILED', `cannot reach the depot at ${url}: ${(err as Error).cause ? String(((err as Error).cause as Error).message ?? (err as Error).cause) : (err as Error).message} (is \`navigator depot run\` running? use --api URL)`);
-  }
-  if (!res.ok) throw new NavigatorError('COMMAND_FAILED', `${url} answered HTTP ${res.status}`);
-  const body = (await res.json()) as DepotsResponse;
-  if (!body || !Array.isArray(body.depots)) throw new NavigatorError('COMMAND_FAILED', `${url} did not return a depot list`);
-  return body;
+  return getDepotJson(api, '/api/depots', DepotsBody, { what: 'a depot list', timeoutMs });
 }
 
 function gib(bytes: number | null): string {

@@ -81,19 +81,7 @@ export async function startSshd(opts: StartSshdOptions = {}): Promise<TestSshd> 
     for (let attempt = 0; ; attempt++) {
       const port = await freePort();
       const config = [
-        `Port ${port}`,
-        'ListenAddress 127.0.0.1',
-        `HostKey ${hostKey}`,
-        `PidFile ${join(dir, 'sshd.pid')}`,
-        `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
-        'PasswordAuthentication no',
-        'KbdInteractiveAuthentication no',
-        'PubkeyAuthentication yes',
-        'PermitRootLogin prohibit-password',
-        'StrictModes no',
-        'UsePAM no',
-        'Subsystem sftp internal-sftp',
-        'LogLevel ERROR',
+        ...sshdConfig({ port, listen: '127.0.0.1', hostKey, pidFile: join(dir, 'sshd.pid'), authorizedKeys: join(dir, 'authorized_keys'), logLevel: 'ERROR' }),
         ...(opts.extraConfig ?? []),
       ];
       const configFile = join(dir, 'sshd_config');
@@ -154,4 +142,23 @@ export async function startSshd(opts: StartSshdOptions = {}): Promise<TestSshd> 
     await rm(dir, { recursive: true, force: true });
     throw err;
   }
+}
+
+/** sshd_config lines of a test sshd: key login only, SFTP in-process, no PAM (loopback and lab namespaces). */
+export function sshdConfig(o: { port: number; listen: string; hostKey: string; pidFile: string; authorizedKeys: string; logLevel: 'ERROR' | 'INFO' }): string[] {
+  return [
+    `Port ${o.port}`,
+    `ListenAddress ${o.listen}`,
+    `HostKey ${o.hostKey}`,
+    `PidFile ${o.pidFile}`,
+    `AuthorizedKeysFile ${o.authorizedKeys}`,
+    'PasswordAuthentication no',
+    'KbdInteractiveAuthentication no',
+    'PubkeyAuthentication yes',
+    'PermitRootLogin prohibit-password',
+    'StrictModes no',
+    'UsePAM no',
+    'Subsystem sftp internal-sftp',
+    `LogLevel ${o.logLevel}`,
+  ];
 }

@@ -12,11 +12,11 @@ import { imagesPart } from '../../depot/images-part.ts';
 import { ImageShipping } from '../../pilot/shipping.ts';
 import type { TransferInfo } from '../../pilot/transfers.ts';
 import { parseConfig, type Config } from '../../shared/config.ts';
-import { isNavigatorError, type NavigatorError } from '../../shared/errors.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import type { DepotsResponse } from '../../web/depot-api.ts';
 import { startSshd, type TestSshd } from '../helpers/sshd.ts';
 import { waitFor } from '../helpers/depot-procs.ts';
+import { failure } from '../helpers/failure.ts';
 
 // The control side of image shipping between real depots on loopback, each receiver with its own
 // OpenSSH sshd: image.prepare/commit/abort over /navigator/control/1 (params checked), the sshPort
@@ -69,16 +69,6 @@ async function startNode(name: string, sshPort: number, bootstrap: string[], shi
   const n = { depot, part: part!, store, config };
   nodes.push(n);
   return n;
-}
-
-async function failure(p: Promise<unknown>): Promise<NavigatorError> {
-  try {
-    await p;
-  } catch (err) {
-    if (isNavigatorError(err)) return err;
-    throw err;
-  }
-  throw new Error('expected a failure, it succeeded');
 }
 
 async function getJson<T>(node: Node, path: string): Promise<T> {

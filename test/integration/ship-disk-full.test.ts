@@ -5,9 +5,9 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageStore } from '../../depot/image-store.ts';
-import { isNavigatorError, type NavigatorError } from '../../shared/errors.ts';
 import { Shipper, localShipTarget, type ShipTarget } from '../../pilot/ship.ts';
 import { startSshd, type TestSshd } from '../helpers/sshd.ts';
+import { failure } from '../helpers/failure.ts';
 
 // The target depot's disk fills up: a small tmpfs holds its image store.
 const BLOCK = 128 * 1024;
@@ -16,16 +16,6 @@ let mnt: string | undefined;
 let sshd: TestSshd;
 let sender: ImageStore;
 let id: string;
-
-async function failure(p: Promise<unknown>): Promise<NavigatorError> {
-  try {
-    await p;
-  } catch (err) {
-    if (isNavigatorError(err)) return err;
-    throw err;
-  }
-  throw new Error('expected a failure, it succeeded');
-}
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'nav-ship-full-'));

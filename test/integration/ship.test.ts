@@ -6,12 +6,12 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ImageStore } from '../../depot/image-store.ts';
-import { isNavigatorError, type NavigatorError } from '../../shared/errors.ts';
 import { TokenBucket } from '../../pilot/bandwidth.ts';
 import { Prestager } from '../../pilot/prestage.ts';
 import { Shipper, localShipTarget, senderStats, type ShipTarget } from '../../pilot/ship.ts';
 import { rawSftpWriter } from '../../pilot/sftp-write.ts';
 import { startSshd, type TestSshd } from '../helpers/sshd.ts';
+import { failure } from '../helpers/failure.ts';
 
 // Image shipping against a real OpenSSH sshd on a loopback port.
 const BLOCK = 128 * 1024;
@@ -41,16 +41,6 @@ async function newTarget(): Promise<ImageStore> {
   const t = new ImageStore({ dir: join(root, `target-${++n}`), keepVersions: 3 });
   await t.start();
   return t;
-}
-
-async function failure(p: Promise<unknown>): Promise<NavigatorError> {
-  try {
-    await p;
-  } catch (err) {
-    if (isNavigatorError(err)) return err;
-    throw err;
-  }
-  throw new Error('expected a failure, it succeeded');
 }
 
 beforeAll(async () => {

@@ -2,6 +2,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Lab, LabProcess } from './lab.ts';
+import { sshdConfig } from '../helpers/sshd.ts';
 
 // A real OpenSSH sshd in each workstation namespace of the lab, on the host's own address and
 // port 22, for image shipping between lab depots. One user key (the depots' shipping key,
@@ -41,21 +42,14 @@ export async function startLabSshds(lab: Lab, hosts: readonly string[]): Promise
     const configFile = join(dir, `sshd_${host}.config`);
     await writeFile(
       configFile,
-      [
-        'Port 22',
-        `ListenAddress ${lab.host(host).ip}`,
-        `HostKey ${hostKey}`,
-        `PidFile ${join(dir, `sshd_${host}.pid`)}`,
-        `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
-        'PasswordAuthentication no',
-        'KbdInteractiveAuthentication no',
-        'PubkeyAuthentication yes',
-        'PermitRootLogin prohibit-password',
-        'StrictModes no',
-        'UsePAM no',
-        'Subsystem sftp internal-sftp',
-        'LogLevel INFO',
-      ].join('\n') + '\n',
+      sshdConfig({
+        port: 22,
+        listen: lab.host(host).ip,
+        hostKey,
+        pidFile: join(dir, `sshd_${host}.pid`),
+        authorizedKeys: join(dir, 'authorized_keys'),
+        logLevel: 'INFO',
+      }).join('\n') + '\n',
     );
     const p = lab.spawn(host, ['/usr/sbin/sshd', '-D', '-e', '-f', configFile], { name: 'sshd' });
     await p.waitForLine(/Server listening on/, 10_000);
