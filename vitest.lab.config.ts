@@ -6,6 +6,7 @@ import { LAB_TESTS } from './vitest.config.ts';
 export default defineConfig({
   test: {
     include: LAB_TESTS,
+    globalSetup: ['test/helpers/build-global-setup.ts'],
     pool: 'forks',
     fileParallelism: false,
     testTimeout: 240_000,

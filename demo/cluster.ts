@@ -5,7 +5,7 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { stringify } from 'yaml';
 import { loadOrCreateIdentity } from '../depot/identity.ts';
 import { makeSwarmKey } from '../depot/swarm-key.ts';
-import { depotArgv } from '../depot/runtime-flags.ts';
+import { DEPOT_ENV, depotArgv } from '../depot/runtime-flags.ts';
 import { ImageStore } from '../depot/image-store.ts';
 import { silentLogger } from '../shared/logger.ts';
 import { NavigatorError } from '../shared/errors.ts';
@@ -102,6 +102,7 @@ export class DemoCluster {
     const p = this.net.spawn(h, {
       argv: depotArgv(process.execPath, join(REPO_ROOT, 'bin/navigator.mjs'), ['--config', this.configFile(h)]),
       env: {
+        ...DEPOT_ENV,
         [DEMO_ENV]: this.id,
         [HOST_ENV]: h.name,
         // Read by the sample service's programs (demo/service/*.ts) in the containers.

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { REPO_ROOT } from '../shared/repo-root.ts';
 import { stringify } from 'yaml';
 import { ContainerManifest } from '../depot/drivers/process.ts';
 
@@ -10,7 +10,7 @@ import { ContainerManifest } from '../depot/drivers/process.ts';
 // only while the copy is primary (`primary:` commands). The programs are demo/service/*.ts of
 // this checkout; the image holds the manifest, the database init file and the password file.
 
-export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+export { REPO_ROOT };
 export const SERVICE = 'monitor';
 export const MONITOR_PORT = 8080;
 export const DB_NAME = 'navdemo';

@@ -72,6 +72,8 @@ const LEFT_FLUSH_MS = 250;
 
 /** How often the gossip streams of every connection are checked (gossip-links.ts). */
 const LINK_CHECK_MS = 2000;
+/** Longest time this depot's own address list is reused (it is also dropped when libp2p changes it). */
+const ADDRESSES_TTL_MS = 10_000;
 /** How long a connection may lack its gossip streams (set-up included) before it is closed. */
 const LINK_GRACE_MS = 15_000;
 /** A depot still dead this long after the verdict has its connections closed. */
@@ -109,6 +111,10 @@ export class Depot {
   private syncTimer: TimerHandle | undefined;
   private unhealthyLinks = new Map<string, number>();
   private readonly lastDial = new Map<string, number>();
+  /** Peers with at least one open connection (libp2p peer:connect / peer:disconnect). */
+  private readonly connectedPeers = new Set<string>();
+  private bootstrapPeers: Array<{ peerId: string; addresses: string[] }> | undefined;
+  private addressCache: { at: number; list: string[] } | undefined;
   private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
 
   constructor(private readonly opts: DepotOptions) {
@@ -213,10 +219,17 @@ export class Depot {
         ownHeartbeat: () => this._heartbeat?.latest(),
         maxHeartbeatBytes: t.maxMessageBytes,
       });
-      node.addEventListener('peer:connect', (evt) => this.onPeerConnect(evt.detail.toString()));
-      node.addEventListener('peer:disconnect', (evt) => {
-        if (this.state !== 'running') return;
+      node.addEventListener('self:peer:update', () => (this.addressCache = undefined));
+      node.addEventListener('peer:connect', (evt) => {
         const peer = evt.detail.toString();
+        this.connectedPeers.add(peer);
+        this.onPeerConnect(peer);
+      });
+      node.addEventListener('peer:disconnect', (evt) => {
+        const peer = evt.detail.toString();
+        this.connectedPeers.delete(peer);
+        this._prober?.connectionClosed(peer);
+        if (this.state !== 'running') return;
         this.apply(this.membership.connectionLost(peer, this.clock.now()));
         // Keep the cluster fully connected (heartbeats go out in one hop): dial a depot that is
         // still alive again after a moment; one that died is never dialled again.
@@ -243,7 +256,7 @@ export class Depot {
         maxMessageBytes: t.maxMessageBytes,
         storeDir: cfg.store.dir,
         httpPort: () => this._http?.port,
-        addresses: () => announceable(node.getMultiaddrs().map((a) => a.toString())),
+        addresses: () => this.ownAddresses(node),
         onLocal: (hb) => this.membership.observeHeartbeat(hb, this.clock.now()),
       });
       for (const p of this.pendingProviders.splice(0)) this._heartbeat.addContentProvider(p);
@@ -354,16 +367,31 @@ export class Depot {
     this.metrics.gossipPublishedBytes.inc({ topic }, bytes.byteLength);
   }
 
+  /**
+   * This depot's announceable libp2p addresses. libp2p recomputes them (parsing every listen
+   * address) on each call, and the heartbeat asks every second: kept until libp2p reports a
+   * change of its own addresses, or for ADDRESSES_TTL_MS.
+   */
+  private ownAddresses(node: NavigatorNode): string[] {
+    const now = this.clock.now();
+    if (!this.addressCache || now - this.addressCache.at >= ADDRESSES_TTL_MS) {
+      this.addressCache = { at: now, list: announceable(node.getMultiaddrs().map((a) => a.toString())) };
+    }
+    return this.addressCache.list;
+  }
+
   private redialBootstrap(): void {
     if (this.state !== 'running') return;
-    for (const a of this.config.network.bootstrap) {
+    // Parsed once: a bootstrap list can name every other depot.
+    this.bootstrapPeers ??= this.config.network.bootstrap.flatMap((a) => {
       try {
         const peerId = multiaddr(a).getPeerId();
-        if (peerId) this.dialIfUnconnected({ peerId, addresses: [a] });
+        return peerId ? [{ peerId, addresses: [a] }] : [];
       } catch {
-        // an invalid address was already reported by the bootstrap module
+        return []; // an invalid address was already reported by the bootstrap module
       }
-    }
+    });
+    for (const b of this.bootstrapPeers) this.dialIfUnconnected(b);
   }
 
   private tick(): void {
@@ -459,7 +487,8 @@ export class Depot {
   /** Heard of a depot we have no connection to (it came through a third one): connect to it. */
   private dialIfUnconnected(hb: { peerId: string; addresses: string[]; name?: string }): void {
     const node = this._node;
-    if (!node || this.state !== 'running' || hb.peerId === node.peerId.toString()) return;
+    // Checked first, by string: this runs for every heartbeat heard, nearly always of a connected peer.
+    if (!node || this.state !== 'running' || this.connectedPeers.has(hb.peerId) || hb.peerId === node.peerId.toString()) return;
     const now = this.clock.now();
     if (hb.addresses.length === 0 || now - (this.lastDial.get(hb.peerId) ?? -Infinity) < REDIAL_MS) return;
     let peer;

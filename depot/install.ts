@@ -1,9 +1,9 @@
 import { access, mkdir, rm, writeFile, chown, readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join, dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import type { Logger } from '../shared/logger.ts';
+import { REPO_ROOT } from '../shared/repo-root.ts';
 import { renderUnit, UNIT_NAME } from './systemd-unit.ts';
 import { renderDefaultConfig } from '../shared/config-file.ts';
 import { makeSwarmKey, readSwarmKey } from './swarm-key.ts';
@@ -26,7 +26,7 @@ export interface InstallOptions {
   logger: Logger;
 }
 
-const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const REPO = REPO_ROOT;
 
 function under(root: string, path: string): string {
   return root === '/' ? path : join(root, path);
@@ -100,6 +100,12 @@ export async function installDepot(o: InstallOptions): Promise<InstallResult> {
     await chown(configTarget, 0, owner.gid);
     created.push(o.configPath);
   }
+
+  // The unit runs the bundled build (bin/build.mjs); under ProtectSystem=strict the depot cannot
+  // write one itself, so it is made now, as the installing user.
+  const build = await execa(process.execPath, [join(REPO, 'bin', 'build.mjs')], { reject: false });
+  if (build.exitCode === 0) log.info({ event: 'build-ready', detail: String(build.stdout).trim() }, 'bundled build ready');
+  else log.warn({ event: 'build-failed', err: String(build.stderr).trim().slice(0, 500) }, 'no bundled build: the depot will compile its TypeScript at start (more memory)');
 
   const unitPath = `/etc/systemd/system/${UNIT_NAME}`;
   await mkdir(under(o.root, dirname(unitPath)), { recursive: true });

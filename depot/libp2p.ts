@@ -4,7 +4,6 @@ import { memory } from '@libp2p/memory';
 import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
 import { identify } from '@libp2p/identify';
-import { ping, type PingService } from '@libp2p/ping';
 import { mdns } from '@libp2p/mdns';
 import { bootstrap } from '@libp2p/bootstrap';
 import { preSharedKey } from '@libp2p/pnet';
@@ -14,12 +13,11 @@ import type { Identify } from '@libp2p/identify';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 
 // The one place a libp2p node is composed: TCP (or the in-process memory transport for large
-// simulations), the private-network protector, Noise, Yamux, identify, ping and gossipsub with
+// simulations), the private-network protector, Noise, Yamux, identify and gossipsub with
 // strict signing. Every other part receives the running node and registers its own protocols.
 
 export type NodeServices = {
   identify: Identify;
-  ping: PingService;
   pubsub: PubSub;
 };
 
@@ -90,7 +88,9 @@ export async function createNode(opts: CreateNodeOptions): Promise<NavigatorNode
     transports: [opts.transport === 'memory' ? memory() : tcp()],
     connectionProtector: preSharedKey({ psk: opts.swarmKey }),
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    // No Yamux keep-alive pings (one per connection every 30 s): the membership's probes already
+    // ping every peer, and a connection whose peer stops answering is closed after it is dead.
+    streamMuxers: [yamux({ enableKeepAlive: false })],
     peerDiscovery,
     connectionManager: {
       maxConnections: opts.maxConnections ?? 300,
@@ -103,10 +103,10 @@ export async function createNode(opts: CreateNodeOptions): Promise<NavigatorNode
     // The membership's probes check every depot (one per second, round-robin, and at once when
     // a connection drops) and close a connection whose ping fails; libp2p's own monitor would
     // ping every connection every 10 s on top of that (31 pings a second on a 32-depot cluster).
+    // The ping protocol itself is served by the prober (ping-channel.ts), not libp2p's service.
     connectionMonitor: { enabled: false },
     services: {
       identify: identify(),
-      ping: ping({ timeout: 2000 }),
       pubsub: gossipsub({
         globalSignaturePolicy: 'StrictSign',
         allowPublishToZeroTopicPeers: true,

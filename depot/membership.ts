@@ -1,4 +1,5 @@
 import type { DeadMessage, HeartbeatMessage, LeftMessage } from '../shared/wire.ts';
+import { compareNames } from '../shared/order.ts';
 
 // Membership and failure detection as a pure state machine (memberlist/SWIM style). It never
 // reads a clock, opens a socket or sets a timer: the daemon feeds it what it observed together
@@ -298,7 +299,7 @@ export class Membership {
   }
 
   view(): MemberView[] {
-    return [...this.members.values()].map(snapshot).sort((a, b) => (a.self === b.self ? a.name.localeCompare(b.name) : a.self ? -1 : 1));
+    return [...this.members.values()].map(snapshot).sort((a, b) => (a.self === b.self ? compareNames(a.name, b.name) : a.self ? -1 : 1));
   }
 
   countByState(): Record<MemberState, number> {

@@ -6,6 +6,7 @@ import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Logger } from '../shared/logger.ts';
 import { HeartbeatMessage, MembersResponse, PROTOCOLS, ProbeProtocolRequest, ProbeResponse, decodeMessage, encodeMessage, type ProbeRequest } from '../shared/wire.ts';
 import type { NavigatorNode } from './libp2p.ts';
+import { PING_PROTOCOL, PingChannels, answerPings } from './ping-channel.ts';
 
 // SWIM probing of a suspect depot: a direct libp2p ping and, in parallel, ping-req through a
 // few other depots (PROTOCOLS.probe), so one bad link does not make a healthy depot look dead.
@@ -39,11 +40,16 @@ export class Prober {
    */
   private readonly loopDelay: IntervalHistogram = monitorEventLoopDelay({ resolution: 100 });
   private lagResetTimer: NodeJS.Timeout | undefined;
+  private readonly channels: PingChannels;
 
-  constructor(private readonly opts: ProberOptions) {}
+  constructor(private readonly opts: ProberOptions) {
+    this.channels = new PingChannels({ node: opts.node });
+  }
 
   async start(): Promise<void> {
     await this.opts.node.handle(PROTOCOLS.probe, ({ stream }) => void this.serve(stream), { runOnLimitedConnection: false });
+    // The ping spec: at most two inbound ping streams per peer (one kept, one being replaced).
+    await this.opts.node.handle(PING_PROTOCOL, ({ stream }) => void answerPings(stream), { runOnLimitedConnection: false, maxInboundStreams: 2 });
     this.loopDelay.enable();
     // A sliding view: the last few seconds of delays, not the whole life of the process.
     this.lagResetTimer = setInterval(() => this.loopDelay.reset(), LAG_WINDOW_MS);
@@ -52,8 +58,10 @@ export class Prober {
 
   async stop(): Promise<void> {
     clearInterval(this.lagResetTimer);
+    this.channels.stop();
     this.loopDelay.disable();
     await this.opts.node.unhandle(PROTOCOLS.probe).catch(() => {});
+    await this.opts.node.unhandle(PING_PROTOCOL).catch(() => {});
   }
 
   /**
@@ -68,10 +76,15 @@ export class Prober {
   /** Ping `target` directly; resolves the round trip in ms, or undefined on failure/timeout. */
   async ping(target: string, timeoutMs = this.opts.probeTimeoutMs): Promise<number | undefined> {
     try {
-      return await this.opts.node.services.ping.ping(peerIdFromString(target), { signal: AbortSignal.timeout(timeoutMs + this.lagAllowanceMs()) });
+      return await this.channels.ping(target, AbortSignal.timeout(timeoutMs + this.lagAllowanceMs()));
     } catch {
       return undefined;
     }
+  }
+
+  /** The connection to `peer` closed: its ping stream went with it. */
+  connectionClosed(peer: string): void {
+    this.channels.forget(peer);
   }
 
   /** Ask `via` to ping `target` for us (SWIM ping-req). */

@@ -3,7 +3,8 @@ import { statfs } from 'node:fs/promises';
 import { cpus, freemem, hostname, loadavg, networkInterfaces, totalmem, uptime } from 'node:os';
 import { dirname } from 'node:path';
 
-// What a depot tells the others about its host, sampled fresh for every heartbeat. Placement
+// What a depot tells the others about its host, sampled for every heartbeat (the address list at
+// most every 5 s, the CPU count once). Placement
 // (pilot/placement.ts) ranks hosts on these figures, so they must be cheap and never throw.
 
 export interface ResourceSample {
@@ -21,7 +22,19 @@ export interface ResourceSample {
   diskFreeBytes: number;
 }
 
-export function hostAddresses(): string[] {
+/** How long a list of host addresses is reused: reading it is a netlink dump of every interface. */
+export const HOST_ADDRESSES_TTL_MS = 5000;
+let addressCache: { at: number; list: string[] } | undefined;
+let cpuCount: number | undefined;
+
+/** Non-internal addresses of this host, read at most every HOST_ADDRESSES_TTL_MS. */
+export function hostAddresses(now = Date.now()): string[] {
+  if (addressCache && now - addressCache.at < HOST_ADDRESSES_TTL_MS && now >= addressCache.at) return addressCache.list;
+  addressCache = { at: now, list: readHostAddresses() };
+  return addressCache.list;
+}
+
+function readHostAddresses(): string[] {
   const out: string[] = [];
   for (const list of Object.values(networkInterfaces())) {
     for (const a of list ?? []) if (!a.internal) out.push(a.address);
@@ -73,7 +86,8 @@ export async function sampleResources(storeDir: string): Promise<ResourceSample>
     bootTime: bootTimeMs(),
     uptimeS: Math.round(up),
     load: [round2(l1 ?? 0), round2(l5 ?? 0), round2(l15 ?? 0)],
-    cpus: Math.max(1, cpus().length),
+    // Read once: os.cpus() parses /proc/cpuinfo and every CPU's frequency file.
+    cpus: (cpuCount ??= Math.max(1, cpus().length)),
     memFreeBytes: freemem(),
     memTotalBytes: totalmem(),
     diskFreeBytes: await freeDiskBytes(storeDir),

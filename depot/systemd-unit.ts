@@ -1,7 +1,7 @@
 // The navigator-depot.service unit. Pure text generation so it can be verified with
 // `systemd-analyze verify` in a test and reviewed by admins before install.
 
-import { depotArgv } from './runtime-flags.ts';
+import { DEPOT_ENV, depotArgv } from './runtime-flags.ts';
 
 export interface UnitOptions {
   /** Absolute path of the Node 22 binary. */
@@ -43,6 +43,7 @@ export function renderUnit(o: UnitOptions): string {
     'KillSignal=SIGTERM',
     'TimeoutStopSec=20s',
     'Environment=NODE_ENV=production',
+    ...Object.entries(DEPOT_ENV).map(([k, v]) => `Environment=${k}=${v}`),
     // Moving the service address needs exactly these two: ip addr (NET_ADMIN) and arping (NET_RAW).
     'AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW',
     'CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW',

@@ -1,11 +1,12 @@
 import type { ResultPromise } from 'execa';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { REPO_ROOT } from '../shared/repo-root.ts';
 import type { Logger } from '../shared/logger.ts';
 
 // Starts and feeds pilot/fence-guard.ts, the primary's dead man's switch: a separate process
 // that drops the service address if this process stops renewing it (hang) or dies (kill -9).
 
-const GUARD = fileURLToPath(new URL('./fence-guard.ts', import.meta.url));
+const GUARD = join(REPO_ROOT, 'pilot', 'fence-guard.ts');
 
 export interface FenceGuardOptions {
   address: string;

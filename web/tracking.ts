@@ -1,12 +1,13 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { EventEmitter } from 'node:events';
 import { z } from 'zod';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { Logger } from '../shared/logger.ts';
+import { REPO_ROOT } from '../shared/repo-root.ts';
+import { compareNames } from '../shared/order.ts';
 import { NavigatorError, errorMessage, isNavigatorError } from '../shared/errors.ts';
 import { MovementEvent, failoverSummaries, outageOf, type MovementRecord } from '../shared/movement.ts';
 import type { Journal } from '../depot/journal.ts';
@@ -115,9 +116,9 @@ export function buildServiceViews(depots: readonly DepotContainers[], records: r
   for (const v of byService.values()) {
     v.address = lastPrimary.get(v.service)?.address ?? '';
     const order = { primary: 0, standby: 1, none: 2 } as const;
-    v.copies.sort((a, b) => order[a.role] - order[b.role] || a.host.localeCompare(b.host));
+    v.copies.sort((a, b) => order[a.role] - order[b.role] || compareNames(a.host, b.host));
   }
-  return [...byService.values()].sort((a, b) => a.service.localeCompare(b.service));
+  return [...byService.values()].sort((a, b) => compareNames(a.service, b.service));
 }
 
 export interface TrackingOptions {
@@ -146,7 +147,7 @@ export interface TrackingRoutes {
   close(): void;
 }
 
-const PAGE_DIR = join(dirname(fileURLToPath(import.meta.url)), 'page');
+const PAGE_DIR = join(REPO_ROOT, 'web', 'page');
 const ASSETS: Record<string, { file: string; type: string }> = {
   '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
   '/index.html': { file: 'index.html', type: 'text/html; charset=utf-8' },

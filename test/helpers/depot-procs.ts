@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { writeSwarmKey } from '../../depot/swarm-key.ts';
-import { DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
+import { DEPOT_ENV, DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
 import type { DepotsResponse } from '../../web/depot-api.ts';
 
 // Real depot processes on loopback for integration tests and bench/gossip.ts:
@@ -78,7 +78,7 @@ export class DepotCluster {
       stdin: 'ignore',
       stdout: 'pipe',
       stderr: 'pipe',
-      env: { NAVIGATOR_LOG_LEVEL: opts.logLevel ?? 'info', ...opts.env },
+      env: { ...DEPOT_ENV, NAVIGATOR_LOG_LEVEL: opts.logLevel ?? 'info', ...opts.env },
     });
     const lines: string[] = [];
     const stderr: string[] = [];

@@ -1,23 +1,24 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { readFile, readdir } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { DepotCluster, waitFor, type DepotProc } from '../helpers/depot-procs.ts';
-import { DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
+import { DEPOT_ENV, DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
 
-// What an idle depot process holds (issue 2: an idle depot stays small). Modules that only some
-// depots need, at their first use, are not loaded at start; the process runs with the Node
-// flags every launcher uses; tsx's compiler process is gone once the depot has started.
+// What an idle depot process holds (issue 2: an idle depot stays small). It runs from the
+// bundled build (bin/build.mjs), not from TypeScript compiled at start; modules that only some
+// depots need, at their first use, are in chunks it has not loaded; the process runs with the
+// Node flags every launcher uses and keeps no compiler process.
 
+const ROOT = resolve(import.meta.dirname, '../..');
 const HOOK = resolve(import.meta.dirname, '../helpers/record-modules.mjs');
-/** Loaded only when a depot ships an image, syncs a database, runs a container or a command. */
-const NOT_AT_IDLE = [
-  /\/node_modules\/ssh2\//,
-  /\/node_modules\/mysql2\//,
-  /\/node_modules\/execa\//,
-  /\/pilot\/(ship|dbsync|movements)\.ts$/,
-  /\/depot\/install\.ts$/,
-  /\/demo\//,
-];
+/** Loaded only when a depot ships an image, syncs a database, runs a container or a command (bundle inputs). */
+const NOT_AT_IDLE = [/^node_modules\/ssh2\//, /^node_modules\/mysql2\//, /^node_modules\/execa\//, /^pilot\/(ship|dbsync|movements)\.ts$/, /^depot\/install\.ts$/, /^demo\//];
+
+/** dist/<build>/meta.json: esbuild's metafile, outputs named by file name. */
+interface Metafile {
+  outputs: Record<string, { inputs: Record<string, unknown> }>;
+}
 
 let cluster: DepotCluster;
 let depot: DepotProc;
@@ -28,8 +29,7 @@ beforeAll(async () => {
   modulesFile = join(cluster.dir, 'modules.txt');
   depot = await cluster.start('idle', {
     swarmKey: await cluster.swarmKey(),
-    // No tsx cache, as under systemd (PrivateTmp): every module goes through esbuild at start.
-    env: { NODE_OPTIONS: `--import=${HOOK}`, NAVIGATOR_TEST_MODULES_FILE: modulesFile, TSX_DISABLE_CACHE: '1' },
+    env: { NODE_OPTIONS: `--import=${HOOK}`, NAVIGATOR_TEST_MODULES_FILE: modulesFile },
     timeoutMs: 60_000,
   });
 }, 90_000);
@@ -50,19 +50,35 @@ async function childrenOf(pid: number): Promise<string[]> {
 }
 
 describe('idle depot footprint', () => {
-  it('has not loaded what only some depots need', async () => {
+  it('runs from the bundled build and has not loaded what only some depots need', async () => {
     const loaded = (await readFile(modulesFile, 'utf8')).split('\n').filter(Boolean);
-    // The hook saw the depot itself (else the check below proves nothing).
-    expect(loaded.some((u) => u.endsWith('/depot/daemon.ts'))).toBe(true);
-    expect(loaded.some((u) => u.includes('/node_modules/libp2p/'))).toBe(true);
-    expect(loaded.filter((u) => NOT_AT_IDLE.some((re) => re.test(u)))).toEqual([]);
+    const files = loaded.filter((u) => u.startsWith('file:')).map((u) => fileURLToPath(u));
+    // The bundle's entry, and not one TypeScript source of ours (tsx compiles nothing at start).
+    const entry = files.find((f) => /\/dist\/[0-9a-f]{16}\/main\.js$/.test(f));
+    expect(entry, `loaded: ${files.join(', ')}`).toBeDefined();
+    expect(files.filter((f) => f.endsWith('.ts') && !f.includes('/node_modules/'))).toEqual([]);
+    // Which sources the loaded chunks hold, from the build's metafile.
+    const buildDir = dirname(entry!);
+    const meta = JSON.parse(await readFile(join(buildDir, 'meta.json'), 'utf8')) as Metafile;
+    const inputsOf = (outputs: string[]) => outputs.flatMap((o) => Object.keys(meta.outputs[o]?.inputs ?? {}));
+    const loadedOutputs = files.filter((f) => dirname(f) === buildDir).map((f) => basename(f));
+    const loadedInputs = [...inputsOf(loadedOutputs), ...files.filter((f) => f.includes('/node_modules/')).map((f) => relative(ROOT, f))];
+    expect(loadedInputs.some((i) => i === 'depot/daemon.ts')).toBe(true);
+    expect(loadedInputs.some((i) => i.startsWith('node_modules/libp2p/'))).toBe(true);
+    expect(loadedInputs.filter((i) => NOT_AT_IDLE.some((re) => re.test(i)))).toEqual([]);
+    // The lazy parts are in the build (else the check above proves nothing), in other chunks.
+    const allInputs = inputsOf(Object.keys(meta.outputs));
+    for (const re of NOT_AT_IDLE.filter((r) => !/ssh2|mysql2/.test(r.source))) expect(allInputs.some((i) => re.test(i)), re.source).toBe(true);
   });
 
-  it('runs with the deployed Node flags', async () => {
+  it('runs with the deployed Node flags and environment', async () => {
     const argv = (await readFile(`/proc/${depot.pid}/cmdline`, 'utf8')).split('\0');
     const entry = argv.findIndex((a) => a.endsWith('bin/navigator.mjs'));
     expect(entry).toBeGreaterThan(0);
     expect(argv.slice(1, entry)).toEqual([...DEPOT_NODE_FLAGS]);
+    const env = Object.fromEntries((await readFile(`/proc/${depot.pid}/environ`, 'utf8')).split('\0').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+    expect(Object.keys(DEPOT_ENV).length).toBeGreaterThan(0);
+    for (const [k, v] of Object.entries(DEPOT_ENV)) expect(env[k], k).toBe(v);
   });
 
   it('keeps no compiler process once started', async () => {

@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { installDepot, uninstallDepot } from '../../depot/install.ts';
-import { DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
+import { DEPOT_ENV, DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
 import { loadConfig } from '../../shared/config.ts';
-import { silentLogger } from '../../shared/logger.ts';
+import { createLogger, silentLogger } from '../../shared/logger.ts';
 
 // Install into a temporary root: useradd --prefix writes that root's /etc/passwd, the unit is
 // checked by the real systemd-analyze, and uninstall keeps images unless purged.
@@ -32,7 +32,11 @@ const opts = () => ({
 
 describe('depot install', () => {
   it('creates the user, folders, swarm key, a valid config and a unit systemd accepts', async () => {
-    const res = await installDepot(opts());
+    const events: Array<{ event?: string; detail?: string }> = [];
+    const logger = createLogger({ level: 'info', destination: { write: (line: string) => void events.push(JSON.parse(line)) } });
+    const res = await installDepot({ ...opts(), logger });
+    // The unit runs the bundled build of these sources (made now or earlier, never missing).
+    expect(events.find((e) => e.event === 'build-ready')?.detail).toMatch(/^(built|up to date:) dist\/[0-9a-f]{16}\/main\.js$/);
     const passwd = readFileSync(join(root, 'etc/passwd'), 'utf8');
     expect(passwd).toMatch(/^navtest:x:\d+:\d+::\/var\/lib\/navigator:\/usr\/sbin\/nologin$/m);
     expect(readFileSync('/etc/passwd', 'utf8')).not.toMatch(/^navtest:/m);
@@ -56,6 +60,7 @@ describe('depot install', () => {
     // The same Node flags as every other launcher of a depot (depot/runtime-flags.ts).
     expect(DEPOT_NODE_FLAGS.length).toBeGreaterThan(0);
     expect(unit).toContain(`/node_modules/.bin/node ${DEPOT_NODE_FLAGS.join(' ')} /`);
+    for (const [k, v] of Object.entries(DEPOT_ENV)) expect(unit).toContain(`Environment=${k}=${v}\n`);
     expect(unit).toMatch(/^ExecStart=\/\S+\/node_modules\/\.bin\/node (--\S+ )+\/\S+\/bin\/navigator\.mjs depot run --config \/etc\/navigator\/navigator\.yaml$/m);
 
     // systemd-analyze resolves User= on the real system, where navtest does not exist: verify a copy

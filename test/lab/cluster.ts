@@ -5,7 +5,7 @@ import { Lab, LabProcess, REPO_ROOT } from './lab.ts';
 import { loadOrCreateIdentity } from '../../depot/identity.ts';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
-import { depotArgv } from '../../depot/runtime-flags.ts';
+import { DEPOT_ENV, depotArgv } from '../../depot/runtime-flags.ts';
 import { ImageStore } from '../../depot/image-store.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import type { ServiceView } from '../../web/tracking.ts';
@@ -60,7 +60,7 @@ export function depotArgs(c: Pick<LabCluster, 'lab' | 'hosts' | 'peerIds' | 'swa
 export async function startDepot(c: LabCluster, host: string, opts: { swarmKeyFile?: string } = {}): Promise<LabProcess> {
   const p = c.lab.spawn(host, depotArgs(c, host, opts.swarmKeyFile), {
     name: 'depot',
-    env: { NAVIGATOR__http__adminToken: ADMIN_TOKEN, ECHO_NAME: host, NAVIGATOR_LOG_LEVEL: 'info', ...c.env },
+    env: { ...DEPOT_ENV, NAVIGATOR__http__adminToken: ADMIN_TOKEN, ECHO_NAME: host, NAVIGATOR_LOG_LEVEL: 'info', ...c.env },
   });
   c.depots.set(host, p);
   await p.waitForLine(/"event":"depot-started"/, 30_000);

@@ -7,6 +7,7 @@ import { loadOrCreateIdentity } from '../../depot/identity.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { ImageStore } from '../../depot/image-store.ts';
 import { silentLogger } from '../../shared/logger.ts';
+import { DEPOT_ENV } from '../../depot/runtime-flags.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
 import type { ServiceView } from '../../web/tracking.ts';
 import { copySql, prepareZabbixImage, type ZabbixImage } from './zabbix-fixture.ts';
@@ -98,6 +99,7 @@ async function startDepots(lab: Lab, hosts: string[], opts: ZabbixClusterOptions
       const p = lab.spawn(host, depotArgv(c, host), {
         name: 'depot',
         env: {
+          ...DEPOT_ENV,
           NAVIGATOR__http__adminToken: ADMIN_TOKEN,
           NAVIGATOR__dbsync__syncIntervalMs: String(opts.syncIntervalMs),
           NAVIGATOR_LOG_LEVEL: 'info',
