@@ -54,6 +54,7 @@ export class HeartbeatPublisher {
   private inFlight: Promise<void> | undefined;
   private forceNext = false;
   private lastPublished: HeartbeatMessage | undefined;
+  private lastPublishedSample: HeartbeatMessage | undefined;
   private lastPublishedAt = -Infinity;
 
   constructor(private readonly opts: HeartbeatPublisherOptions) {}
@@ -152,12 +153,15 @@ export class HeartbeatPublisher {
     const now = this.opts.clock.now();
     const since = now - this.lastPublishedAt;
     const due = since >= (this.opts.refreshMs ?? this.opts.heartbeatMs);
-    const change = heartbeatChange(this.lastPublished, sampled);
+    // Compared sample to sample: the published message went through the schema (defaults, key
+    // order), and a sample compared with it would always look changed.
+    const change = heartbeatChange(this.lastPublishedSample, sampled);
     const worth = change !== undefined && (isUrgent(change) || since >= FIGURES_MIN_INTERVAL_MS);
     if (!force && !due && !worth) return;
     const hb = HeartbeatMessage.parse(sampled);
     this.opts.log.debug({ event: 'heartbeat-publish', reason: force ? 'forced' : worth ? change : 'refresh', seq: this.seq }, 'heartbeat');
     this.lastPublished = hb;
+    this.lastPublishedSample = sampled;
     this.lastPublishedAt = now;
     this.seq += 1;
     const bytes = encodeMessage(hb, this.opts.maxMessageBytes);

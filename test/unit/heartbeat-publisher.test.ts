@@ -27,13 +27,16 @@ function setup() {
     sample: async () => ({ ...sample, uptimeS: Math.floor(clock.now() / 1000) }),
   });
   hb.addContentProvider(() => ({ images }));
+  // A container report as a part builds it: defaulted fields left out, keys in its own order.
+  let containers: HeartbeatMessage['containers'] = [];
+  hb.addContentProvider(() => ({ containers }));
   const tick = async (ms: number) => {
     for (let t = 0; t < ms; t += 1000) {
       clock.advance(1000);
       await flush();
     }
   };
-  return { hb, sent, sample, tick, setImages: (i: string[]) => (images = i) };
+  return { hb, sent, sample, tick, setImages: (i: string[]) => (images = i), setContainers: (c: unknown[]) => (containers = c as HeartbeatMessage['containers']) };
 }
 
 describe('HeartbeatPublisher', () => {
@@ -61,6 +64,20 @@ describe('HeartbeatPublisher', () => {
     await hb.beat(true);
     expect(sent).toHaveLength(5); // forced (refute, a depot joined)
     expect(sent.map((h) => h.seq)).toEqual([0, 1, 2, 3, 4]);
+    await hb.stop();
+  });
+
+  it('a sample whose content did not change is not published again, however a part shaped it', async () => {
+    const { hb, sent, tick, setContainers } = setup();
+    hb.start();
+    await flush();
+    setContainers([{ state: 'running', service: 'zabbix', driver: 'process', id: 'c1' }]);
+    await tick(1000);
+    expect(sent).toHaveLength(2);
+    // The published copy went through the schema (defaults added, schema key order).
+    expect(sent[1]!.containers[0]).toMatchObject({ id: 'c1', role: 'none', term: 0 });
+    await tick(20_000);
+    expect(sent).toHaveLength(2);
     await hb.stop();
   });
 });
