@@ -91,7 +91,8 @@ async function build(fp) {
     await rm(tmp, { recursive: true, force: true });
     await stop();
   }
-  await prune(fp);
+  // Old builds are only clutter: failing to remove them must not fail the build.
+  await prune(fp).catch(() => {});
 }
 
 async function prune(current) {
