@@ -21,7 +21,7 @@
 
 import { readFile, mkdtemp, rm } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { generateKeyPair } from '@libp2p/crypto/keys';
@@ -33,6 +33,7 @@ import { Depot } from '../depot/daemon.ts';
 import { makeSwarmKey } from '../depot/swarm-key.ts';
 import { parseConfig } from '../shared/config.ts';
 import { silentLogger } from '../shared/logger.ts';
+import { REPO_ROOT } from '../shared/repo-root.ts';
 import { TOPICS } from '../shared/wire.ts';
 
 const N_PROC = Number(process.env.BENCH_NODES ?? 32);
@@ -533,9 +534,8 @@ async function runInProcess(n: number): Promise<RunResult> {
 
 /** Run runInProcess(n) in a fresh child process with MEM_NODE_ARGS; it prints its result as the last stdout line. */
 async function runInProcessChild(n: number): Promise<RunResult> {
-  const root = join(dirname(fileURLToPath(import.meta.url)), '..');
   const { stdout } = await execa(process.execPath, [...MEM_NODE_ARGS, '--import', 'tsx', fileURLToPath(import.meta.url)], {
-    cwd: root,
+    cwd: REPO_ROOT,
     env: { BENCH_MEM_CHILD: String(n) },
     stdout: 'pipe',
     stderr: 'inherit',

@@ -25,7 +25,12 @@ if (process.env.NAVIGATOR_BUNDLE !== '0') {
   const { ensureBuild } = await import('./build.mjs');
   const build = await ensureBuild();
   if (build.main) ({ main } = await import(build.main));
-  else process.stderr.write(`navigator: running from the TypeScript sources, the build is not usable: ${build.error}\n`);
+  else {
+    process.stderr.write(
+      `navigator: running from the TypeScript sources (slower start, more memory): the bundled build could not be made: ${build.error}\n` +
+        `  make it as the owner of this checkout with \`npm run build\` (or \`navigator depot install\`); NAVIGATOR_BUNDLE=0 silences this.\n`,
+    );
+  }
 }
 if (main) {
   await main(process.argv);

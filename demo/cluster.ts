@@ -16,7 +16,8 @@ import type { DemoHost, DemoNetwork } from './network.ts';
 import type { DemoProcess } from './process.ts';
 import { DEMO_ENV, HOST_ENV } from './marked-processes.ts';
 import { httpJson } from './api.ts';
-import { DB_NAME, DB_USER, MONITOR_PORT, PASSWORD_FILE, REPO_ROOT, SERVICE, type DemoImage } from './image.ts';
+import { DB_NAME, DB_USER, MONITOR_PORT, PASSWORD_FILE, SERVICE, type DemoImage } from './image.ts';
+import { REPO_ROOT } from '../shared/repo-root.ts';
 
 // The demo's depots: one real `navigator depot run` per workstation with its own configuration
 // file, all sharing a swarm key and knowing each other through bootstrap addresses, the sample

@@ -10,7 +10,6 @@ import { ContainerManifest } from '../depot/drivers/process.ts';
 // only while the copy is primary (`primary:` commands). The programs are demo/service/*.ts of
 // this checkout; the image holds the manifest, the database init file and the password file.
 
-export { REPO_ROOT };
 export const SERVICE = 'monitor';
 export const MONITOR_PORT = 8080;
 export const DB_NAME = 'navdemo';

@@ -2,13 +2,13 @@ import { execa, type ResultPromise } from 'execa';
 import { createWriteStream, existsSync, type WriteStream } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../../shared/logger.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
+import { REPO_ROOT } from '../../shared/repo-root.ts';
 
 /**
  * The network-namespace lab: a bridge in its own namespace (nothing is added to the root
@@ -18,7 +18,7 @@ import { NavigatorError, errorMessage } from '../../shared/errors.ts';
  * registry under /run/navlab lets a later run sweep what a crashed run left behind.
  */
 
-export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export { REPO_ROOT };
 const REGISTRY = '/run/navlab';
 const NS_PREFIX = 'navlab-';
 
