@@ -17,9 +17,9 @@ import { stringify as toYaml } from 'yaml';
 import { silentLogger } from '../shared/logger.ts';
 import { createNode } from '../depot/libp2p.ts';
 import { makeSwarmKey } from '../depot/swarm-key.ts';
-import { ContainerManager } from '../depot/containers.ts';
-import { ControlClient, ControlServer } from '../depot/control.ts';
-import { createDriver, QemuSpec } from '../depot/drivers/driver.ts';
+import { ContainerManager } from '../depot/containers/manager.ts';
+import { ControlClient, ControlServer } from '../depot/control/server.ts';
+import { createDriver, QemuSpec } from '../depot/containers/drivers/driver.ts';
 
 const CALLS = Number(process.env.BENCH_CALLS ?? 300);
 const TRIALS = Number(process.env.BENCH_TRIALS ?? 5);

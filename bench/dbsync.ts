@@ -8,8 +8,8 @@
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
 import { startMariaDb, type MariaDbServer } from '../test/helpers/mariadb.ts';
-import { DbSync, findClientBinaries } from '../pilot/dbsync.ts';
-import { CredentialFiles } from '../pilot/mysql-credentials.ts';
+import { DbSync, findClientBinaries } from '../pilot/db/dbsync.ts';
+import { CredentialFiles } from '../pilot/db/mysql-credentials.ts';
 import { DbSyncSection } from '../shared/config.ts';
 import { silentLogger } from '../shared/logger.ts';
 

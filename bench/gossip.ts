@@ -29,7 +29,7 @@ import { execa } from 'execa';
 import { DEPOT_NODE_FLAGS } from '../depot/runtime-flags.ts';
 import { multiaddr } from '@multiformats/multiaddr';
 import { DepotCluster, getDepots, sleep, waitFor, type DepotProc } from '../test/helpers/depot-procs.ts';
-import { Depot } from '../depot/daemon.ts';
+import { Depot } from '../depot/depot.ts';
 import { makeSwarmKey } from '../depot/swarm-key.ts';
 import { parseConfig } from '../shared/config.ts';
 import { silentLogger } from '../shared/logger.ts';

@@ -9,7 +9,7 @@ import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { Journal } from '../depot/journal.ts';
+import { Journal } from '../depot/journal/journal.ts';
 import { silentLogger } from '../shared/logger.ts';
 import { MOVEMENT_EVENTS, type MovementRecord } from '../shared/movement.ts';
 

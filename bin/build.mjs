@@ -16,13 +16,17 @@ import { fileURLToPath } from 'node:url';
 export const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 export const DIST = join(ROOT, 'dist');
 /** Everything cli/main.ts can reach. */
-const SOURCE_DIRS = ['cli', 'shared', 'depot', 'pilot', 'web', 'demo'];
+const SOURCE_DIRS = ['cli', 'shared', 'web', 'depot', 'ship', 'pilot', 'plugins', 'lab', 'demo'];
 /** Builds kept besides the newest: a depot still running an older build may load a lazy chunk. */
 const KEEP_BUILDS = 3;
 
 async function sourceFiles(dir) {
   const out = [];
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
+  const entries = await readdir(dir, { withFileTypes: true }).catch((err) => {
+    if (err.code === 'ENOENT') return []; // an install may leave out a folder (lab/ in the package)
+    throw err;
+  });
+  for (const entry of entries) {
     const path = join(dir, entry.name);
     if (entry.isDirectory()) out.push(...(await sourceFiles(path)));
     else if (/\.(ts|mjs|js|json)$/.test(entry.name)) out.push(path);

@@ -3,7 +3,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { REPO_ROOT } from '../shared/repo-root.ts';
 import { stringify } from 'yaml';
-import { ContainerManifest } from '../depot/drivers/process.ts';
+import { ContainerManifest } from '../depot/containers/drivers/process.ts';
 
 // The demo's sample service as a `process` container image: a private mariadbd per copy (start
 // commands: initialise the data folder once, then run the server) and the monitor, which runs

@@ -1,5 +1,5 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
-import { GossipMetricsRegister } from './gossip-metrics.ts';
+import { GossipMetricsRegister } from './gossip/metrics.ts';
 
 // One Prometheus registry per Depot (never prom-client's global one), so several depots can
 // run in one process (tests, the in-process benchmark). Other parts register their own

@@ -1,71 +1,96 @@
-// The primary's dead man's switch. The pilot starts this small process before it takes the
-// service address and feeds it the time left on its lease on stdin ("lease <msLeft>"). If the
-// deadline passes without renewal (pilot hung) or stdin closes (depot killed, even with
-// kill -9), the guard drops the address and runs the service's stop commands, then exits.
-// A primary therefore fences itself even when the process that held the lease is gone.
-//
-// Runs with Node's own type stripping (no tsx, no project imports but execa) so it starts in
-// tens of milliseconds. Configuration is one JSON argument:
-//   {"address":"10.0.0.10/24","iface":"eth0","netns":"", "stop":[["argv",...]], "checkMs":50}
-import { execa } from 'execa';
-import { createInterface } from 'node:readline';
+import type { ResultPromise } from 'execa';
+import { join } from 'node:path';
+import { REPO_ROOT } from '../shared/repo-root.ts';
+import type { Logger } from '../shared/logger.ts';
 
-interface GuardConfig {
+// Starts and feeds pilot/fence-guard-process.ts, the primary's dead man's switch: a separate process
+// that drops the service address if this process stops renewing it (hang) or dies (kill -9).
+
+const GUARD = join(REPO_ROOT, 'pilot', 'fence-guard-process.ts');
+
+export interface FenceGuardOptions {
   address: string;
   iface: string;
-  netns?: string;
-  stop?: string[][];
-  checkMs?: number;
+  netns?: string | undefined;
+  logger: Logger;
+  /** The guard dropped the address on its own (lease ran out first): the pilot must stop serving. */
+  onFenced?: () => void;
 }
 
-const cfg = JSON.parse(process.argv[2] ?? '{}') as GuardConfig;
-if (!cfg.address || !cfg.iface) {
-  process.stderr.write('fence-guard: usage: fence-guard \'{"address":"IP/PREFIX","iface":"IF"}\'\n');
-  process.exit(2);
-}
+export class FenceGuard {
+  private child: ResultPromise | undefined;
+  private readonly log: Logger;
 
-let deadline = Number.POSITIVE_INFINITY;
-let fencing = false;
-
-function log(event: string, fields: Record<string, unknown> = {}): void {
-  process.stdout.write(`${JSON.stringify({ time: Date.now(), component: 'fence-guard', event, ...fields })}\n`);
-}
-
-function ipArgs(args: string[]): string[] {
-  return cfg.netns ? ['-n', cfg.netns, ...args] : args;
-}
-
-async function fence(reason: string): Promise<void> {
-  if (fencing) return;
-  fencing = true;
-  const started = Date.now();
-  const del = await execa('ip', ipArgs(['addr', 'del', cfg.address, 'dev', cfg.iface]), { reject: false });
-  const gone = del.exitCode === 0 || /Cannot assign requested address/.test(del.stderr);
-  for (const argv of cfg.stop ?? []) {
-    const [file, ...args] = argv;
-    if (file) await execa(file, args, { reject: false, timeout: 10_000 });
+  constructor(private readonly opts: FenceGuardOptions) {
+    this.log = opts.logger.child({ component: 'fence-guard' });
   }
-  log('fenced', { reason, addressDropped: gone, stderr: gone ? undefined : del.stderr, durationMs: Date.now() - started });
-  process.exit(0);
-}
 
-const rl = createInterface({ input: process.stdin });
-rl.on('line', (line) => {
-  const [cmd, arg] = line.trim().split(/\s+/);
-  if (cmd === 'lease' && arg !== undefined && Number.isFinite(Number(arg))) {
-    // Relative, measured on this process's monotonic clock: no wall-clock jumps involved.
-    deadline = performance.now() + Number(arg);
-  } else if (cmd === 'release') {
-    // A clean demotion: the pilot drops the address itself.
-    log('released');
-    process.exit(0);
-  } else if (cmd === 'fence') {
-    void fence('asked by pilot');
+  get armed(): boolean {
+    return this.child !== undefined && this.child.exitCode === null;
   }
-});
-rl.on('close', () => void fence('pilot gone (stdin closed)'));
 
-setInterval(() => {
-  if (performance.now() > deadline) void fence('lease expired without renewal');
-}, cfg.checkMs ?? 50);
-log('armed', { address: cfg.address, iface: cfg.iface, netns: cfg.netns ?? '' });
+  /** Start the guard with `msLeft` of lease; resolves once it runs. */
+  async arm(msLeft: number): Promise<void> {
+    if (!this.armed) await this.prepare();
+    this.lease(msLeft);
+  }
+
+  /**
+   * Start the guard without a deadline, ahead of need: a standby keeps one ready so a takeover
+   * does not wait for a Node process to start. Until it gets a lease it only acts if this
+   * process dies, and then dropping an address we do not hold is harmless.
+   */
+  async prepare(): Promise<void> {
+    // execa is imported here, not at load: only a pilot that may hold a service address needs it.
+    // Before the check, so that the check and the spawn happen without a wait between them.
+    const { execa } = await import('execa');
+    if (this.armed) return;
+    const config = JSON.stringify({ address: this.opts.address, iface: this.opts.iface, ...(this.opts.netns ? { netns: this.opts.netns } : {}) });
+    // process.execPath is the Node 22 running the depot; the guard needs no tsx (type stripping).
+    const child = execa(process.execPath, ['--no-warnings', GUARD, config], {
+      stdin: 'pipe',
+      stdout: 'pipe',
+      stderr: 'pipe',
+      reject: false,
+      // Own process group: a signal aimed at the depot's group does not take the guard with it.
+      detached: true,
+      cleanup: false,
+    });
+    this.child = child;
+    child.stdout?.on('data', (chunk: Buffer) => {
+      for (const line of chunk.toString().split('\n').filter(Boolean)) {
+        this.log.info({ event: 'fence-guard', line }, 'fence guard');
+        if (line.includes('"event":"fenced"')) this.opts.onFenced?.();
+      }
+    });
+    void child.then((r) => {
+      if (this.child === child) this.child = undefined;
+      if (r.exitCode !== 0) this.log.error({ event: 'fence-guard-exit', exitCode: r.exitCode, stderr: String(r.stderr).slice(0, 500) }, 'fence guard ended');
+    });
+    await new Promise<void>((resolve) => {
+      const onData = (chunk: Buffer) => {
+        if (chunk.toString().includes('"armed"')) {
+          child.stdout?.off('data', onData);
+          resolve();
+        }
+      };
+      child.stdout?.on('data', onData);
+      setTimeout(resolve, 2000).unref();
+    });
+  }
+
+  lease(msLeft: number): void {
+    this.child?.stdin?.write(`lease ${Math.max(0, Math.floor(msLeft))}\n`);
+  }
+
+  /** Clean demotion: the pilot drops the address itself; the guard just goes away. */
+  async release(): Promise<void> {
+    const child = this.child;
+    if (!child) return;
+    this.child = undefined;
+    child.stdin?.write('release\n');
+    child.stdin?.end();
+    await Promise.race([child, new Promise((r) => setTimeout(r, 2000))]);
+    if (child.exitCode === null) child.kill('SIGKILL');
+  }
+}

@@ -2,8 +2,8 @@ import type { Logger } from '../shared/logger.ts';
 import { errorMessage } from '../shared/errors.ts';
 import type { ContainerReport, ElectionView } from '../shared/wire.ts';
 import type { MovementEvent } from '../shared/movement.ts';
-import type { ContainerManager } from '../depot/containers.ts';
-import { tcpOpen } from '../depot/drivers/process.ts';
+import type { ContainerManager } from '../depot/containers/manager.ts';
+import { tcpOpen } from '../depot/containers/drivers/process.ts';
 import {
   createPilot,
   leaseValid,
@@ -21,12 +21,12 @@ import {
   type PilotDecision,
   type PilotState,
   type PilotStep,
-} from './election.ts';
-import type { ElectionTransport } from './election-transport.ts';
+} from './election/election.ts';
+import type { ElectionTransport } from './election/transport.ts';
 import { ServiceAddress } from './address.ts';
-import { FenceGuard } from './fence.ts';
+import { FenceGuard } from './fence-guard.ts';
 import type { PilotAssignment, ServiceSpec } from './service-spec.ts';
-import type { DbLink } from './db-link.ts';
+import type { DbLink } from './db/db-link.ts';
 
 // The role agent of one copy of a service, running inside the depot that hosts the copy. The
 // decisions (campaign, lease, fence, restart in place) come from the pure election module; this

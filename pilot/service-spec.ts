@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ContainerSpec } from '../depot/drivers/driver.ts';
+import { ContainerSpec } from '../depot/containers/drivers/driver.ts';
 import { ElectionView } from '../shared/wire.ts';
 
 // What a service is, as registered once by `navigator pilot bootstrap` and handed to every

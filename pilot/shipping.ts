@@ -4,14 +4,14 @@ import type { Logger } from '../shared/logger.ts';
 import { NavigatorError } from '../shared/errors.ts';
 import type { HeartbeatMessage } from '../shared/wire.ts';
 import type { ImageStore } from '../depot/image-store.ts';
-import type { MemberView } from '../depot/membership.ts';
+import type { MemberView } from '../depot/membership/membership.ts';
 import { controlShipTarget, type ControlCaller } from '../depot/image-control.ts';
 import type { RouteTarget } from '../web/tracking.ts';
 import type { ShipResult, ShipTarget, Shipper } from './ship.ts';
 import { Prestager, type PrestageCandidate, type PrestagePlan } from './prestage.ts';
 import { prestageBytesPerSec } from './bandwidth.ts';
 import { TransferTracker, type TransferInfo } from './transfers.ts';
-import { hostAddressOf } from './db-link.ts';
+import { hostAddressOf } from './db/db-link.ts';
 
 // Image shipping on the sending depot, as the pilots use it: one Shipper (config.ship) with one
 // TransferTracker for every transfer this depot makes; shipping on demand when a standby is

@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import { z } from 'zod';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { NavigatorError } from './errors.ts';
-import { minSafetyMarginMs } from '../pilot/election.ts';
+import { minSafetyMarginMs } from '../pilot/election/election.ts';
 
 // The whole configuration of a depot and the pilots inside it. Every field has a default and a
 // one-line description: the schema is the reference (README, `navigator config check`, the

@@ -1,5 +1,5 @@
-import type { Depot } from '../depot/daemon.ts';
-import type { MemberView } from '../depot/membership.ts';
+import type { Depot } from '../depot/depot.ts';
+import type { MemberView } from '../depot/membership/membership.ts';
 import { VERSION } from '../shared/version.ts';
 import { sendText, type HttpServer } from './server.ts';
 

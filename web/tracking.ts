@@ -10,7 +10,7 @@ import { REPO_ROOT } from '../shared/repo-root.ts';
 import { compareNames } from '../shared/order.ts';
 import { NavigatorError, errorMessage, isNavigatorError } from '../shared/errors.ts';
 import { MovementEvent, failoverSummaries, outageOf, type MovementRecord } from '../shared/movement.ts';
-import type { Journal } from '../depot/journal.ts';
+import type { Journal } from '../depot/journal/journal.ts';
 import { SseHub } from './sse.ts';
 import type { RouteHandler } from './server.ts';
 

@@ -24,7 +24,7 @@ export function registerDepotInstall(depot: Command): void {
     .option('--root <dir>', 'install under this root instead of / (for packaging and tests; skips systemctl)', '/')
     .option('--no-start', 'do not enable and start the unit')
     .action(async (opts: Common & { swarmKey?: string; start: boolean }) => {
-      const { installDepot } = await import('../../depot/install.ts');
+      const { installDepot } = await import('../../depot/install/install.ts');
       const logger = createLogger({ level: 'warn' });
       const res = await installDepot({
         root: opts.root,
@@ -49,7 +49,7 @@ export function registerDepotInstall(depot: Command): void {
     .option('--root <dir>', 'uninstall under this root instead of /', '/')
     .option('--purge', 'also remove images, state and the user')
     .action(async (opts: Common & { purge?: boolean }) => {
-      const { uninstallDepot } = await import('../../depot/install.ts');
+      const { uninstallDepot } = await import('../../depot/install/install.ts');
       const removed = await uninstallDepot({
         root: opts.root,
         user: opts.user,

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { loadConfig } from '../../shared/config.ts';
-import { stopOnSignals } from '../../depot/daemon.ts';
-import { composeDepot } from '../../depot/compose.ts';
+import { stopOnSignals } from '../../depot/depot.ts';
+import { composeDepot } from '../../plugins/workstation.ts';
 import { registerDepotInstall } from './depot-install.ts';
 
 // `navigator depot run`: start a depot in the foreground (systemd runs this). Flags override the

@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
 import { HttpServer } from '../../web/server.ts';
 import { registerTrackingRoutes, type DepotView, type ServiceView, type TrackingRoutes } from '../../web/tracking.ts';
-import { Journal } from '../../depot/journal.ts';
+import { Journal } from '../../depot/journal/journal.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
 

@@ -25,7 +25,7 @@ import {
   type PilotStep,
   type VoterDurable,
   type VoterState,
-} from '../../pilot/election.ts';
+} from '../../pilot/election/election.ts';
 import type { LeaseAck, LeaseRelease, LeaseRenew, VoteReply, VoteRequest } from '../../shared/wire.ts';
 
 export function mulberry32(seed: number): () => number {

@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import { silentLogger } from '../../shared/logger.ts';
 import { FakeClock } from '../../shared/clock.ts';
-import { ContainerManager, type ContainerStatus, type ImageSource } from '../../depot/containers.ts';
-import { tcpOpen } from '../../depot/drivers/process.ts';
+import { ContainerManager, type ContainerStatus, type ImageSource } from '../../depot/containers/manager.ts';
+import { tcpOpen } from '../../depot/containers/drivers/process.ts';
 import { freePort } from '../helpers/ports.ts';
 
 // The container manager with real process containers: state transitions, errors before anything

@@ -12,9 +12,9 @@ import { ContainerReport } from '../../shared/wire.ts';
 import { createNode, type NavigatorNode } from '../../depot/libp2p.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { ImageStore } from '../../depot/image-store.ts';
-import { ContainerManager, type ContainerStatus } from '../../depot/containers.ts';
-import { ControlClient, ControlServer } from '../../depot/control.ts';
-import { tcpOpen } from '../../depot/drivers/process.ts';
+import { ContainerManager, type ContainerStatus } from '../../depot/containers/manager.ts';
+import { ControlClient, ControlServer } from '../../depot/control/server.ts';
+import { tcpOpen } from '../../depot/containers/drivers/process.ts';
 import { freePort } from '../helpers/ports.ts';
 
 // Two real libp2p nodes with the same swarm key on 127.0.0.1. Depot A asks depot B, over

@@ -2,8 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
 import { execa } from 'execa';
 import { startMariaDb, type MariaDbServer } from '../helpers/mariadb.ts';
-import { DbSync, type DbSyncOptions } from '../../pilot/dbsync.ts';
-import { readSyncHistory } from '../../pilot/sync-history.ts';
+import { DbSync, type DbSyncOptions } from '../../pilot/db/dbsync.ts';
+import { readSyncHistory } from '../../pilot/db/sync-history.ts';
 import { createLogger, silentLogger } from '../../shared/logger.ts';
 
 // Failures: whatever breaks (the dump killed, the standby's server stopped or killed mid-load,

@@ -4,8 +4,8 @@ import { existsSync } from 'node:fs';
 import { execa } from 'execa';
 import type { Connection } from 'mysql2/promise';
 import { startMariaDb, type MariaDbServer } from '../helpers/mariadb.ts';
-import { DbSync, type DbSyncOptions } from '../../pilot/dbsync.ts';
-import { readSyncHistory, syncHeartbeatFields } from '../../pilot/sync-history.ts';
+import { DbSync, type DbSyncOptions } from '../../pilot/db/dbsync.ts';
+import { readSyncHistory, syncHeartbeatFields } from '../../pilot/db/sync-history.ts';
 import { createLogger, silentLogger } from '../../shared/logger.ts';
 
 // Sync between two real mariadbd servers: objects and rows arrive intact (checksums on both

@@ -7,9 +7,9 @@ import { execa } from 'execa';
 import { stringify as toYaml } from 'yaml';
 import mysql from 'mysql2/promise';
 import { silentLogger } from '../../shared/logger.ts';
-import { createDriver, ProcessSpec } from '../../depot/drivers/driver.ts';
-import { ProcessDriver, tcpOpen, type ContainerManifestInput } from '../../depot/drivers/process.ts';
-import { alive, groupMembers } from '../../depot/drivers/proc.ts';
+import { createDriver, ProcessSpec } from '../../depot/containers/drivers/driver.ts';
+import { ProcessDriver, tcpOpen, type ContainerManifestInput } from '../../depot/containers/drivers/process.ts';
+import { alive, groupMembers } from '../../depot/containers/drivers/proc.ts';
 import { freePort } from '../helpers/ports.ts';
 
 // The process driver with real services: a private mariadbd as the container (its data folder

@@ -3,10 +3,10 @@ import { mkdtemp, rm, access } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { silentLogger } from '../../shared/logger.ts';
-import { createDriver, QemuSpec } from '../../depot/drivers/driver.ts';
-import { QemuDriver, kvmAvailable } from '../../depot/drivers/qemu.ts';
-import { QmpClient } from '../../depot/drivers/qmp.ts';
-import { alive } from '../../depot/drivers/proc.ts';
+import { createDriver, QemuSpec } from '../../depot/containers/drivers/driver.ts';
+import { QemuDriver, kvmAvailable } from '../../depot/containers/drivers/qemu.ts';
+import { QmpClient } from '../../depot/containers/drivers/qmp.ts';
+import { alive } from '../../depot/containers/drivers/proc.ts';
 
 // Real qemu-system-x86_64 with no guest OS: the machine sits in its firmware, but QMP answers,
 // which proves start, status, the graceful attempt (system_powerdown is ignored without an OS,

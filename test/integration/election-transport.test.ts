@@ -7,10 +7,10 @@ import { createNode, type NavigatorNode } from '../../depot/libp2p.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { ELECTION_PROTOCOL, type VoteRequest } from '../../shared/wire.ts';
-import { DEFAULT_ELECTION_CONFIG, initialView } from '../../pilot/election.ts';
-import { Voters } from '../../pilot/voters.ts';
-import { ElectionTransport } from '../../pilot/election-transport.ts';
-import { hostAddressOf } from '../../pilot/db-link.ts';
+import { DEFAULT_ELECTION_CONFIG, initialView } from '../../pilot/election/election.ts';
+import { Voters } from '../../pilot/election/voters.ts';
+import { ElectionTransport } from '../../pilot/election/transport.ts';
+import { hostAddressOf } from '../../pilot/db/db-link.ts';
 
 // Votes over real libp2p streams: the voter's promise is on disk before the reply leaves, a
 // restarted voter stays silent for a lease, and garbage on the protocol is dropped.

@@ -3,7 +3,7 @@ import { mkdtempSync, mkdirSync, copyFileSync, readFileSync, existsSync, statSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { installDepot, uninstallDepot } from '../../depot/install.ts';
+import { installDepot, uninstallDepot } from '../../depot/install/install.ts';
 import { DEPOT_ENV, DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
 import { loadConfig } from '../../shared/config.ts';
 import { createLogger, silentLogger } from '../../shared/logger.ts';

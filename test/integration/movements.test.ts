@@ -3,10 +3,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startMariaDb, type MariaDbServer } from '../helpers/mariadb.ts';
-import { Journal } from '../../depot/journal.ts';
-import { MovementRecorder, MOVEMENTS_TABLE } from '../../pilot/movements.ts';
+import { Journal } from '../../depot/journal/journal.ts';
+import { MovementRecorder, MOVEMENTS_TABLE } from '../../pilot/db/movements-table.ts';
 import { silentLogger } from '../../shared/logger.ts';
-import { DbLink } from '../../pilot/db-link.ts';
+import { DbLink } from '../../pilot/db/db-link.ts';
 import { parseConfig } from '../../shared/config.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
 

@@ -1,7 +1,7 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { createNode, type NavigatorNode } from '../../depot/libp2p.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
-import { PING_PROTOCOL, PingChannels, answerPings } from '../../depot/ping-channel.ts';
+import { PING_PROTOCOL, PingChannels, answerPings } from '../../depot/membership/ping-channel.ts';
 
 // Probes ping over one long-lived stream per peer (depot/ping-channel.ts), between real libp2p
 // nodes on loopback: the stream is reused, a stream the other side closed is replaced without a

@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { Registry } from 'prom-client';
 import { HttpServer } from '../../web/server.ts';
 import { registerTrackingMetrics, registerTrackingRoutes, tokenMatches, adminHostAllows, type DepotView, type ServiceView, type TrackingRoutes } from '../../web/tracking.ts';
-import { Journal } from '../../depot/journal.ts';
+import { Journal } from '../../depot/journal/journal.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
 

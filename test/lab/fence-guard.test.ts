@@ -1,7 +1,7 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
-import { FenceGuard } from '../../pilot/fence.ts';
+import { FenceGuard } from '../../pilot/fence-guard.ts';
 import { silentLogger } from '../../shared/logger.ts';
 
 // The primary's dead man's switch, for real: a namespace with an interface holding the

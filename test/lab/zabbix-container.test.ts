@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { silentLogger } from '../../shared/logger.ts';
-import { createDriver, ProcessSpec } from '../../depot/drivers/driver.ts';
-import { tcpOpen, type ProcessDriver } from '../../depot/drivers/process.ts';
+import { createDriver, ProcessSpec } from '../../depot/containers/drivers/driver.ts';
+import { tcpOpen, type ProcessDriver } from '../../depot/containers/drivers/process.ts';
 import { CLIENT, clientSql, copySql, prepareZabbixImage, sendValue, type ZabbixImage } from './zabbix-fixture.ts';
 import { freePort } from '../helpers/ports.ts';
 

@@ -2,11 +2,11 @@ import { describe, expect, it } from 'vitest';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { FakeClock } from '../../shared/clock.ts';
-import { DumpGuard, requalify } from '../../pilot/dump-guard.ts';
-import { SyncLoop, retryDelayMs } from '../../pilot/sync-loop.ts';
-import { optionFileText, optionFileValue } from '../../pilot/mysql-credentials.ts';
-import { schemaNames, syncHeartbeatFields } from '../../pilot/sync-history.ts';
-import { errorLines } from '../../pilot/dbsync.ts';
+import { DumpGuard, requalify } from '../../pilot/db/dump-guard.ts';
+import { SyncLoop, retryDelayMs } from '../../pilot/db/sync-loop.ts';
+import { optionFileText, optionFileValue } from '../../pilot/db/mysql-credentials.ts';
+import { schemaNames, syncHeartbeatFields } from '../../pilot/db/sync-history.ts';
+import { errorLines } from '../../pilot/db/dbsync.ts';
 
 // The pure parts of the database sync: the dump guard (byte count, trailer, staging rewrite),
 // the retry schedule, option-file quoting and schema naming.

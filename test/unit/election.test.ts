@@ -24,7 +24,7 @@ import {
   type PilotDecision,
   type PilotState,
   type VoterState,
-} from '../../pilot/election.ts';
+} from '../../pilot/election/election.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { isNavigatorError } from '../../shared/errors.ts';
 import { ElectionMessage, decodeMessage, encodeMessage, type LeaseAck, type LeaseRenew, type VoteReply, type VoteRequest } from '../../shared/wire.ts';

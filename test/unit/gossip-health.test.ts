@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { heartbeatChange } from '../../depot/heartbeat-change.ts';
-import { gossipLinkHealth, judgeLinks } from '../../depot/gossip-links.ts';
+import { heartbeatChange } from '../../depot/heartbeat/change.ts';
+import { gossipLinkHealth, judgeLinks } from '../../depot/gossip/links.ts';
 import type { HeartbeatMessage } from '../../shared/wire.ts';
 import type { PubSub } from '@libp2p/interface';
 

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import type { Message, PeerId, PubSub } from '@libp2p/interface';
-import { GossipInbox } from '../../depot/gossip-inbox.ts';
+import { GossipInbox } from '../../depot/gossip/inbox.ts';
 import { DepotMetrics } from '../../depot/metrics.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { TOPICS, type HeartbeatMessage, type MembershipMessage } from '../../shared/wire.ts';

@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import type { PubSub } from '@libp2p/interface';
-import { HeartbeatPublisher } from '../../depot/heartbeat.ts';
+import { HeartbeatPublisher } from '../../depot/heartbeat/publisher.ts';
 import { DepotMetrics } from '../../depot/metrics.ts';
 import { FakeClock } from '../../shared/clock.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { HeartbeatMessage } from '../../shared/wire.ts';
-import type { ResourceSample } from '../../depot/resources.ts';
+import type { ResourceSample } from '../../depot/heartbeat/resources.ts';
 
 // The heartbeat goes out when what others act on changes (at once), when host figures moved
 // enough (at most every 10 s), when forced, and at least every refreshMs — never every second

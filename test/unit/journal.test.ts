@@ -3,8 +3,8 @@ import { mkdtemp, rm, readFile, writeFile, appendFile, stat } from 'node:fs/prom
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { Journal, parseJournalText } from '../../depot/journal.ts';
-import { JournalSync, publishMovement, subscribeMovements } from '../../depot/journal-sync.ts';
+import { Journal, parseJournalText } from '../../depot/journal/journal.ts';
+import { JournalSync, publishMovement, subscribeMovements } from '../../depot/journal/gap-fill.ts';
 import { createNode, type NavigatorNode } from '../../depot/libp2p.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { silentLogger } from '../../shared/logger.ts';

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Membership, type MembershipAction } from '../../depot/membership.ts';
+import { Membership, type MembershipAction } from '../../depot/membership/membership.ts';
 import type { HeartbeatMessage } from '../../shared/wire.ts';
 
 const SELF = '12D3KooWSelf000000000000';

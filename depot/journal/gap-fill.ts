@@ -1,0 +1,199 @@
+import * as lp from 'it-length-prefixed';
+import type { PeerId, Message } from '@libp2p/interface';
+import type { Logger } from '../../shared/logger.ts';
+import { NavigatorError, errorMessage } from '../../shared/errors.ts';
+import { MovementRecord } from '../../shared/movement.ts';
+import {
+  JOURNAL_PROTOCOL,
+  MAX_CONTROL_BYTES,
+  MAX_GOSSIP_BYTES,
+  MovementMessage,
+  TOPICS,
+  decodeMessage,
+  encodeMessage,
+} from '../../shared/wire.ts';
+import type { NavigatorNode } from '../libp2p.ts';
+import type { FillResult, Journal, JournalFetchFn } from './journal.ts';
+
+// How movement records travel between depots: gossip on TOPICS.events for live records, and a
+// small request/response protocol (/navigator/journal/1, one length-prefixed JSON frame each
+// way per stream) for a depot that was down to fetch what it missed from a peer.
+
+/** Gossip one record to every depot. */
+export async function publishMovement(node: NavigatorNode, record: MovementRecord): Promise<void> {
+  const msg: MovementMessage = { type: 'movement', v: 1, record: MovementRecord.parse(record) };
+  await node.services.pubsub.publish(TOPICS.events, encodeMessage(msg));
+}
+
+export interface MovementGossipCounters {
+  /** result: appended | duplicate | bad | error */
+  (result: 'appended' | 'duplicate' | 'bad' | 'error'): void;
+}
+
+export interface MovementHandlerOptions {
+  logger: Logger;
+  count?: MovementGossipCounters;
+  /** Report a rejected message (GossipInbox.drop) so it is counted with the other drops. */
+  drop?: (reason: 'too-large' | 'not-json' | 'schema', detail: string, from?: string, topic?: string) => void;
+  maxBytes?: number;
+}
+
+/**
+ * A handler for TOPICS.events payloads that validates movement messages and appends their record
+ * to the journal. Plug it into GossipInbox.subscribe(TOPICS.events, handler) in the daemon.
+ * Messages of another `type` on the topic are ignored (not ours to judge).
+ */
+export function movementGossipHandler(journal: Journal, opts: MovementHandlerOptions): (data: Uint8Array, from: string) => void {
+  const log = opts.logger.child({ component: 'journal-gossip' });
+  return (data, from) => {
+    // After a stop the inbox may still hand over a late message; the journal is closed then.
+    if (!journal.isOpen) return;
+    const decoded = decodeMessage(MovementMessage, data, opts.maxBytes ?? MAX_GOSSIP_BYTES);
+    if (!decoded.ok) {
+      if (decoded.reason === 'schema' && otherType(data)) return;
+      opts.count?.('bad');
+      opts.drop?.(decoded.reason, decoded.detail, from, TOPICS.events);
+      log.warn({ event: 'movement-gossip-dropped', from, reason: decoded.reason, detail: decoded.detail }, 'dropped a bad movement message');
+      return;
+    }
+    journal.append(decoded.value.record).then(
+      (added) => opts.count?.(added ? 'appended' : 'duplicate'),
+      (err) => {
+        opts.count?.('error');
+        log.error({ event: 'movement-append-failed', err: errorMessage(err) }, 'could not journal a gossiped movement');
+      },
+    );
+  };
+}
+
+/**
+ * Standalone subscription (without a GossipInbox): subscribe to TOPICS.events and journal every
+ * valid movement. Returns the function that unsubscribes.
+ */
+export function subscribeMovements(node: NavigatorNode, journal: Journal, opts: MovementHandlerOptions): () => void {
+  const pubsub = node.services.pubsub;
+  const handle = movementGossipHandler(journal, opts);
+  const onMessage = (evt: CustomEvent<Message>) => {
+    const msg = evt.detail;
+    if (msg.topic !== TOPICS.events) return;
+    handle(msg.data, msg.type === 'signed' ? msg.from.toString() : '');
+  };
+  pubsub.subscribe(TOPICS.events);
+  pubsub.addEventListener('message', onMessage);
+  return () => {
+    pubsub.removeEventListener('message', onMessage);
+  };
+}
+
+function otherType(data: Uint8Array): boolean {
+  try {
+    const v = JSON.parse(new TextDecoder().decode(data)) as { type?: unknown };
+    return typeof v?.type === 'string' && v.type !== 'movement';
+  } catch {
+    return false;
+  }
+}
+
+export interface JournalSyncOptions {
+  node: NavigatorNode;
+  journal: Journal;
+  logger: Logger;
+  timeoutMs?: number;
+}
+
+/** Serves /navigator/journal/1 and fetches from peers. start()/stop() register the handler. */
+export class JournalSync {
+  private readonly node: NavigatorNode;
+  private readonly journal: Journal;
+  private readonly log: Logger;
+  private readonly timeoutMs: number;
+  private started = false;
+
+  constructor(opts: JournalSyncOptions) {
+    this.node = opts.node;
+    this.journal = opts.journal;
+    this.log = opts.logger.child({ component: 'journal-sync' });
+    this.timeoutMs = opts.timeoutMs ?? 5000;
+  }
+
+  async start(): Promise<void> {
+    if (this.started) return;
+    await this.node.handle(
+      JOURNAL_PROTOCOL,
+      ({ stream, connection }) => {
+        void this.serve(stream, connection.remotePeer.toString());
+      },
+      { maxInboundStreams: 8 },
+    );
+    this.started = true;
+  }
+
+  async stop(): Promise<void> {
+    if (!this.started) return;
+    this.started = false;
+    await this.node.unhandle(JOURNAL_PROTOCOL);
+  }
+
+  private async serve(stream: Parameters<Parameters<NavigatorNode['handle']>[1]>[0]['stream'], peer: string): Promise<void> {
+    const signal = AbortSignal.timeout(this.timeoutMs);
+    try {
+      let answer: unknown;
+      const frame = await firstFrame(stream.source, MAX_CONTROL_BYTES, signal);
+      try {
+        const req = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(frame));
+        answer = this.journal.handleFetch(req);
+      } catch (err) {
+        answer = { type: 'journal.error', message: errorMessage(err).slice(0, 1000) };
+      }
+      await stream.sink([lp.encode.single(encodeMessage(answer, MAX_CONTROL_BYTES))]);
+    } catch (err) {
+      this.log.warn({ event: 'journal-serve-failed', peer, err: errorMessage(err) }, 'journal fetch from a peer failed');
+      stream.abort(err as Error);
+    }
+  }
+
+  /** A fetch function for Journal.fillGaps that asks `peer` over /navigator/journal/1. */
+  fetcher(peer: PeerId): JournalFetchFn {
+    return async (request) => {
+      const signal = AbortSignal.timeout(this.timeoutMs);
+      const stream = await this.node.dialProtocol(peer, JOURNAL_PROTOCOL, { signal });
+      try {
+        await stream.sink([lp.encode.single(encodeMessage(request, MAX_CONTROL_BYTES))]);
+        const frame = await firstFrame(stream.source, MAX_CONTROL_BYTES, signal);
+        const answer = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(frame)) as { type?: string; message?: string };
+        if (answer?.type === 'journal.error') throw new NavigatorError('BAD_REQUEST', `peer refused journal.fetch: ${answer.message}`);
+        return answer;
+      } finally {
+        await stream.close().catch(() => stream.abort(new Error('close failed')));
+      }
+    };
+  }
+
+  /** Fill gaps from the first of `peers` that answers; returns which peer served, or throws the last error. */
+  async fillFromPeers(peers: PeerId[], opts: { slackMs?: number } = {}): Promise<FillResult & { peer: string }> {
+    let lastErr: unknown = new NavigatorError('NOT_FOUND', 'no peer to fetch the journal from');
+    for (const peer of peers) {
+      try {
+        const res = await this.journal.fillGaps(this.fetcher(peer), opts);
+        return { ...res, peer: peer.toString() };
+      } catch (err) {
+        lastErr = err;
+        this.log.warn({ event: 'journal-fill-peer-failed', peer: peer.toString(), err: errorMessage(err) }, 'journal gap filling from a peer failed; trying the next');
+      }
+    }
+    throw lastErr;
+  }
+}
+
+async function firstFrame(source: AsyncIterable<any>, maxDataLength: number, signal: AbortSignal): Promise<Uint8Array> {
+  const onAbort = new Promise<never>((_, reject) => {
+    if (signal.aborted) reject(new NavigatorError('TIMEOUT', 'journal stream timed out'));
+    signal.addEventListener('abort', () => reject(new NavigatorError('TIMEOUT', 'journal stream timed out')), { once: true });
+  });
+  onAbort.catch(() => undefined);
+  const read = (async () => {
+    for await (const chunk of lp.decode(source, { maxDataLength })) return chunk.subarray();
+    throw new NavigatorError('MESSAGE_INVALID', 'journal stream closed before a frame arrived');
+  })();
+  return Promise.race([read, onAbort]);
+}
