@@ -18,7 +18,9 @@ import { silentLogger } from '../shared/logger.ts';
 import { createNode } from '../depot/libp2p.ts';
 import { makeSwarmKey } from '../depot/swarm-key.ts';
 import { ContainerManager } from '../depot/containers/manager.ts';
-import { ControlClient, ControlServer } from '../depot/control/server.ts';
+import { ControlServer } from '../depot/control/server.ts';
+import { ControlClient } from '../depot/control/client.ts';
+import { registerContainerControl } from '../depot/containers/control-methods.ts';
 import { createDriver, QemuSpec } from '../depot/containers/drivers/driver.ts';
 
 const CALLS = Number(process.env.BENCH_CALLS ?? 300);
@@ -52,7 +54,8 @@ async function main(): Promise<void> {
     createNode({ swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] }),
     createNode({ swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] }),
   ]);
-  const server = new ControlServer({ node: b, containers: manager, logger: log });
+  const server = new ControlServer({ node: b, logger: log });
+  registerContainerControl(server, manager);
   const results: Record<string, number> = {};
   try {
     await manager.start();

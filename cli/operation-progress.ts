@@ -1,4 +1,4 @@
-import type { ServiceView } from '../web/tracking.ts';
+import type { ServiceView } from '../shared/api/tracking.ts';
 import type { ProgressItem } from './progress.ts';
 import { depotOf, imageNames, stagingItem, stagingNotShipped, transferItem, type DepotTransferRow, type TransferRow } from './transfers-api.ts';
 

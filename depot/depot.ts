@@ -1,13 +1,11 @@
 import { EventEmitter } from 'node:events';
 import type { PrivateKey } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
-import { multiaddr } from '@multiformats/multiaddr';
 import type { GossipsubOpts } from '@chainsafe/libp2p-gossipsub';
 import type { Config } from '../shared/config.ts';
 import { SystemClock, type Clock, type TimerHandle } from '../shared/clock.ts';
 import { createLogger, type Logger } from '../shared/logger.ts';
-import { errorMessage } from '../shared/errors.ts';
-import { gossipLinkHealth, judgeLinks, type LinkObservation } from './gossip/links.ts';
+import { NavigatorError, errorMessage, type ErrorCode } from '../shared/errors.ts';
 import { TOPICS, encodeMessage, type DeadMessage, type HeartbeatMessage, type LeftMessage, type MembershipMessage } from '../shared/wire.ts';
 import { HttpServer } from '../web/server.ts';
 import { registerDepotApi } from '../web/depot-api.ts';
@@ -15,24 +13,21 @@ import { createNode, type NavigatorNode } from './libp2p.ts';
 import { readSwarmKey } from './swarm-key.ts';
 import { loadOrCreateIdentity } from './identity.ts';
 import { Membership, type MembershipAction } from './membership/membership.ts';
+import { MemberProber } from './membership/member-prober.ts';
 import { DepotMetrics } from './metrics.ts';
 import { GossipInbox } from './gossip/inbox.ts';
 import { HeartbeatPublisher, type HeartbeatContentProvider } from './heartbeat/publisher.ts';
-import { Prober } from './membership/member-prober.ts';
+import { ControlServer } from './control/server.ts';
+import { ControlClient } from './control/client.ts';
+import { ConnectionManager } from './connections.ts';
+import type { DepotComponents, DepotPlugin, DepotPluginFactory, MemberEvents } from './components.ts';
+import { depotsResponse } from './depots-response.ts';
 
-// The depot daemon: composes the libp2p node, gossip inbox, heartbeat, membership, prober and
-// HTTP server, and wires the pure membership state machine to real time and the network.
-// Other concerns (container drivers, control protocol, image store, journal, pilots) plug in
-// as parts: factories that receive the Depot and return something with start()/stop().
-
-/** A concern plugged into the depot; started in order after the core, stopped in reverse. */
-export interface DepotPart {
-  readonly name: string;
-  start(): void | Promise<void>;
-  stop(): void | Promise<void>;
-}
-
-export type DepotPartFactory = (depot: Depot) => DepotPart;
+// The depot daemon's lifecycle: builds the core — libp2p node, gossip inbox, heartbeat,
+// membership with its prober, connection manager, control server, HTTP server — wires the pure
+// membership state machine to real time and the network, then starts the plugins (containers,
+// images, journal and tracking page, pilots) in order with the components they ask for, and
+// stops everything in reverse.
 
 export interface DepotOptions {
   config: Config;
@@ -48,7 +43,7 @@ export interface DepotOptions {
   http?: boolean;
   /** Export Node.js process metrics on /metrics (only meaningful with one depot per process). */
   processMetrics?: boolean;
-  parts?: DepotPartFactory[];
+  plugins?: DepotPluginFactory[];
   /** Gossipsub tuning (benchmarks). */
   gossip?: Partial<GossipsubOpts>;
   /**
@@ -58,42 +53,13 @@ export interface DepotOptions {
   dialDiscovered?: boolean;
 }
 
-/** Least time between two dial attempts to the same unconnected depot. */
-const REDIAL_MS = 5000;
-
-/** Events: 'transition' (MembershipAction of kind transition), 'heartbeat' (HeartbeatMessage accepted from another depot). */
-export interface DepotEvents {
-  transition: [Extract<MembershipAction, { kind: 'transition' }>];
-  heartbeat: [HeartbeatMessage];
-}
-
-/** How long after publishing `left` the node stays up so the message gets out. */
-const LEFT_FLUSH_MS = 250;
-
-/** How often the gossip streams of every connection are checked (gossip-links.ts). */
-const LINK_CHECK_MS = 2000;
-/** Longest time this depot's own address list is reused (it is also dropped when libp2p changes it). */
-const ADDRESSES_TTL_MS = 10_000;
-/** How long a connection may lack its gossip streams (set-up included) before it is closed. */
-const LINK_GRACE_MS = 15_000;
-/** A depot still dead this long after the verdict has its connections closed. */
-const DEAD_HANGUP_MS = 30_000;
-/**
- * Push-pull sync (memberlist): ask a random connected depot whom it knows and connect to the
- * ones this depot is not connected to. Every second for the first half minute (depots that start
- * together know only their bootstrap peer at first), then every 30 s.
- */
-const SYNC_FAST_MS = 1000;
-const SYNC_FAST_WINDOW_MS = 30_000;
-const SYNC_MS = 30_000;
-/** Wait before dialling a depot whose connection closed while it is still alive. */
-const RECONNECT_DELAY_MS = 1000;
+type DepotState = 'new' | 'starting' | 'running' | 'stopping' | 'stopped';
 
 export class Depot {
   readonly config: Config;
   readonly log: Logger;
   readonly clock: Clock;
-  readonly events = new EventEmitter<DepotEvents>();
+  readonly events = new EventEmitter<MemberEvents>();
   readonly metrics: DepotMetrics;
   /** Start time of this process: a restart is a new incarnation. */
   readonly incarnation: number;
@@ -101,21 +67,16 @@ export class Depot {
   private _membership: Membership | undefined;
   private _inbox: GossipInbox | undefined;
   private _heartbeat: HeartbeatPublisher | undefined;
-  private _prober: Prober | undefined;
+  private _prober: MemberProber | undefined;
+  private _connections: ConnectionManager | undefined;
+  private _control: ControlServer | undefined;
+  private _controlClient: ControlClient | undefined;
   private _http: HttpServer | undefined;
-  private readonly parts: DepotPart[] = [];
-  private readonly pendingProviders: HeartbeatContentProvider[] = [];
+  private _components: DepotComponents | undefined;
+  private readonly plugins: DepotPlugin[] = [];
   private tickTimer: TimerHandle | undefined;
-  private redialTimer: TimerHandle | undefined;
-  private linkTimer: TimerHandle | undefined;
-  private syncTimer: TimerHandle | undefined;
-  private unhealthyLinks = new Map<string, number>();
-  private readonly lastDial = new Map<string, number>();
-  /** Peers with at least one open connection (libp2p peer:connect / peer:disconnect). */
-  private readonly connectedPeers = new Set<string>();
-  private bootstrapPeers: Array<{ peerId: string; addresses: string[] }> | undefined;
   private addressCache: { at: number; list: string[] } | undefined;
-  private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
+  private state: DepotState = 'new';
 
   constructor(private readonly opts: DepotOptions) {
     this.config = opts.config;
@@ -136,156 +97,55 @@ export class Depot {
   get membership(): Membership {
     return required(this._membership, 'membership');
   }
-  get inbox(): GossipInbox {
-    return required(this._inbox, 'gossip inbox');
-  }
   get heartbeat(): HeartbeatPublisher {
     return required(this._heartbeat, 'heartbeat');
   }
-  get prober(): Prober {
+  get prober(): MemberProber {
     return required(this._prober, 'prober');
   }
-  /** The HTTP server (undefined when started with http: false). Parts add routes in their start(). */
-  get http(): HttpServer | undefined {
-    return this._http;
+  /** What plugins are given (available once start() has built the core). */
+  get components(): DepotComponents {
+    return required(this._components, 'components');
   }
   get peerId(): string {
     return this.node.peerId.toString();
+  }
+  /** Port the HTTP server listens on (undefined without HTTP or before start). */
+  get httpPort(): number | undefined {
+    return this._http?.port;
   }
   get running(): boolean {
     return this.state === 'running';
   }
 
-  /** Add what a part contributes to every heartbeat (images, staging, containers). */
-  addHeartbeatContent(provider: HeartbeatContentProvider): void {
-    if (this._heartbeat) this._heartbeat.addContentProvider(provider);
-    else this.pendingProviders.push(provider);
-  }
-
   async start(): Promise<void> {
     if (this.state !== 'new') throw new Error(`depot already ${this.state}`);
     this.state = 'starting';
-    const cfg = this.config;
-    const t = cfg.membership;
     const started = this.clock.now();
     try {
-      const swarmKey = this.opts.swarmKey ?? (await readSwarmKey(cfg.network.swarmKeyFile));
-      const privateKey = this.opts.privateKey ?? (await loadOrCreateIdentity(cfg.network.identityFile));
-      this._node = await createNode({
-        swarmKey,
-        privateKey,
-        listen: cfg.network.listen,
-        announce: cfg.network.announce,
-        bootstrap: cfg.network.bootstrap,
-        mdns: cfg.network.mdns,
-        mdnsIntervalMs: cfg.network.mdnsIntervalMs,
-        transport: this.opts.transport ?? 'tcp',
-        gossip: {
-          metricsRegister: this.metrics.gossipWire,
-          metricsTopicStrToLabel: new Map(Object.values(TOPICS).map((topic) => [topic, topic])),
-          ...this.opts.gossip,
-        },
-      });
-      const node = this._node;
-      const selfId = node.peerId.toString();
-      this._membership = new Membership({
-        selfId,
-        timing: {
-          heartbeatMs: t.heartbeatMs,
-          heartbeatRefreshMs: t.heartbeatRefreshMs,
-          probeIntervalMs: t.probeIntervalMs,
-          suspectAfterMissed: t.suspectAfterMissed,
-          probeTimeoutMs: t.probeTimeoutMs,
-          indirectProbes: t.indirectProbes,
-          suspectTimeoutMs: t.suspectTimeoutMs,
-          forgetAfterMs: t.forgetAfterMs,
-        },
-      });
-      this._inbox = new GossipInbox({
-        pubsub: node.services.pubsub,
-        metrics: this.metrics,
-        maxMessageBytes: t.maxMessageBytes,
-        log: this.log.child({ component: 'gossip' }),
-        handlers: {
-          heartbeat: (hb) => this.onHeartbeat(hb),
-          membership: (msg) => this.onMembershipMessage(msg),
-        },
-      });
-      this._prober = new Prober({
-        node,
-        log: this.log.child({ component: 'probe' }),
-        probeTimeoutMs: t.probeTimeoutMs,
-        members: () => this.knownMembers(),
-        ownHeartbeat: () => this._heartbeat?.latest(),
-        maxHeartbeatBytes: t.maxMessageBytes,
-      });
-      node.addEventListener('self:peer:update', () => (this.addressCache = undefined));
-      node.addEventListener('peer:connect', (evt) => {
-        const peer = evt.detail.toString();
-        this.connectedPeers.add(peer);
-        this.onPeerConnect(peer);
-      });
-      node.addEventListener('peer:disconnect', (evt) => {
-        const peer = evt.detail.toString();
-        this.connectedPeers.delete(peer);
-        this._prober?.connectionClosed(peer);
-        if (this.state !== 'running') return;
-        this.apply(this.membership.connectionLost(peer, this.clock.now()));
-        // Keep the cluster fully connected (heartbeats go out in one hop): dial a depot that is
-        // still alive again after a moment; one that died is never dialled again.
-        this.clock.setTimeout(() => {
-          const view = this._membership?.get(peer);
-          if (view?.state === 'alive' && view.heartbeat) this.dialIfUnconnected(view.heartbeat);
-        }, RECONNECT_DELAY_MS);
-      });
-
-      if (this.opts.http !== false) {
-        this._http = new HttpServer({ host: cfg.http.host, port: cfg.http.port, log: this.log.child({ component: 'http' }) });
-        registerDepotApi(this._http, this);
-      }
-      this._heartbeat = new HeartbeatPublisher({
-        pubsub: node.services.pubsub,
-        clock: this.clock,
-        log: this.log.child({ component: 'heartbeat' }),
-        metrics: this.metrics,
-        peerId: selfId,
-        name: cfg.node.name,
-        incarnation: this.incarnation,
-        heartbeatMs: t.heartbeatMs,
-        refreshMs: t.heartbeatRefreshMs,
-        maxMessageBytes: t.maxMessageBytes,
-        storeDir: cfg.store.dir,
-        httpPort: () => this._http?.port,
-        addresses: () => this.ownAddresses(node),
-        onLocal: (hb) => this.membership.observeHeartbeat(hb, this.clock.now()),
-      });
-      for (const p of this.pendingProviders.splice(0)) this._heartbeat.addContentProvider(p);
-
+      await this.buildCore();
+      const node = this.node;
       await node.start();
-      await this._prober.start();
-      this._inbox.start();
+      await this.prober.start();
+      this._inbox!.start();
+      await this._control!.start();
       await this._http?.start();
-      for (const factory of this.opts.parts ?? []) {
-        const part = factory(this);
-        await part.start();
-        this.parts.push(part);
-        this.log.info({ event: 'part-started', part: part.name }, `started ${part.name}`);
+      for (const factory of this.opts.plugins ?? []) {
+        const plugin = factory(this.components);
+        await plugin.start();
+        this.plugins.push(plugin);
+        this.log.info({ event: 'plugin-started', plugin: plugin.name }, `started ${plugin.name}`);
       }
-      this._heartbeat.start();
+      this.heartbeat.start();
+      const t = this.config.membership;
       const tickMs = Math.max(10, Math.min(100, Math.floor(t.heartbeatMs / 4), t.probeIntervalMs > 0 ? Math.floor(t.probeIntervalMs / 4) : Infinity));
       this.tickTimer = this.clock.setInterval(() => this.tick(), tickMs);
-      this.linkTimer = this.clock.setInterval(() => this.checkGossipLinks(), LINK_CHECK_MS);
-      this.scheduleSync(this.clock.now());
-      // The bootstrap module dials its list once; keep trying those we are not connected to
-      // (the first depot may start later, or a dial may fail on a busy host).
-      this.redialTimer = this.clock.setInterval(() => this.redialBootstrap(), REDIAL_MS);
       this.state = 'running';
-      // Peers connected while starting (bootstrap) were not asked yet.
-      for (const p of node.getPeers()) this.onPeerConnect(p.toString());
+      this._connections!.start();
       this.log.info(
         {
           event: 'depot-started',
-          peerId: selfId,
+          peerId: this.peerId,
           incarnation: this.incarnation,
           listen: node.getMultiaddrs().map((a) => a.toString()),
           httpPort: this._http?.port,
@@ -300,14 +160,150 @@ export class Depot {
     }
   }
 
-  /** Clean stop: parts first (the depot keeps heartbeating meanwhile), then announce `left`. */
+  private async buildCore(): Promise<void> {
+    const cfg = this.config;
+    const t = cfg.membership;
+    const swarmKey = this.opts.swarmKey ?? (await readSwarmKey(cfg.network.swarmKeyFile));
+    const privateKey = this.opts.privateKey ?? (await loadOrCreateIdentity(cfg.network.identityFile));
+    const node = (this._node = await createNode({
+      swarmKey,
+      privateKey,
+      listen: cfg.network.listen,
+      announce: cfg.network.announce,
+      bootstrap: cfg.network.bootstrap,
+      mdns: cfg.network.mdns,
+      mdnsIntervalMs: cfg.network.mdnsIntervalMs,
+      transport: this.opts.transport ?? 'tcp',
+      gossip: {
+        metricsRegister: this.metrics.gossipWire,
+        metricsTopicStrToLabel: new Map(Object.values(TOPICS).map((topic) => [topic, topic])),
+        ...this.opts.gossip,
+      },
+    }));
+    const selfId = node.peerId.toString();
+    const membership = (this._membership = new Membership({
+      selfId,
+      timing: {
+        heartbeatMs: t.heartbeatMs,
+        heartbeatRefreshMs: t.heartbeatRefreshMs,
+        probeIntervalMs: t.probeIntervalMs,
+        suspectAfterMissed: t.suspectAfterMissed,
+        probeTimeoutMs: t.probeTimeoutMs,
+        indirectProbes: t.indirectProbes,
+        suspectTimeoutMs: t.suspectTimeoutMs,
+        forgetAfterMs: t.forgetAfterMs,
+      },
+    }));
+    const inbox = (this._inbox = new GossipInbox({
+      pubsub: node.services.pubsub,
+      metrics: this.metrics,
+      maxMessageBytes: t.maxMessageBytes,
+      log: this.log.child({ component: 'gossip' }),
+      handlers: {
+        heartbeat: (hb) => this.onHeartbeat(hb),
+        membership: (msg) => this.onMembershipMessage(msg),
+      },
+    }));
+    const prober = (this._prober = new MemberProber({
+      node,
+      log: this.log.child({ component: 'probe' }),
+      probeTimeoutMs: t.probeTimeoutMs,
+      members: () => this.knownMembers(),
+      ownHeartbeat: () => this._heartbeat?.latest(),
+      maxHeartbeatBytes: t.maxMessageBytes,
+    }));
+    const connections = (this._connections = new ConnectionManager({
+      node,
+      membership,
+      prober,
+      metrics: this.metrics,
+      clock: this.clock,
+      log: this.log,
+      timing: cfg.connections,
+      bootstrap: cfg.network.bootstrap,
+      dialDiscovered: this.opts.dialDiscovered !== false,
+      onHeartbeat: (hb) => this.onHeartbeat(hb),
+    }));
+    node.addEventListener('self:peer:update', () => (this.addressCache = undefined));
+    node.addEventListener('peer:connect', (evt) => connections.connected(evt.detail.toString()));
+    node.addEventListener('peer:disconnect', (evt) => {
+      const peer = evt.detail.toString();
+      prober.connectionClosed(peer);
+      connections.disconnected(peer);
+      if (this.state === 'running') this.apply(membership.connectionLost(peer, this.clock.now()));
+    });
+    const { readTimeoutMs, maxRequestMs, maxInboundStreams } = cfg.control;
+    const control = (this._control = new ControlServer({ node, logger: this.log, readTimeoutMs, maxRequestMs, maxInboundStreams }));
+    const controlClient = (this._controlClient = new ControlClient({ node, timeoutMs: cfg.control.callTimeoutMs }));
+    if (this.opts.http !== false) {
+      this._http = new HttpServer({ host: cfg.http.host, port: cfg.http.port, log: this.log.child({ component: 'http' }) });
+      registerDepotApi(this._http, {
+        health: () => ({ ok: this.running, name: cfg.node.name, peerId: selfId }),
+        depots: () => depotsResponse({ self: this.components.self, membership, dropped: this.metrics.dropped }),
+        metrics: this.metrics.registry,
+      });
+    }
+    const heartbeat = (this._heartbeat = new HeartbeatPublisher({
+      pubsub: node.services.pubsub,
+      clock: this.clock,
+      log: this.log.child({ component: 'heartbeat' }),
+      metrics: this.metrics,
+      peerId: selfId,
+      name: cfg.node.name,
+      incarnation: this.incarnation,
+      heartbeatMs: t.heartbeatMs,
+      refreshMs: t.heartbeatRefreshMs,
+      maxMessageBytes: t.maxMessageBytes,
+      storeDir: cfg.store.dir,
+      httpPort: () => this._http?.port,
+      addresses: () => this.ownAddresses(node),
+      onLocal: (hb) => membership.observeHeartbeat(hb, this.clock.now()),
+    }));
+    this._components = {
+      config: cfg,
+      logger: this.log,
+      clock: this.clock,
+      self: { peerId: selfId, name: cfg.node.name, incarnation: this.incarnation },
+      node,
+      members: {
+        view: () => membership.view(),
+        get: (peer) => membership.get(peer),
+        countByState: () => membership.countByState(),
+        events: this.events,
+      },
+      gossip: {
+        publish: (topic, bytes) => this.publish(topic, bytes),
+        subscribe: (topic, handler) => inbox.subscribe(topic, handler),
+        drop: (reason, detail, from, topic) => inbox.drop(reason, detail, from, topic),
+      },
+      control: {
+        register: (method, handler) => control.register(method, handler),
+        call: (peer, method, params, opts) => this.callControl(control, controlClient, peer, method, params, opts),
+      },
+      routes: this._http,
+      heartbeat: {
+        contribute: (provider: HeartbeatContentProvider) => heartbeat.addContentProvider(provider),
+        beat: () => void heartbeat.beat().catch(() => undefined),
+      },
+      metrics: this.metrics.registry,
+      reach: { ping: async (peer, timeoutMs) => (await prober.ping(peer, timeoutMs)) !== undefined },
+    };
+  }
+
+  /** A control call; this depot's own methods are dispatched in process (libp2p cannot dial itself). */
+  private async callControl<T>(server: ControlServer, client: ControlClient, peerId: string, method: string, params: unknown, opts: { timeoutMs?: number } = {}): Promise<T> {
+    if (peerId === this.peerId) {
+      const res = await server.dispatch({ id: `local-${method}`, method, params }, { kind: 'local' });
+      if (res.ok) return res.result as T;
+      throw new NavigatorError(res.error.code as ErrorCode, res.error.message);
+    }
+    return client.call<T>(peerIdFromString(peerId), method, params, opts);
+  }
+
+  /** Clean stop: plugins first (the depot keeps heartbeating meanwhile), then announce `left`. */
   async stop(): Promise<void> {
     if (this.state === 'stopping' || this.state === 'stopped') return;
-    if (this.state !== 'running') {
-      await this.shutdown(false);
-      return;
-    }
-    await this.shutdown(true);
+    await this.shutdown(this.state === 'running');
   }
 
   /**
@@ -322,33 +318,29 @@ export class Depot {
   private async shutdown(announce: boolean): Promise<void> {
     this.state = 'stopping';
     const started = this.clock.now();
-    for (const part of [...this.parts].reverse()) {
+    for (const plugin of [...this.plugins].reverse()) {
       try {
-        await part.stop();
+        await plugin.stop();
       } catch (err) {
-        this.log.warn({ event: 'part-stop-failed', part: part.name, err: errorMessage(err) }, `stopping ${part.name} failed`);
+        this.log.warn({ event: 'plugin-stop-failed', plugin: plugin.name, err: errorMessage(err) }, `stopping ${plugin.name} failed`);
       }
     }
-    this.parts.length = 0;
+    this.plugins.length = 0;
     this.clock.clear(this.tickTimer);
     this.tickTimer = undefined;
-    this.clock.clear(this.redialTimer);
-    this.redialTimer = undefined;
-    this.clock.clear(this.linkTimer);
-    this.linkTimer = undefined;
-    this.clock.clear(this.syncTimer);
-    this.syncTimer = undefined;
+    this._connections?.stop();
     await this._heartbeat?.stop();
     if (announce && this._node) {
       const msg: LeftMessage = { type: 'left', v: 1, peerId: this.peerId, name: this.config.node.name, incarnation: this.incarnation, sentAt: this.clock.now() };
       try {
         await this.publish(TOPICS.membership, encodeMessage(msg));
-        await this.clock.sleep(LEFT_FLUSH_MS);
+        await this.clock.sleep(this.config.membership.leftFlushMs);
       } catch (err) {
         this.log.warn({ event: 'left-not-published', err: errorMessage(err) }, 'could not announce left');
       }
     }
     this._inbox?.stop();
+    await this._control?.stop();
     await this._prober?.stop();
     await this._http?.stop();
     try {
@@ -370,28 +362,14 @@ export class Depot {
   /**
    * This depot's announceable libp2p addresses. libp2p recomputes them (parsing every listen
    * address) on each call, and the heartbeat asks every second: kept until libp2p reports a
-   * change of its own addresses, or for ADDRESSES_TTL_MS.
+   * change of its own addresses, or for membership.addressesTtlMs.
    */
   private ownAddresses(node: NavigatorNode): string[] {
     const now = this.clock.now();
-    if (!this.addressCache || now - this.addressCache.at >= ADDRESSES_TTL_MS) {
+    if (!this.addressCache || now - this.addressCache.at >= this.config.membership.addressesTtlMs) {
       this.addressCache = { at: now, list: announceable(node.getMultiaddrs().map((a) => a.toString())) };
     }
     return this.addressCache.list;
-  }
-
-  private redialBootstrap(): void {
-    if (this.state !== 'running') return;
-    // Parsed once: a bootstrap list can name every other depot.
-    this.bootstrapPeers ??= this.config.network.bootstrap.flatMap((a) => {
-      try {
-        const peerId = multiaddr(a).getPeerId();
-        return peerId ? [{ peerId, addresses: [a] }] : [];
-      } catch {
-        return []; // an invalid address was already reported by the bootstrap module
-      }
-    });
-    for (const b of this.bootstrapPeers) this.dialIfUnconnected(b);
   }
 
   private tick(): void {
@@ -399,138 +377,11 @@ export class Depot {
     this.apply(this.membership.tick(this.clock.now(), this._prober?.lagAllowanceMs() ?? 0));
   }
 
-  /**
-   * A connection to a depot judged dead may be a dead socket (a partition, a power loss): close
-   * it, so that when the depot is back its heartbeat brings a fresh dial. Not at once: a false
-   * verdict on a starved host is refuted within moments, and closing would only add churn.
-   */
-  private hangUpIfStillDead(peer: string): void {
-    this.clock.setTimeout(() => {
-      if (this.state !== 'running' || this._membership?.get(peer)?.state !== 'dead') return;
-      void this._node?.hangUp(peerIdFromString(peer)).catch(() => undefined);
-    }, DEAD_HANGUP_MS);
-  }
-
-  private scheduleSync(startedAt: number): void {
-    const wait = this.clock.now() - startedAt < SYNC_FAST_WINDOW_MS ? SYNC_FAST_MS : SYNC_MS;
-    this.syncTimer = this.clock.setTimeout(() => {
-      this.pushPullSync();
-      if (this.state === 'running') this.scheduleSync(startedAt);
-    }, wait);
-  }
-
-  private connectedTo(peer: string): boolean {
-    try {
-      return (this._node?.getConnections(peerIdFromString(peer)).length ?? 0) > 0;
-    } catch {
-      return false; // not a peer id
-    }
-  }
-
-  private pushPullSync(): void {
-    const node = this._node;
-    if (!node || this.state !== 'running' || this.opts.dialDiscovered === false) return;
-    const peers = node.getPeers();
-    if (peers.length === 0) return;
-    const peer = peers[Math.floor(Math.random() * peers.length)]!.toString();
-    void this.prober.members(peer).then((members) => {
-      for (const m of members ?? []) {
-        // Connected but never heard of (its heartbeat request failed on a busy host): ask again.
-        if (this.state === 'running' && !this._membership?.get(m.peerId) && this.connectedTo(m.peerId)) {
-          void this.prober.heartbeatOf(m.peerId).then((hb) => hb && this.onHeartbeat(hb));
-        } else this.dialIfUnconnected(m);
-      }
-    });
-  }
-
-  /** Close connections whose gossip streams are gone (gossip-links.ts), then dial them again. */
-  private checkGossipLinks(): void {
-    const node = this._node;
-    if (!node || this.state !== 'running') return;
-    const now = this.clock.now();
-    const links = node.getConnections().filter((c) => c.status === 'open').map((c) => ({
-      peer: c.remotePeer.toString(),
-      healthy: gossipLinkHealth(node.services.pubsub, c.remotePeer.toString()),
-      openedAt: now - (Date.now() - c.timeline.open),
-    }));
-    // Several connections to one peer: it is healthy if gossipsub's streams are (they live on one of them).
-    const byPeer = new Map<string, LinkObservation>();
-    for (const l of links) {
-      const prev = byPeer.get(l.peer);
-      byPeer.set(l.peer, prev ? { ...prev, openedAt: Math.max(prev.openedAt, l.openedAt) } : l);
-    }
-    const j = judgeLinks([...byPeer.values()], this.unhealthyLinks, now, LINK_GRACE_MS);
-    this.unhealthyLinks = j.unhealthySince;
-    for (const peer of j.close) {
-      const view = this._membership?.get(peer);
-      this.metrics.gossipLinkRepairs.inc();
-      this.log.warn({ event: 'gossip-link-repair', peer, name: view?.name }, `gossip streams to ${view?.name ?? peer} are gone; reconnecting`);
-      const peerId = peerIdFromString(peer);
-      void node
-        .hangUp(peerId)
-        .catch(() => undefined)
-        .then(() => {
-          this.lastDial.delete(peer);
-          if (view?.heartbeat) this.dialIfUnconnected(view.heartbeat);
-          else void node.dial(peerId, { signal: AbortSignal.timeout(5000) }).catch(() => undefined);
-        });
-    }
-  }
-
   private onHeartbeat(hb: HeartbeatMessage): void {
     if (this.state !== 'running') return;
     this.apply(this.membership.observeHeartbeat(hb, this.clock.now()));
     this.events.emit('heartbeat', hb);
-    if (this.opts.dialDiscovered !== false) this.dialIfUnconnected(hb);
-  }
-
-  /** Heard of a depot we have no connection to (it came through a third one): connect to it. */
-  private dialIfUnconnected(hb: { peerId: string; addresses: string[]; name?: string }): void {
-    const node = this._node;
-    // Checked first, by string: this runs for every heartbeat heard, nearly always of a connected peer.
-    if (!node || this.state !== 'running' || this.connectedPeers.has(hb.peerId) || hb.peerId === node.peerId.toString()) return;
-    const now = this.clock.now();
-    if (hb.addresses.length === 0 || now - (this.lastDial.get(hb.peerId) ?? -Infinity) < REDIAL_MS) return;
-    let peer;
-    try {
-      peer = peerIdFromString(hb.peerId);
-    } catch {
-      return;
-    }
-    if (node.getConnections(peer).length > 0) return;
-    this.lastDial.set(hb.peerId, now);
-    const addrs = [];
-    for (const a of hb.addresses) {
-      try {
-        const ma = multiaddr(a);
-        // Only addresses that name this very peer, so a lying message cannot aim us elsewhere.
-        if (ma.getPeerId() === hb.peerId) addrs.push(ma);
-      } catch {
-        // not a multiaddr
-      }
-    }
-    if (addrs.length === 0) return;
-    const name = hb.name ?? hb.peerId;
-    void node.dial(addrs, { signal: AbortSignal.timeout(5000) }).then(
-      () => this.log.debug({ event: 'dialed-discovered', peer: hb.peerId, name }, `connected to ${name}`),
-      (err: unknown) => this.log.debug({ event: 'dial-discovered-failed', peer: hb.peerId, err: errorMessage(err) }, `could not connect to ${name}`),
-    );
-  }
-
-  /**
-   * Join sync (memberlist push/pull): ask a newly connected peer for its heartbeat (so both know
-   * each other at once, with heartbeats gossiped only on change) and whom it knows, and connect to them.
-   */
-  private onPeerConnect(peerId: string): void {
-    if (this.state !== 'running') return;
-    void this.prober.heartbeatOf(peerId).then((hb) => {
-      if (hb) this.onHeartbeat(hb);
-    });
-    if (this.opts.dialDiscovered === false) return;
-    void this.prober.members(peerId).then((members) => {
-      if (!members) return;
-      for (const m of members) this.dialIfUnconnected(m);
-    });
+    this._connections?.heard(hb);
   }
 
   /** What this depot answers to a `members` request. */
@@ -557,7 +408,7 @@ export class Depot {
           const level = a.to === 'dead' || a.to === 'suspect' ? 'warn' : 'info';
           this.log[level]({ event: 'member-transition', peer: a.peer, name: a.name, from: a.from, to: a.to, reason: a.reason, incarnation: a.incarnation }, `${a.name} ${a.from} -> ${a.to}`);
           this.events.emit('transition', a);
-          if (a.to === 'dead') this.hangUpIfStillDead(a.peer);
+          if (a.to === 'dead') this._connections?.hangUpIfStillDead(a.peer);
           break;
         }
         case 'probe': {
@@ -600,29 +451,4 @@ export function announceable(addrs: string[]): string[] {
 function required<T>(v: T | undefined, what: string): T {
   if (v === undefined) throw new Error(`depot ${what} not started`);
   return v;
-}
-
-/** Run a started depot until SIGTERM or SIGINT, then stop it cleanly (announcing `left`). */
-export function stopOnSignals(depot: Depot, exit: (code: number) => void = (c) => process.exit(c)): void {
-  let stopping = false;
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (stopping) {
-      depot.log.warn({ event: 'signal-again', signal }, 'second signal: exiting now');
-      exit(1);
-      return;
-    }
-    stopping = true;
-    depot.log.info({ event: 'signal', signal }, `received ${signal}, stopping`);
-    const force = setTimeout(() => exit(1), 15_000);
-    force.unref();
-    void depot.stop().then(
-      () => exit(0),
-      (err: unknown) => {
-        depot.log.error({ event: 'stop-failed', err: errorMessage(err) }, 'stop failed');
-        exit(1);
-      },
-    );
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
 }

@@ -1,27 +1,12 @@
 import type { Logger } from '../shared/logger.ts';
+import type { Config } from '../shared/config.ts';
 import { errorMessage } from '../shared/errors.ts';
 import type { ContainerReport, ElectionView } from '../shared/wire.ts';
 import type { MovementEvent } from '../shared/movement.ts';
 import type { ContainerManager } from '../depot/containers/manager.ts';
-import { tcpOpen } from '../depot/containers/drivers/process.ts';
-import {
-  createPilot,
-  leaseValid,
-  nextWakeAt,
-  pilotCampaign,
-  pilotObserveMembership,
-  pilotObserveTerm,
-  pilotProbe,
-  pilotReceive,
-  pilotResign,
-  pilotSetSyncTime,
-  pilotTick,
-  type ElectionConfig,
-  type MemberObservation,
-  type PilotDecision,
-  type PilotState,
-  type PilotStep,
-} from './election/election.ts';
+import { tcpOpen } from '../shared/tcp-probe.ts';
+import { createPilot, leaseValid, nextWakeAt, pilotCampaign, pilotObserveMembership, pilotObserveTerm, pilotProbe, pilotReceive, pilotResign, pilotSetSyncTime, pilotTick, type MemberObservation, type PilotDecision, type PilotState, type PilotStep } from './election/election.ts';
+import { type ElectionConfig } from './election/settings.ts';
 import type { ElectionTransport } from './election/transport.ts';
 import { ServiceAddress } from './address.ts';
 import { FenceGuard } from './fence-guard.ts';
@@ -79,7 +64,8 @@ export interface PilotOptions {
   containers: ContainerManager;
   cluster: ClusterView;
   cfg: ElectionConfig;
-  probeIntervalMs: number;
+  /** config section pilot: probe interval and timeout, address re-assert, copy restart, own sync reads. */
+  timing: Pick<Config['pilot'], 'probeIntervalMs' | 'serviceProbeTimeoutMs' | 'reassertMs' | 'copyRestartMs' | 'ownSyncReadMs'>;
   /** Monotonic local time. */
   now: () => number;
   logger: Logger;
@@ -91,15 +77,6 @@ export interface PilotOptions {
   /** The copy's database (sync to standbys, own sync status, movement table), if it has one. */
   db?: DbLink | undefined;
 }
-
-/** Probe timeout: well under the lease, so a dead primary is noticed in one probe round. */
-const PROBE_TIMEOUT_MS = 300;
-/** The primary re-announces its address this often (gratuitous ARP). */
-const REASSERT_MS = 5000;
-/** A standby restarts its own failed container at most this often. */
-const COPY_RESTART_MS = 30_000;
-/** A standby reads its last good sync from its own database this often. */
-const OWN_SYNC_MS = 2000;
 
 export class Pilot {
   private state: PilotState;
@@ -184,7 +161,7 @@ export class Pilot {
     this.opts.cluster.beat();
     this.log.info({ event: 'pilot-started', id: this.opts.id, term: this.term, voters: this.state.view.voters.length }, 'pilot started as standby');
     await this.guard.prepare();
-    this.probeTimer = setInterval(() => void this.probe(), this.opts.probeIntervalMs);
+    this.probeTimer = setInterval(() => void this.probe(), this.opts.timing.probeIntervalMs);
     if (this.opts.assignment.campaign) this.campaign('bootstrap');
   }
 
@@ -379,7 +356,7 @@ export class Pilot {
       if (this.state.role === 'primary') {
         // Until the takeover has taken the address, a failed probe means nothing.
         if (!this.serving) return;
-        const serviceOk = await tcpOpen(ip, this.spec.port, PROBE_TIMEOUT_MS);
+        const serviceOk = await tcpOpen(ip, this.spec.port, this.opts.timing.serviceProbeTimeoutMs);
         if (this.state.role !== 'primary' || !this.serving) return;
         this.apply(pilotProbe(this.state, { serviceOk, hostOk: true }, this.opts.now(), this.opts.cfg));
         if (this.state.role !== 'primary') return;
@@ -388,7 +365,7 @@ export class Pilot {
           this.apply(pilotTick(this.state, this.opts.now(), this.opts.cfg));
           return;
         }
-        if (this.opts.now() - this.lastReassert > REASSERT_MS && this.guard.armed) {
+        if (this.opts.now() - this.lastReassert > this.opts.timing.reassertMs && this.guard.armed) {
           this.lastReassert = this.opts.now();
           await this.address.reassert().catch((err: unknown) => this.log.warn({ event: 'reassert-failed', err: errorMessage(err) }, 'address re-assert failed'));
         }
@@ -402,8 +379,8 @@ export class Pilot {
         if (this.opts.keepStandbys) await this.opts.keepStandbys(this);
         return;
       }
-      // A standby whose own container died brings it back (at most every COPY_RESTART_MS).
-      if (own && (own.report.state === 'failed' || own.report.state === 'stopped') && this.opts.now() - this.lastCopyRestart > COPY_RESTART_MS) {
+      // A standby whose own container died brings it back (at most every pilot.copyRestartMs).
+      if (own && (own.report.state === 'failed' || own.report.state === 'stopped') && this.opts.now() - this.lastCopyRestart > this.opts.timing.copyRestartMs) {
         this.lastCopyRestart = this.opts.now();
         this.effect(async () => {
           this.log.warn({ event: 'standby-copy-restart', state: own.report.state }, 'standby copy not running: starting it again');
@@ -411,7 +388,7 @@ export class Pilot {
           await this.opts.containers.startContainer({ id: this.container, service: this.spec.name, spec: this.spec.container, role: 'standby', term: this.term });
         });
       }
-      if (this.opts.db && this.opts.now() - this.lastOwnSync > OWN_SYNC_MS) {
+      if (this.opts.db && this.opts.now() - this.lastOwnSync > this.opts.timing.ownSyncReadMs) {
         this.lastOwnSync = this.opts.now();
         const sync = await this.opts.db.ownSync(Date.now());
         if (sync) {
@@ -421,13 +398,13 @@ export class Pilot {
       }
       // Standby or candidate: is the primary there?
       const roleAtStart = this.state.role;
-      const serviceOk = await tcpOpen(ip, this.spec.port, PROBE_TIMEOUT_MS);
+      const serviceOk = await tcpOpen(ip, this.spec.port, this.opts.timing.serviceProbeTimeoutMs);
       let hostOk = true;
       if (!serviceOk) {
         const primary = copies
           .filter((c) => c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive')
           .sort((a, b) => b.report.term - a.report.term)[0];
-        hostOk = primary !== undefined && (await this.opts.cluster.ping(primary.peerId, PROBE_TIMEOUT_MS));
+        hostOk = primary !== undefined && (await this.opts.cluster.ping(primary.peerId, this.opts.timing.serviceProbeTimeoutMs));
         this.missingSince ??= this.opts.now();
       } else {
         this.missingSince = undefined;

@@ -6,7 +6,7 @@ import type { HeartbeatMessage } from '../shared/wire.ts';
 import type { ImageStore } from '../depot/image-store.ts';
 import type { MemberView } from '../depot/membership/membership.ts';
 import { controlShipTarget, type ControlCaller } from '../depot/image-control.ts';
-import type { RouteTarget } from '../web/tracking.ts';
+import type { RouteTarget } from '../shared/api/routes.ts';
 import type { ShipResult, ShipTarget, Shipper } from './ship.ts';
 import { Prestager, type PrestageCandidate, type PrestagePlan } from './prestage.ts';
 import { prestageBytesPerSec } from './bandwidth.ts';

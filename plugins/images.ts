@@ -1,30 +1,34 @@
-import type { Depot, DepotPart } from '../depot/depot.ts';
+import type { DepotComponents, DepotPlugin } from '../depot/components.ts';
 import type { ImageStore } from '../depot/image-store.ts';
-import { registerImageControl, type MethodRegistry } from '../depot/image-control.ts';
+import { registerImageControl } from '../depot/image-control.ts';
+import { registerImageQueries } from '../depot/images/status-methods.ts';
 
-// The image store as a depot part, on the receiving side of image shipping: the control methods a
-// sender drives a transfer with (image.prepare / image.commit / image.abort), and what the
-// heartbeat says about images — the ids held, the receives in progress (`staging`), and the
-// port of this host's sshd (`sshPort`, config ship.sshPort) that senders write the data to.
-// Start it after the containers part (which owns the control server).
+// The image store, on the receiving side of image shipping: started and stopped here; the control
+// methods a sender asks and drives a transfer with (image.status / image.verify, image.prepare /
+// image.commit / image.abort); and what the heartbeat says about images — the ids held, the
+// receives in progress (`staging`), and the port of this host's sshd (`ship.sshPort`) that
+// senders write the data to.
 
-export interface ImagesPartOptions {
+export interface ImagesInit {
   store: ImageStore;
-  /** The control server of the containers part. */
-  control: () => MethodRegistry;
 }
 
-export function imagesPart(opts: ImagesPartOptions): (depot: Depot) => DepotPart {
-  return (depot) => ({
+export type ImagesComponents = Pick<DepotComponents, 'config' | 'control' | 'heartbeat'>;
+
+export function imagesPlugin(init: ImagesInit): (components: ImagesComponents) => DepotPlugin {
+  const { store } = init;
+  return (c) => ({
     name: 'images',
-    start: () => {
-      registerImageControl(opts.control(), opts.store);
-      depot.addHeartbeatContent(async () => ({
-        images: (await opts.store.list()).map((i) => i.id),
-        staging: (await opts.store.receiving()).slice(0, 32),
-        sshPort: depot.config.ship.sshPort,
+    async start() {
+      await store.start();
+      registerImageQueries(c.control, store);
+      registerImageControl(c.control, store);
+      c.heartbeat.contribute(async () => ({
+        images: (await store.list()).map((i) => i.id),
+        staging: (await store.receiving()).slice(0, 32),
+        sshPort: c.config.ship.sshPort,
       }));
     },
-    stop: () => opts.store.stop(),
+    stop: () => store.stop(),
   });
 }

@@ -1,37 +1,30 @@
 import { EventEmitter } from 'node:events';
-import { join } from 'node:path';
 import { peerIdFromString } from '@libp2p/peer-id';
 import { errorMessage } from '../shared/errors.ts';
 import { TOPICS } from '../shared/wire.ts';
-import { depotRow } from '../web/depot-api.ts';
-import { buildServiceViews, registerTrackingMetrics, registerTrackingRoutes, type DepotView, type ServiceView, type TrackingMetrics, type TrackingRoutes } from '../web/tracking.ts';
-import type { Depot, DepotPart } from '../depot/depot.ts';
-import { Journal } from '../depot/journal/journal.ts';
-import { JournalSync, movementGossipHandler } from '../depot/journal/gap-fill.ts';
+import type { DepotView, ServiceView } from '../shared/api/tracking.ts';
+import { buildServiceViews } from '../web/service-views.ts';
+import { registerTrackingRoutes, type TrackingRoutes } from '../web/tracking-routes.ts';
+import { registerTrackingMetrics, type TrackingMetrics } from '../web/tracking-metrics.ts';
+import type { DepotComponents, DepotPlugin } from '../depot/components.ts';
+import { depotRow } from '../depot/depots-response.ts';
+import type { Journal } from '../depot/journal/journal.ts';
+import { JournalGapFill } from '../depot/journal/gap-fill.ts';
+import { movementGossipHandler } from '../depot/journal/movement-gossip.ts';
 
-/** Gap fills after a peer came back are spread over this long. */
-const REFILL_SPREAD_MS = 5000;
-/** ...and asked of one peer at most this often. */
-const REFILL_MIN_INTERVAL_MS = 60_000;
+// The movement journal and the tracking page: the journal is opened and closed here; movement
+// gossip goes into it; /navigator/journal/1 serves gap filling and fetches what this depot missed
+// (at start, and whenever a depot we had lost comes back: we may have been the one cut off); the
+// page, its API and its metrics go on the depot's HTTP server.
 
-// The movement journal and the tracking page as a depot part: journal file in the data folder,
-// movement gossip through the depot's inbox, /navigator/journal/1 for gap filling (at start and
-// whenever a depot we had lost comes back: we may have been the one cut off), the page, API and
-// metrics on the depot's HTTP server.
-// Use: new Depot({ ..., parts: [trackingPart({ switchover, drain })] }).
-
-export interface TrackingPartOptions {
-  /** Default: DATADIR/journal.jsonl. */
-  journalPath?: string;
-  switchover?: (args: { service: string; to?: string | undefined }) => Promise<unknown>;
-  drain?: (args: { host: string }) => Promise<unknown>;
-  /** How long to wait at start for a peer to fill gaps from. */
-  initialFillWindowMs?: number;
+export interface TrackingInit {
+  journal: Journal;
 }
 
-export interface TrackingPart extends DepotPart {
+export type TrackingComponents = Pick<DepotComponents, 'config' | 'logger' | 'clock' | 'node' | 'members' | 'gossip' | 'routes' | 'metrics'>;
+
+export interface TrackingPlugin extends DepotPlugin {
   readonly journal: Journal;
-  readonly sync: JournalSync;
   readonly metrics: TrackingMetrics;
   /** Resolves when the first gap filling after start finished (or found no peer in time). */
   readonly initialFill: Promise<void>;
@@ -39,14 +32,14 @@ export interface TrackingPart extends DepotPart {
   depots(): DepotView[];
 }
 
-export function trackingPart(opts: TrackingPartOptions = {}): (depot: Depot) => TrackingPart {
-  return (depot: Depot) => new TrackingPartImpl(depot, opts);
+export function trackingPlugin(init: TrackingInit): (components: TrackingComponents) => TrackingPlugin {
+  return (components) => new Tracking(init, components);
 }
 
-class TrackingPartImpl implements TrackingPart {
+class Tracking implements TrackingPlugin {
   readonly name = 'tracking';
   readonly journal: Journal;
-  private _sync: JournalSync | undefined;
+  private gapFill: JournalGapFill | undefined;
   private _metrics: TrackingMetrics | undefined;
   private routes: TrackingRoutes | undefined;
   private readonly changes = new EventEmitter();
@@ -54,6 +47,7 @@ class TrackingPartImpl implements TrackingPart {
   private resolveInitial!: () => void;
   readonly initialFill = new Promise<void>((r) => (this.resolveInitial = r));
   private readonly log;
+  private readonly timing;
   private readonly onHeartbeat = () => {
     this.changes.emit('depots');
     this.changes.emit('services');
@@ -67,85 +61,79 @@ class TrackingPartImpl implements TrackingPart {
   /** Last gap fill asked of each peer after it came back. */
   private readonly lastFillAt = new Map<string, number>();
 
-  /**
-   * Every depot sees a depot come back at the same moment: spread their requests over a few
-   * seconds, and ask one peer at most once a minute (a flapping depot must not be a storm).
-   */
-  private scheduleFill(peer: string): void {
-    const now = Date.now();
-    if (now - (this.lastFillAt.get(peer) ?? -Infinity) < REFILL_MIN_INTERVAL_MS) return;
-    this.lastFillAt.set(peer, now);
-    const t = setTimeout(() => void this.fillFrom([peer]), Math.floor(Math.random() * REFILL_SPREAD_MS));
-    t.unref();
-  }
-
   constructor(
-    private readonly depot: Depot,
-    private readonly opts: TrackingPartOptions,
+    init: TrackingInit,
+    private readonly c: TrackingComponents,
   ) {
-    this.log = depot.log.child({ component: 'tracking' });
-    this.journal = new Journal({ path: opts.journalPath ?? join(depot.config.node.dataDir, 'journal.jsonl'), logger: depot.log });
+    this.log = c.logger.child({ component: 'tracking' });
+    this.journal = init.journal;
+    this.timing = c.config.journal;
   }
 
-  get sync(): JournalSync {
-    if (!this._sync) throw new Error('tracking part not started');
-    return this._sync;
-  }
   get metrics(): TrackingMetrics {
-    if (!this._metrics) throw new Error('tracking part not started');
+    if (!this._metrics) throw new Error('tracking plugin not started');
     return this._metrics;
   }
 
   depots(): DepotView[] {
-    return this.depot.membership.view().map((v) => ({ ...depotRow(v), transfers: v.heartbeat?.staging ?? [] }));
+    return this.c.members.view().map((v) => ({ ...depotRow(v), transfers: v.heartbeat?.staging ?? [] }));
   }
 
   services(): ServiceView[] {
-    const rows = this.depot.membership.view().map((v) => ({ name: v.name, state: v.state, containers: v.heartbeat?.containers ?? [] }));
+    const rows = this.c.members.view().map((v) => ({ name: v.name, state: v.state, containers: v.heartbeat?.containers ?? [] }));
     return buildServiceViews(rows, this.journal.all());
   }
 
+  /**
+   * Every depot sees a depot come back at the same moment: spread their requests over a few
+   * seconds, and ask one peer at most once per journal.refillMinIntervalMs (a flapping depot must not be a storm).
+   */
+  private scheduleFill(peer: string): void {
+    const now = this.c.clock.now();
+    if (now - (this.lastFillAt.get(peer) ?? -Infinity) < this.timing.refillMinIntervalMs) return;
+    this.lastFillAt.set(peer, now);
+    this.c.clock.setTimeout(() => void this.fillFrom([peer]), Math.floor(Math.random() * this.timing.refillSpreadMs));
+  }
+
   async start(): Promise<void> {
-    const depot = this.depot;
+    const c = this.c;
     await this.journal.open();
-    this._metrics = registerTrackingMetrics(depot.metrics.registry, { journal: this.journal, services: () => this.services() });
-    depot.inbox.subscribe(
+    this._metrics = registerTrackingMetrics(c.metrics, { journal: this.journal, services: () => this.services() });
+    c.gossip.subscribe(
       TOPICS.events,
       movementGossipHandler(this.journal, {
-        logger: depot.log,
-        maxBytes: depot.config.membership.maxMessageBytes,
+        logger: c.logger,
+        maxBytes: c.config.membership.maxMessageBytes,
         count: (r) => this._metrics?.movementGossip.inc({ result: r }),
-        drop: (reason, detail, from, topic) => depot.inbox.drop(reason, detail, from, topic),
+        drop: (reason, detail, from, topic) => c.gossip.drop(reason, detail, from, topic),
       }),
     );
-    this._sync = new JournalSync({ node: depot.node, journal: this.journal, logger: depot.log });
-    await this._sync.start();
-    if (depot.http) {
-      this.routes = registerTrackingRoutes(depot.http, {
+    this.gapFill = new JournalGapFill({ node: c.node, journal: this.journal, logger: c.logger });
+    await this.gapFill.start();
+    if (c.routes) {
+      this.routes = registerTrackingRoutes(c.routes, {
         journal: this.journal,
         services: () => this.services(),
         depots: () => this.depots(),
         events: this.changes,
-        switchover: this.opts.switchover,
-        drain: this.opts.drain,
-        admin: { token: depot.config.http.adminToken, host: depot.config.http.adminHost },
-        logger: depot.log,
+        admin: { token: c.config.http.adminToken, host: c.config.http.adminHost },
+        logger: c.logger,
       });
     }
     this.journal.on('movement', this.onHeartbeat);
-    depot.events.on('heartbeat', this.onHeartbeat);
-    depot.events.on('transition', this.onTransition);
+    c.members.events.on('heartbeat', this.onHeartbeat);
+    c.members.events.on('transition', this.onTransition);
     void this.initialGapFill();
   }
 
   /** At start: as soon as a peer is connected, fetch what this depot missed while it was down. */
   private async initialGapFill(): Promise<void> {
-    const deadline = Date.now() + (this.opts.initialFillWindowMs ?? 30_000);
+    const deadline = this.c.clock.now() + this.timing.initialFillWindowMs;
     try {
-      while (!this.stopped && Date.now() < deadline) {
-        const peers = this.depot.node.getPeers().map((p) => p.toString());
+      while (!this.stopped && this.c.clock.now() < deadline) {
+        const peers = this.c.node.getPeers().map((p) => p.toString());
         if (peers.length > 0 && (await this.fillFrom(peers))) return;
-        await new Promise((r) => setTimeout(r, 250));
+        await this.c.clock.sleep(250);
       }
       if (!this.stopped) this.log.info({ event: 'journal-no-peer-to-fill' }, 'no peer answered for journal gap filling at start');
     } finally {
@@ -154,9 +142,9 @@ class TrackingPartImpl implements TrackingPart {
   }
 
   private async fillFrom(peers: string[]): Promise<boolean> {
-    if (this.stopped || !this._sync) return false;
+    if (this.stopped || !this.gapFill) return false;
     try {
-      const res = await this._sync.fillFromPeers(peers.map((p) => peerIdFromString(p)));
+      const res = await this.gapFill.fillFromPeers(peers.map((p) => peerIdFromString(p)));
       if (res.added > 0) this.log.info({ event: 'journal-filled', peer: res.peer, added: res.added }, `fetched ${res.added} missed movements`);
       return true;
     } catch (err) {
@@ -167,12 +155,12 @@ class TrackingPartImpl implements TrackingPart {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    this.depot.events.off('heartbeat', this.onHeartbeat);
-    this.depot.events.off('transition', this.onTransition);
+    this.c.members.events.off('heartbeat', this.onHeartbeat);
+    this.c.members.events.off('transition', this.onTransition);
     this.journal.off('movement', this.onHeartbeat);
     this.routes?.close();
     this._metrics?.close();
-    await this._sync?.stop();
+    await this.gapFill?.stop();
     await this.journal.close();
   }
 }

@@ -1,68 +1,76 @@
+import { join } from 'node:path';
 import type { Config } from '../shared/config.ts';
-import type { Logger } from '../shared/logger.ts';
+import { createLogger, type Logger } from '../shared/logger.ts';
 import { Depot, type DepotOptions } from '../depot/depot.ts';
 import { ImageStore } from '../depot/image-store.ts';
-import { containersPart, type ContainersPart } from './containers.ts';
-import { imagesPart } from './images.ts';
-import { trackingPart, type TrackingPart } from './tracking.ts';
-import { pilotsPart, type PilotsPart } from './pilots/supervisor.ts';
-import type { ElectionConfig } from '../pilot/election/election.ts';
+import { ContainerManager } from '../depot/containers/manager.ts';
+import { Journal } from '../depot/journal/journal.ts';
+import { electionConfigFrom, type ElectionConfig } from '../pilot/election/settings.ts';
+import { containersPlugin } from './containers.ts';
+import { imagesPlugin } from './images.ts';
+import { trackingPlugin, type TrackingPlugin } from './tracking.ts';
+import { pilotsPlugin, type PilotsPlugin } from './pilots.ts';
 
-// A complete depot as `navigator depot run` starts it: the core (libp2p, heartbeat, membership,
-// HTTP) plus the image store, the containers and control protocol, the movement journal and
-// tracking page, and the pilots. Parts are started in this order and stopped in reverse.
+// The composition root of a workstation's depot as `navigator depot run` starts it: the depot
+// core plus, in start order, the image store, the containers, the movement journal and tracking
+// page, and the pilots. The resources they share (store, containers, journal) are made here and
+// each is started and stopped by exactly one plugin.
 
-export interface FullDepot {
+export interface WorkstationDepot {
   depot: Depot;
   store: ImageStore;
-  containers: () => ContainersPart;
-  tracking: () => TrackingPart;
-  pilots: () => PilotsPart;
+  containers: ContainerManager;
+  journal: Journal;
+  /** Available once the depot has started. */
+  tracking(): TrackingPlugin;
+  pilots(): PilotsPlugin;
 }
 
-export interface ComposeOptions extends Omit<DepotOptions, 'config' | 'parts'> {
+export interface WorkstationOptions extends Omit<DepotOptions, 'config' | 'plugins'> {
   config: Config;
   log?: Logger;
   election?: Partial<ElectionConfig>;
 }
 
-export async function composeDepot(opts: ComposeOptions): Promise<FullDepot> {
-  let containers: ContainersPart | undefined;
-  let tracking: TrackingPart | undefined;
-  let pilots: PilotsPart | undefined;
-  const need = <T>(v: T | undefined, name: string): T => {
-    if (!v) throw new Error(`${name} part not started`);
-    return v;
-  };
+export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDepot {
   const { config } = opts;
-  const depotLog = opts.log;
+  // Refuse unsafe election timing before anything starts (it is checked here and nowhere else).
+  electionConfigFrom(config.pilot, opts.election ?? {});
+  // The same logger the depot core uses (every line of one depot carries its `depot` field).
+  const base = opts.log ?? createLogger({ level: config.log.level });
+  const log = base.child({ depot: config.node.name });
+  let containers: ContainerManager | undefined;
   const store = new ImageStore({
     dir: config.store.dir,
     keepVersions: config.store.keepVersions,
     blockSize: config.store.blockBytes,
     spareCopies: config.store.spareCopies,
-    ...(depotLog ? { logger: depotLog } : {}),
-    pinned: () => containers?.containers.imagesInUse() ?? [],
+    logger: log,
+    // Images a container runs from are never removed.
+    pinned: () => containers?.imagesInUse() ?? [],
   });
-  await store.start();
+  const manager = (containers = new ContainerManager({
+    root: join(config.store.dir, 'containers'),
+    images: store,
+    logger: log,
+    statusIntervalMs: config.membership.heartbeatMs,
+  }));
+  const journal = new Journal({ path: join(config.node.dataDir, 'journal.jsonl'), logger: log });
+  let tracking: TrackingPlugin | undefined;
+  let pilots: PilotsPlugin | undefined;
   const depot = new Depot({
     ...opts,
-    parts: [
-      (d) => (containers = containersPart({ images: store })(d)),
-      imagesPart({ store, control: () => need(containers, 'containers').control }),
-      (d) =>
-        (tracking = trackingPart({
-          switchover: (a) => need(pilots, 'pilots').switchover(a),
-          drain: (a) => need(pilots, 'pilots').drain(a),
-        })(d)),
-      (d) => (pilots = pilotsPart({ containers: () => need(containers, 'containers'), tracking: () => tracking, store, ...(opts.election ? { election: opts.election } : {}) })(d)),
+    log: base,
+    plugins: [
+      imagesPlugin({ store }),
+      containersPlugin({ manager }),
+      (c) => (tracking = trackingPlugin({ journal })(c)),
+      (c) => (pilots = pilotsPlugin({ store, containers: manager, journal, ...(opts.election ? { election: opts.election } : {}) })(c)),
     ],
   });
-  return {
-    depot,
-    store,
-    containers: () => need(containers, 'containers'),
-    tracking: () => need(tracking, 'tracking'),
-    pilots: () => need(pilots, 'pilots'),
+  const started = <T>(v: T | undefined, what: string): T => {
+    if (!v) throw new Error(`${what} plugin not started`);
+    return v;
   };
+  return { depot, store, containers: manager, journal, tracking: () => started(tracking, 'tracking'), pilots: () => started(pilots, 'pilots') };
 }

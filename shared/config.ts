@@ -3,7 +3,6 @@ import { hostname } from 'node:os';
 import { z } from 'zod';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { NavigatorError } from './errors.ts';
-import { minSafetyMarginMs } from '../pilot/election/election.ts';
 
 // The whole configuration of a depot and the pilots inside it. Every field has a default and a
 // one-line description: the schema is the reference (README, `navigator config check`, the
@@ -51,9 +50,42 @@ export const MembershipSection = z
     suspectTimeoutMs: ms(1500, 'Longest time a depot stays suspect before it is declared dead if no probe succeeds'),
     forgetAfterMs: ms(3_600_000, 'Dead or left depots are removed from the view after this long'),
     maxMessageBytes: z.number().int().min(1024).max(1_048_576).default(65_536).describe('Largest gossip message accepted; larger ones are dropped and counted'),
+    leftFlushMs: ms(250, 'After announcing `left` at a clean stop, the node stays up this long so the message gets out'),
+    addressesTtlMs: ms(10_000, "Longest time this depot's own address list is reused in heartbeats (it is also refreshed when libp2p reports a change)"),
   })
   .strict()
   .refine((m) => m.heartbeatRefreshMs >= m.heartbeatMs, { path: ['heartbeatRefreshMs'], message: 'must be at least heartbeatMs' });
+
+export const ConnectionsSection = z
+  .object({
+    redialMs: ms(5000, 'Least time between two dial attempts to the same unconnected depot (bootstrap depots are retried this often)'),
+    dialTimeoutMs: ms(5000, 'A dial that has not connected within this long is given up'),
+    reconnectDelayMs: ms(1000, 'Wait before dialling again a depot whose connection closed while it is still alive'),
+    linkCheckMs: ms(2000, 'How often the gossip streams of every connection are checked'),
+    linkGraceMs: ms(15_000, 'How long a connection may lack its gossip streams (set-up included) before it is closed and dialled again'),
+    deadHangUpMs: ms(30_000, 'A depot still dead this long after the verdict has its connections closed'),
+    memberExchangeFastMs: ms(1000, 'Push-pull member exchange with a random peer (memberlist) this often while the depot is starting...'),
+    memberExchangeFastWindowMs: ms(30_000, '...for this long after start (depots that start together know only their bootstrap peer at first)'),
+    memberExchangeMs: ms(30_000, '...then this often'),
+  })
+  .strict();
+
+export const ControlSection = z
+  .object({
+    readTimeoutMs: ms(10_000, 'Longest wait for a control request after its stream opened'),
+    maxRequestMs: ms(600_000, 'Longest time one control method may run before the caller gets TIMEOUT'),
+    maxInboundStreams: z.number().int().min(1).max(1024).default(16).describe('Control streams one connection may have open at once'),
+    callTimeoutMs: ms(30_000, 'Default time a control call to another depot waits for its answer'),
+  })
+  .strict();
+
+export const JournalSection = z
+  .object({
+    initialFillWindowMs: ms(30_000, 'At start, how long to wait for a peer to fetch the movements missed while this depot was down'),
+    refillSpreadMs: ms(5000, 'When a depot comes back, the depots that ask it for missed movements spread their requests over this long'),
+    refillMinIntervalMs: ms(60_000, 'A depot that came back is asked for missed movements at most this often (a flapping depot must not cause a storm)'),
+  })
+  .strict();
 
 export const HttpSection = z
   .object({
@@ -91,33 +123,34 @@ export const StoreSection = z
 export const PilotSection = z
   .object({
     leaseMs: ms(1500, 'Primary lease granted by a majority of voters; a voter promises no other vote until it expires'),
-    leaseSafetyMarginMs: ms(300, 'A primary fences itself this long before its lease would expire without renewal'),
+    leaseSafetyMarginMs: ms(300, 'A primary fences itself this long before its lease would expire without renewal (checked against leaseMs, maxClockDriftRate and fenceLatencyMs at start)'),
     witness: z
       .string()
       .default('')
-      .describe('Address (host:port) of a witness responder that votes as a third voter when only two voters remain; a ping-only gateway cannot vote safely (see pilot/election.ts)'),
+      .describe('Address (host:port) of a witness responder that votes as a third voter when only two voters remain; a ping-only gateway cannot vote safely (see pilot/election/election.ts)'),
     standbys: z.number().int().min(0).max(8).default(1).describe('Standby copies kept for each service'),
     probeIntervalMs: ms(250, 'Interval of service health probes'),
+    serviceProbeTimeoutMs: ms(300, "Timeout of one service probe (TCP connect to the service address) and of the standby's ping of the primary's depot; well under the lease, so a dead primary is noticed in one probe round"),
+    reassertMs: ms(5000, 'The primary re-announces its address (gratuitous ARP) this often'),
+    copyRestartMs: ms(30_000, "A standby starts its own copy again when it is not running, at most this often"),
+    ownSyncReadMs: ms(2000, 'A standby reads the time of its last good DB sync from its own database this often'),
     restartInPlace: z.boolean().default(true).describe('Restart a failed service once on a healthy host before failing over'),
+    restartGraceMs: ms(5000, 'After a restart in place, failed service probes are ignored this long (the service is booting)'),
+    restartResetMs: ms(60_000, 'The one restart in place is available again after this long of healthy service'),
+    serviceDownFailoverMs: ms(10_000, "A standby stands for election when the service has been down this long although the primary's depot answers"),
+    electionRetryMs: ms(150, "A candidate's vote round lasts this long (plus up to 100 % jitter per pilot) before it asks again"),
+    syncInfoTtlMs: ms(5000, "A voter counts a standby's DB sync time heard in its heartbeat this long, for the freshest-copy rule"),
     maxClockDriftRate: z.number().min(0).max(0.2).default(0.01).describe('Bound ρ on clock rate error (0.01 = every clock runs within ±1 % of real time); the safety margin is checked against it'),
     fenceLatencyMs: z.number().int().min(0).default(100).describe('Longest time from a fence decision until the service is stopped and the address dropped'),
     placementRetryMs: ms(30_000, 'After a failed standby placement on a host (image transfer, container start) that host is tried again no sooner than this; other hosts are tried at once'),
+    placedGraceMs: ms(10_000, "A just-placed standby counts this long before its depot's heartbeat shows it (heartbeats lag)"),
+    supervisorBackoffMs: z
+      .array(z.number().int().positive())
+      .min(1)
+      .default([1000, 2000, 5000, 10_000, 30_000])
+      .describe('Waits before restarting a pilot that failed, one per attempt in a row (the last repeats)'),
   })
-  .strict()
-  .superRefine((p, ctx) => {
-    // Lease safety (pilot/election.ts, rule R2): the primary must stop believing in its lease, and
-    // stop serving, before any voter's promise can run out under the worst allowed drift.
-    const min = minSafetyMarginMs(p.leaseMs, p.maxClockDriftRate, p.fenceLatencyMs);
-    if (p.leaseSafetyMarginMs < min) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['leaseSafetyMarginMs'],
-        message: `${p.leaseSafetyMarginMs} is below the safe minimum ${Math.ceil(min)} ms for leaseMs ${p.leaseMs}, clock drift ±${p.maxClockDriftRate * 100}% and fenceLatencyMs ${p.fenceLatencyMs}`,
-      });
-    } else if (p.leaseMs - p.leaseSafetyMarginMs <= (2 * p.leaseMs) / 3) {
-      ctx.addIssue({ code: 'custom', path: ['leaseSafetyMarginMs'], message: `must stay below leaseMs/3 (${Math.floor(p.leaseMs / 3)} ms) so two renewals fit before the primary fences` });
-    }
-  });
+  .strict();
 
 export const ShipSection = z
   .object({
@@ -165,6 +198,9 @@ export const ConfigSchema = z
     node: NodeSection.prefault({}),
     network: NetworkSection.prefault({}),
     membership: MembershipSection.prefault({}),
+    connections: ConnectionsSection.prefault({}),
+    control: ControlSection.prefault({}),
+    journal: JournalSection.prefault({}),
     http: HttpSection.prefault({}),
     log: LogSection.prefault({}),
     store: StoreSection.prefault({}),

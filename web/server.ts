@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../shared/errors.ts';
+import type { RouteHandler, RouteTarget } from '../shared/api/routes.ts';
 
 // The depot's HTTP server (node:http, no framework) with a tiny route table that every part
 // extends: the tracking page, /api/*, server-sent events, /metrics. Paths are exact or have
@@ -9,7 +10,7 @@ import { NavigatorError, errorMessage } from '../shared/errors.ts';
 // return a value, which is sent as JSON with status 200 (nothing written and nothing returned:
 // 204). A thrown NavigatorError becomes a JSON error with a matching status.
 
-export type RouteHandler = (req: IncomingMessage, res: ServerResponse, url: URL, params: Record<string, string>) => unknown | Promise<unknown>;
+export type { RouteHandler };
 
 interface Route {
   method: string;
@@ -23,7 +24,7 @@ export interface HttpServerOptions {
   log: Logger;
 }
 
-export class HttpServer {
+export class HttpServer implements RouteTarget {
   private readonly routes: Route[] = [];
   private server: Server | undefined;
 
@@ -113,8 +114,18 @@ export function sendJson(res: ServerResponse, status: number, body: unknown): vo
     return;
   }
   const text = `${JSON.stringify(body)}\n`;
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    'x-content-type-options': 'nosniff',
+  });
   res.end(text);
+}
+
+/** An error the client caused or must act on: `{error: message}` with the given status. */
+export function sendError(res: ServerResponse, status: number, message: string): void {
+  sendJson(res, status, { error: message });
 }
 
 export function sendText(res: ServerResponse, status: number, body: string, contentType = 'text/plain; charset=utf-8'): void {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { loadConfig } from '../../shared/config.ts';
-import { stopOnSignals } from '../../depot/depot.ts';
-import { composeDepot } from '../../plugins/workstation.ts';
+import { stopOnSignals } from '../../depot/signals.ts';
+import { createWorkstationDepot } from '../../plugins/workstation.ts';
 import { registerDepotInstall } from './depot-install.ts';
 
 // `navigator depot run`: start a depot in the foreground (systemd runs this). Flags override the
@@ -59,7 +59,7 @@ export function registerDepot(program: Command): void {
     .option('--log-level <level>', 'log level (log.level)')
     .action(async (flags: RunFlags) => {
       const config = loadConfig({ ...(flags.config !== undefined ? { path: flags.config } : {}), overrides: flagOverrides(flags) });
-      const { depot: d } = await composeDepot({ config, processMetrics: true });
+      const { depot: d } = createWorkstationDepot({ config, processMetrics: true });
       await d.start();
       // The listening sockets keep the process alive until a signal stops the depot.
       stopOnSignals(d);

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { loadConfig } from '../../shared/config.ts';
 import { NavigatorError } from '../../shared/errors.ts';
-import type { ServiceView } from '../../web/tracking.ts';
+import type { ServiceView } from '../../shared/api/tracking.ts';
 import { stdoutPainter, type Painter } from '../colour.ts';
 import { ProgressBoard, type ProgressItem } from '../progress.ts';
 import { renderTable } from '../table.ts';

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { errorMessage } from '../../shared/errors.ts';
 import { getDepotJson, type BodyCheck } from '../depot-http.ts';
-import type { DepotsResponse, DepotRow } from '../../web/depot-api.ts';
+import type { DepotsResponse, DepotRow } from '../../shared/api/depots.ts';
 import { noColour, stdoutPainter, type Painter, type Style } from '../colour.ts';
 import { renderTable, type Cell } from '../table.ts';
 import { formatBar, formatBytes, formatEta, formatPercent, formatRate, fractionOf, paintBar } from '../progress.ts';

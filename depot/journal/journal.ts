@@ -286,7 +286,7 @@ export class Journal extends EventEmitter<{ movement: [MovementRecord, number] }
   }
 
   /**
-   * Ask a peer (through `fetch`, e.g. JournalSync.fetcher(peer) or the control protocol) for
+   * Ask a peer (through `fetch`, e.g. JournalGapFill.fetcher(peer) or the control protocol) for
    * everything from our newest record time minus `slackMs` on, page by page, and append what is
    * new. Validates every answer; a bad answer throws and keeps what was appended so far.
    */
@@ -336,11 +336,6 @@ export class Journal extends EventEmitter<{ movement: [MovementRecord, number] }
     }
     return entry;
   }
-}
-
-/** The control protocol's `journal.fetch` method handler. */
-export function handleJournalFetch(journal: Journal, params: unknown): JournalFetchResponse {
-  return journal.handleFetch(params);
 }
 
 function parseCursor(before: string | number | undefined): OrderKey | undefined {

@@ -20,7 +20,7 @@ const MAX_LAG_ALLOWANCE_MS = 4000;
 /** A members list of 1024 depots with a few addresses each. */
 const MAX_MEMBERS_FRAME = 1_048_576;
 
-export interface ProberOptions {
+export interface MemberProberOptions {
   node: NavigatorNode;
   log: Logger;
   /** Timeout of one ping (membership.probeTimeoutMs). */
@@ -33,7 +33,7 @@ export interface ProberOptions {
   maxHeartbeatBytes?: number;
 }
 
-export class Prober {
+export class MemberProber {
   /**
    * This process's event-loop delay: a starved depot must not blame others for its own slowness.
    * (A 100 ms sampling timer: ten wake-ups a second; delays that matter here are hundreds of ms.)
@@ -42,7 +42,7 @@ export class Prober {
   private lagResetTimer: NodeJS.Timeout | undefined;
   private readonly channels: PingChannels;
 
-  constructor(private readonly opts: ProberOptions) {
+  constructor(private readonly opts: MemberProberOptions) {
     this.channels = new PingChannels({ node: opts.node });
   }
 

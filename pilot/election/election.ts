@@ -1,5 +1,5 @@
 import { NavigatorError } from '../../shared/errors.ts';
-import type { Config } from '../../shared/config.ts';
+import { renewIntervalMs, type ElectionConfig } from './settings.ts';
 import type { ElectionView, LeaseAck, LeaseRelease, LeaseRenew, VoteReply, VoteRequest } from '../../shared/wire.ts';
 
 /*
@@ -77,96 +77,6 @@ import type { ElectionView, LeaseAck, LeaseRelease, LeaseRenew, VoteReply, VoteR
  */
 
 export const WITNESS_ID = 'witness';
-
-export interface ElectionConfig {
-  /** Lease granted by a majority; voters promise this long (their clock). */
-  leaseMs: number;
-  /** The primary fences itself this long before its lease would end without renewal. */
-  leaseSafetyMarginMs: number;
-  /** ρ: every clock runs at a rate within [1−ρ, 1+ρ] of real time. */
-  maxClockDriftRate: number;
-  /** Longest time from the fence decision to the service being stopped and the address gone. */
-  fenceLatencyMs: number;
-  /** A candidate's round lasts this long (plus up to 100 % jitter) before it asks again. */
-  electionRetryMs: number;
-  /** A witness voter completes the quorum when exactly two voters remain. */
-  witness: boolean;
-  /** Sync times heard from other copies count for the freshest-sync rule this long. */
-  syncInfoTtlMs: number;
-  /** Restart the service in place once on a healthy host before failing over. */
-  restartInPlace: boolean;
-  /** After a restart in place, probe failures are ignored this long (the service is booting). */
-  restartGraceMs: number;
-  /** The one restart in place is available again after this long of healthy service. */
-  restartResetMs: number;
-  /** A standby campaigns when the service has been down this long although its host answers. */
-  serviceDownFailoverMs: number;
-}
-
-export const DEFAULT_ELECTION_CONFIG: ElectionConfig = {
-  leaseMs: 1500,
-  leaseSafetyMarginMs: 300,
-  maxClockDriftRate: 0.01,
-  fenceLatencyMs: 100,
-  electionRetryMs: 150,
-  witness: false,
-  syncInfoTtlMs: 5000,
-  restartInPlace: true,
-  restartGraceMs: 5000,
-  restartResetMs: 60_000,
-  serviceDownFailoverMs: 10_000,
-};
-
-/** Smallest safety margin for which (R2) holds. */
-export function minSafetyMarginMs(leaseMs: number, rho: number, fenceLatencyMs: number): number {
-  return leaseMs - (1 - rho) * (leaseMs / (1 + rho) - fenceLatencyMs);
-}
-
-export function renewIntervalMs(cfg: Pick<ElectionConfig, 'leaseMs'>): number {
-  return cfg.leaseMs / 3;
-}
-
-/** Throws CONFIG_INVALID naming the violated condition. */
-export function validateElectionConfig(cfg: ElectionConfig): ElectionConfig {
-  const problems: string[] = [];
-  const { leaseMs, leaseSafetyMarginMs: margin, maxClockDriftRate: rho, fenceLatencyMs } = cfg;
-  if (!(leaseMs > 0)) problems.push(`pilot.leaseMs must be positive (got ${leaseMs})`);
-  if (!(rho >= 0 && rho < 0.5)) problems.push(`pilot.maxClockDriftRate must be in [0, 0.5) (got ${rho})`);
-  if (!(fenceLatencyMs >= 0)) problems.push(`pilot.fenceLatencyMs must be >= 0 (got ${fenceLatencyMs})`);
-  if (problems.length === 0) {
-    const min = minSafetyMarginMs(leaseMs, rho, fenceLatencyMs);
-    if (margin < min) {
-      problems.push(
-        `pilot.leaseSafetyMarginMs ${margin} is below the safe minimum ${Math.ceil(min)} ms for leaseMs ${leaseMs}, ` +
-          `clock drift ±${rho * 100}% and fence latency ${fenceLatencyMs} ms (margin ≥ lease − (1−ρ)(lease/(1+ρ) − fence))`,
-      );
-    }
-    // Two renewal rounds must fit before the primary would fence, or one lost message fences it.
-    if (leaseMs - margin <= 2 * renewIntervalMs(cfg)) {
-      problems.push(`pilot.leaseSafetyMarginMs ${margin} leaves no room for two renewals (every ${Math.round(renewIntervalMs(cfg))} ms) in leaseMs ${leaseMs}; keep it below leaseMs/3`);
-    }
-  }
-  if (!(cfg.electionRetryMs > 0)) problems.push(`electionRetryMs must be positive`);
-  if (problems.length) {
-    throw new NavigatorError('CONFIG_INVALID', `invalid election timing:\n  ${problems.join('\n  ')}`, { problems });
-  }
-  return cfg;
-}
-
-/** Election settings from the pilot section of the configuration (validated). */
-export function electionConfigFrom(pilot: Config['pilot'], overrides: Partial<ElectionConfig> = {}): ElectionConfig {
-  const p = pilot as Config['pilot'] & { maxClockDriftRate?: number; fenceLatencyMs?: number };
-  return validateElectionConfig({
-    ...DEFAULT_ELECTION_CONFIG,
-    leaseMs: p.leaseMs,
-    leaseSafetyMarginMs: p.leaseSafetyMarginMs,
-    maxClockDriftRate: p.maxClockDriftRate ?? DEFAULT_ELECTION_CONFIG.maxClockDriftRate,
-    fenceLatencyMs: p.fenceLatencyMs ?? DEFAULT_ELECTION_CONFIG.fenceLatencyMs,
-    witness: p.witness !== '',
-    restartInPlace: p.restartInPlace,
-    ...overrides,
-  });
-}
 
 // ---------------------------------------------------------------------------------------------
 // Views and quorums

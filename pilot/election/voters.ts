@@ -7,10 +7,10 @@ import {
   voterForgetCopy,
   voterObserveSync,
   voterReceive,
-  type ElectionConfig,
   type VoterDurable,
   type VoterState,
 } from './election.ts';
+import type { ElectionConfig } from './settings.ts';
 import { ElectionView, type LeaseAck, type LeaseRelease, type LeaseRenew, type VoteReply, type VoteRequest } from '../../shared/wire.ts';
 
 // This depot's vote in every service's election. The decisions come from the pure voter in

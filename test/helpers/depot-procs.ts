@@ -4,7 +4,7 @@ import { join, resolve } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { writeSwarmKey } from '../../depot/swarm-key.ts';
 import { DEPOT_ENV, DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
-import type { DepotsResponse } from '../../web/depot-api.ts';
+import type { DepotsResponse } from '../../shared/api/depots.ts';
 
 // Real depot processes on loopback for integration tests and bench/gossip.ts:
 // `node bin/navigator.mjs depot run` with mDNS off, TCP and HTTP on free ports, a temp data dir.

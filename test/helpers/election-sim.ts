@@ -2,30 +2,8 @@
 // network, used by test/unit/election-sim.test.ts. Everything is driven by one seeded PRNG, so a
 // failing seed replays exactly. Real time is the simulator's `t`; every host has its own clock
 // local = t·rate + offset with rate in [1−ρ, 1+ρ], and the election code only ever sees local time.
-import {
-  WITNESS_ID,
-  createPilot,
-  createVoter,
-  initialView,
-  leaseValid,
-  nextWakeAt,
-  pilotCampaign,
-  pilotObserveMembership,
-  pilotObserveTerm,
-  pilotProbe,
-  pilotReceive,
-  pilotSetSyncTime,
-  pilotTick,
-  voterObserveSync,
-  voterReceive,
-  type ElectionConfig,
-  type MemberObservation,
-  type PilotDecision,
-  type PilotState,
-  type PilotStep,
-  type VoterDurable,
-  type VoterState,
-} from '../../pilot/election/election.ts';
+import { WITNESS_ID, createPilot, createVoter, initialView, leaseValid, nextWakeAt, pilotCampaign, pilotObserveMembership, pilotObserveTerm, pilotProbe, pilotReceive, pilotSetSyncTime, pilotTick, voterObserveSync, voterReceive, type MemberObservation, type PilotDecision, type PilotState, type PilotStep, type VoterDurable, type VoterState } from '../../pilot/election/election.ts';
+import { type ElectionConfig } from '../../pilot/election/settings.ts';
 import type { LeaseAck, LeaseRelease, LeaseRenew, VoteReply, VoteRequest } from '../../shared/wire.ts';
 
 export function mulberry32(seed: number): () => number {

@@ -6,7 +6,8 @@ import { stringify as toYaml } from 'yaml';
 import { Depot } from '../../depot/depot.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { ImageStore } from '../../depot/image-store.ts';
-import { containersPart, type ContainersPart } from '../../plugins/containers.ts';
+import { containersPlugin } from '../../plugins/containers.ts';
+import { ContainerManager } from '../../depot/containers/manager.ts';
 import type { ContainerStatus } from '../../depot/containers/manager.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { silentLogger } from '../../shared/logger.ts';
@@ -18,17 +19,17 @@ import { freePort } from '../helpers/ports.ts';
 
 const swarmKey = makeSwarmKey();
 const dirs: string[] = [];
-const running: Array<{ depot: Depot; part: ContainersPart }> = [];
+const running: Array<{ depot: Depot; manager: ContainerManager }> = [];
 
 afterAll(async () => {
-  for (const { depot, part } of running) {
-    await part.containers.stopAll({ timeoutMs: 0 }).catch(() => undefined);
+  for (const { depot, manager } of running) {
+    await manager.stopAll({ timeoutMs: 0 }).catch(() => undefined);
     await depot.stop().catch(() => undefined);
   }
   for (const d of dirs) await rm(d, { recursive: true, force: true });
 });
 
-async function startDepot(name: string, bootstrap: string[] = []): Promise<{ depot: Depot; part: ContainersPart; store: ImageStore; dir: string }> {
+async function startDepot(name: string, bootstrap: string[] = []): Promise<{ depot: Depot; manager: ContainerManager; store: ImageStore; dir: string }> {
   const dir = await mkdtemp(join(tmpdir(), `nav-cpart-${name}-`));
   dirs.push(dir);
   const config = parseConfig({
@@ -39,12 +40,11 @@ async function startDepot(name: string, bootstrap: string[] = []): Promise<{ dep
   });
   const store = new ImageStore({ dir: config.store.dir, keepVersions: 3, logger: silentLogger() });
   await store.start();
-  let part: ContainersPart | undefined;
-  const factory = containersPart({ images: store, statusIntervalMs: 200 });
-  const depot = new Depot({ config, log: silentLogger(), swarmKey, http: false, parts: [(d) => (part = factory(d))] });
+  const manager = new ContainerManager({ root: join(config.store.dir, 'containers'), images: store, logger: silentLogger(), statusIntervalMs: 200 });
+  const depot = new Depot({ config, log: silentLogger(), swarmKey, http: false, plugins: [containersPlugin({ manager })] });
   await depot.start();
-  running.push({ depot, part: part! });
-  return { depot, part: part!, store, dir };
+  running.push({ depot, manager });
+  return { depot, manager, store, dir };
 }
 
 function nextHeartbeat(depot: Depot, from: string, pred: (hb: HeartbeatMessage) => boolean, timeoutMs = 10_000): Promise<HeartbeatMessage> {
@@ -76,7 +76,7 @@ describe('containers part in a depot', () => {
     await writeFile(join(src, 'container.yaml'), toYaml({ name: 'svc', start: [{ argv: [process.execPath, '-e', script] }], health: { tcp: { port } } }));
     const image = await b.store.import(src, 'svc');
 
-    const st = await a.part.client.call<ContainerStatus>(b.depot.node.peerId, 'container.start', {
+    const st = await a.depot.components.control.call<ContainerStatus>(b.depot.peerId, 'container.start', {
       id: 'svc-1',
       service: 'svc',
       image,
@@ -91,7 +91,7 @@ describe('containers part in a depot', () => {
       { id: 'svc-1', service: 'svc', driver: 'process', state: 'running', role: 'primary', term: 2, image, syncFailing: false },
     ]);
 
-    await a.part.client.call(b.depot.node.peerId, 'container.stop', { id: 'svc-1', timeoutMs: 5000 });
+    await a.depot.components.control.call(b.depot.peerId, 'container.stop', { id: 'svc-1', timeoutMs: 5000 });
     await nextHeartbeat(a.depot, b.depot.peerId, (h) => h.containers.some((c) => c.id === 'svc-1' && c.state === 'stopped'));
   }, 60_000);
 });

@@ -6,7 +6,7 @@ import { stringify as toYaml } from 'yaml';
 import { silentLogger } from '../../shared/logger.ts';
 import { FakeClock } from '../../shared/clock.ts';
 import { ContainerManager, type ContainerStatus, type ImageSource } from '../../depot/containers/manager.ts';
-import { tcpOpen } from '../../depot/containers/drivers/process.ts';
+import { tcpOpen } from '../../shared/tcp-probe.ts';
 import { freePort } from '../helpers/ports.ts';
 
 // The container manager with real process containers: state transitions, errors before anything

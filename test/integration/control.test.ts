@@ -13,8 +13,11 @@ import { createNode, type NavigatorNode } from '../../depot/libp2p.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { ImageStore } from '../../depot/image-store.ts';
 import { ContainerManager, type ContainerStatus } from '../../depot/containers/manager.ts';
-import { ControlClient, ControlServer } from '../../depot/control/server.ts';
-import { tcpOpen } from '../../depot/containers/drivers/process.ts';
+import { ControlServer } from '../../depot/control/server.ts';
+import { ControlClient } from '../../depot/control/client.ts';
+import { registerContainerControl } from '../../depot/containers/control-methods.ts';
+import { registerImageQueries } from '../../depot/images/status-methods.ts';
+import { tcpOpen } from '../../shared/tcp-probe.ts';
 import { freePort } from '../helpers/ports.ts';
 
 // Two real libp2p nodes with the same swarm key on 127.0.0.1. Depot A asks depot B, over
@@ -79,7 +82,9 @@ beforeAll(async () => {
   ]);
   containers = new ContainerManager({ root: join(root, 'store', 'containers'), images: store, logger: silentLogger(), statusIntervalMs: 60_000 });
   await containers.start();
-  server = new ControlServer({ node: b, containers, images: store, logger: silentLogger() });
+  server = new ControlServer({ node: b, logger: silentLogger() });
+  registerImageQueries(server, store);
+  registerContainerControl(server, containers);
   await server.start();
   client = new ControlClient({ node: a, timeoutMs: 30_000 });
   await a.dial(b.getMultiaddrs()[0]!);

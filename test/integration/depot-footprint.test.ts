@@ -13,7 +13,7 @@ import { DEPOT_ENV, DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
 const ROOT = resolve(import.meta.dirname, '../..');
 const HOOK = resolve(import.meta.dirname, '../helpers/record-modules.mjs');
 /** Loaded only when a depot ships an image, syncs a database, runs a container or a command (bundle inputs). */
-const NOT_AT_IDLE = [/^node_modules\/ssh2\//, /^node_modules\/mysql2\//, /^node_modules\/execa\//, /^pilot\/(ship|dbsync|movements)\.ts$/, /^depot\/install\.ts$/, /^demo\//];
+const NOT_AT_IDLE = [/^node_modules\/ssh2\//, /^node_modules\/mysql2\//, /^node_modules\/execa\//, /^pilot\/ship\.ts$/, /^pilot\/db\/(dbsync|movements-table)\.ts$/, /^depot\/install\/install\.ts$/, /^demo\//];
 
 /** dist/<build>/meta.json: esbuild's metafile, outputs named by file name. */
 interface Metafile {
@@ -63,7 +63,7 @@ describe('idle depot footprint', () => {
     const inputsOf = (outputs: string[]) => outputs.flatMap((o) => Object.keys(meta.outputs[o]?.inputs ?? {}));
     const loadedOutputs = files.filter((f) => dirname(f) === buildDir).map((f) => basename(f));
     const loadedInputs = [...inputsOf(loadedOutputs), ...files.filter((f) => f.includes('/node_modules/')).map((f) => relative(ROOT, f))];
-    expect(loadedInputs.some((i) => i === 'depot/daemon.ts')).toBe(true);
+    expect(loadedInputs.some((i) => i === 'depot/depot.ts')).toBe(true);
     expect(loadedInputs.some((i) => i.startsWith('node_modules/libp2p/'))).toBe(true);
     expect(loadedInputs.filter((i) => NOT_AT_IDLE.some((re) => re.test(i)))).toEqual([]);
     // The lazy parts are in the build (else the check above proves nothing), in other chunks.

@@ -8,7 +8,8 @@ import { stringify as toYaml } from 'yaml';
 import mysql from 'mysql2/promise';
 import { silentLogger } from '../../shared/logger.ts';
 import { createDriver, ProcessSpec } from '../../depot/containers/drivers/driver.ts';
-import { ProcessDriver, tcpOpen, type ContainerManifestInput } from '../../depot/containers/drivers/process.ts';
+import { ProcessDriver, type ContainerManifestInput } from '../../depot/containers/drivers/process.ts';
+import { tcpOpen } from '../../shared/tcp-probe.ts';
 import { alive, groupMembers } from '../../depot/containers/drivers/proc.ts';
 import { freePort } from '../helpers/ports.ts';
 

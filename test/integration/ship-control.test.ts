@@ -7,13 +7,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Depot } from '../../depot/depot.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { ImageStore } from '../../depot/image-store.ts';
-import { containersPart, type ContainersPart } from '../../plugins/containers.ts';
-import { imagesPart } from '../../plugins/images.ts';
+import { containersPlugin } from '../../plugins/containers.ts';
+import { ContainerManager } from '../../depot/containers/manager.ts';
+import { imagesPlugin } from '../../plugins/images.ts';
 import { ImageShipping } from '../../pilot/shipping.ts';
 import type { TransferInfo } from '../../pilot/transfers.ts';
 import { parseConfig, type Config } from '../../shared/config.ts';
 import { silentLogger } from '../../shared/logger.ts';
-import type { DepotsResponse } from '../../web/depot-api.ts';
+import type { DepotsResponse } from '../../shared/api/depots.ts';
 import { startSshd, type TestSshd } from '../helpers/sshd.ts';
 import { waitFor } from '../helpers/depot-procs.ts';
 import { failure } from '../helpers/failure.ts';
@@ -29,7 +30,6 @@ const swarmKey = makeSwarmKey();
 
 interface Node {
   depot: Depot;
-  part: ContainersPart;
   store: ImageStore;
   config: Config;
 }
@@ -56,23 +56,18 @@ async function startNode(name: string, sshPort: number, bootstrap: string[], shi
     log: { level: 'silent' },
     ship: { sshPort, sshUser: 'root', sshKeyFile: shipKey, knownHostsFile: knownHosts, requestsInFlight: 16, ...ship },
   });
+  // The images plugin starts and stops the store.
   const store = new ImageStore({ dir: config.store.dir, keepVersions: 3, blockSize: BLOCK, logger: silentLogger() });
-  await store.start();
-  let part: ContainersPart | undefined;
-  const depot = new Depot({
-    config,
-    log: silentLogger(),
-    swarmKey,
-    parts: [(d) => (part = containersPart({ images: store })(d)), imagesPart({ store, control: () => part!.control })],
-  });
+  const manager = new ContainerManager({ root: join(config.store.dir, 'containers'), images: store, logger: silentLogger(), statusIntervalMs: config.membership.heartbeatMs });
+  const depot = new Depot({ config, log: silentLogger(), swarmKey, plugins: [imagesPlugin({ store }), containersPlugin({ manager })] });
   await depot.start();
-  const n = { depot, part: part!, store, config };
+  const n = { depot, store, config };
   nodes.push(n);
   return n;
 }
 
 async function getJson<T>(node: Node, path: string): Promise<T> {
-  const res = await fetch(`http://127.0.0.1:${node.depot.http!.port}${path}`);
+  const res = await fetch(`http://127.0.0.1:${node.depot.httpPort}${path}`);
   expect(res.status).toBe(200);
   return (await res.json()) as T;
 }
@@ -94,8 +89,8 @@ beforeAll(async () => {
   const boot = [`${a.depot.node.getMultiaddrs()[0]!.toString()}`];
   b = await startNode('ship-b', sshdB.port, boot);
   c = await startNode('ship-c', sshdC.port, boot);
-  shipping = new ImageShipping({ ship: a.config.ship, store: a.store, client: () => a.part.client, members: () => a.depot.membership.view(), logger: silentLogger() });
-  shipping.registerRoutes(a.depot.http!);
+  shipping = new ImageShipping({ ship: a.config.ship, store: a.store, client: () => ({ call: (peer, method, params, opts) => a.depot.components.control.call(peer.toString(), method, params, opts) }), members: () => a.depot.membership.view(), logger: silentLogger() });
+  a.depot.components.routes!.route('GET', '/api/transfers', () => ({ transfers: shipping.transfers() }));
 
   const src = join(root, 'src');
   await mkdir(src);
@@ -121,7 +116,7 @@ describe('image shipping between depots', { timeout: 60_000 }, () => {
   });
 
   it('checks the params of image.prepare / image.commit / image.abort', async () => {
-    const call = (method: string, params: unknown) => a.part.client.call(b.depot.node.peerId, method, params);
+    const call = (method: string, params: unknown) => a.depot.components.control.call(b.depot.peerId, method, params);
     const manifest = await a.store.getManifest(image);
     const evil = { ...manifest, files: [{ ...manifest.files[0]!, path: '../../etc/cron.d/x' }] };
     const e1 = await failure(call('image.prepare', { manifest: evil }));

@@ -5,8 +5,9 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Depot } from '../../depot/depot.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
-import { trackingPart, type TrackingPart } from '../../plugins/tracking.ts';
-import { publishMovement } from '../../depot/journal/gap-fill.ts';
+import { trackingPlugin, type TrackingPlugin } from '../../plugins/tracking.ts';
+import { Journal } from '../../depot/journal/journal.ts';
+import { publishMovement } from '../../depot/journal/movement-gossip.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
@@ -25,30 +26,31 @@ afterAll(async () => {
   for (const d of dirs) await rm(d, { recursive: true, force: true });
 });
 
-async function startDepot(name: string, dataDir: string, bootstrap: string[] = []): Promise<{ depot: Depot; part: TrackingPart; api: string }> {
+async function startDepot(name: string, dataDir: string, bootstrap: string[] = []): Promise<{ depot: Depot; part: TrackingPlugin; api: string }> {
   const config = parseConfig({
     node: { name, dataDir },
     network: { listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, bootstrap },
     http: { host: '127.0.0.1', port: 0 },
     membership: { heartbeatMs: 300 },
+    journal: { initialFillWindowMs: 10_000 },
     log: { level: 'silent' },
   });
-  let part: TrackingPart | undefined;
-  const factory = trackingPart({ initialFillWindowMs: 10_000 });
+  let part: TrackingPlugin | undefined;
+  const factory = trackingPlugin({ journal: new Journal({ path: join(dataDir, 'journal.jsonl'), logger: log }) });
   const depot = new Depot({
     config,
     log,
     swarmKey,
-    parts: [
-      (d) => {
-        part = factory(d);
+    plugins: [
+      (c) => {
+        part = factory(c);
         return part;
       },
     ],
   });
   await depot.start();
   running.push(depot);
-  return { depot, part: part!, api: `http://127.0.0.1:${depot.http!.port}` };
+  return { depot, part: part!, api: `http://127.0.0.1:${depot.httpPort}` };
 }
 
 let n = 0;

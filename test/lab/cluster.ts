@@ -8,7 +8,7 @@ import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { DEPOT_ENV, depotArgv } from '../../depot/runtime-flags.ts';
 import { ImageStore } from '../../depot/image-store.ts';
 import { silentLogger } from '../../shared/logger.ts';
-import type { ServiceView } from '../../web/tracking.ts';
+import type { ServiceView } from '../../shared/api/tracking.ts';
 
 // A Navigator cluster in the lab: one real depot process (`navigator depot run`) per workstation
 // namespace, all sharing a swarm key and knowing each other through bootstrap addresses, the

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ImageStore } from '../../depot/image-store.ts';
 import type { TransferInfo } from '../../pilot/transfers.ts';
-import type { DepotsResponse } from '../../web/depot-api.ts';
+import type { DepotsResponse } from '../../shared/api/depots.ts';
 import { Lab } from './lab.ts';
 import { ADMIN_TOKEN, SERVICE, SERVICE_PORT, api, placement, startCluster, waitFor, type LabCluster } from './cluster.ts';
 import { startLabSshds } from './sshd.ts';

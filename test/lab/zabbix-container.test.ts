@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { silentLogger } from '../../shared/logger.ts';
 import { createDriver, ProcessSpec } from '../../depot/containers/drivers/driver.ts';
-import { tcpOpen, type ProcessDriver } from '../../depot/containers/drivers/process.ts';
+import type { ProcessDriver } from '../../depot/containers/drivers/process.ts';
+import { tcpOpen } from '../../shared/tcp-probe.ts';
 import { CLIENT, clientSql, copySql, prepareZabbixImage, sendValue, type ZabbixImage } from './zabbix-fixture.ts';
 import { freePort } from '../helpers/ports.ts';
 

@@ -9,7 +9,7 @@ import { ImageStore } from '../../depot/image-store.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { DEPOT_ENV } from '../../depot/runtime-flags.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
-import type { ServiceView } from '../../web/tracking.ts';
+import type { ServiceView } from '../../shared/api/tracking.ts';
 import { copySql, prepareZabbixImage, type ZabbixImage } from './zabbix-fixture.ts';
 
 // A Navigator cluster in the lab running the Zabbix example service: like cluster.ts, one real

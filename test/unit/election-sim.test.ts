@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { DEFAULT_ELECTION_CONFIG, minSafetyMarginMs, type ElectionConfig } from '../../pilot/election/election.ts';
+import { DEFAULT_ELECTION_CONFIG, minSafetyMarginMs, type ElectionConfig } from '../../pilot/election/settings.ts';
 import { runElectionSim, type BrokenVariant, type SimFaults, type SimResult } from '../helpers/election-sim.ts';
 
 // Randomized proof of election safety (pilot/election.ts): thousands of seeded runs of 2–7 voters

@@ -1,30 +1,6 @@
 import { describe, it, expect } from 'vitest';
-import {
-  DEFAULT_ELECTION_CONFIG,
-  WITNESS_ID,
-  createPilot,
-  createVoter,
-  electionConfigFrom,
-  initialView,
-  leaseValid,
-  minSafetyMarginMs,
-  nextAgreedView,
-  nextWakeAt,
-  pilotCampaign,
-  pilotObserveMembership,
-  pilotObserveTerm,
-  pilotProbe,
-  pilotReceive,
-  pilotResign,
-  pilotTick,
-  validateElectionConfig,
-  voterObserveSync,
-  voterReceive,
-  type ElectionConfig,
-  type PilotDecision,
-  type PilotState,
-  type VoterState,
-} from '../../pilot/election/election.ts';
+import { WITNESS_ID, createPilot, createVoter, initialView, leaseValid, nextAgreedView, nextWakeAt, pilotCampaign, pilotObserveMembership, pilotObserveTerm, pilotProbe, pilotReceive, pilotResign, pilotTick, voterObserveSync, voterReceive, type PilotDecision, type PilotState, type VoterState } from '../../pilot/election/election.ts';
+import { DEFAULT_ELECTION_CONFIG, electionConfigFrom, minSafetyMarginMs, validateElectionConfig, type ElectionConfig } from '../../pilot/election/settings.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { isNavigatorError } from '../../shared/errors.ts';
 import { ElectionMessage, decodeMessage, encodeMessage, type LeaseAck, type LeaseRenew, type VoteReply, type VoteRequest } from '../../shared/wire.ts';
@@ -93,7 +69,8 @@ describe('election timing validation', () => {
     expect(c.leaseMs).toBe(1500);
     expect(c.witness).toBe(true);
     expect(electionConfigFrom(parseConfig({}).pilot).witness).toBe(false);
-    expect(() => parseConfig({ pilot: { leaseSafetyMarginMs: 10 } })).toThrow(/leaseSafetyMarginMs/);
+    // The lease rule is checked where the election's settings are made (pilot/election/settings.ts), once.
+    expect(() => electionConfigFrom(parseConfig({ pilot: { leaseSafetyMarginMs: 10 } }).pilot)).toThrow(/leaseSafetyMarginMs/);
   });
 });
 

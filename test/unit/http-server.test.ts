@@ -3,7 +3,7 @@ import { HttpServer, sendJson } from '../../web/server.ts';
 import { NavigatorError } from '../../shared/errors.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { formatTable } from '../../cli/commands/status.ts';
-import type { DepotsResponse } from '../../web/depot-api.ts';
+import type { DepotsResponse } from '../../shared/api/depots.ts';
 
 describe('HttpServer route table', () => {
   let server: HttpServer | undefined;

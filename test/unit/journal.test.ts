@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Journal, parseJournalText } from '../../depot/journal/journal.ts';
-import { JournalSync, publishMovement, subscribeMovements } from '../../depot/journal/gap-fill.ts';
+import { JournalGapFill } from '../../depot/journal/gap-fill.ts';
+import { publishMovement, subscribeMovements } from '../../depot/journal/movement-gossip.ts';
 import { createNode, type NavigatorNode } from '../../depot/libp2p.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { silentLogger } from '../../shared/logger.ts';
@@ -262,7 +263,7 @@ describe('Journal over libp2p', () => {
     try {
       const nodeA = await mk();
       const a = await open('a.jsonl');
-      await new JournalSync({ node: nodeA, journal: a, logger: log }).start();
+      await new JournalGapFill({ node: nodeA, journal: a, logger: log }).start();
       subscribeMovements(nodeA, a, { logger: log });
 
       // B is up and receives gossip live.
@@ -291,7 +292,7 @@ describe('Journal over libp2p', () => {
       b = await open('b.jsonl');
       expect(b.size).toBe(1);
       nodeB = await mk();
-      const syncB = new JournalSync({ node: nodeB, journal: b, logger: log });
+      const syncB = new JournalGapFill({ node: nodeB, journal: b, logger: log });
       await syncB.start();
       subscribeMovements(nodeB, b, { logger: log });
       await nodeB.dial(nodeA.getMultiaddrs()[0]!);

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { buildServiceViews } from '../../web/tracking.ts';
+import { buildServiceViews } from '../../web/service-views.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
 
 const base = { address: '', fromHost: '', failover: false, reason: '', timings: {} } as const;

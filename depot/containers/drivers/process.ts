@@ -1,6 +1,5 @@
 import { closeSync, openSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parse as parseYaml } from 'yaml';
@@ -9,6 +8,7 @@ import type { Logger } from '../../../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../../../shared/errors.ts';
 import type { ContainerDriver, ContainerStateName, DriverContext, ExecResult, ProcessSpec, StopOptions, StopResult } from './driver.ts';
 import { insideDir } from './paths.ts';
+import { tcpOpen } from '../../../shared/tcp-probe.ts';
 import { fileDescriptor, groupAlive, groupMembers } from './proc.ts';
 
 // A service container made of ordinary host processes, described by container.yaml. Each start
@@ -382,23 +382,6 @@ async function waitGroupsGone(groups: number[], timeoutMs: number): Promise<bool
     if (Date.now() >= deadline) return false;
     await sleep(50);
   }
-}
-
-/** Whether host:port accepts a connection (and, with `banner`, sends its first bytes) within timeoutMs. */
-export function tcpOpen(host: string, port: number, timeoutMs: number, banner = false): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = createConnection({ host, port });
-    const done = (ok: boolean) => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(ok);
-    };
-    const timer = setTimeout(() => done(false), timeoutMs);
-    if (banner) s.once('data', () => done(true));
-    else s.once('connect', () => done(true));
-    s.once('error', () => done(false));
-    s.once('end', () => done(false));
-  });
 }
 
 async function tail(path: string): Promise<string> {

@@ -1,0 +1,123 @@
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+import type { Logger } from '../shared/logger.ts';
+import { NavigatorError } from '../shared/errors.ts';
+import type { RouteTarget } from '../shared/api/routes.ts';
+import { DrainRequest, SwitchoverRequest } from '../shared/api/tracking.ts';
+import { registerAdminPost } from '../web/admin-routes.ts';
+import type { DepotComponents } from '../depot/components.ts';
+import type { ContainerManager } from '../depot/containers/manager.ts';
+import type { ImageStore } from '../depot/image-store.ts';
+import { initialView } from './election/election.ts';
+import { copiesOf } from './cluster-view.ts';
+import { PilotAssignment, ServiceSpec, type ServiceSpecInput } from './service-spec.ts';
+import type { PilotSupervisor } from './supervisor.ts';
+
+// What an admin asks of the cluster through this depot: bootstrap a service (once), a planned
+// switchover of its primary, and draining every primary off a host. Each is a POST behind the
+// admin host and token (web/admin-routes.ts) and a CLI command.
+
+export const BootstrapRequest = z
+  .object({
+    service: ServiceSpec.shape.name,
+    imagePath: z.string().min(1).max(4096).describe('Folder of the image on this depot host'),
+    container: ServiceSpec.shape.container,
+    address: ServiceSpec.shape.address,
+    iface: ServiceSpec.shape.iface,
+    port: ServiceSpec.shape.port,
+    standbys: z.number().int().min(0).max(8).default(1),
+    memoryBytes: z.number().nonnegative().default(0),
+    diskBytes: z.number().nonnegative().default(0),
+    database: ServiceSpec.shape.database,
+  })
+  .strict();
+export type BootstrapRequest = z.input<typeof BootstrapRequest>;
+
+export interface AdminOperationsOptions {
+  self: DepotComponents['self'];
+  members: DepotComponents['members'];
+  control: DepotComponents['control'];
+  store: ImageStore;
+  containers: ContainerManager;
+  supervisor: PilotSupervisor;
+  logger: Logger;
+}
+
+export class AdminOperations {
+  private readonly log: Logger;
+
+  constructor(private readonly opts: AdminOperationsOptions) {
+    this.log = opts.logger.child({ component: 'pilots' });
+  }
+
+  /** POST /api/bootstrap, /api/switchover, /api/drain (admin host and token from config http). */
+  registerRoutes(routes: RouteTarget, admin: { token: string; host: string }): void {
+    const opts = { admin, logger: this.opts.logger };
+    registerAdminPost(routes, opts, '/api/bootstrap', BootstrapRequest, (req) => this.bootstrap(req), 'bootstrap');
+    registerAdminPost(routes, opts, '/api/switchover', SwitchoverRequest, (req) => this.switchover(req), 'switchover');
+    registerAdminPost(routes, opts, '/api/drain', DrainRequest, (req) => this.drain(req), 'drain');
+  }
+
+  /** Register the service, import its image, start the first copy and let it stand for election. */
+  async bootstrap(input: BootstrapRequest): Promise<{ image: string; container: string }> {
+    const { self, members, supervisor } = this.opts;
+    const req = BootstrapRequest.parse(input);
+    if (supervisor.pilotFor(req.service)) throw new NavigatorError('CONFLICT', `service ${req.service} already has a copy on ${self.name}`);
+    if (copiesOf(members, req.service).length > 0) throw new NavigatorError('CONFLICT', `service ${req.service} is already running in this cluster`);
+    const t0 = Date.now();
+    const image = await this.opts.store.import(req.imagePath, req.service);
+    const spec: ServiceSpecInput = {
+      name: req.service,
+      image,
+      container: req.container,
+      address: req.address,
+      iface: req.iface,
+      port: req.port,
+      standbys: req.standbys,
+      memoryBytes: req.memoryBytes,
+      diskBytes: req.diskBytes,
+      ...(req.database ? { database: req.database } : {}),
+    };
+    const parsed = ServiceSpec.parse(spec);
+    const container = `${req.service}-${randomBytes(3).toString('hex')}`;
+    await this.opts.containers.startContainer({ id: container, service: req.service, image, spec: parsed.container, role: 'standby', term: 0 });
+    const voters = members
+      .view()
+      .filter((m) => m.state === 'alive')
+      .map((m) => m.peerId);
+    const assignment: PilotAssignment = { spec: parsed, container, view: initialView(voters.length ? voters : [self.peerId]), term: 0, campaign: true };
+    await supervisor.assign(assignment);
+    this.log.info({ event: 'bootstrap', service: req.service, image, container, voters: voters.length, durationMs: Date.now() - t0 }, `bootstrapped ${req.service}`);
+    return { image, container };
+  }
+
+  /** Planned move: the target standby campaigns once the primary has resigned. */
+  async switchover(args: { service: string; to?: string | undefined }): Promise<{ from: string; to: string }> {
+    const copies = copiesOf(this.opts.members, args.service).filter((c) => c.depotState === 'alive');
+    const primary = copies.find((c) => c.report.role === 'primary');
+    if (!primary) throw new NavigatorError('NOT_FOUND', `service ${args.service} has no primary now`);
+    const standbys = copies.filter((c) => c.report.role === 'standby' && c.report.state === 'running');
+    const target = args.to ? standbys.find((c) => c.host === args.to || c.peerId === args.to) : standbys.sort((a, b) => (b.report.lastSyncAt ?? 0) - (a.report.lastSyncAt ?? 0))[0];
+    if (!target) throw new NavigatorError('NOT_FOUND', args.to ? `no running standby of ${args.service} on ${args.to}` : `service ${args.service} has no running standby`);
+    // The primary stops writes, brings the standbys up to date and resigns; then the target stands.
+    await this.opts.control.call(primary.peerId, 'pilot.resign', { service: args.service }, { timeoutMs: 120_000 });
+    await this.opts.control.call(target.peerId, 'pilot.campaign', { service: args.service }, { timeoutMs: 10_000 });
+    this.log.info({ event: 'switchover', service: args.service, from: primary.host, to: target.host }, `switchover ${primary.host} -> ${target.host}`);
+    return { from: primary.host, to: target.host };
+  }
+
+  /** Move every primary off `host` (its standbys are replaced once it leaves). */
+  async drain(args: { host: string }): Promise<{ moved: string[] }> {
+    const moved: string[] = [];
+    const services = new Set<string>();
+    for (const m of this.opts.members.view()) {
+      for (const c of m.heartbeat?.containers ?? []) if (m.name === args.host && c.role === 'primary') services.add(c.service);
+    }
+    for (const service of services) {
+      await this.switchover({ service });
+      moved.push(service);
+    }
+    this.log.info({ event: 'drain', host: args.host, moved }, `drained ${args.host}`);
+    return { moved };
+  }
+}

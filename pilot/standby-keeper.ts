@@ -1,0 +1,162 @@
+import { randomBytes } from 'node:crypto';
+import type { Logger } from '../shared/logger.ts';
+import type { Config } from '../shared/config.ts';
+import { NavigatorError, errorMessage } from '../shared/errors.ts';
+import type { DepotComponents } from '../depot/components.ts';
+import type { ImageShipping } from './shipping.ts';
+import type { PrestageCandidate } from './prestage.ts';
+import { rankHosts, type PlacementResult } from './placement.ts';
+import { candidatesOf, copiesOf } from './cluster-view.ts';
+import { planStandbys, type RecentPlacement } from './standby-plan.ts';
+import type { CopyView, Pilot } from './pilot.ts';
+import type { PilotAssignment, ServiceSpec } from './service-spec.ts';
+import type { RecordMovement } from './movement-recorder.ts';
+
+// Carries out what pilot/standby-plan.ts decides, on the depot whose pilot is primary: places a
+// standby (shipping the image first when the host lacks it), retires a surplus one, or keeps the
+// image pre-staged on the next likely hosts. One step per service at a time.
+
+export interface StandbyKeeperOptions {
+  self: DepotComponents['self'];
+  members: DepotComponents['members'];
+  control: DepotComponents['control'];
+  pilot: Pick<Config['pilot'], 'placedGraceMs' | 'placementRetryMs'>;
+  shipping: ImageShipping | undefined;
+  record: RecordMovement;
+  logger: Logger;
+}
+
+export class StandbyKeeper {
+  private readonly log: Logger;
+  private readonly placing = new Map<string, Promise<void>>();
+  private readonly failedHosts = new Map<string, number>();
+  private recentlyPlaced: RecentPlacement[] = [];
+
+  constructor(private readonly opts: StandbyKeeperOptions) {
+    this.log = opts.logger.child({ component: 'pilots' });
+  }
+
+  /** Primary only: one step towards the configured number of standbys. */
+  async keep(pilot: Pilot): Promise<void> {
+    const spec = pilot.spec;
+    if (pilot.role !== 'primary' || this.placing.has(spec.name)) return;
+    const o = this.opts;
+    const plan = planStandbys({
+      service: spec,
+      copies: copiesOf(o.members, spec.name),
+      candidates: candidatesOf(o.members),
+      recentlyPlaced: this.recentlyPlaced,
+      failedHosts: this.failedHosts,
+      now: Date.now(),
+      placedGraceMs: o.pilot.placedGraceMs,
+      placementRetryMs: o.pilot.placementRetryMs,
+    });
+    this.recentlyPlaced = plan.recentlyPlaced;
+    const d = plan.decision;
+    switch (d.kind) {
+      case 'wait':
+        return;
+      case 'prestage':
+        this.prestage(spec);
+        return;
+      case 'retire':
+        this.run(spec.name, this.retire(pilot, d.copy));
+        return;
+      case 'place': {
+        const target = d.target;
+        const retryMs = o.pilot.placementRetryMs;
+        const job = this.createStandby(pilot, target.peerId, target.name, d.replacing, d.ranking).catch((err: unknown) => {
+          this.failedHosts.set(target.peerId, Date.now());
+          this.log.error(
+            { event: 'standby-failed', service: spec.name, host: target.name, err: errorMessage(err), code: (err as NavigatorError).code, retryInMs: retryMs },
+            `could not place a standby on ${target.name}: ${errorMessage(err)}`,
+          );
+        });
+        this.run(spec.name, job);
+        return;
+      }
+    }
+  }
+
+  private run(service: string, job: Promise<void>): void {
+    this.placing.set(
+      service,
+      job.finally(() => this.placing.delete(service)),
+    );
+  }
+
+  /** Pre-staging round: the top K of the placement ranking (hosts without a copy) keep the image. */
+  private prestage(spec: ServiceSpec): void {
+    const o = this.opts;
+    o.shipping?.prestage(spec.image, () => {
+      const candidates = candidatesOf(o.members);
+      const ranking = rankHosts(candidates, { service: spec.name, memBytes: spec.memoryBytes, diskBytes: spec.diskBytes, image: spec.image }, Date.now());
+      const byPeer = new Map(candidates.map((c) => [c.peerId, c]));
+      const ranked: PrestageCandidate[] = ranking.ranking
+        .filter((r) => r.peerId && r.peerId !== o.self.peerId)
+        .map((r) => ({ host: r.peerId!, alive: byPeer.get(r.peerId)?.state === 'alive', images: byPeer.get(r.peerId)?.images ?? [] }));
+      // Depots receiving this image from another sender (an earlier primary) are left to it.
+      const busy = o.members
+        .view()
+        .filter((m) => m.heartbeat?.staging.some((s) => s.image === spec.image))
+        .map((m) => m.peerId);
+      return { ranked, busy };
+    });
+  }
+
+  /** Remove one surplus standby copy: its pilot stops, its container stops and goes. */
+  private async retire(pilot: Pilot, copy: CopyView): Promise<void> {
+    try {
+      await this.opts.control.call(copy.peerId, 'pilot.retire', { container: copy.report.id }, { timeoutMs: 60_000 });
+      this.log.info({ event: 'standby-retired', service: pilot.spec.name, host: copy.host, container: copy.report.id }, `surplus standby on ${copy.host} retired`);
+      await this.opts.record(pilot.spec, {
+        event: 'drained',
+        role: 'standby',
+        host: copy.host,
+        failover: false,
+        reason: `surplus standby on ${copy.host} removed (${pilot.spec.standbys} wanted)`,
+        term: pilot.term,
+        timings: {},
+      });
+    } catch (err) {
+      this.log.warn({ event: 'retire-failed', host: copy.host, err: errorMessage(err) }, `could not retire the standby on ${copy.host}`);
+    }
+  }
+
+  private async createStandby(pilot: Pilot, peerId: string, host: string, replacing: boolean, ranking: PlacementResult): Promise<void> {
+    const spec = pilot.spec;
+    const control = this.opts.control;
+    const t0 = Date.now();
+    this.log.info(
+      { event: 'placing-standby', service: spec.name, host, ranking: ranking.ranking.slice(0, 3).map((r) => ({ host: r.name, score: Number(r.total.toFixed(3)) })) },
+      `placing a standby on ${host}`,
+    );
+    const status = await control.call<{ state?: string }>(peerId, 'image.status', { image: spec.image }, { timeoutMs: 10_000 });
+    let shipped = '';
+    if (status.state !== 'ready') {
+      // Not pre-staged there: ship it now. The target verifies every block before the image
+      // exists in its store, so a failed transfer leaves nothing a container could start from.
+      if (!this.opts.shipping) throw new NavigatorError('INTERNAL', 'image shipping not started');
+      const r = await this.opts.shipping.ensureImage(peerId, spec.image);
+      shipped = `; image shipped (${r.kind}, ${r.bytesSent} bytes in ${r.durationMs} ms)`;
+    }
+    const ship = Date.now() - t0;
+    const container = `${spec.name}-${randomBytes(3).toString('hex')}`;
+    const b0 = Date.now();
+    await control.call(peerId, 'container.start', { id: container, service: spec.name, image: spec.image, spec: spec.container, role: 'standby', term: pilot.term }, { timeoutMs: 120_000 });
+    const assignment: PilotAssignment = { spec, container, view: pilot.view, term: pilot.term, campaign: false };
+    await control.call(peerId, 'pilot.assign', assignment, { timeoutMs: 10_000 });
+    this.recentlyPlaced.push({ service: spec.name, peerId, container, at: Date.now() });
+    const boot = Date.now() - b0;
+    this.log.info({ event: 'standby-placed', service: spec.name, host, container, shipMs: ship, bootMs: boot, durationMs: Date.now() - t0 }, `standby running on ${host}`);
+    await this.opts.record(spec, {
+      event: replacing ? 'replaced' : 'placed',
+      role: 'standby',
+      host,
+      failover: false,
+      reason: `${replacing ? 'replaces a lost standby' : 'new standby'} on ${host} (placement score ${ranking.ranking.find((r) => r.peerId === peerId)?.total.toFixed(2) ?? '?'})${shipped}`,
+      term: pilot.term,
+      timings: { ship, boot },
+    });
+  }
+}

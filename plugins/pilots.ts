@@ -1,0 +1,131 @@
+import { join } from 'node:path';
+import type { DepotComponents, DepotPlugin } from '../depot/components.ts';
+import type { ContainerManager } from '../depot/containers/manager.ts';
+import type { ImageStore } from '../depot/image-store.ts';
+import type { Journal } from '../depot/journal/journal.ts';
+import { electionConfigFrom, type ElectionConfig } from '../pilot/election/settings.ts';
+import { ElectionTransport } from '../pilot/election/transport.ts';
+import { Voters } from '../pilot/election/voters.ts';
+import { ImageShipping } from '../pilot/shipping.ts';
+import { clusterView } from '../pilot/cluster-view.ts';
+import { movementRecorder } from '../pilot/movement-recorder.ts';
+import { PilotSupervisor, monotonicNow } from '../pilot/supervisor.ts';
+import { StandbyKeeper } from '../pilot/standby-keeper.ts';
+import { AdminOperations } from '../pilot/admin-operations.ts';
+import { registerPilotControl } from '../pilot/control-methods.ts';
+import { rankHosts, type PlacementResult } from '../pilot/placement.ts';
+import { candidatesOf, copiesOf } from '../pilot/cluster-view.ts';
+import type { Pilot } from '../pilot/pilot.ts';
+
+// The pilots of the copies this depot hosts and this depot's vote in every service's election:
+// the voters and the election protocol, the pilot supervisor, standby keeping and image shipping
+// on the depot whose pilot is primary, the pilot control methods, and the admin operations
+// (bootstrap, switchover, drain) with their HTTP endpoints and GET /api/transfers.
+
+export interface PilotsInit {
+  store: ImageStore;
+  containers: ContainerManager;
+  journal: Journal | undefined;
+  /** Overrides of the election timing (tests). */
+  election?: Partial<ElectionConfig>;
+}
+
+export type PilotsComponents = Pick<DepotComponents, 'config' | 'logger' | 'self' | 'node' | 'members' | 'gossip' | 'control' | 'routes' | 'heartbeat' | 'reach'>;
+
+export interface PilotsPlugin extends DepotPlugin {
+  readonly operations: AdminOperations;
+  pilots(): Pilot[];
+  placement(service: string): PlacementResult | undefined;
+}
+
+export function pilotsPlugin(init: PilotsInit): (components: PilotsComponents) => PilotsPlugin {
+  return (components) => new Pilots(init, components);
+}
+
+class Pilots implements PilotsPlugin {
+  readonly name = 'pilots';
+  readonly operations: AdminOperations;
+  private readonly election: ElectionConfig;
+  private readonly voters: Voters;
+  private readonly transport: ElectionTransport;
+  private readonly shipping: ImageShipping;
+  private readonly supervisor: PilotSupervisor;
+  private readonly onHeartbeat = (hb: { peerId: string; incarnation: number; containers: Array<{ id: string; service: string; role: string; lastSyncAt?: number | undefined }> }) => {
+    for (const c of hb.containers) {
+      if (c.role === 'standby' && c.lastSyncAt !== undefined) this.voters.observeSync(c.service, `${hb.peerId}/${c.id}/${hb.incarnation}`, c.lastSyncAt);
+    }
+  };
+
+  constructor(
+    private readonly init: PilotsInit,
+    private readonly c: PilotsComponents,
+  ) {
+    const { config, logger, self, members, control } = c;
+    this.election = electionConfigFrom(config.pilot, init.election ?? {});
+    this.voters = new Voters({ selfId: self.peerId, dir: join(config.node.dataDir, 'voters'), cfg: this.election, now: monotonicNow, logger });
+    this.transport = new ElectionTransport({
+      node: c.node,
+      voters: this.voters,
+      logger,
+      // A grant counts from its request's send time, so a late one still extends the lease as
+      // long as it arrives within leaseMs − margin; later than that it is worthless.
+      timeoutMs: Math.max(200, this.election.leaseMs - this.election.leaseSafetyMarginMs),
+    });
+    this.shipping = new ImageShipping({
+      ship: config.ship,
+      store: init.store,
+      client: () => ({ call: (peer, method, params, opts) => control.call(peer.toString(), method, params, opts) }),
+      members: () => members.view(),
+      logger,
+    });
+    const record = movementRecorder({ self, gossip: c.gossip, journal: init.journal, logger });
+    const keeper = new StandbyKeeper({ self, members, control, pilot: config.pilot, shipping: this.shipping, record, logger });
+    this.supervisor = new PilotSupervisor({
+      dir: join(config.node.dataDir, 'pilots'),
+      self,
+      gossip: c.gossip,
+      config,
+      logger,
+      election: this.election,
+      transport: this.transport,
+      containers: init.containers,
+      cluster: clusterView(c),
+      journal: init.journal,
+      record,
+      keepStandbys: (p) => keeper.keep(p),
+    });
+    this.operations = new AdminOperations({ self, members, control, store: init.store, containers: init.containers, supervisor: this.supervisor, logger });
+  }
+
+  pilots(): Pilot[] {
+    return this.supervisor.pilots();
+  }
+
+  placement(service: string): PlacementResult | undefined {
+    const spec = this.supervisor.pilotFor(service)?.spec;
+    const copies = copiesOf(this.c.members, service);
+    const image = spec?.image ?? copies[0]?.report.image;
+    return rankHosts(candidatesOf(this.c.members), { service, memBytes: spec?.memoryBytes ?? 0, diskBytes: spec?.diskBytes ?? 0, ...(image ? { image } : {}) }, Date.now());
+  }
+
+  async start(): Promise<void> {
+    const c = this.c;
+    await this.voters.start();
+    await this.transport.start();
+    registerPilotControl(c.control, { supervisor: this.supervisor, containers: this.init.containers, selfName: c.self.name });
+    if (c.routes) {
+      c.routes.route('GET', '/api/transfers', () => ({ transfers: this.shipping.transfers() }));
+      this.operations.registerRoutes(c.routes, { token: c.config.http.adminToken, host: c.config.http.adminHost });
+    }
+    c.members.events.on('heartbeat', this.onHeartbeat);
+    await this.supervisor.start();
+  }
+
+  async stop(): Promise<void> {
+    this.c.members.events.off('heartbeat', this.onHeartbeat);
+    // Transfers first: a placement waiting on one must not hold the stop up.
+    await this.shipping.stop().catch(() => undefined);
+    await this.supervisor.stop();
+    await this.transport.stop().catch(() => undefined);
+  }
+}

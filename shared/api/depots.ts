@@ -1,0 +1,40 @@
+// What GET /api/depots returns (depot/depots-response.ts builds it; `navigator status` prints it).
+
+export type DepotState = 'alive' | 'suspect' | 'dead' | 'left';
+
+/** One depot as /api/depots shows it. */
+export interface DepotRow {
+  name: string;
+  peerId: string;
+  self: boolean;
+  state: DepotState;
+  reason: string;
+  incarnation: number;
+  since: number;
+  /** Local time the last heartbeat (or probe answer) was observed, ms since the epoch. */
+  lastSeen: number;
+  version: string | null;
+  uptimeS: number | null;
+  load: [number, number, number] | null;
+  cpus: number | null;
+  memFreeBytes: number | null;
+  memTotalBytes: number | null;
+  diskFreeBytes: number | null;
+  images: string[];
+  /** Images being received (the heartbeat's `staging`): bytes on disk so far of total. */
+  staging: Array<{ image: string; bytes: number; total: number }>;
+  containers: unknown[];
+  addresses: string[];
+  hostAddresses: string[];
+  httpPort: number | null;
+  /** Port of the sshd that receives images shipped to this depot. */
+  sshPort: number | null;
+}
+
+export interface DepotsResponse {
+  self: { name: string; peerId: string; version: string; incarnation: number };
+  counts: Record<DepotState, number>;
+  /** Gossip messages this depot dropped, by reason. */
+  dropped: Record<string, number>;
+  depots: DepotRow[];
+}

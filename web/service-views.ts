@@ -1,0 +1,54 @@
+import { compareNames } from '../shared/order.ts';
+import type { MovementRecord } from '../shared/movement.ts';
+import type { DepotContainers, ServiceView } from '../shared/api/tracking.ts';
+
+/**
+ * Where each copy of each service is now, from the depots' heartbeats (containers with role,
+ * term, state, last DB sync) and the journal (since when, service address). Copies on dead or
+ * left depots are not shown: their last heartbeat is stale. A service known only from the
+ * journal is listed with no copies (the page then says it has no primary).
+ */
+export function buildServiceViews(depots: readonly DepotContainers[], records: readonly MovementRecord[]): ServiceView[] {
+  const byService = new Map<string, ServiceView>();
+  const get = (service: string) => {
+    let v = byService.get(service);
+    if (!v) byService.set(service, (v = { service, address: '', term: 0, copies: [] }));
+    return v;
+  };
+  // Latest record per (service, host, role) and the latest primary record per service.
+  const lastRole = new Map<string, MovementRecord>();
+  const lastPrimary = new Map<string, MovementRecord>();
+  for (const r of records) {
+    lastRole.set(`${r.service}\u0000${r.host}\u0000${r.role}`, r);
+    if (r.role === 'primary') lastPrimary.set(r.service, r);
+    const v = get(r.service);
+    v.term = Math.max(v.term, r.term);
+  }
+  for (const d of depots) {
+    if (d.state === 'dead' || d.state === 'left') continue;
+    for (const raw of d.containers) {
+      const c = raw as { service?: unknown; role?: unknown; term?: unknown; state?: unknown; lastSyncAt?: unknown; syncFailing?: unknown };
+      if (typeof c.service !== 'string') continue;
+      const role = c.role === 'primary' || c.role === 'standby' ? c.role : 'none';
+      const term = typeof c.term === 'number' ? c.term : 0;
+      const v = get(c.service);
+      v.term = Math.max(v.term, term);
+      v.copies.push({
+        host: d.name,
+        role,
+        term,
+        state: typeof c.state === 'string' ? c.state : 'unknown',
+        since: lastRole.get(`${c.service}\u0000${d.name}\u0000${role}`)?.time ?? null,
+        lastSyncAt: role === 'standby' && typeof c.lastSyncAt === 'number' ? c.lastSyncAt : null,
+        syncFailing: c.syncFailing === true,
+      });
+    }
+  }
+  for (const v of byService.values()) {
+    v.address = lastPrimary.get(v.service)?.address ?? '';
+    const order = { primary: 0, standby: 1, none: 2 } as const;
+    v.copies.sort((a, b) => order[a.role] - order[b.role] || compareNames(a.host, b.host));
+  }
+  return [...byService.values()].sort((a, b) => compareNames(a.service, b.service));
+}
+
