@@ -15,7 +15,7 @@ import { ImageStore } from '../../depot/image-store.ts';
 import { ContainerManager, type ContainerStatus } from '../../depot/containers.ts';
 import { ControlClient, ControlServer } from '../../depot/control.ts';
 import { tcpOpen } from '../../depot/drivers/process.ts';
-import { freePort } from '../helpers/ports.ts';
+import { freePort } from '../../lab/loopback/ports.ts';
 
 // Two real libp2p nodes with the same swarm key on 127.0.0.1. Depot A asks depot B, over
 // /navigator/control/1, to start and stop a process container cloned from an image in B's

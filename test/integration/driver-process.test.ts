@@ -10,7 +10,7 @@ import { silentLogger } from '../../shared/logger.ts';
 import { createDriver, ProcessSpec } from '../../depot/drivers/driver.ts';
 import { ProcessDriver, tcpOpen, type ContainerManifestInput } from '../../depot/drivers/process.ts';
 import { alive, groupMembers } from '../../depot/drivers/proc.ts';
-import { freePort } from '../helpers/ports.ts';
+import { freePort } from '../../lab/loopback/ports.ts';
 
 // The process driver with real services: a private mariadbd as the container (its data folder
 // initialised by a one-shot start step), and a small TCP server inside a network namespace.

@@ -7,7 +7,7 @@ import { silentLogger } from '../../shared/logger.ts';
 import { createDriver, ProcessSpec } from '../../depot/drivers/driver.ts';
 import { tcpOpen, type ProcessDriver } from '../../depot/drivers/process.ts';
 import { CLIENT, clientSql, copySql, prepareZabbixImage, sendValue, type ZabbixImage } from './zabbix-fixture.ts';
-import { freePort } from '../helpers/ports.ts';
+import { freePort } from '../../lab/loopback/ports.ts';
 
 // The Zabbix example container (deploy/examples/zabbix) on its own, through the process driver
 // as a depot runs it: first start creates MariaDB's data folder and loads the Zabbix schema; as

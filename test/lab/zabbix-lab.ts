@@ -1,8 +1,8 @@
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
-import { Lab, LabProcess } from './lab.ts';
-import { ADMIN_TOKEN, api, aliveSeenBy, depotArgs, waitFor, type LabCluster } from './cluster.ts';
+import { Lab, LabProcess } from '../../lab/lab.ts';
+import { ADMIN_TOKEN, api, aliveSeenBy, depotArgs, waitFor, type LabCluster } from '../../lab/cluster.ts';
 import { loadOrCreateIdentity } from '../../depot/identity.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { ImageStore } from '../../depot/image-store.ts';

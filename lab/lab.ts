@@ -5,10 +5,10 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { randomBytes } from 'node:crypto';
-import type { Logger } from '../../shared/logger.ts';
-import { silentLogger } from '../../shared/logger.ts';
-import { NavigatorError, errorMessage } from '../../shared/errors.ts';
-import { REPO_ROOT } from '../../shared/repo-root.ts';
+import type { Logger } from '../shared/logger.ts';
+import { silentLogger } from '../shared/logger.ts';
+import { NavigatorError, errorMessage } from '../shared/errors.ts';
+import { REPO_ROOT } from '../shared/repo-root.ts';
 
 /**
  * The network-namespace lab: a bridge in its own namespace (nothing is added to the root
@@ -272,7 +272,7 @@ export class Lab {
   /** Starts the echo service (answers with the host's short name) and waits until it listens. */
   async startEcho(host: string, port = 7000): Promise<LabProcess> {
     const h = this.host(host);
-    const p = this.spawnNode(h.name, 'test/lab/echo-service.ts', ['--name', h.name, '--port', String(port)], { name: 'echo' });
+    const p = this.spawnNode(h.name, 'lab/echo-service.ts', ['--name', h.name, '--port', String(port)], { name: 'echo' });
     await p.waitForLine(/"event":"listening"/, 15_000);
     return p;
   }
