@@ -121,9 +121,10 @@ export async function aliveSeenBy(c: LabCluster, host: string): Promise<number> 
   return res?.depots.filter((d) => d.state === 'alive').length ?? 0;
 }
 
-export async function serviceView(c: LabCluster, host: string): Promise<ServiceView | undefined> {
+/** A service as `host` sees it (default: the echo service). */
+export async function serviceView(c: LabCluster, host: string, service = SERVICE): Promise<ServiceView | undefined> {
   const res = await api<{ services: ServiceView[] }>(c, host, '/api/services');
-  return res?.services.find((s) => s.service === SERVICE);
+  return res?.services.find((s) => s.service === service);
 }
 
 export interface Placement {
