@@ -7,7 +7,7 @@
 // defaults and once with the client options Navigator uses. Best of --rounds each, alternated. Prints a table, then the summary as the last line (one JSON object).
 import { parseArgs } from 'node:util';
 import { execa } from 'execa';
-import { startMariaDb, type MariaDbServer } from '../test/helpers/mariadb.ts';
+import { startMariaDb, type MariaDbServer } from '../lab/loopback/mariadb.ts';
 import { DbSync, findClientBinaries } from '../pilot/db/dbsync.ts';
 import { CredentialFiles } from '../pilot/db/mysql-credentials.ts';
 import { DbSyncSection } from '../shared/config.ts';

@@ -4,12 +4,12 @@
 //   npm run bench:failover -- [--trials 20] [--keepalived-trials 20]
 // Prints a table, then one JSON line.
 import { parseArgs } from 'node:util';
-import { Lab } from '../test/lab/lab.ts';
-import { Prober } from '../test/lab/prober.ts';
-import { ArpWatch } from '../test/lab/arp-watch.ts';
-import { keepalivedTrials } from '../test/lab/keepalived.ts';
-import { percentile } from '../test/lab/stats.ts';
-import { bootstrap, observer, placement, startCluster, startDepot, waitFor, type LabCluster } from '../test/lab/cluster.ts';
+import { Lab } from '../lab/lab.ts';
+import { Prober } from '../lab/prober.ts';
+import { ArpWatch } from '../lab/arp-watch.ts';
+import { keepalivedTrials } from '../lab/keepalived.ts';
+import { percentile } from '../lab/stats.ts';
+import { bootstrap, observer, placement, startCluster, startDepot, waitFor, type LabCluster } from '../lab/cluster.ts';
 
 const { values } = parseArgs({
   options: {

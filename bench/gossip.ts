@@ -28,7 +28,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys';
 import { execa } from 'execa';
 import { DEPOT_NODE_FLAGS } from '../depot/runtime-flags.ts';
 import { multiaddr } from '@multiformats/multiaddr';
-import { DepotCluster, getDepots, sleep, waitFor, type DepotProc } from '../test/helpers/depot-procs.ts';
+import { DepotCluster, getDepots, sleep, waitFor, type DepotProc } from '../lab/loopback/depot-procs.ts';
 import { Depot } from '../depot/depot.ts';
 import { makeSwarmKey } from '../depot/swarm-key.ts';
 import { parseConfig } from '../shared/config.ts';

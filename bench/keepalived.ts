@@ -2,8 +2,8 @@
 //   node --import tsx bench/keepalived.ts [--trials N]        (root; Debian keepalived 2.2.7)
 // Prints one row per trial, then the summary as the last line (one JSON object).
 import { parseArgs } from 'node:util';
-import { keepalivedTrials } from '../test/lab/keepalived.ts';
-import { percentile } from '../test/lab/stats.ts';
+import { keepalivedTrials } from '../lab/keepalived.ts';
+import { percentile } from '../lab/stats.ts';
 
 const { values } = parseArgs({ options: { trials: { type: 'string', default: '3' } } });
 const n = Number(values.trials);

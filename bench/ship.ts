@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { ImageStore } from '../depot/image-store.ts';
 import { Shipper, localShipTarget, type ShipResult } from '../pilot/ship.ts';
-import { startSshd } from '../test/helpers/sshd.ts';
+import { startSshd } from '../lab/loopback/sshd.ts';
 
 const MB = 1024 * 1024;
 const sizeMb = Number(process.env.BENCH_SHIP_MB ?? 1024);

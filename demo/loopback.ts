@@ -3,7 +3,8 @@ import { NavigatorError } from '../shared/errors.ts';
 import type { DemoHost, DemoNetwork, SpawnRequest } from './network.ts';
 import { DemoProcess } from './process.ts';
 import { killMarked } from './marked-processes.ts';
-import { procStartTime, removeAll, removeRecord, writeRecord, type DemoRecord } from './registry.ts';
+import { removeDemo, writeRecord, type DemoRecord } from './registry.ts';
+import { thisOwner } from '../lab/lan/owner-registry.ts';
 
 // The demo's "LAN" without network namespaces: each workstation is a loopback address of this
 // machine (127.0.0.2, .3, ...; Linux answers on all of 127.0.0.0/8 without configuration). There
@@ -29,7 +30,7 @@ export class LoopbackNetwork implements DemoNetwork {
     if (workstations > 90) throw new NavigatorError('BAD_REQUEST', 'loopback mode supports at most 90 workstations');
     // Only root can put the service address on lo, so only then is there one to remove.
     const root = process.getuid?.() === 0;
-    const rec: DemoRecord = { id, pid: process.pid, startTime: await procStartTime(process.pid), dir, namespaces: [], ...(root ? { loAddress: '127.0.0.100/8' } : {}) };
+    const rec: DemoRecord = { id, ...(await thisOwner()), dir, namespaces: [], ...(root ? { loAddress: '127.0.0.100/8' } : {}) };
     await writeRecord(rec);
     return new LoopbackNetwork(rec, workstations);
   }
@@ -50,9 +51,7 @@ export class LoopbackNetwork implements DemoNetwork {
   async destroy(): Promise<void> {
     if (this.destroyed) return;
     this.destroyed = true;
-    const errors = await removeAll(this.rec);
-    await removeRecord(this.rec.id);
-    if (errors.length > 0) throw new NavigatorError('INTERNAL', `demo cleanup: ${errors.join('; ')}`);
+    await removeDemo(this.rec);
   }
 
   /** All workstations share `lo`: a dead host's address would stay, so the power cut removes it. */

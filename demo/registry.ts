@@ -1,22 +1,19 @@
-import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { NavigatorError } from '../shared/errors.ts';
+import { OwnerRegistry, ownerAlive, type OwnerRecord } from '../lab/lan/owner-registry.ts';
+import { removeNamespace, removeRootLink } from '../lab/lan/namespaces.ts';
 import { killMarked } from './marked-processes.ts';
 
 // What a running demo has made, written down before it makes it: if the demo is killed
-// (SIGKILL, a crash, a closed terminal) the next demo finds the record of a dead owner and
-// removes what it left behind — processes, namespaces, the root-namespace link, a loopback
-// address, the temp folder.
+// (SIGKILL, a crash, a closed terminal) the next demo (or `navigator demo --cleanup`) finds the
+// record of a dead owner and removes what it left behind — processes, namespaces, the
+// root-namespace link, a loopback address, the temp folder.
 
-export interface DemoRecord {
+export interface DemoRecord extends OwnerRecord {
   id: string;
-  pid: number;
-  /** The owner's start time (from /proc), so a reused pid is not mistaken for the owner. */
-  startTime: string;
-  dir: string;
-  namespaces: string[];
   /** Link in the root namespace (deleting it deletes its veth peer). */
   rootLink?: string;
   /** Address added to lo in loopback mode (CIDR). */
@@ -27,29 +24,16 @@ export function registryDir(): string {
   return process.getuid?.() === 0 ? '/run/navdemo' : join(tmpdir(), `navdemo-run-${process.getuid?.() ?? 'x'}`);
 }
 
-export async function procStartTime(pid: number): Promise<string> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '';
-  } catch {
-    return '';
-  }
+function registry(): OwnerRegistry<DemoRecord> {
+  return new OwnerRegistry<DemoRecord>(registryDir(), 0o700);
 }
 
 export async function writeRecord(rec: DemoRecord): Promise<void> {
-  const dir = registryDir();
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  const file = join(dir, `${rec.id}.json`);
-  await writeFile(`${file}.tmp`, JSON.stringify(rec));
-  await rename(`${file}.tmp`, file);
-}
-
-export async function removeRecord(id: string): Promise<void> {
-  await rm(join(registryDir(), `${id}.json`), { force: true });
+  await registry().write(rec.id, rec);
 }
 
 /** Removes everything a record lists (the owner is gone or is cleaning up); errors are collected. */
-export async function removeAll(rec: DemoRecord): Promise<string[]> {
+async function removeAll(rec: DemoRecord): Promise<string[]> {
   const errors: string[] = [];
   const step = async (what: string, fn: () => Promise<unknown>) => {
     try {
@@ -59,13 +43,11 @@ export async function removeAll(rec: DemoRecord): Promise<string[]> {
     }
   };
   await step('processes', () => killMarked(rec.id));
-  for (const ns of rec.namespaces) await step(`namespace ${ns}`, () => deleteNamespace(ns));
+  // Anything still inside (not marked: started by hand in there) goes too, or the delete leaves it.
+  for (const ns of rec.namespaces) await step(`namespace ${ns}`, () => removeNamespace(ns));
   if (rec.rootLink) {
     const link = rec.rootLink;
-    await step(`link ${link}`, async () => {
-      const r = await execa('ip', ['link', 'del', link], { reject: false });
-      if (r.exitCode !== 0 && !/Cannot find device/i.test(r.stderr)) throw new Error(r.stderr.trim());
-    });
+    await step(`link ${link}`, () => removeRootLink(link));
   }
   if (rec.loAddress) {
     const addr = rec.loAddress;
@@ -78,42 +60,25 @@ export async function removeAll(rec: DemoRecord): Promise<string[]> {
   return errors;
 }
 
-async function deleteNamespace(ns: string): Promise<void> {
-  if (!existsSync(`/run/netns/${ns}`)) return;
-  // Anything still inside (not marked: started by hand in there) goes too, or the delete leaves it.
-  const pids = await execa('ip', ['netns', 'pids', ns], { reject: false });
-  for (const p of pids.stdout.split(/\s+/).filter(Boolean).map(Number)) {
-    try {
-      process.kill(p, 'SIGKILL');
-    } catch {
-      // gone
-    }
-  }
-  const r = await execa('ip', ['netns', 'del', ns], { reject: false });
-  if (r.exitCode !== 0 && !/No such file/i.test(r.stderr)) throw new Error(r.stderr.trim());
+/** A demo's own clean-up: everything its record lists, then the record. */
+export async function removeDemo(rec: DemoRecord): Promise<void> {
+  const errors = await removeAll(rec);
+  await registry().remove(rec.id);
+  if (errors.length > 0) throw new NavigatorError('INTERNAL', `demo cleanup: ${errors.join('; ')}`);
 }
 
 /** Cleans up after demos whose owner process is gone. Returns the ids swept. */
 export async function sweepStaleDemos(): Promise<string[]> {
   const swept: string[] = [];
-  let files: string[] = [];
-  try {
-    files = await readdir(registryDir());
-  } catch {
-    return swept;
-  }
-  for (const f of files.filter((x) => x.endsWith('.json'))) {
-    let rec: DemoRecord;
-    try {
-      rec = JSON.parse(await readFile(join(registryDir(), f), 'utf8')) as DemoRecord;
-    } catch {
-      await rm(join(registryDir(), f), { force: true });
+  const reg = registry();
+  for (const [id, rec] of await reg.records()) {
+    if (!rec) {
+      await reg.remove(id);
       continue;
     }
-    const st = await procStartTime(rec.pid);
-    if (st !== '' && st === rec.startTime) continue; // its demo still runs
+    if (await ownerAlive(rec)) continue; // its demo still runs
     await removeAll(rec);
-    await removeRecord(rec.id);
+    await reg.remove(rec.id);
     swept.push(rec.id);
   }
   return swept;

@@ -2,8 +2,8 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { mkdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Page } from 'playwright-core';
-import { Lab } from '../lab/lab.ts';
-import { SERVICE, api, bootstrap, placement, startCluster, waitFor, type LabCluster, type Placement } from '../lab/cluster.ts';
+import { Lab } from '../../lab/lab.ts';
+import { SERVICE, api, bootstrap, placement, startCluster, waitFor, type LabCluster, type Placement } from '../../lab/cluster.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
 import { launchChromiumInNetns, type NetnsBrowser } from './netns-chromium.ts';
 

@@ -12,7 +12,7 @@ import type { ContainerStatus } from '../../depot/containers/manager.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import type { HeartbeatMessage } from '../../shared/wire.ts';
-import { freePort } from '../helpers/ports.ts';
+import { freePort } from '../../lab/loopback/ports.ts';
 
 // Two real depots with the containers part: depot A starts a process container on depot B over
 // the control protocol, and A then sees it in B's heartbeat as running; after the stop, stopped.

@@ -7,7 +7,7 @@ import { silentLogger } from '../../shared/logger.ts';
 import { FakeClock } from '../../shared/clock.ts';
 import { ContainerManager, type ContainerStatus, type ImageSource } from '../../depot/containers/manager.ts';
 import { tcpOpen } from '../../shared/tcp-probe.ts';
-import { freePort } from '../helpers/ports.ts';
+import { freePort } from '../../lab/loopback/ports.ts';
 
 // The container manager with real process containers: state transitions, errors before anything
 // starts, and a restarted depot (a new manager on the same folder) finding its running container.

@@ -18,7 +18,7 @@ import { ControlClient } from '../../depot/control/client.ts';
 import { registerContainerControl } from '../../depot/containers/control-methods.ts';
 import { registerImageQueries } from '../../depot/images/status-methods.ts';
 import { tcpOpen } from '../../shared/tcp-probe.ts';
-import { freePort } from '../helpers/ports.ts';
+import { freePort } from '../../lab/loopback/ports.ts';
 
 // Two real libp2p nodes with the same swarm key on 127.0.0.1. Depot A asks depot B, over
 // /navigator/control/1, to start and stop a process container cloned from an image in B's

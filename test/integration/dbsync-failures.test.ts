@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
 import { execa } from 'execa';
-import { startMariaDb, type MariaDbServer } from '../helpers/mariadb.ts';
+import { startMariaDb, type MariaDbServer } from '../../lab/loopback/mariadb.ts';
 import { DbSync, type DbSyncOptions } from '../../pilot/db/dbsync.ts';
 import { readSyncHistory } from '../../pilot/db/sync-history.ts';
 import { createLogger, silentLogger } from '../../shared/logger.ts';

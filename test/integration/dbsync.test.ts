@@ -3,7 +3,7 @@ import { Writable } from 'node:stream';
 import { existsSync } from 'node:fs';
 import { execa } from 'execa';
 import type { Connection } from 'mysql2/promise';
-import { startMariaDb, type MariaDbServer } from '../helpers/mariadb.ts';
+import { startMariaDb, type MariaDbServer } from '../../lab/loopback/mariadb.ts';
 import { DbSync, type DbSyncOptions } from '../../pilot/db/dbsync.ts';
 import { readSyncHistory, syncHeartbeatFields } from '../../pilot/db/sync-history.ts';
 import { createLogger, silentLogger } from '../../shared/logger.ts';

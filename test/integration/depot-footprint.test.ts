@@ -2,7 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { readFile, readdir } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DepotCluster, waitFor, type DepotProc } from '../helpers/depot-procs.ts';
+import { DepotCluster, waitFor, type DepotProc } from '../../lab/loopback/depot-procs.ts';
 import { DEPOT_ENV, DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
 
 // What an idle depot process holds (issue 2: an idle depot stays small). It runs from the

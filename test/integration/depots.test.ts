@@ -4,7 +4,7 @@ import { peerIdFromString } from '@libp2p/peer-id';
 import { createNode, type NavigatorNode } from '../../depot/libp2p.ts';
 import { parseSwarmKey } from '../../depot/swarm-key.ts';
 import { TOPICS, type HeartbeatMessage } from '../../shared/wire.ts';
-import { DepotCluster, getDepots, sleep, transitionAt, waitFor, type DepotProc } from '../helpers/depot-procs.ts';
+import { DepotCluster, getDepots, sleep, transitionAt, waitFor, type DepotProc } from '../../lab/loopback/depot-procs.ts';
 
 // Real depot processes on loopback (mDNS off, bootstrap to the first depot, one swarm key):
 // discovery, kill -9 detection, clean leave, a foreign swarm key, and hostile gossip.

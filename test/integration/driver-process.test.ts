@@ -11,7 +11,7 @@ import { createDriver, ProcessSpec } from '../../depot/containers/drivers/driver
 import { ProcessDriver, type ContainerManifestInput } from '../../depot/containers/drivers/process.ts';
 import { tcpOpen } from '../../shared/tcp-probe.ts';
 import { alive, groupMembers } from '../../depot/containers/drivers/proc.ts';
-import { freePort } from '../helpers/ports.ts';
+import { freePort } from '../../lab/loopback/ports.ts';
 
 // The process driver with real services: a private mariadbd as the container (its data folder
 // initialised by a one-shot start step), and a small TCP server inside a network namespace.

@@ -2,7 +2,7 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startMariaDb, type MariaDbServer } from '../helpers/mariadb.ts';
+import { startMariaDb, type MariaDbServer } from '../../lab/loopback/mariadb.ts';
 import { Journal } from '../../depot/journal/journal.ts';
 import { MovementRecorder, MOVEMENTS_TABLE } from '../../pilot/db/movements-table.ts';
 import { silentLogger } from '../../shared/logger.ts';

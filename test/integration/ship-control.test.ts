@@ -15,8 +15,8 @@ import type { TransferInfo } from '../../pilot/transfers.ts';
 import { parseConfig, type Config } from '../../shared/config.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import type { DepotsResponse } from '../../shared/api/depots.ts';
-import { startSshd, type TestSshd } from '../helpers/sshd.ts';
-import { waitFor } from '../helpers/depot-procs.ts';
+import { startSshd, type TestSshd } from '../../lab/loopback/sshd.ts';
+import { waitFor } from '../../lab/loopback/depot-procs.ts';
 import { failure } from '../helpers/failure.ts';
 
 // The control side of image shipping between real depots on loopback, each receiver with its own

@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageStore } from '../../depot/image-store.ts';
 import { Shipper, localShipTarget, type ShipTarget } from '../../pilot/ship.ts';
-import { startSshd, type TestSshd } from '../helpers/sshd.ts';
+import { startSshd, type TestSshd } from '../../lab/loopback/sshd.ts';
 import { failure } from '../helpers/failure.ts';
 
 // The target depot's disk fills up: a small tmpfs holds its image store.

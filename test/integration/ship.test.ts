@@ -10,7 +10,7 @@ import { TokenBucket } from '../../pilot/bandwidth.ts';
 import { Prestager } from '../../pilot/prestage.ts';
 import { Shipper, localShipTarget, senderStats, type ShipTarget } from '../../pilot/ship.ts';
 import { rawSftpWriter } from '../../pilot/sftp-write.ts';
-import { startSshd, type TestSshd } from '../helpers/sshd.ts';
+import { startSshd, type TestSshd } from '../../lab/loopback/sshd.ts';
 import { failure } from '../helpers/failure.ts';
 
 // Image shipping against a real OpenSSH sshd on a loopback port.

@@ -3,8 +3,8 @@ import { execa } from 'execa';
 import { readFile } from 'node:fs/promises';
 import { ServiceAddress, parseServiceAddress } from '../../pilot/address.ts';
 import { silentLogger } from '../../shared/logger.ts';
-import { Lab } from './lab.ts';
-import { Prober } from './prober.ts';
+import { Lab } from '../../lab/lab.ts';
+import { Prober } from '../../lab/prober.ts';
 
 // The service-address move on real interfaces in network namespaces: ip addr + arping -U.
 describe('service address in the namespace lab', () => {

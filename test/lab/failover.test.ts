@@ -1,9 +1,9 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { readFile } from 'node:fs/promises';
-import { Lab } from './lab.ts';
-import { Prober } from './prober.ts';
-import { ArpWatch } from './arp-watch.ts';
-import { ADMIN_TOKEN, bootstrap, observer, placement, startCluster, startDepot, waitFor, api, type LabCluster } from './cluster.ts';
+import { Lab } from '../../lab/lab.ts';
+import { Prober } from '../../lab/prober.ts';
+import { ArpWatch } from '../../lab/arp-watch.ts';
+import { ADMIN_TOKEN, bootstrap, observer, placement, startCluster, startDepot, waitFor, api, type LabCluster } from '../../lab/cluster.ts';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';

@@ -4,10 +4,11 @@ import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { silentLogger } from '../../shared/logger.ts';
 import { ServiceAddress } from '../../pilot/address.ts';
-import { Lab, sweepLabs } from './lab.ts';
-import { ArpWatch } from './arp-watch.ts';
-import { Prober, longestGap } from './prober.ts';
-import { percentile } from './stats.ts';
+import { Lab } from '../../lab/lab.ts';
+import { sweepLabs } from '../../lab/lab-registry.ts';
+import { ArpWatch } from '../../lab/arp-watch.ts';
+import { Prober, longestGap } from '../../lab/prober.ts';
+import { percentile } from '../../lab/stats.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

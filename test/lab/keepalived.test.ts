@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { keepalivedConfig, keepalivedTrials } from './keepalived.ts';
+import { keepalivedConfig, keepalivedTrials } from '../../lab/keepalived.ts';
 
 // The bench:failover yardstick must itself be right: real keepalived, real VRRP, real outage.
 describe('keepalived yardstick', () => {

@@ -5,9 +5,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { ImageStore } from '../../depot/image-store.ts';
 import type { TransferInfo } from '../../pilot/transfers.ts';
 import type { DepotsResponse } from '../../shared/api/depots.ts';
-import { Lab } from './lab.ts';
-import { ADMIN_TOKEN, SERVICE, SERVICE_PORT, api, placement, startCluster, waitFor, type LabCluster } from './cluster.ts';
-import { startLabSshds } from './sshd.ts';
+import { Lab } from '../../lab/lab.ts';
+import { ADMIN_TOKEN, SERVICE, SERVICE_PORT, api, placement, startCluster, waitFor, type LabCluster } from '../../lab/cluster.ts';
+import { startLabSshds } from '../../lab/lab-sshd.ts';
 
 // Image shipping through the pilots, in the namespace lab: real depot processes, a real sshd in
 // every workstation namespace, the image only in the bootstrap host's store. The primary must

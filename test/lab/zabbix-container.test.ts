@@ -8,7 +8,7 @@ import { createDriver, ProcessSpec } from '../../depot/containers/drivers/driver
 import type { ProcessDriver } from '../../depot/containers/drivers/process.ts';
 import { tcpOpen } from '../../shared/tcp-probe.ts';
 import { CLIENT, clientSql, copySql, prepareZabbixImage, sendValue, type ZabbixImage } from './zabbix-fixture.ts';
-import { freePort } from '../helpers/ports.ts';
+import { freePort } from '../../lab/loopback/ports.ts';
 
 // The Zabbix example container (deploy/examples/zabbix) on its own, through the process driver
 // as a depot runs it: first start creates MariaDB's data folder and loads the Zabbix schema; as

@@ -2,7 +2,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { parse as parseYaml, stringify as toYaml } from 'yaml';
-import { REPO_ROOT } from './lab.ts';
+import { REPO_ROOT } from '../../shared/repo-root.ts';
 
 // The Zabbix example service (deploy/examples/zabbix) as tests use it: an image folder made by
 // the example's own prepare-image.sh (fresh passwords), optionally on other ports, and the SQL

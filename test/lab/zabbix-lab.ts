@@ -1,15 +1,14 @@
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
-import { Lab, LabProcess } from './lab.ts';
-import { ADMIN_TOKEN, api, aliveSeenBy, depotArgs, waitFor, type LabCluster } from './cluster.ts';
+import { Lab, LabProcess } from '../../lab/lab.ts';
+import { ADMIN_TOKEN, api, aliveSeenBy, depotArgs, serviceView, waitFor, type LabCluster } from '../../lab/cluster.ts';
 import { loadOrCreateIdentity } from '../../depot/identity.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { ImageStore } from '../../depot/image-store.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { DEPOT_ENV } from '../../depot/runtime-flags.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
-import type { ServiceView } from '../../shared/api/tracking.ts';
 import { copySql, prepareZabbixImage, type ZabbixImage } from './zabbix-fixture.ts';
 
 // A Navigator cluster in the lab running the Zabbix example service: like cluster.ts, one real
@@ -140,11 +139,6 @@ export async function bootstrapZabbix(c: ZabbixCluster, host: string, standbys: 
   return (JSON.parse(lines.join('\n')) as { result: { container: string } }).result;
 }
 
-export async function zabbixView(c: ZabbixCluster, host: string): Promise<ServiceView | undefined> {
-  const res = await api<{ services: ServiceView[] }>(c, host, '/api/services');
-  return res?.services.find((s) => s.service === ZBX_SERVICE);
-}
-
 export interface ZabbixPlacement {
   primary: string | undefined;
   term: number;
@@ -152,7 +146,7 @@ export interface ZabbixPlacement {
 }
 
 export async function zabbixPlacement(c: ZabbixCluster, host: string): Promise<ZabbixPlacement> {
-  const view = await zabbixView(c, host);
+  const view = await serviceView(c, host, ZBX_SERVICE);
   const running = (view?.copies ?? []).filter((x) => x.state === 'running');
   const primaries = running.filter((x) => x.role === 'primary').sort((a, b) => b.term - a.term);
   return {

@@ -1,8 +1,8 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Lab, type LabProcess } from './lab.ts';
-import { waitFor, observer } from './cluster.ts';
+import { Lab, type LabProcess } from '../../lab/lab.ts';
+import { waitFor, observer } from '../../lab/cluster.ts';
 import { CLIENT, agentConfig, clientSql } from './zabbix-fixture.ts';
 import {
   SenderLoop,

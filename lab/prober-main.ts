@@ -2,7 +2,7 @@
 // its own host" of the OpenSAF study): every interval it opens a TCP connection to the service
 // address, reads the one-line reply (the answering host's name) and records success or failure.
 // Results stream to stdout as JSON lines, batched every 100 ms; SIGTERM flushes and exits.
-//   node --import tsx test/lab/prober-main.ts --target 10.77.3.100 --port 7000
+//   node --import tsx lab/prober-main.ts --target 10.77.3.100 --port 7000
 import { connect } from 'node:net';
 import { parseArgs } from 'node:util';
 

@@ -1,14 +1,15 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
-import { Lab, LabProcess, REPO_ROOT } from './lab.ts';
-import { loadOrCreateIdentity } from '../../depot/identity.ts';
+import { Lab, LabProcess } from './lab.ts';
+import { REPO_ROOT } from '../shared/repo-root.ts';
+import { loadOrCreateIdentity } from '../depot/identity.ts';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
-import { makeSwarmKey } from '../../depot/swarm-key.ts';
-import { DEPOT_ENV, depotArgv } from '../../depot/runtime-flags.ts';
-import { ImageStore } from '../../depot/image-store.ts';
-import { silentLogger } from '../../shared/logger.ts';
-import type { ServiceView } from '../../shared/api/tracking.ts';
+import { makeSwarmKey } from '../depot/swarm-key.ts';
+import { DEPOT_ENV, depotArgv } from '../depot/runtime-flags.ts';
+import { ImageStore } from '../depot/image-store.ts';
+import { silentLogger } from '../shared/logger.ts';
+import type { ServiceView } from '../shared/api/tracking.ts';
 
 // A Navigator cluster in the lab: one real depot process (`navigator depot run`) per workstation
 // namespace, all sharing a swarm key and knowing each other through bootstrap addresses, the
@@ -84,7 +85,7 @@ export async function startCluster(lab: Lab, n: number, opts: ClusterOptions = {
     join(imageDir, 'container.yaml'),
     stringify({
       name: 'echo',
-      start: [{ argv: [process.execPath, '--no-warnings', join(REPO_ROOT, 'test/lab/echo-service.ts'), '--port', String(SERVICE_PORT)] }],
+      start: [{ argv: [process.execPath, '--no-warnings', join(REPO_ROOT, 'lab/echo-service.ts'), '--port', String(SERVICE_PORT)] }],
       health: { tcp: { host: '127.0.0.1', port: SERVICE_PORT } },
       startTimeoutMs: 20_000,
     }),
@@ -120,9 +121,10 @@ export async function aliveSeenBy(c: LabCluster, host: string): Promise<number> 
   return res?.depots.filter((d) => d.state === 'alive').length ?? 0;
 }
 
-export async function serviceView(c: LabCluster, host: string): Promise<ServiceView | undefined> {
+/** A service as `host` sees it (default: the echo service). */
+export async function serviceView(c: LabCluster, host: string, service = SERVICE): Promise<ServiceView | undefined> {
   const res = await api<{ services: ServiceView[] }>(c, host, '/api/services');
-  return res?.services.find((s) => s.service === SERVICE);
+  return res?.services.find((s) => s.service === service);
 }
 
 export interface Placement {

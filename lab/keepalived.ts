@@ -1,7 +1,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Logger } from '../../shared/logger.ts';
-import { silentLogger } from '../../shared/logger.ts';
+import type { Logger } from '../shared/logger.ts';
+import { silentLogger } from '../shared/logger.ts';
 import { Lab, type LabProcess } from './lab.ts';
 import { Prober } from './prober.ts';
 import { ArpWatch } from './arp-watch.ts';

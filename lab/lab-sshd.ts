@@ -2,7 +2,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type { Lab, LabProcess } from './lab.ts';
-import { sshdConfig } from '../helpers/sshd.ts';
+import { sshdConfig } from './loopback/sshd.ts';
 
 // A real OpenSSH sshd in each workstation namespace of the lab, on the host's own address and
 // port 22, for image shipping between lab depots. One user key (the depots' shipping key,

@@ -99,7 +99,7 @@ export class Prober {
 
   /** Starts the prober process in the client namespace and waits until it runs. */
   static async start(lab: Lab, opts: ProberOptions): Promise<Prober> {
-    const proc = lab.spawnNode(opts.host ?? 'client', 'test/lab/prober-main.ts', [
+    const proc = lab.spawnNode(opts.host ?? 'client', 'lab/prober-main.ts', [
       '--target', opts.target, '--port', String(opts.port),
       '--interval', String(opts.intervalMs ?? 10), '--timeout', String(opts.timeoutMs ?? 50),
     ], { name: 'prober' });

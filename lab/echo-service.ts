@@ -1,8 +1,8 @@
 // The lab's "small real service": a TCP server that answers every connection with its host's
 // name and closes. Run inside a workstation namespace; listening on 0.0.0.0 means it answers on
 // the service address exactly when that host holds it.
-//   node --import tsx test/lab/echo-service.ts --name w1 --port 7000
-//   ECHO_NAME=w1 node test/lab/echo-service.ts --port 7000   (Node's own type stripping)
+//   node --import tsx lab/echo-service.ts --name w1 --port 7000
+//   ECHO_NAME=w1 node lab/echo-service.ts --port 7000   (Node's own type stripping)
 import { createServer } from 'node:net';
 import { parseArgs } from 'node:util';
 
