@@ -1,7 +1,7 @@
 import type { Config } from '../shared/config.ts';
 import type { Logger } from '../shared/logger.ts';
 import { Depot, type DepotOptions } from './daemon.ts';
-import { ImageStore } from './image-store.ts';
+import { ImageStore } from './images/catalog.ts';
 import { containersPart, type ContainersPart } from './containers-part.ts';
 import { imagesPart } from './images-part.ts';
 import { trackingPart, type TrackingPart } from './tracking-part.ts';

@@ -10,7 +10,7 @@ import { ControlClient, ControlServer, type ControlImages } from './control.ts';
 // Use: new Depot({ ..., parts: [containersPart({ images: imageStore })] }).
 
 export interface ContainersPartOptions {
-  /** The depot's image store (depot/image-store.ts ImageStore fits both interfaces). */
+  /** The depot's image store (depot/images/catalog.ts ImageStore fits both interfaces). */
   images?: ImageSource & ControlImages;
   /** Folder of the container folders (default <store.dir>/containers). */
   root?: string;

@@ -23,7 +23,7 @@ import { ContainerId, type ContainerManager } from './containers.ts';
 // server answers with an error response and carries on; it never lets a request crash the depot.
 // Only peers holding the swarm key can open a stream at all (pnet).
 
-/** What the control server needs from the image store (depot/image-store.ts ImageStore fits). */
+/** What the control server needs from the image store (depot/images/catalog.ts ImageStore fits). */
 export interface ControlImages {
   status(id: string): Promise<unknown>;
   verify(id: string): Promise<unknown>;

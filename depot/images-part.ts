@@ -1,6 +1,6 @@
 import type { Depot, DepotPart } from './daemon.ts';
-import type { ImageStore } from './image-store.ts';
-import { registerImageControl, type MethodRegistry } from './image-control.ts';
+import type { ImageStore } from './images/catalog.ts';
+import { registerImageControl, type MethodRegistry } from './images/control-methods.ts';
 
 // The image store as a depot part, on the receiving side of image shipping: the control methods a
 // sender drives a transfer with (image.prepare / image.commit / image.abort), and what the

@@ -9,7 +9,7 @@ import { MovementRecord } from '../shared/movement.ts';
 import type { Depot, DepotPart } from '../depot/daemon.ts';
 import type { ContainersPart } from '../depot/containers-part.ts';
 import type { TrackingPart } from '../depot/tracking-part.ts';
-import type { ImageStore } from '../depot/image-store.ts';
+import type { ImageStore } from '../depot/images/catalog.ts';
 import { publishMovement } from '../depot/journal-sync.ts';
 import { registerAdminPost } from '../web/tracking.ts';
 import { electionConfigFrom, initialView, type ElectionConfig, type MemberObservation } from './election.ts';

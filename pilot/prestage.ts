@@ -2,7 +2,8 @@ import type { Logger } from '../shared/logger.ts';
 import { silentLogger } from '../shared/logger.ts';
 import { errorMessage } from '../shared/errors.ts';
 import { TokenBucket } from './bandwidth.ts';
-import type { ShipResult, ShipTarget, Shipper } from './ship.ts';
+import type { ShipTarget } from '../depot/images/ship-target.ts';
+import type { ShipResult, Shipper } from './ship.ts';
 
 // Pre-staging: the primary's pilot keeps the current image on the top K placement candidates,
 // in the background and under a bandwidth limit, so that a new standby usually starts with no

@@ -5,8 +5,10 @@ import { Client, type SFTPWrapper } from 'ssh2';
 import type { Logger } from '../shared/logger.ts';
 import { silentLogger } from '../shared/logger.ts';
 import { NavigatorError, errorMessage, isNavigatorError } from '../shared/errors.ts';
-import type { CommitResult, ImageStore, MissingBlocks, PrepareResult } from '../depot/image-store.ts';
-import { blockLength, totalBytes, unsafePathReason, type ImageManifest } from '../depot/image-manifest.ts';
+import type { ImageStore } from '../depot/images/catalog.ts';
+import type { MissingBlocks } from '../depot/images/receive.ts';
+import type { ShipTarget } from '../depot/images/ship-target.ts';
+import { blockLength, blocksBytes, totalBytes, unsafePathReason, type ImageManifest } from '../depot/images/manifest.ts';
 import { hostVerifierFromFile } from './ssh-known-hosts.ts';
 import type { TokenBucket } from './bandwidth.ts';
 import { TransferTracker, type TransferInfo } from './transfers.ts';
@@ -30,27 +32,6 @@ import { tuneSender, type SenderStats } from './ssh2-sender.ts';
 // connection leaves sender and sshd waiting on each other); file data is read straight into
 // the WRITE requests (sftp-write.ts) and ssh2's packets reuse their memory (ssh2-sender.ts), so
 // no byte is copied in JavaScript but into its SSH packet, and the GC stays quiet.
-
-/** The target depot's side of a transfer (control protocol in production, ImageStore in tests). */
-export interface ShipTarget {
-  /** sshd address of the target depot. */
-  host: string;
-  port: number;
-  prepare(manifest: ImageManifest): Promise<PrepareResult>;
-  commit(id: string): Promise<CommitResult>;
-  abort(id: string): Promise<void>;
-}
-
-/** A ShipTarget that calls an ImageStore in this process (tests, or a depot shipping to itself). */
-export function localShipTarget(store: ImageStore, host: string, port: number): ShipTarget {
-  return {
-    host,
-    port,
-    prepare: (m) => store.prepareReceive(m),
-    commit: (id) => store.commitStaged(id),
-    abort: (id) => store.abortStaged(id),
-  };
-}
 
 export interface SshAuth {
   user: string;
@@ -243,7 +224,7 @@ export class Shipper {
         }
         const n = missing.reduce((s, m) => s + m.blocks.length, 0);
         result.resentBlocks += n;
-        toSend += bytesOf(manifest, missing);
+        toSend += blocksBytes(manifest, missing);
         progress({ state: 'sending', bytesToSend: toSend });
       }
       result.durationMs = Date.now() - t0;
@@ -549,7 +530,7 @@ export class Shipper {
     if (failure) {
       if (opts.signal?.aborted) throw new NavigatorError('TRANSFER_FAILED', `transfer to ${remoteFilesDir} aborted after ${result.bytesSent} bytes`);
       const open = state.find((l) => !l.closed) ?? state[0]!;
-      throw await this.explainWriteFailure(open.sftp, failure, remoteFilesDir, bytesOf(manifest, missing));
+      throw await this.explainWriteFailure(open.sftp, failure, remoteFilesDir, blocksBytes(manifest, missing));
     }
   }
 
@@ -677,16 +658,6 @@ function groupBad(bad: { path: string; block?: number }[], m: ImageManifest): Mi
   }
   const sizes = new Map(m.files.map((f) => [f.path, f.size]));
   return [...byPath].map(([path, s]) => ({ path, size: sizes.get(path) ?? 0, blocks: [...s].sort((a, b) => a - b) }));
-}
-
-function bytesOf(m: ImageManifest, missing: MissingBlocks[]): number {
-  const byPath = new Map(m.files.map((f) => [f.path, f]));
-  let n = 0;
-  for (const mb of missing) {
-    const f = byPath.get(mb.path);
-    if (f) for (const i of mb.blocks) n += blockLength(m, f, i);
-  }
-  return n;
 }
 
 function describeBad(bad: { path: string; block?: number; reason: string }[]): string {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import { Depot } from '../../depot/daemon.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
-import { ImageStore } from '../../depot/image-store.ts';
+import { ImageStore } from '../../depot/images/catalog.ts';
 import { containersPart, type ContainersPart } from '../../depot/containers-part.ts';
 import type { ContainerStatus } from '../../depot/containers.ts';
 import { parseConfig } from '../../shared/config.ts';

@@ -6,7 +6,7 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Depot } from '../../depot/daemon.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
-import { ImageStore } from '../../depot/image-store.ts';
+import { ImageStore } from '../../depot/images/catalog.ts';
 import { containersPart, type ContainersPart } from '../../depot/containers-part.ts';
 import { imagesPart } from '../../depot/images-part.ts';
 import { ImageShipping } from '../../pilot/shipping.ts';

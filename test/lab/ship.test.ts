@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ImageStore } from '../../depot/image-store.ts';
+import { ImageStore } from '../../depot/images/catalog.ts';
 import type { TransferInfo } from '../../pilot/transfers.ts';
 import type { DepotsResponse } from '../../web/depot-api.ts';
 import { Lab } from './lab.ts';

@@ -3,11 +3,12 @@ import { describe, expect, it } from 'vitest';
 import { TokenBucket, prestageBytesPerSec } from '../../pilot/bandwidth.ts';
 import { checkHostKey, fingerprint, knownHostName, parseKnownHosts } from '../../pilot/ssh-known-hosts.ts';
 import { Prestager, planPrestage, type PrestageCandidate } from '../../pilot/prestage.ts';
-import { laneRequests, segmentChunks, sendQueue, type ShipOptions, type ShipResult, type ShipTarget } from '../../pilot/ship.ts';
+import { laneRequests, segmentChunks, sendQueue, type ShipOptions, type ShipResult } from '../../pilot/ship.ts';
+import type { ShipTarget } from '../../depot/images/ship-target.ts';
 import { rawSftpWriter } from '../../pilot/sftp-write.ts';
 import { sshEndpointOf } from '../../pilot/shipping.ts';
 import { TransferTracker } from '../../pilot/transfers.ts';
-import { canonicalJson, ImageManifest, manifestId, parseManifest, unsafePathReason } from '../../depot/image-manifest.ts';
+import { canonicalJson, ImageManifest, manifestId, parseManifest, unsafePathReason } from '../../depot/images/manifest.ts';
 
 const H = (s: string) => createHash('sha256').update(s).digest('hex');
 
