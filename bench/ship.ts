@@ -17,7 +17,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { ImageStore } from '../depot/images/catalog.ts';
-import { Shipper, type ShipResult } from '../pilot/ship.ts';
+import { Shipper, type ShipResult } from '../ship/shipper.ts';
 import { localShipTarget } from '../depot/images/ship-target.ts';
 import { startSshd } from '../test/helpers/sshd.ts';
 

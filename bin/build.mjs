@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 export const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 export const DIST = join(ROOT, 'dist');
 /** Everything cli/main.ts can reach. */
-const SOURCE_DIRS = ['cli', 'shared', 'depot', 'pilot', 'web', 'demo'];
+const SOURCE_DIRS = ['cli', 'shared', 'depot', 'ship', 'pilot', 'web', 'demo'];
 /** Builds kept besides the newest: a depot still running an older build may load a lazy chunk. */
 const KEEP_BUILDS = 3;
 

@@ -16,11 +16,13 @@ import { electionConfigFrom, initialView, type ElectionConfig, type MemberObserv
 import { ElectionTransport } from './election-transport.ts';
 import { Voters } from './voters.ts';
 import { Pilot, type ClusterView, type CopyView, type MovementInput } from './pilot.ts';
-import { DbLink, hostAddressOf } from './db-link.ts';
+import { DbLink } from './db-link.ts';
+import { hostAddressOf } from '../depot/host-address.ts';
 import { rankHosts, type PlacementCandidate, type PlacementResult } from './placement.ts';
 import { PilotAssignment, ServiceSpec, type ServiceSpecInput } from './service-spec.ts';
-import { ImageShipping } from './shipping.ts';
-import type { PrestageCandidate } from './prestage.ts';
+import { ImageShipping } from '../ship/image-shipping.ts';
+import type { PrestageCandidate } from '../ship/prestage-plan.ts';
+import type { TransfersResponse } from '../shared/api/transfers.ts';
 
 // The pilots of the copies this depot hosts, and this depot's vote in every service's election,
 // as a depot part. It supervises the pilots (a pilot that fails to start is retried with
@@ -130,7 +132,8 @@ class PilotsPartImpl implements PilotsPart {
       members: () => depot.membership.view(),
       logger: depot.log,
     });
-    if (depot.http) this.shipping.registerRoutes(depot.http);
+    const shipping = this.shipping;
+    depot.http?.route('GET', '/api/transfers', (): TransfersResponse => ({ transfers: shipping.transfers() }));
     const control = this.opts.containers().control;
     control.register('pilot.assign', async (params) => {
       const a = PilotAssignment.parse(params);

@@ -2,8 +2,8 @@
 // to a target store folder over a real sshd, slowly (bandwidth limit), until it is killed.
 // Usage: node --import tsx test/helpers/ship-child.ts '<json>'
 import { ImageStore } from '../../depot/images/catalog.ts';
-import { TokenBucket } from '../../pilot/bandwidth.ts';
-import { Shipper } from '../../pilot/ship.ts';
+import { TokenBucket } from '../../ship/bandwidth.ts';
+import { Shipper } from '../../ship/shipper.ts';
 import { localShipTarget } from '../../depot/images/ship-target.ts';
 
 const a = JSON.parse(process.argv[2] ?? '{}') as {

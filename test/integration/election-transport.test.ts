@@ -10,7 +10,7 @@ import { ELECTION_PROTOCOL, type VoteRequest } from '../../shared/wire.ts';
 import { DEFAULT_ELECTION_CONFIG, initialView } from '../../pilot/election.ts';
 import { Voters } from '../../pilot/voters.ts';
 import { ElectionTransport } from '../../pilot/election-transport.ts';
-import { hostAddressOf } from '../../pilot/db-link.ts';
+import { hostAddressOf } from '../../depot/host-address.ts';
 
 // Votes over real libp2p streams: the voter's promise is on disk before the reply leaves, a
 // restarted voter stays silent for a lease, and garbage on the protocol is dropped.

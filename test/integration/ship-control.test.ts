@@ -9,8 +9,8 @@ import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { ImageStore } from '../../depot/images/catalog.ts';
 import { containersPart, type ContainersPart } from '../../depot/containers-part.ts';
 import { imagesPart } from '../../depot/images-part.ts';
-import { ImageShipping } from '../../pilot/shipping.ts';
-import type { TransferInfo } from '../../pilot/transfers.ts';
+import { ImageShipping } from '../../ship/image-shipping.ts';
+import type { TransferInfo } from '../../shared/api/transfers.ts';
 import { parseConfig, type Config } from '../../shared/config.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import type { DepotsResponse } from '../../web/depot-api.ts';
@@ -95,7 +95,7 @@ beforeAll(async () => {
   b = await startNode('ship-b', sshdB.port, boot);
   c = await startNode('ship-c', sshdC.port, boot);
   shipping = new ImageShipping({ ship: a.config.ship, store: a.store, client: () => a.part.client, members: () => a.depot.membership.view(), logger: silentLogger() });
-  shipping.registerRoutes(a.depot.http!);
+  a.depot.http!.route('GET', '/api/transfers', () => ({ transfers: shipping.transfers() }));
 
   const src = join(root, 'src');
   await mkdir(src);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ImageStore } from '../../depot/images/catalog.ts';
-import { Shipper } from '../../pilot/ship.ts';
+import { Shipper } from '../../ship/shipper.ts';
 import { localShipTarget, type ShipTarget } from '../../depot/images/ship-target.ts';
 import { startSshd, type TestSshd } from '../helpers/sshd.ts';
 import { failure } from '../helpers/failure.ts';

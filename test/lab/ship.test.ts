@@ -3,7 +3,7 @@ import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ImageStore } from '../../depot/images/catalog.ts';
-import type { TransferInfo } from '../../pilot/transfers.ts';
+import type { TransferInfo } from '../../shared/api/transfers.ts';
 import type { DepotsResponse } from '../../web/depot-api.ts';
 import { Lab } from './lab.ts';
 import { ADMIN_TOKEN, SERVICE, SERVICE_PORT, api, placement, startCluster, waitFor, type LabCluster } from './cluster.ts';
