@@ -16,8 +16,9 @@ import { loadavg, tmpdir } from 'node:os';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { ImageStore } from '../depot/image-store.ts';
-import { Shipper, localShipTarget, type ShipResult } from '../pilot/ship.ts';
+import { ImageStore } from '../depot/images/catalog.ts';
+import { Shipper, type ShipResult } from '../ship/shipper.ts';
+import { localShipTarget } from '../depot/images/ship-target.ts';
 import { startSshd } from '../lab/loopback/sshd.ts';
 
 const MB = 1024 * 1024;

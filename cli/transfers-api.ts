@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { getDepotJson } from './depot-http.ts';
-import type { TransferInfo } from '../pilot/transfers.ts';
+import type { TransferInfo } from '../shared/api/transfers.ts';
 import type { ProgressItem } from './progress.ts';
 
 // Image transfers as the CLI sees them: the shipping depot's GET /api/transfers (rate and ETA)
@@ -8,7 +8,7 @@ import type { ProgressItem } from './progress.ts';
 
 const n = z.number().finite().nonnegative();
 
-/** One entry of GET /api/transfers (pilot/transfers.ts TransferInfo as JSON: etaMs is left out when unknown). */
+/** One entry of GET /api/transfers (shared/api/transfers.ts TransferInfo as JSON: etaMs is left out when unknown). */
 export const TransferRow = z.object({
   key: z.string(),
   imageId: z.string(),

@@ -6,7 +6,7 @@ import { stringify } from 'yaml';
 import { loadOrCreateIdentity } from '../depot/identity.ts';
 import { makeSwarmKey } from '../depot/swarm-key.ts';
 import { DEPOT_ENV, depotArgv } from '../depot/runtime-flags.ts';
-import { ImageStore } from '../depot/image-store.ts';
+import { ImageStore } from '../depot/images/catalog.ts';
 import { silentLogger } from '../shared/logger.ts';
 import { NavigatorError } from '../shared/errors.ts';
 import type { ServiceView } from '../shared/api/tracking.ts';

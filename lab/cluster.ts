@@ -7,7 +7,7 @@ import { loadOrCreateIdentity } from '../depot/identity.ts';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { makeSwarmKey } from '../depot/swarm-key.ts';
 import { DEPOT_ENV, depotArgv } from '../depot/runtime-flags.ts';
-import { ImageStore } from '../depot/image-store.ts';
+import { ImageStore } from '../depot/images/catalog.ts';
 import { silentLogger } from '../shared/logger.ts';
 import type { ServiceView } from '../shared/api/tracking.ts';
 

@@ -7,7 +7,7 @@ import { DrainRequest, SwitchoverRequest } from '../shared/api/tracking.ts';
 import { registerAdminPost } from '../web/admin-routes.ts';
 import type { DepotComponents } from '../depot/components.ts';
 import type { ContainerManager } from '../depot/containers/manager.ts';
-import type { ImageStore } from '../depot/image-store.ts';
+import type { ImageStore } from '../depot/images/catalog.ts';
 import { initialView } from './election/election.ts';
 import { copiesOf } from './cluster-view.ts';
 import { PilotAssignment, ServiceSpec, type ServiceSpecInput } from './service-spec.ts';

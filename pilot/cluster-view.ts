@@ -1,7 +1,7 @@
 import type { DepotComponents } from '../depot/components.ts';
 import type { MemberObservation } from './election/election.ts';
 import type { PlacementCandidate } from './placement.ts';
-import { hostAddressOf } from './db/db-link.ts';
+import { hostAddressOf } from '../depot/host-address.ts';
 import type { ClusterView, CopyView } from './pilot.ts';
 
 // The cluster as the pilots see it, read from the membership view: every copy of a service that

@@ -1,6 +1,6 @@
 import type { DepotComponents, DepotPlugin } from '../depot/components.ts';
-import type { ImageStore } from '../depot/image-store.ts';
-import { registerImageControl } from '../depot/image-control.ts';
+import type { ImageStore } from '../depot/images/catalog.ts';
+import { registerImageControl } from '../depot/images/control-methods.ts';
 import { registerImageQueries } from '../depot/images/status-methods.ts';
 
 // The image store, on the receiving side of image shipping: started and stopped here; the control

@@ -1,12 +1,12 @@
 import { join } from 'node:path';
 import type { DepotComponents, DepotPlugin } from '../depot/components.ts';
 import type { ContainerManager } from '../depot/containers/manager.ts';
-import type { ImageStore } from '../depot/image-store.ts';
+import type { ImageStore } from '../depot/images/catalog.ts';
 import type { Journal } from '../depot/journal/journal.ts';
 import { electionConfigFrom, type ElectionConfig } from '../pilot/election/settings.ts';
 import { ElectionTransport } from '../pilot/election/transport.ts';
 import { Voters } from '../pilot/election/voters.ts';
-import { ImageShipping } from '../pilot/shipping.ts';
+import { ImageShipping } from '../ship/image-shipping.ts';
 import { clusterView } from '../pilot/cluster-view.ts';
 import { movementRecorder } from '../pilot/movement-recorder.ts';
 import { PilotSupervisor, monotonicNow } from '../pilot/supervisor.ts';

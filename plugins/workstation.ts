@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import type { Config } from '../shared/config.ts';
 import { createLogger, type Logger } from '../shared/logger.ts';
 import { Depot, type DepotOptions } from '../depot/depot.ts';
-import { ImageStore } from '../depot/image-store.ts';
+import { ImageStore } from '../depot/images/catalog.ts';
 import { ContainerManager } from '../depot/containers/manager.ts';
 import { Journal } from '../depot/journal/journal.ts';
 import { electionConfigFrom, type ElectionConfig } from '../pilot/election/settings.ts';

@@ -4,7 +4,6 @@ import type { Logger } from '../../shared/logger.ts';
 import type { Config } from '../../shared/config.ts';
 import { errorMessage } from '../../shared/errors.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
-import type { HeartbeatMessage } from '../../shared/wire.ts';
 import { insideDir } from '../../depot/containers/drivers/paths.ts';
 import type { DbSync } from './dbsync.ts';
 import { readSyncHistory, syncHeartbeatFields } from './sync-history.ts';
@@ -35,12 +34,6 @@ export interface DbLinkOptions {
   journal: MovementJournal | undefined;
   publish: (record: MovementRecord) => Promise<void>;
   logger: Logger;
-}
-
-/** The depot's own address for others to reach its services: its first non-loopback libp2p IPv4. */
-export function hostAddressOf(hb: Pick<HeartbeatMessage, 'addresses'>): string | undefined {
-  const ips = hb.addresses.map((a) => /^\/ip4\/([\d.]+)\//.exec(a)?.[1]).filter((ip): ip is string => ip !== undefined && ip !== '0.0.0.0');
-  return ips.find((ip) => !ip.startsWith('127.')) ?? ips[0];
 }
 
 export class DbLink {

@@ -1,9 +1,10 @@
 // A sender process for the "sender killed mid-transfer" test: ships one image from a store folder
 // to a target store folder over a real sshd, slowly (bandwidth limit), until it is killed.
 // Usage: node --import tsx test/helpers/ship-child.ts '<json>'
-import { ImageStore } from '../../depot/image-store.ts';
-import { TokenBucket } from '../../pilot/bandwidth.ts';
-import { Shipper, localShipTarget } from '../../pilot/ship.ts';
+import { ImageStore } from '../../depot/images/catalog.ts';
+import { TokenBucket } from '../../ship/bandwidth.ts';
+import { Shipper } from '../../ship/shipper.ts';
+import { localShipTarget } from '../../depot/images/ship-target.ts';
 
 const a = JSON.parse(process.argv[2] ?? '{}') as {
   senderDir: string;

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import { Depot } from '../../depot/depot.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
-import { ImageStore } from '../../depot/image-store.ts';
+import { ImageStore } from '../../depot/images/catalog.ts';
 import { containersPlugin } from '../../plugins/containers.ts';
 import { ContainerManager } from '../../depot/containers/manager.ts';
 import type { ContainerStatus } from '../../depot/containers/manager.ts';

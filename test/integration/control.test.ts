@@ -11,7 +11,7 @@ import { NavigatorError } from '../../shared/errors.ts';
 import { ContainerReport } from '../../shared/wire.ts';
 import { createNode, type NavigatorNode } from '../../depot/libp2p.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
-import { ImageStore } from '../../depot/image-store.ts';
+import { ImageStore } from '../../depot/images/catalog.ts';
 import { ContainerManager, type ContainerStatus } from '../../depot/containers/manager.ts';
 import { ControlServer } from '../../depot/control/server.ts';
 import { ControlClient } from '../../depot/control/client.ts';

@@ -11,7 +11,7 @@ import { initialView } from '../../pilot/election/election.ts';
 import { DEFAULT_ELECTION_CONFIG } from '../../pilot/election/settings.ts';
 import { Voters } from '../../pilot/election/voters.ts';
 import { ElectionTransport } from '../../pilot/election/transport.ts';
-import { hostAddressOf } from '../../pilot/db/db-link.ts';
+import { hostAddressOf } from '../../depot/host-address.ts';
 
 // Votes over real libp2p streams: the voter's promise is on disk before the reply leaves, a
 // restarted voter stays silent for a lease, and garbage on the protocol is dropped.

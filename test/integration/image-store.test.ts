@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ImageStore } from '../../depot/image-store.ts';
-import { canonicalJson, manifestId } from '../../depot/image-manifest.ts';
+import { ImageStore } from '../../depot/images/catalog.ts';
+import { canonicalJson, manifestId } from '../../depot/images/manifest.ts';
 import { isNavigatorError, NavigatorError } from '../../shared/errors.ts';
 
 const BLOCK = 256 * 1024;

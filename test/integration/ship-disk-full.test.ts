@@ -4,8 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ImageStore } from '../../depot/image-store.ts';
-import { Shipper, localShipTarget, type ShipTarget } from '../../pilot/ship.ts';
+import { ImageStore } from '../../depot/images/catalog.ts';
+import { Shipper } from '../../ship/shipper.ts';
+import { localShipTarget, type ShipTarget } from '../../depot/images/ship-target.ts';
 import { startSshd, type TestSshd } from '../../lab/loopback/sshd.ts';
 import { failure } from '../helpers/failure.ts';
 

@@ -5,11 +5,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { ImageStore } from '../../depot/image-store.ts';
-import { TokenBucket } from '../../pilot/bandwidth.ts';
-import { Prestager } from '../../pilot/prestage.ts';
-import { Shipper, localShipTarget, senderStats, type ShipTarget } from '../../pilot/ship.ts';
-import { rawSftpWriter } from '../../pilot/sftp-write.ts';
+import { ImageStore } from '../../depot/images/catalog.ts';
+import { TokenBucket } from '../../ship/bandwidth.ts';
+import { Prestager } from '../../ship/prestager.ts';
+import { Shipper } from '../../ship/shipper.ts';
+import { senderStats } from '../../ship/ssh-connection.ts';
+import { localShipTarget, type ShipTarget } from '../../depot/images/ship-target.ts';
+import { rawSftpWriter } from '../../ship/sftp-write.ts';
 import { startSshd, type TestSshd } from '../../lab/loopback/sshd.ts';
 import { failure } from '../helpers/failure.ts';
 
@@ -127,7 +129,7 @@ describe('image shipping over SFTP', { timeout: 60_000 }, () => {
     }
   });
 
-  it("builds WRITE requests in place with this ssh2 (its internals are what pilot/sftp-write.ts expects)", async () => {
+  it("builds WRITE requests in place with this ssh2 (its internals are what ship/sftp-write.ts expects)", async () => {
     const conn = await shipper().connect({ host: sshd.host, port: sshd.port });
     try {
       const sftp = await new Promise<Parameters<typeof rawSftpWriter>[0]>((res, rej) => conn.sftp((e, s) => (e ? rej(e) : res(s))));

@@ -5,7 +5,7 @@ import { Lab, LabProcess } from '../../lab/lab.ts';
 import { ADMIN_TOKEN, api, aliveSeenBy, depotArgs, serviceView, waitFor, type LabCluster } from '../../lab/cluster.ts';
 import { loadOrCreateIdentity } from '../../depot/identity.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
-import { ImageStore } from '../../depot/image-store.ts';
+import { ImageStore } from '../../depot/images/catalog.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { DEPOT_ENV } from '../../depot/runtime-flags.ts';
 import type { MovementRecord } from '../../shared/movement.ts';

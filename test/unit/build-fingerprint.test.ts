@@ -15,7 +15,7 @@ afterEach(() => {
 function tree(): string {
   const root = mkdtempSync(join(tmpdir(), 'nav-fp-'));
   dirs.push(root);
-  for (const d of ['cli', 'shared', 'depot', 'pilot', 'web', 'demo', 'lab']) mkdirSync(join(root, d));
+  for (const d of ['cli', 'shared', 'web', 'depot', 'ship', 'pilot', 'plugins', 'lab', 'demo']) mkdirSync(join(root, d));
   writeFileSync(join(root, 'cli/main.ts'), 'export const a = 1;\n');
   writeFileSync(join(root, 'depot/daemon.ts'), 'export const b = 2;\n');
   writeFileSync(join(root, 'package.json'), '{"name":"navigator"}\n');

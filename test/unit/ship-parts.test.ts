@@ -1,13 +1,16 @@
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { TokenBucket, prestageBytesPerSec } from '../../pilot/bandwidth.ts';
-import { checkHostKey, fingerprint, knownHostName, parseKnownHosts } from '../../pilot/ssh-known-hosts.ts';
-import { Prestager, planPrestage, type PrestageCandidate } from '../../pilot/prestage.ts';
-import { laneRequests, segmentChunks, sendQueue, type ShipOptions, type ShipResult, type ShipTarget } from '../../pilot/ship.ts';
-import { rawSftpWriter } from '../../pilot/sftp-write.ts';
-import { sshEndpointOf } from '../../pilot/shipping.ts';
-import { TransferTracker } from '../../pilot/transfers.ts';
-import { canonicalJson, ImageManifest, manifestId, parseManifest, unsafePathReason } from '../../depot/image-manifest.ts';
+import { TokenBucket, prestageBytesPerSec } from '../../ship/bandwidth.ts';
+import { checkHostKey, fingerprint, knownHostName, parseKnownHosts } from '../../ship/ssh-known-hosts.ts';
+import { Prestager } from '../../ship/prestager.ts';
+import { planPrestage, type PrestageCandidate } from '../../ship/prestage-plan.ts';
+import { laneRequests, segmentChunks, sendQueue } from '../../ship/send-queue.ts';
+import type { ShipOptions, ShipResult } from '../../ship/shipper.ts';
+import type { ShipTarget } from '../../depot/images/ship-target.ts';
+import { rawSftpWriter } from '../../ship/sftp-write.ts';
+import { sshEndpointOf } from '../../ship/image-shipping.ts';
+import { TransferTracker } from '../../ship/transfers.ts';
+import { canonicalJson, ImageManifest, manifestId, parseManifest, unsafePathReason } from '../../depot/images/manifest.ts';
 
 const H = (s: string) => createHash('sha256').update(s).digest('hex');
 

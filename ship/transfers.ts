@@ -1,28 +1,8 @@
 import { EventEmitter } from 'node:events';
+import type { TransferInfo } from '../shared/api/transfers.ts';
 
-// Image transfers in progress, for logs, the HTTP API, the heartbeat and `navigator status`.
-
-export interface TransferInfo {
-  /** Unique per transfer attempt. */
-  key: string;
-  imageId: string;
-  imageName: string;
-  /** "host:port" of the target depot's sshd. */
-  target: string;
-  /** 'full', 'delta' or 'resume' (decided by what the target already holds). */
-  kind: 'full' | 'delta' | 'resume' | 'pending';
-  state: 'preparing' | 'sending' | 'verifying' | 'done' | 'failed';
-  startedAt: number;
-  /** Bytes this transfer must send (after delta/resume). */
-  bytesToSend: number;
-  bytesSent: number;
-  imageBytes: number;
-  /** Bytes per second since sending started. */
-  rateBps: number;
-  /** Estimated milliseconds left, undefined before the rate is known. */
-  etaMs: number | undefined;
-  error?: string;
-}
+// Image transfers in progress and lately finished, for logs, the HTTP API (GET /api/transfers)
+// and `navigator status`.
 
 export interface TransferTrackerEvents {
   progress: [TransferInfo];

@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
-import { open } from 'node:fs/promises';
 import { z } from 'zod';
-import { NavigatorError } from '../shared/errors.ts';
+import { NavigatorError } from '../../shared/errors.ts';
 
 // The manifest of a stored image: what files it holds, their sizes, modes, SHA-256 and the
 // SHA-256 of every block. The image's id is the SHA-256 of the manifest in canonical JSON, so an
-// id names exactly one content and anything received can be checked block by block.
+// id names exactly one content and anything received can be checked block by block (hashing the
+// files themselves: file-checks.ts).
 
 export const DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024;
 export const MIN_BLOCK_SIZE = 64 * 1024;
@@ -118,74 +118,13 @@ export function blockLength(m: ImageManifest, f: ManifestFile, index: number): n
   return Math.min(m.blockSize, f.size - index * m.blockSize);
 }
 
-export interface FileHashes {
-  size: number;
-  sha256: string;
-  blocks: string[];
-}
-
-/**
- * Hash a file block by block in one pass. The next block is read while the current one is
- * hashed, so disk and CPU overlap. `wholeFile: false` skips the whole-file hash (half the CPU)
- * when only block hashes are needed.
- */
-export async function hashFile(path: string, blockSize: number, opts: { wholeFile?: boolean } = {}): Promise<FileHashes> {
-  const fh = await open(path, 'r');
-  try {
-    const whole = opts.wholeFile === false ? undefined : createHash('sha256');
-    const blocks: string[] = [];
-    let size = 0;
-    const readAt = async (pos: number) => {
-      const buf = Buffer.allocUnsafe(blockSize);
-      let got = 0;
-      while (got < blockSize) {
-        const { bytesRead } = await fh.read(buf, got, blockSize - got, pos + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
-      return buf.subarray(0, got);
-    };
-    let next = readAt(0);
-    for (;;) {
-      const buf = await next;
-      if (buf.length === 0) break;
-      size += buf.length;
-      if (buf.length === blockSize) next = readAt(size);
-      blocks.push(createHash('sha256').update(buf).digest('hex'));
-      whole?.update(buf);
-      if (buf.length < blockSize) break;
-    }
-    return { size, sha256: whole ? whole.digest('hex') : '', blocks };
-  } finally {
-    await fh.close();
+/** Bytes of the given blocks of the image's files (paths not in the manifest count nothing). */
+export function blocksBytes(m: ImageManifest, items: ReadonlyArray<{ path: string; blocks: readonly number[] }>): number {
+  const byPath = new Map(m.files.map((f) => [f.path, f]));
+  let n = 0;
+  for (const it of items) {
+    const f = byPath.get(it.path);
+    if (f) for (const i of it.blocks) n += blockLength(m, f, i);
   }
-}
-
-/** SHA-256 of each block of a file as it is on disk now (blocks past the end are absent). */
-export async function hashBlocks(path: string, blockSize: number, indices: number[]): Promise<Map<number, string>> {
-  const out = new Map<number, string>();
-  if (indices.length === 0) return out;
-  const fh = await open(path, 'r');
-  try {
-    const readAt = async (i: number) => {
-      const buf = Buffer.allocUnsafe(blockSize);
-      let got = 0;
-      while (got < blockSize) {
-        const { bytesRead } = await fh.read(buf, got, blockSize - got, i * blockSize + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
-      return buf.subarray(0, got);
-    };
-    // Read the next block while hashing this one.
-    let next = readAt(indices[0]!);
-    for (let k = 0; k < indices.length; k++) {
-      const buf = await next;
-      if (k + 1 < indices.length) next = readAt(indices[k + 1]!);
-      if (buf.length > 0) out.set(indices[k]!, createHash('sha256').update(buf).digest('hex'));
-    }
-    return out;
-  } finally {
-    await fh.close();
-  }
+  return n;
 }

@@ -1,9 +1,11 @@
 import type { PeerId } from '@libp2p/interface';
 import { z } from 'zod';
-import { NavigatorError } from '../shared/errors.ts';
-import { ImageId, ImageManifest, RelativePath } from './image-manifest.ts';
-import type { CommitResult, ImageStore, PrepareResult } from './image-store.ts';
-import type { ShipTarget } from '../pilot/ship.ts';
+import { NavigatorError } from '../../shared/errors.ts';
+import { ImageId, ImageManifest, RelativePath } from './manifest.ts';
+import type { ImageStore } from './catalog.ts';
+import type { PrepareResult } from './receive.ts';
+import type { CommitResult } from './receive-commit.ts';
+import type { ShipTarget } from './ship-target.ts';
 
 // The control methods of an image transfer, both ends. The receiving depot serves
 // `image.prepare` (make a staging folder, say which blocks to send), `image.commit` (verify every
@@ -11,8 +13,6 @@ import type { ShipTarget } from '../pilot/ship.ts';
 // ShipTarget (controlShipTarget) calls them over /navigator/control/1 while it writes the file
 // data over SFTP. Params are checked on the receiver, results on the sender: neither trusts the
 // other's JSON.
-
-export const IMAGE_CONTROL_METHODS = ['image.prepare', 'image.commit', 'image.abort'] as const;
 
 export const ImagePrepareParams = z
   .object({
@@ -29,7 +29,7 @@ const MissingBlocksSchema = z.object({
   blocks: z.array(z.number().int().min(0)),
 });
 
-/** image.prepare's result as the sender checks it (depot/image-store.ts PrepareResult). */
+/** image.prepare's result as the sender checks it (receive.ts PrepareResult). */
 export const PrepareResultSchema = z.discriminatedUnion('state', [
   z.object({ state: z.literal('present'), id: ImageId }),
   z.object({

@@ -3,21 +3,24 @@ import type { Config } from '../shared/config.ts';
 import type { Logger } from '../shared/logger.ts';
 import { NavigatorError } from '../shared/errors.ts';
 import type { HeartbeatMessage } from '../shared/wire.ts';
-import type { ImageStore } from '../depot/image-store.ts';
+import type { ImageStore } from '../depot/images/catalog.ts';
 import type { MemberView } from '../depot/membership/membership.ts';
-import { controlShipTarget, type ControlCaller } from '../depot/image-control.ts';
-import type { RouteTarget } from '../shared/api/routes.ts';
-import type { ShipResult, ShipTarget, Shipper } from './ship.ts';
-import { Prestager, type PrestageCandidate, type PrestagePlan } from './prestage.ts';
+import { controlShipTarget, type ControlCaller } from '../depot/images/control-methods.ts';
+import type { ShipTarget } from '../depot/images/ship-target.ts';
+import { hostAddressOf } from '../depot/host-address.ts';
+import type { TransferInfo } from '../shared/api/transfers.ts';
+import type { ShipResult, Shipper } from './shipper.ts';
+import { Prestager } from './prestager.ts';
+import type { PrestageCandidate, PrestagePlan } from './prestage-plan.ts';
 import { prestageBytesPerSec } from './bandwidth.ts';
-import { TransferTracker, type TransferInfo } from './transfers.ts';
-import { hostAddressOf } from './db/db-link.ts';
+import { TransferTracker } from './transfers.ts';
 
 // Image shipping on the sending depot, as the pilots use it: one Shipper (config.ship) with one
 // TransferTracker for every transfer this depot makes; shipping on demand when a standby is
 // placed on a host without the image; pre-staging in the background while a pilot here is
-// primary; progress in the logs (`transfer-progress`, `transfer-done`) and on the HTTP API
-// (GET /api/transfers). Where a depot's sshd is comes from its heartbeat.
+// primary; progress in the logs (`transfer-progress`, `transfer-done`) and as data for the HTTP
+// API (transfers(): the caller serves it as GET /api/transfers). Where a depot's sshd is comes
+// from its heartbeat.
 
 /** A pre-staging round per image at most this often (the primary's rounds run every probe). */
 const PRESTAGE_EVERY_MS = 5000;
@@ -55,7 +58,7 @@ export interface ImageShippingOptions {
 export class ImageShipping {
   readonly tracker = new TransferTracker();
   /**
-   * Ships through a Shipper made at the first transfer: ship.ts loads ssh2 (~20 modules and a
+   * Ships through a Shipper made at the first transfer: shipper.ts loads ssh2 (~20 modules and a
    * WebAssembly Poly1305 reserving 16 MB), and most depots never send an image.
    */
   readonly shipper: Pick<Shipper, 'ship'> = { ship: async (...args) => (await this.realShipper()).ship(...args) };
@@ -99,7 +102,7 @@ export class ImageShipping {
   }
 
   private realShipper(): Promise<Shipper> {
-    this.loading ??= import('./ship.ts')
+    this.loading ??= import('./shipper.ts')
       .then(({ createShipper }) => createShipper(this.opts.ship, this.opts.store, this.opts.logger, this.tracker))
       .catch((err: unknown) => {
         this.loading = undefined; // try again at the next transfer
@@ -154,11 +157,6 @@ export class ImageShipping {
   /** Transfers in progress first, then recent ones, newest first (GET /api/transfers). */
   transfers(): TransferInfo[] {
     return [...this.tracker.list(), ...this.tracker.history()];
-  }
-
-  /** GET /api/transfers → { transfers: TransferInfo[] } (read by `navigator status`). */
-  registerRoutes(http: RouteTarget): void {
-    http.route('GET', '/api/transfers', () => ({ transfers: this.transfers() }));
   }
 
   async stop(): Promise<void> {
