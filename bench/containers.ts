@@ -21,7 +21,8 @@ import { ContainerManager } from '../depot/containers/manager.ts';
 import { ControlServer } from '../depot/control/server.ts';
 import { ControlClient } from '../depot/control/client.ts';
 import { registerContainerControl } from '../depot/containers/control-methods.ts';
-import { createDriver, QemuSpec } from '../depot/containers/drivers/driver.ts';
+import { QemuSpec } from '../depot/containers/drivers/driver.ts';
+import { createDriver } from '../depot/containers/drivers/factory.ts';
 
 const CALLS = Number(process.env.BENCH_CALLS ?? 300);
 const TRIALS = Number(process.env.BENCH_TRIALS ?? 5);

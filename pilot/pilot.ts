@@ -12,6 +12,7 @@ import { ServiceAddress } from './address.ts';
 import { FenceGuard } from './fence-guard.ts';
 import type { PilotAssignment, ServiceSpec } from './service-spec.ts';
 import type { DbLink } from './db/db-link.ts';
+import { mayCampaign, newCopyWatch, takeoverRecord, watchCampaign, watchOwnCopy, watchPrimarySeen, watchResigned, watchServiceProbe, type CopyWatch } from './copy-watch.ts';
 
 // The role agent of one copy of a service, running inside the depot that hosts the copy. The
 // decisions (campaign, lease, fence, restart in place) come from the pure election module; this
@@ -90,29 +91,18 @@ export class Pilot {
   /** Serialises side effects (takeover, fence) so they happen in decision order. */
   private effects: Promise<void> = Promise.resolve();
   private lastReassert = 0;
-  /** When this standby first saw the primary missing. */
-  private missingSince: number | undefined;
-  /** Last time this standby saw the primary's service answer (the detect timing starts there). */
-  private lastServiceOkAt: number | undefined;
-  private campaignStartedAt: number | undefined;
-  private lastPrimaryHost: string | undefined;
-  /** After a planned resign this copy leaves the election to the chosen target for a while. */
-  private holdOffUntil = 0;
-  /** Why the current campaign started (a switchover is recorded as such). */
-  private campaignReason: string | undefined;
   private stopping = false;
   private lastOwnSync = 0;
+  /** What this copy remembers around the election (pilot/copy-watch.ts). */
+  private watch: CopyWatch;
   /** The takeover finished: the address is held and the service is ours to probe. */
   private serving = false;
-  /** This copy was bootstrapped and has not served yet: its first win is the bootstrap. */
-  private bootstrapping: boolean;
-  private lastCopyRestart = 0;
 
   constructor(private readonly opts: PilotOptions) {
     const a = opts.assignment;
     this.state = createPilot({ id: opts.id, service: a.spec.name, view: a.view, term: a.term });
     this.log = opts.logger.child({ component: 'pilot', service: a.spec.name, container: a.container });
-    this.bootstrapping = a.campaign;
+    this.watch = newCopyWatch({ bootstrapping: a.campaign });
     this.address = new ServiceAddress({ address: a.spec.address, iface: a.spec.iface, logger: this.log });
     this.guard = new FenceGuard({
       address: a.spec.address,
@@ -194,15 +184,14 @@ export class Pilot {
       }
       this.log.info({ event: 'final-sync', durationMs: Math.round(this.opts.now() - t0) }, 'standbys up to date; handing over');
     }
-    this.holdOffUntil = this.opts.now() + 3 * this.opts.cfg.leaseMs;
+    this.watch = watchResigned(this.watch, this.opts.now(), this.opts.cfg.leaseMs);
     this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'resigned'));
     await this.effects;
   }
 
   /** Stand for election now (bootstrap, switchover target). */
   campaign(reason: string): void {
-    this.campaignStartedAt = this.opts.now();
-    this.campaignReason = reason;
+    this.watch = watchCampaign(this.watch, this.opts.now(), reason);
     this.log.info({ event: 'campaign', reason, term: this.state.term + 1 }, 'standing for election');
     this.apply(pilotCampaign(this.state, this.opts.now(), this.opts.cfg));
   }
@@ -257,12 +246,7 @@ export class Pilot {
 
   private async takeOver(term: number, leaseExpiry: number): Promise<void> {
     const t0 = this.opts.now();
-    const elect = this.campaignStartedAt !== undefined ? Math.round(t0 - this.campaignStartedAt) : 0;
-    // From the last answer the primary gave us to the start of the campaign.
-    const detect =
-      this.lastServiceOkAt !== undefined && this.campaignStartedAt !== undefined && this.lastServiceOkAt <= this.campaignStartedAt
-        ? Math.round(this.campaignStartedAt - this.lastServiceOkAt)
-        : 0;
+    const won = takeoverRecord(this.watch, t0, this.opts.cluster.selfName);
     // The guard first: from the moment the address is ours, something must be able to drop it.
     await this.guard.arm(leaseExpiry - this.opts.now());
     if (this.state.role !== 'primary' || this.state.electionTerm !== term || !leaseValid(this.state, this.opts.now())) return;
@@ -273,34 +257,10 @@ export class Pilot {
     this.serving = true;
     const takeover = Math.round(this.opts.now() - t0);
     this.opts.cluster.beat();
-    const bootstrap = this.bootstrapping;
-    this.bootstrapping = false;
-    const fromHost = this.lastPrimaryHost !== this.opts.cluster.selfName ? this.lastPrimaryHost : undefined;
-    // A failover moves the service from another host; winning back our own lease is a promotion.
-    // A planned move is a switchover even though the standby saw the service go away meanwhile.
-    const switchover = !bootstrap && this.campaignReason === 'switchover';
-    const failover = !bootstrap && !switchover && this.missingSince !== undefined && fromHost !== undefined;
-    this.campaignReason = undefined;
+    this.watch = won.watch;
+    const { event, failover, fromHost, reason, detect, elect } = won.record;
     this.log.info({ event: 'became-primary', term, detectMs: detect, electMs: elect, takeoverMs: takeover, fromHost }, `primary in term ${term}`);
-    this.missingSince = undefined;
-    this.campaignStartedAt = undefined;
-    await this.opts.record({
-      event: bootstrap ? 'bootstrap' : failover ? 'failover' : switchover ? 'switchover' : 'promoted',
-      role: 'primary',
-      ...(fromHost ? { fromHost } : {}),
-      failover,
-      reason: bootstrap
-        ? 'service bootstrapped'
-        : failover
-          ? `primary on ${fromHost} missing`
-          : switchover
-            ? 'planned switchover'
-            : this.missingSince !== undefined
-              ? 'primary missing; elected'
-              : 'elected',
-      term,
-      timings: { detect, elect, takeover },
-    });
+    await this.opts.record({ event, role: 'primary', ...(fromHost ? { fromHost } : {}), failover, reason, term, timings: { detect, elect, takeover } });
   }
 
   private async fence(term: number, reason: string): Promise<void> {
@@ -345,9 +305,7 @@ export class Pilot {
       // A primary elsewhere with a higher term: we must not serve (demote at once).
       for (const c of copies) {
         if (c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive') {
-          this.lastPrimaryHost = c.host;
-          // The hand-over happened: from now on this copy stands for election like any standby.
-          this.holdOffUntil = 0;
+          this.watch = watchPrimarySeen(this.watch, c.host);
           if (c.report.term > this.state.term || (this.state.role === 'primary' && c.report.term > this.state.electionTerm)) {
             this.apply(pilotObserveTerm(this.state, c.report.term, this.opts.now(), this.opts.cfg));
           }
@@ -380,8 +338,9 @@ export class Pilot {
         return;
       }
       // A standby whose own container died brings it back (at most every pilot.copyRestartMs).
-      if (own && (own.report.state === 'failed' || own.report.state === 'stopped') && this.opts.now() - this.lastCopyRestart > this.opts.timing.copyRestartMs) {
-        this.lastCopyRestart = this.opts.now();
+      const ownCopy = watchOwnCopy(this.watch, own?.report.state, this.opts.now(), this.opts.timing.copyRestartMs);
+      this.watch = ownCopy.watch;
+      if (own && ownCopy.restart) {
         this.effect(async () => {
           this.log.warn({ event: 'standby-copy-restart', state: own.report.state }, 'standby copy not running: starting it again');
           await this.opts.containers.stopContainer(this.container, { timeoutMs: 5000 }).catch(() => undefined);
@@ -405,19 +364,16 @@ export class Pilot {
           .filter((c) => c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive')
           .sort((a, b) => b.report.term - a.report.term)[0];
         hostOk = primary !== undefined && (await this.opts.cluster.ping(primary.peerId, this.opts.timing.serviceProbeTimeoutMs));
-        this.missingSince ??= this.opts.now();
-      } else {
-        this.missingSince = undefined;
-        this.lastServiceOkAt = this.opts.now();
       }
+      this.watch = watchServiceProbe(this.watch, serviceOk, this.opts.now());
       const before = this.state.role;
       // A standby's view of the primary says nothing about our own service if we won meanwhile.
       if (before !== roleAtStart) return;
       // Just handed over on purpose: let the chosen standby win.
-      if (before === 'standby' && !serviceOk && this.opts.now() < this.holdOffUntil) return;
+      if (before === 'standby' && !mayCampaign(this.watch, serviceOk, this.opts.now())) return;
       const step = pilotProbe(this.state, { serviceOk, hostOk }, this.opts.now(), this.opts.cfg);
       if (before === 'standby' && step.state.role === 'candidate') {
-        this.campaignStartedAt = this.opts.now();
+        this.watch = watchCampaign(this.watch, this.opts.now(), undefined);
         this.log.warn({ event: 'primary-missing', serviceOk, hostOk, term: step.state.electionTerm }, 'primary missing: standing for election');
       }
       this.apply(step);

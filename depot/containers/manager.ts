@@ -5,15 +5,8 @@ import type { Logger } from '../../shared/logger.ts';
 import { SystemClock, type Clock, type TimerHandle } from '../../shared/clock.ts';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import { Role, type ContainerReport } from '../../shared/wire.ts';
-import {
-  ContainerSpec,
-  createDriver,
-  specPaths,
-  type ContainerDriver,
-  type ContainerStateName,
-  type ExecResult,
-  type StopResult,
-} from './drivers/driver.ts';
+import { ContainerSpec, type ContainerDriver, type ContainerStateName, type ExecResult, type StopResult } from './drivers/driver.ts';
+import { createDriver, specPaths } from './drivers/factory.ts';
 import { insideDir } from './drivers/paths.ts';
 
 // The containers this depot hosts. Each one runs in its own folder under `root`, a

@@ -5,7 +5,8 @@ import { join, resolve } from 'node:path';
 import { Writable } from 'node:stream';
 import { createLogger } from '../../shared/logger.ts';
 import { NavigatorError } from '../../shared/errors.ts';
-import { createDriver, VmrunSpec } from '../../depot/containers/drivers/driver.ts';
+import { VmrunSpec } from '../../depot/containers/drivers/driver.ts';
+import { createDriver } from '../../depot/containers/drivers/factory.ts';
 import { VmrunDriver, parseList } from '../../depot/containers/drivers/vmrun.ts';
 
 // vmrun against the recording stand-in: exact argument lists, output parsing, error handling

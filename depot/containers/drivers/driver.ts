@@ -1,12 +1,6 @@
 import { z } from 'zod';
 import type { Logger } from '../../../shared/logger.ts';
-import { insideDir } from './paths.ts';
 import { ContainerState } from '../../../shared/wire.ts';
-import { VmrunDriver } from './vmrun.ts';
-import { QemuDriver } from './qemu.ts';
-import { ProcessDriver } from './process.ts';
-
-export { insideDir };
 
 // One interface over the three ways a depot can run a service container. The container spec a
 // caller sends names only what differs per container (files inside the container's folder,
@@ -58,8 +52,6 @@ export const ProcessSpec = z
 export type ProcessSpec = z.infer<typeof ProcessSpec>;
 
 export const ContainerSpec = z.discriminatedUnion('driver', [VmrunSpec, QemuSpec, ProcessSpec]);
-/** The spec schema of each driver, by name. */
-export const DRIVER_SPECS = { vmrun: VmrunSpec, qemu: QemuSpec, process: ProcessSpec } as const satisfies Record<DriverName, z.ZodType>;
 export type ContainerSpec = z.infer<typeof ContainerSpec>;
 export type ContainerSpecInput = z.input<typeof ContainerSpec>;
 
@@ -103,28 +95,4 @@ export interface DriverContext {
   vmrunPath?: string;
   /** QEMU binary (default `qemu-system-x86_64`). */
   qemuPath?: string;
-}
-
-/** Check every path a spec names, so a bad request is refused before anything starts. */
-export function specPaths(spec: ContainerSpec): Array<[string, string]> {
-  switch (spec.driver) {
-    case 'vmrun':
-      return [['vmx', spec.vmx], ...(spec.credentialsFile ? [['credentialsFile', spec.credentialsFile] as [string, string]] : [])];
-    case 'qemu':
-      return spec.disk ? [['disk', spec.disk]] : [];
-    case 'process':
-      return [['manifest', spec.manifest]];
-  }
-}
-
-export function createDriver(spec: ContainerSpec, ctx: DriverContext): ContainerDriver {
-  for (const [what, p] of specPaths(spec)) insideDir(ctx.dir, p, what);
-  switch (spec.driver) {
-    case 'vmrun':
-      return new VmrunDriver(spec, ctx);
-    case 'qemu':
-      return new QemuDriver(spec, ctx);
-    case 'process':
-      return new ProcessDriver(spec, ctx);
-  }
 }
