@@ -63,7 +63,7 @@ describe('fence guard', () => {
   it('drops the address when its pilot process dies (kill -9), even with a long lease left', async () => {
     // A separate Node process owns the guard, as the depot does; kill it hard.
     const script = `
-      import { FenceGuard } from ${JSON.stringify(new URL('../../pilot/fence.ts', import.meta.url).pathname)};
+      import { FenceGuard } from ${JSON.stringify(new URL('../../pilot/fence-guard.ts', import.meta.url).pathname)};
       import { silentLogger } from ${JSON.stringify(new URL('../../shared/logger.ts', import.meta.url).pathname)};
       const g = new FenceGuard({ address: '${ADDRESS}', iface: 'svc0', netns: '${ns}', logger: silentLogger() });
       await g.arm(60000);
