@@ -8,7 +8,7 @@ import { registerAdminPost } from '../web/admin-routes.ts';
 import type { DepotComponents } from '../depot/components.ts';
 import type { ContainerManager } from '../depot/containers/manager.ts';
 import type { ImageStore } from '../depot/images/catalog.ts';
-import { initialView } from './election/election.ts';
+import { initialView } from './election/views.ts';
 import { copiesOf } from './cluster-view.ts';
 import { PilotAssignment, ServiceSpec, type ServiceSpecInput } from './service-spec.ts';
 import type { PilotSupervisor } from './supervisor.ts';

@@ -1,5 +1,5 @@
 import type { DepotComponents } from '../depot/components.ts';
-import type { MemberObservation } from './election/election.ts';
+import type { MemberObservation } from './election/views.ts';
 import type { PlacementCandidate } from './placement.ts';
 import { hostAddressOf } from '../depot/host-address.ts';
 import type { ClusterView, CopyView } from './pilot.ts';

@@ -127,7 +127,7 @@ export const PilotSection = z
     witness: z
       .string()
       .default('')
-      .describe('Address (host:port) of a witness responder that votes as a third voter when only two voters remain; a ping-only gateway cannot vote safely (see pilot/election/election.ts)'),
+      .describe('Address (host:port) of a witness responder that votes as a third voter when only two voters remain; a ping-only gateway cannot vote safely (see pilot/election/views.ts)'),
     standbys: z.number().int().min(0).max(8).default(1).describe('Standby copies kept for each service'),
     probeIntervalMs: ms(250, 'Interval of service health probes'),
     serviceProbeTimeoutMs: ms(300, "Timeout of one service probe (TCP connect to the service address) and of the standby's ping of the primary's depot; well under the lease, so a dead primary is noticed in one probe round"),

@@ -176,7 +176,7 @@ export type MovementMessage = z.infer<typeof MovementMessage>;
 export { JournalFetchRequest, JournalFetchResponse } from './movement.ts';
 export const JOURNAL_PROTOCOL = '/navigator/journal/1';
 
-// ---- Election (pilot/election.ts): votes and leases, request/response between a pilot and the
+// ---- Election (pilot/election/): votes and leases, request/response between a pilot and the
 // voters (every depot, plus the witness when only two voters remain). Times in these messages
 // are never compared across hosts except `syncTime` (a DB dump time stamped by the primary).
 

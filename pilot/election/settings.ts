@@ -2,7 +2,7 @@ import { NavigatorError } from '../../shared/errors.ts';
 import { PilotSection, type Config } from '../../shared/config.ts';
 
 // The election's settings, taken from config section `pilot` (where each field is described),
-// and the one place their safety rule is checked (pilot/election/election.ts, rule R2).
+// and the one place their safety rule is checked (rule R2 in pilot/election/views.ts).
 
 export interface ElectionConfig {
   /** Lease granted by a majority; voters promise this long (their clock). */

@@ -2,19 +2,12 @@ import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import type { Logger } from '../../shared/logger.ts';
-import {
-  createVoter,
-  voterForgetCopy,
-  voterObserveSync,
-  voterReceive,
-  type VoterDurable,
-  type VoterState,
-} from './election.ts';
+import { createVoter, voterForgetCopy, voterObserveSync, voterReceive, type VoterDurable, type VoterState } from './voter-role.ts';
 import type { ElectionConfig } from './settings.ts';
 import { ElectionView, type LeaseAck, type LeaseRelease, type LeaseRenew, type VoteReply, type VoteRequest } from '../../shared/wire.ts';
 
 // This depot's vote in every service's election. The decisions come from the pure voter in
-// election.ts; this class keeps one state per service, writes the durable part (voted term,
+// voter-role.ts; this class keeps one state per service, writes the durable part (voted term,
 // promisee, view) to disk with fsync BEFORE the reply leaves, and feeds in the sync times heard
 // in heartbeats so the freshest standby wins.
 

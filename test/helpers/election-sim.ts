@@ -1,8 +1,10 @@
-// A discrete-event simulation of pilots and voters running pilot/election.ts over an adversarial
+// A discrete-event simulation of pilots and voters running pilot/election/ over an adversarial
 // network, used by test/unit/election-sim.test.ts. Everything is driven by one seeded PRNG, so a
 // failing seed replays exactly. Real time is the simulator's `t`; every host has its own clock
 // local = t·rate + offset with rate in [1−ρ, 1+ρ], and the election code only ever sees local time.
-import { WITNESS_ID, createPilot, createVoter, initialView, leaseValid, nextWakeAt, pilotCampaign, pilotObserveMembership, pilotObserveTerm, pilotProbe, pilotReceive, pilotSetSyncTime, pilotTick, voterObserveSync, voterReceive, type MemberObservation, type PilotDecision, type PilotState, type PilotStep, type VoterDurable, type VoterState } from '../../pilot/election/election.ts';
+import { WITNESS_ID, initialView, type MemberObservation } from '../../pilot/election/views.ts';
+import { createVoter, voterObserveSync, voterReceive, type VoterDurable, type VoterState } from '../../pilot/election/voter-role.ts';
+import { createPilot, leaseValid, nextWakeAt, pilotCampaign, pilotObserveMembership, pilotObserveTerm, pilotProbe, pilotReceive, pilotSetSyncTime, pilotTick, type PilotDecision, type PilotState, type PilotStep } from '../../pilot/election/pilot-role.ts';
 import { type ElectionConfig } from '../../pilot/election/settings.ts';
 import type { LeaseAck, LeaseRelease, LeaseRenew, VoteReply, VoteRequest } from '../../shared/wire.ts';
 

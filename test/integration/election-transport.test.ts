@@ -7,7 +7,7 @@ import { createNode, type NavigatorNode } from '../../depot/libp2p.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { ELECTION_PROTOCOL, type VoteRequest } from '../../shared/wire.ts';
-import { initialView } from '../../pilot/election/election.ts';
+import { initialView } from '../../pilot/election/views.ts';
 import { DEFAULT_ELECTION_CONFIG } from '../../pilot/election/settings.ts';
 import { Voters } from '../../pilot/election/voters.ts';
 import { ElectionTransport } from '../../pilot/election/transport.ts';

@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import { DEFAULT_ELECTION_CONFIG, minSafetyMarginMs, type ElectionConfig } from '../../pilot/election/settings.ts';
 import { runElectionSim, type BrokenVariant, type SimFaults, type SimResult } from '../helpers/election-sim.ts';
 
-// Randomized proof of election safety (pilot/election.ts): thousands of seeded runs of 2–7 voters
+// Randomized proof of election safety (pilot/election/): thousands of seeded runs of 2–7 voters
 // (two only with a witness) and 2–3 pilots, with host crashes and restarts (voters keep only their
 // persisted record), clean leaves, splits of the network into any groups, loss, duplicates, delays
 // (bounded, heavy-tailed, or reply-only), wrong probe results and wrong membership reports driving

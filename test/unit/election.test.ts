@@ -1,5 +1,7 @@
 import { describe, it, expect } from 'vitest';
-import { WITNESS_ID, createPilot, createVoter, initialView, leaseValid, nextAgreedView, nextWakeAt, pilotCampaign, pilotObserveMembership, pilotObserveTerm, pilotProbe, pilotReceive, pilotResign, pilotTick, voterObserveSync, voterReceive, type PilotDecision, type PilotState, type VoterState } from '../../pilot/election/election.ts';
+import { WITNESS_ID, initialView, nextAgreedView } from '../../pilot/election/views.ts';
+import { createVoter, voterObserveSync, voterReceive, type VoterState } from '../../pilot/election/voter-role.ts';
+import { createPilot, leaseValid, nextWakeAt, pilotCampaign, pilotObserveMembership, pilotObserveTerm, pilotProbe, pilotReceive, pilotResign, pilotTick, type PilotDecision, type PilotState } from '../../pilot/election/pilot-role.ts';
 import { DEFAULT_ELECTION_CONFIG, electionConfigFrom, minSafetyMarginMs, validateElectionConfig, type ElectionConfig } from '../../pilot/election/settings.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { isNavigatorError } from '../../shared/errors.ts';

@@ -1,0 +1,141 @@
+import type { ElectionConfig } from './settings.ts';
+import type { ElectionView, LeaseAck, LeaseRelease, LeaseRenew, VoteReply, VoteRequest } from '../../shared/wire.ts';
+import { compareEpoch, type Epoch } from './views.ts';
+
+// The voter of one service (runs on every depot, and on the witness): pure, like the rest of the
+// election. It keeps rule R1 (promise) of the safety claim in views.ts, and the freshest-sync
+// rule and the tie break between candidates.
+
+
+/** What a voter must keep on disk (fsync before sending the replies of the same step). */
+export interface VoterDurable {
+  votedTerm: number;
+  promisedTo: string | null;
+  view: ElectionView | null;
+}
+
+export interface VoterState extends VoterDurable {
+  readonly id: string;
+  readonly service: string;
+  /** Local time until which no pilot but `promisedTo` gets a grant. */
+  promiseUntil: number;
+  /** Latest DB sync time heard per standby copy, with when it was heard (local). */
+  syncs: Record<string, { syncTime: number; seenAt: number }>;
+  /** Candidates that asked for a vote lately (local time of the request), for the tie break. */
+  asked: Record<string, { syncTime: number; at: number }>;
+}
+
+export type VoterDecision = { kind: 'persist'; durable: VoterDurable } | { kind: 'reply'; message: VoteReply | LeaseAck };
+
+/** A voter starting (or restarting): silent for leaseMs, since it may have forgotten a promise. */
+export function createVoter(opts: { id: string; service: string; now: number; cfg: ElectionConfig; durable?: VoterDurable | undefined }): VoterState {
+  return {
+    id: opts.id,
+    service: opts.service,
+    votedTerm: opts.durable?.votedTerm ?? 0,
+    promisedTo: opts.durable?.promisedTo ?? null,
+    view: opts.durable?.view ?? null,
+    promiseUntil: opts.now + opts.cfg.leaseMs,
+    syncs: {},
+    asked: {},
+  };
+}
+
+/** A standby copy's last good DB sync, from its depot's heartbeat (primaries report none). */
+export function voterObserveSync(state: VoterState, copy: string, syncTime: number, now: number): VoterState {
+  return { ...state, syncs: { ...state.syncs, [copy]: { syncTime, seenAt: now } } };
+}
+
+/** Forget a copy whose depot left or died, so its sync time no longer blocks others. */
+export function voterForgetCopy(state: VoterState, copy: string): VoterState {
+  const { [copy]: _gone, ...syncs } = state.syncs;
+  return { ...state, syncs };
+}
+
+export function freshestKnownSync(state: VoterState, except: string, now: number, cfg: ElectionConfig): number {
+  let best = Number.NEGATIVE_INFINITY;
+  for (const [copy, s] of Object.entries(state.syncs)) {
+    if (copy === except || now - s.seenAt > cfg.syncInfoTtlMs) continue;
+    best = Math.max(best, s.syncTime);
+  }
+  return best;
+}
+
+type RejectReason = NonNullable<VoteReply['reason']>;
+
+/** How long a candidate's request counts for the tie break between candidates. */
+function askWindowMs(cfg: ElectionConfig): number {
+  return 4 * cfg.electionRetryMs;
+}
+
+/**
+ * Tie break among candidates that campaign at the same time (N ≥ 2 standbys see the primary die
+ * together): a new vote goes only to the best candidate that asked lately, by fresher sync, then
+ * lower id, so every voter that heard the same candidates chooses alike and the vote does not
+ * split. A candidate that stops asking stops counting after askWindowMs. Liveness only.
+ */
+function preferOther(state: VoterState, msg: VoteRequest, now: number, cfg: ElectionConfig): boolean {
+  for (const [id, a] of Object.entries(state.asked)) {
+    if (id === msg.candidate || now - a.at > askWindowMs(cfg)) continue;
+    if (a.syncTime > msg.syncTime || (a.syncTime === msg.syncTime && id < msg.candidate)) return true;
+  }
+  return false;
+}
+
+function recordAsk(asked: VoterState['asked'], msg: VoteRequest, now: number, cfg: ElectionConfig): VoterState['asked'] {
+  const out: VoterState['asked'] = {};
+  for (const [id, a] of Object.entries(asked)) if (now - a.at <= askWindowMs(cfg)) out[id] = a;
+  out[msg.candidate] = { syncTime: msg.syncTime, at: now };
+  return out;
+}
+
+/** Handle one request addressed to this voter. Messages for another service are ignored. */
+export function voterReceive(
+  state: VoterState,
+  msg: VoteRequest | LeaseRenew | LeaseRelease,
+  now: number,
+  cfg: ElectionConfig,
+): { state: VoterState; decisions: VoterDecision[] } {
+  if (msg.service !== state.service) return { state, decisions: [] };
+  if (msg.type === 'lease-release') {
+    if (state.promisedTo === msg.holder && state.votedTerm === msg.term && now < state.promiseUntil) {
+      return { state: { ...state, promiseUntil: now }, decisions: [] };
+    }
+    return { state, decisions: [] };
+  }
+  const pilot = msg.type === 'vote-request' ? msg.candidate : msg.holder;
+  const promiseFree = now >= state.promiseUntil || state.promisedTo === pilot;
+  let reason: RejectReason | undefined;
+  if (state.view && compareEpoch(msg.view.epoch as Epoch, state.view.epoch as Epoch) < 0) reason = 'stale-view';
+  else if (msg.term < state.votedTerm) reason = 'stale-term';
+  else if (msg.term === state.votedTerm && state.promisedTo !== pilot) reason = 'voted-other';
+  else if (msg.term > state.votedTerm && !promiseFree) reason = 'promised';
+  else if (msg.type === 'vote-request' && msg.term > state.votedTerm && msg.syncTime < freshestKnownSync(state, pilot, now, cfg)) reason = 'stale-sync';
+  else if (msg.type === 'vote-request' && msg.term > state.votedTerm && state.promisedTo !== pilot && preferOther(state, msg, now, cfg)) reason = 'prefer-other';
+
+  let next = state;
+  if (msg.type === 'vote-request') next = { ...next, asked: recordAsk(state.asked, msg, now, cfg) };
+  const decisions: VoterDecision[] = [];
+  if (reason === undefined) {
+    const view = !state.view || compareEpoch(msg.view.epoch as Epoch, state.view.epoch as Epoch) > 0 ? msg.view : state.view;
+    next = { ...next, votedTerm: msg.term, promisedTo: pilot, promiseUntil: now + cfg.leaseMs, view };
+    if (next.votedTerm !== state.votedTerm || next.promisedTo !== state.promisedTo || next.view !== state.view) {
+      decisions.push({ kind: 'persist', durable: { votedTerm: next.votedTerm, promisedTo: next.promisedTo, view: next.view } });
+    }
+  }
+  const common = {
+    v: 1 as const,
+    service: state.service,
+    term: msg.term,
+    voter: state.id,
+    seq: msg.seq,
+    granted: reason === undefined,
+    ...(reason ? { reason } : {}),
+    votedTerm: next.votedTerm,
+    view: next.view,
+  };
+  const message: VoteReply | LeaseAck =
+    msg.type === 'vote-request' ? { type: 'vote-reply', candidate: msg.candidate, ...common } : { type: 'lease-ack', holder: msg.holder, ...common };
+  decisions.push({ kind: 'reply', message });
+  return { state: next, decisions };
+}
