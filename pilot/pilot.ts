@@ -3,6 +3,7 @@ import type { Config } from '../shared/config.ts';
 import { errorMessage } from '../shared/errors.ts';
 import type { ContainerReport, ElectionView } from '../shared/wire.ts';
 import type { MovementEvent } from '../shared/movement.ts';
+import type { MemberState } from '../shared/member-state.ts';
 import type { ContainerManager } from '../depot/containers/manager.ts';
 import { tcpOpen } from '../shared/tcp-probe.ts';
 import type { MemberObservation } from './election/views.ts';
@@ -25,7 +26,7 @@ import { mayCampaign, newCopyWatch, takeoverRecord, watchCampaign, watchOwnCopy,
 export interface CopyView {
   peerId: string;
   host: string;
-  depotState: 'alive' | 'suspect' | 'dead' | 'left';
+  depotState: MemberState;
   incarnation: number;
   /** Address others reach the copy's host at (for the database sync). */
   address: string | undefined;

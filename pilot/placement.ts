@@ -1,3 +1,5 @@
+import type { MemberState } from '../shared/member-state.ts';
+
 // Where to put the next copy of a service: a pure, explainable ranking of depots.
 //
 // First exclusions, each with its reason (dead, suspect or left depot, already holds a copy,
@@ -13,8 +15,6 @@
 // total = Σ weight·value / Σ weight. Ties are broken by name, so the result is deterministic.
 // The reference chose by uptime alone (report 4.3, 6.2.7).
 
-export type DepotState = 'alive' | 'suspect' | 'dead' | 'left';
-
 /** A past session of a host: from boot (or depot start) to shutdown, ms since epoch. */
 export interface HostSession {
   startMs: number;
@@ -24,7 +24,7 @@ export interface HostSession {
 export interface PlacementCandidate {
   name: string;
   peerId?: string;
-  state: DepotState;
+  state: MemberState;
   uptimeS: number;
   load: [number, number, number];
   cpus: number;

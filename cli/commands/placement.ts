@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { NavigatorError } from '../../shared/errors.ts';
+import { MemberState } from '../../shared/member-state.ts';
 import { getDepotJson, type BodyCheck } from '../depot-http.ts';
 import { formatRanking, rankHosts, type PlacementCandidate, type PlacementRequirements, type PlacementResult } from '../../pilot/placement.ts';
 
@@ -15,7 +16,7 @@ const num = z.number().finite().nullable().optional();
 export const DepotRowForPlacement = z.object({
   name: z.string().min(1),
   peerId: z.string().optional(),
-  state: z.enum(['alive', 'suspect', 'dead', 'left']),
+  state: MemberState,
   uptimeS: num,
   load: z.tuple([z.number(), z.number(), z.number()]).nullable().optional(),
   cpus: num,

@@ -1,5 +1,6 @@
 import type { DeadMessage, HeartbeatMessage, LeftMessage } from '../../shared/wire.ts';
 import { compareNames } from '../../shared/order.ts';
+import type { MemberState } from '../../shared/member-state.ts';
 
 // Membership and failure detection as a pure state machine (memberlist/SWIM style). It never
 // reads a clock, opens a socket or sets a timer: the daemon feeds it what it observed together
@@ -24,8 +25,6 @@ import { compareNames } from '../../shared/order.ts';
 //   dead/left --(forgetAfterMs)--> removed from the view
 // A left depot is never marked dead, and a heartbeat of an old incarnation never resurrects one.
 // A depot told it is dead refutes with a heartbeat at once (newer sequence number).
-
-export type MemberState = 'alive' | 'suspect' | 'dead' | 'left';
 
 /** Every timing parameter of failure detection (config section `membership`). */
 export interface MembershipTiming {

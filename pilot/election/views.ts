@@ -1,6 +1,7 @@
 import { NavigatorError } from '../../shared/errors.ts';
 import type { ElectionConfig } from './settings.ts';
 import type { ElectionView } from '../../shared/wire.ts';
+import type { MemberState } from '../../shared/member-state.ts';
 
 /*
  * Election and leases for one service: pure, deterministic. No I/O, no timers, no Date.now: each
@@ -135,8 +136,6 @@ export function leaseExpiryFrom(acks: Record<string, number>, sets: string[][], 
   }
   return base + cfg.leaseMs - cfg.leaseSafetyMarginMs;
 }
-
-export type MemberState = 'alive' | 'suspect' | 'dead' | 'left';
 
 /** What the membership layer tells the primary about one depot. */
 export interface MemberObservation {

@@ -1,13 +1,13 @@
-// What GET /api/depots returns (depot/depots-response.ts builds it; `navigator status` prints it).
+import type { MemberState } from '../member-state.ts';
 
-export type DepotState = 'alive' | 'suspect' | 'dead' | 'left';
+// What GET /api/depots returns (depot/depots-response.ts builds it; `navigator status` prints it).
 
 /** One depot as /api/depots shows it. */
 export interface DepotRow {
   name: string;
   peerId: string;
   self: boolean;
-  state: DepotState;
+  state: MemberState;
   reason: string;
   incarnation: number;
   since: number;
@@ -33,7 +33,7 @@ export interface DepotRow {
 
 export interface DepotsResponse {
   self: { name: string; peerId: string; version: string; incarnation: number };
-  counts: Record<DepotState, number>;
+  counts: Record<MemberState, number>;
   /** Gossip messages this depot dropped, by reason. */
   dropped: Record<string, number>;
   depots: DepotRow[];

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { MemberState } from '../member-state.ts';
 
 // What the tracking page's API serves (GET /api/services, /api/events) and what its mutating
 // endpoints accept (POST /api/switchover, /api/drain).
@@ -29,7 +30,7 @@ export interface ServiceView {
 export interface DepotView {
   name: string;
   peerId?: string;
-  state: 'alive' | 'suspect' | 'dead' | 'left';
+  state: MemberState;
   uptimeS: number | null;
   load: [number, number, number] | null;
   cpus?: number | null;
@@ -47,7 +48,7 @@ export interface DepotView {
 /** What buildServiceViews needs of a depot: its name, state and the containers its heartbeat reports. */
 export interface DepotContainers {
   name: string;
-  state: 'alive' | 'suspect' | 'dead' | 'left';
+  state: MemberState;
   containers: ReadonlyArray<unknown>;
 }
 
