@@ -33,7 +33,7 @@ import { fmt, mean, type RunResult } from './gossip-result.ts';
 //   converge one period after the last start (every depot has to be heard once).
 // - heartbeatMs (sampling) = heartbeatRefreshMs. With a refresh above 30 s, a shorter sampling
 //   interval would gossip host figures as soon as they move (at most every 30 s,
-//   depot/heartbeat-change.ts). Every depot here shares one host's load average, so they would
+//   membership.figuresMinIntervalMs). Every depot here shares one host's load average, so they would
 //   all gossip together and multiply the load. Side effect: a sample taken when the refresh is
 //   due finds it a few ms short (the last heartbeat went out after its sampling took a few ms)
 //   and skips it. The period becomes two intervals (heartbeat_period_measured_ms), or one when
@@ -56,7 +56,7 @@ import { fmt, mean, type RunResult } from './gossip-result.ts';
 //   -> 1.1 ms per delivery, start-up 92 -> 58 s. So each size runs in a child process of its own,
 //   started with that flag.
 // - The crash: every survivor that confirms the death gossips a DeadMessage of its own
-//   (depot/daemon.ts, declare-dead). That is n messages and n² deliveries, which this thread
+//   (depot/depot.ts, declare-dead). That is n messages and n² deliveries, which this thread
 //   handles one after the other while real hosts would handle them in parallel. The news reaches
 //   every depot within a few seconds (death_suspected_by_all_ms). A depot marks the victim dead
 //   only after its own probe, and those probes wait behind the rest of the DeadMessages, so

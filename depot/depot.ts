@@ -12,7 +12,7 @@ import { registerDepotApi } from '../web/depot-api.ts';
 import { createNode, type NavigatorNode } from './libp2p.ts';
 import { readSwarmKey } from './swarm-key.ts';
 import { loadOrCreateIdentity } from './identity.ts';
-import { Membership, type MembershipAction } from './membership/membership.ts';
+import { Membership, membershipTiming, type MembershipAction } from './membership/membership.ts';
 import { MemberProber } from './membership/member-prober.ts';
 import { DepotMetrics } from './metrics.ts';
 import { GossipInbox } from './gossip/inbox.ts';
@@ -173,6 +173,7 @@ export class Depot {
       bootstrap: cfg.network.bootstrap,
       mdns: cfg.network.mdns,
       mdnsIntervalMs: cfg.network.mdnsIntervalMs,
+      maxConnections: cfg.network.maxConnections,
       transport: this.opts.transport ?? 'tcp',
       gossip: {
         metricsRegister: this.metrics.gossipWire,
@@ -183,16 +184,7 @@ export class Depot {
     const selfId = node.peerId.toString();
     const membership = (this._membership = new Membership({
       selfId,
-      timing: {
-        heartbeatMs: t.heartbeatMs,
-        heartbeatRefreshMs: t.heartbeatRefreshMs,
-        probeIntervalMs: t.probeIntervalMs,
-        suspectAfterMissed: t.suspectAfterMissed,
-        probeTimeoutMs: t.probeTimeoutMs,
-        indirectProbes: t.indirectProbes,
-        suspectTimeoutMs: t.suspectTimeoutMs,
-        forgetAfterMs: t.forgetAfterMs,
-      },
+      timing: membershipTiming(t),
     }));
     const inbox = (this._inbox = new GossipInbox({
       pubsub: node.services.pubsub,
@@ -207,7 +199,10 @@ export class Depot {
     const prober = (this._prober = new MemberProber({
       node,
       log: this.log.child({ component: 'probe' }),
+      clock: this.clock,
       probeTimeoutMs: t.probeTimeoutMs,
+      lagWindowMs: t.lagWindowMs,
+      maxLagAllowanceMs: t.maxLagAllowanceMs,
       members: () => this.knownMembers(),
       ownHeartbeat: () => this._heartbeat?.latest(),
       maxHeartbeatBytes: t.maxMessageBytes,
@@ -253,6 +248,8 @@ export class Depot {
       incarnation: this.incarnation,
       heartbeatMs: t.heartbeatMs,
       refreshMs: t.heartbeatRefreshMs,
+      figuresMinIntervalMs: t.figuresMinIntervalMs,
+      hostAddressesTtlMs: t.hostAddressesTtlMs,
       maxMessageBytes: t.maxMessageBytes,
       storeDir: cfg.store.dir,
       httpPort: () => this._http?.port,

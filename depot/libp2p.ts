@@ -11,6 +11,7 @@ import { gossipsub, type GossipsubOpts } from '@chainsafe/libp2p-gossipsub';
 import type { PrivateKey, PeerDiscovery, PubSub } from '@libp2p/interface';
 import type { Identify } from '@libp2p/identify';
 import { generateKeyPair } from '@libp2p/crypto/keys';
+import { NetworkSection } from '../shared/config.ts';
 
 // The one place a libp2p node is composed: TCP (or the in-process memory transport for large
 // simulations), the private-network protector, Noise, Yamux, identify and gossipsub with
@@ -70,16 +71,19 @@ export interface CreateNodeOptions {
   announce?: string[];
   bootstrap?: string[];
   mdns?: boolean;
+  /** network.mdnsIntervalMs (default: its default). */
   mdnsIntervalMs?: number;
   /** Use the in-process memory transport instead of TCP (benchmarks with hundreds of nodes). */
   transport?: 'tcp' | 'memory';
   gossip?: Partial<GossipsubOpts>;
+  /** network.maxConnections (default: its default). */
   maxConnections?: number;
 }
 
 export async function createNode(opts: CreateNodeOptions): Promise<NavigatorNode> {
+  const defaults = NetworkSection.parse({});
   const peerDiscovery: Array<(components: any) => PeerDiscovery> = [];
-  if (opts.mdns) peerDiscovery.push(mdns({ interval: opts.mdnsIntervalMs ?? 5000, serviceTag: 'navigator-depot.local' }));
+  if (opts.mdns) peerDiscovery.push(mdns({ interval: opts.mdnsIntervalMs ?? defaults.mdnsIntervalMs, serviceTag: 'navigator-depot.local' }));
   if (opts.bootstrap && opts.bootstrap.length > 0) peerDiscovery.push(bootstrap({ list: opts.bootstrap, timeout: 100 }));
 
   return createLibp2p({
@@ -93,7 +97,7 @@ export async function createNode(opts: CreateNodeOptions): Promise<NavigatorNode
     streamMuxers: [yamux({ enableKeepAlive: false })],
     peerDiscovery,
     connectionManager: {
-      maxConnections: opts.maxConnections ?? 300,
+      maxConnections: opts.maxConnections ?? defaults.maxConnections,
       // The defaults (5 inbound connections a second per IP, 10 pending) refuse a cluster that
       // starts at once, and every depot on one host (tests, benchmarks) shares one IP. Only
       // holders of the swarm key get past the handshake anyway.

@@ -19,9 +19,10 @@ export const DROP_REASONS: readonly DropReason[] = ['too-large', 'not-json', 'sc
 /**
  * How often the event-loop delay histogram samples (prom-client's default is 10 ms). Each sample
  * is a timer wake-up, 100 a second by default: the largest part of an idle depot's CPU. Stalls
- * that matter to a depot (heartbeats every second) last far longer than this.
+ * that matter to a depot (heartbeats every second) last far longer than this. Not a knob: a
+ * detail of how /metrics measures, not of anything a depot decides.
  */
-export const EVENT_LOOP_SAMPLE_MS = 200;
+const EVENT_LOOP_SAMPLE_MS = 200;
 
 export class DepotMetrics {
   readonly registry = new Registry();

@@ -30,7 +30,7 @@ export interface PilotsInit {
   election?: Partial<ElectionConfig>;
 }
 
-export type PilotsComponents = Pick<DepotComponents, 'config' | 'logger' | 'self' | 'node' | 'members' | 'gossip' | 'control' | 'routes' | 'heartbeat' | 'reach'>;
+export type PilotsComponents = Pick<DepotComponents, 'config' | 'logger' | 'clock' | 'self' | 'node' | 'members' | 'gossip' | 'control' | 'routes' | 'heartbeat' | 'reach'>;
 
 export interface PilotsPlugin extends DepotPlugin {
   readonly operations: AdminOperations;
@@ -77,6 +77,7 @@ class Pilots implements PilotsPlugin {
       client: () => ({ call: (peer, method, params, opts) => control.call(peer.toString(), method, params, opts) }),
       members: () => members.view(),
       logger,
+      clock: c.clock,
     });
     const record = movementRecorder({ self, gossip: c.gossip, journal: init.journal, logger });
     const keeper = new StandbyKeeper({ self, members, control, pilot: config.pilot, shipping: this.shipping, record, logger });

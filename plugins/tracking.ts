@@ -108,7 +108,7 @@ class Tracking implements TrackingPlugin {
         drop: (reason, detail, from, topic) => c.gossip.drop(reason, detail, from, topic),
       }),
     );
-    this.gapFill = new JournalGapFill({ node: c.node, journal: this.journal, logger: c.logger });
+    this.gapFill = new JournalGapFill({ node: c.node, journal: this.journal, logger: c.logger, timeoutMs: this.timing.fetchTimeoutMs });
     await this.gapFill.start();
     if (c.routes) {
       this.routes = registerTrackingRoutes(c.routes, {

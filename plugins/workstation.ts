@@ -45,6 +45,9 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     keepVersions: config.store.keepVersions,
     blockSize: config.store.blockBytes,
     spareCopies: config.store.spareCopies,
+    spareMinBytes: config.store.spareMinBytes,
+    spareDelayMs: config.store.spareDelayMs,
+    clock: opts.clock,
     logger: log,
     // Images a container runs from are never removed.
     pinned: () => containers?.imagesInUse() ?? [],
@@ -53,9 +56,11 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     root: join(config.store.dir, 'containers'),
     images: store,
     logger: log,
-    statusIntervalMs: config.membership.heartbeatMs,
+    clock: opts.clock,
+    statusIntervalMs: config.containers.statusIntervalMs,
+    driverTiming: config.containers,
   }));
-  const journal = new Journal({ path: join(config.node.dataDir, 'journal.jsonl'), logger: log });
+  const journal = new Journal({ path: join(config.node.dataDir, 'journal.jsonl'), logger: log, gapSlackMs: config.journal.gapSlackMs });
   let tracking: TrackingPlugin | undefined;
   let pilots: PilotsPlugin | undefined;
   const depot = new Depot({

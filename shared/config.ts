@@ -28,6 +28,7 @@ export const NetworkSection = z
     bootstrap: z.array(z.string()).default([]).describe('Multiaddrs (with /p2p/ID) of depots to dial at start, in addition to mDNS'),
     mdns: z.boolean().default(true).describe('Find other depots on the LAN with mDNS'),
     mdnsIntervalMs: ms(5000, 'How often mDNS queries the LAN'),
+    maxConnections: z.number().int().min(1).default(300).describe('Most libp2p connections this depot keeps open (the cluster is a full mesh: one per other depot)'),
     swarmKeyFile: z
       .string()
       .default('/etc/navigator/swarm.key')
@@ -52,6 +53,10 @@ export const MembershipSection = z
     maxMessageBytes: z.number().int().min(1024).max(1_048_576).default(65_536).describe('Largest gossip message accepted; larger ones are dropped and counted'),
     leftFlushMs: ms(250, 'After announcing `left` at a clean stop, the node stays up this long so the message gets out'),
     addressesTtlMs: ms(10_000, "Longest time this depot's own address list is reused in heartbeats (it is also refreshed when libp2p reports a change)"),
+    hostAddressesTtlMs: ms(5000, "Longest time the host's interface addresses are reused in heartbeats (reading them is a netlink dump of every interface)"),
+    figuresMinIntervalMs: ms(30_000, 'Host figures (load, free memory and disk) that moved enough are gossiped at most this often; what other depots act on (images, containers, addresses) goes out at once'),
+    lagWindowMs: ms(5000, "How far back a depot looks at its own event-loop delay to give pings extra time while it is starved (it must not blame others for its own slowness)"),
+    maxLagAllowanceMs: z.number().int().nonnegative().default(4000).describe('Most extra time a starved depot gives a ping: twice its worst event-loop delay within lagWindowMs, capped at this (0: none)'),
   })
   .strict()
   .refine((m) => m.heartbeatRefreshMs >= m.heartbeatMs, { path: ['heartbeatRefreshMs'], message: 'must be at least heartbeatMs' });
@@ -84,6 +89,8 @@ export const JournalSection = z
     initialFillWindowMs: ms(30_000, 'At start, how long to wait for a peer to fetch the movements missed while this depot was down'),
     refillSpreadMs: ms(5000, 'When a depot comes back, the depots that ask it for missed movements spread their requests over this long'),
     refillMinIntervalMs: ms(60_000, 'A depot that came back is asked for missed movements at most this often (a flapping depot must not cause a storm)'),
+    gapSlackMs: ms(300_000, 'Gap filling asks a peer for every movement from the newest one held here minus this (covers clock differences between hosts)'),
+    fetchTimeoutMs: ms(5000, 'A gap-filling request to a peer, and the answer to one from a peer, is given up after this long'),
   })
   .strict();
 
@@ -117,6 +124,8 @@ export const StoreSection = z
       .boolean()
       .default(true)
       .describe('Keep a spare copy of the newest version of each large image, so the next delta starts without a full local copy (costs one image of disk; dropped when space is needed)'),
+    spareMinBytes: z.number().int().nonnegative().default(268_435_456).describe('Images smaller than this get no spare copy (copying them for a delta is quick anyway)'),
+    spareDelayMs: z.number().int().nonnegative().default(500).describe('Spare copies are made once the store has been quiet (no import, verify, clone or receive) this long, so they do not compete with the clone that often follows a receive'),
   })
   .strict();
 
@@ -177,6 +186,25 @@ export const ShipSection = z
       .default(261_120)
       .describe('Bytes per SFTP write request (OpenSSH sftp-server takes at most 255 KiB per write)'),
     stallTimeoutMs: ms(30_000, 'A transfer with writes in flight and no reply for this long is failed (then resumed later)'),
+    singleConnectionBytes: z.number().int().nonnegative().default(67_108_864).describe('Transfers that send less than this use one SSH connection (logging in more costs more than it gains)'),
+    prestageRoundMs: ms(5000, 'A pre-staging round per image at most this often (the primary asks at every service probe)'),
+    prestageWantedMs: ms(30_000, 'Queued pre-stages of an image are dropped when no primary round asked for it this long (the pilot here was demoted)'),
+    prestageRetryMs: ms(60_000, 'After a failed pre-stage, that host is passed over this long'),
+  })
+  .strict();
+
+export const ContainersSection = z
+  .object({
+    statusIntervalMs: z
+      .number()
+      .int()
+      .nonnegative()
+      .default(0)
+      .describe('How often the state of every container is checked, so one that died on its own shows as failed (0: every membership.heartbeatMs, so each heartbeat reports fresh states)'),
+    processPrimaryStopMs: ms(10_000, "A process container's primary-only commands get this long after SIGTERM before SIGKILL (demotion, stop)"),
+    processTermRepeatMs: ms(1000, 'A process container without a stop command is sent SIGTERM again this often until it exits (a service still starting may ignore the first) or the stop deadline forces it'),
+    qemuStartTimeoutMs: ms(15_000, 'Longest wait for a started QEMU to answer on its QMP socket'),
+    vmrunCommandTimeoutMs: ms(120_000, 'Longest time one vmrun command may run when its caller sets no deadline of its own'),
   })
   .strict();
 
@@ -206,6 +234,7 @@ export const ConfigSchema = z
     store: StoreSection.prefault({}),
     pilot: PilotSection.prefault({}),
     ship: ShipSection.prefault({}),
+    containers: ContainersSection.prefault({}),
     dbsync: DbSyncSection.prefault({}),
   })
   .strict();
@@ -281,6 +310,7 @@ function resolveDerived(cfg: Config): Config {
     ...cfg,
     network: { ...cfg.network, identityFile: cfg.network.identityFile || `${cfg.node.dataDir}/identity.key` },
     store: { ...cfg.store, dir: cfg.store.dir || `${cfg.node.dataDir}/images` },
+    containers: { ...cfg.containers, statusIntervalMs: cfg.containers.statusIntervalMs || cfg.membership.heartbeatMs },
   };
 }
 

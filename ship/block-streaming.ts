@@ -20,7 +20,7 @@ const RAW_HEADER_MAX = 25 + 256;
 export interface StreamSettings {
   requestsInFlight: number;
   chunkBytes: number;
-  stallTimeoutMs?: number;
+  stallTimeoutMs: number;
 }
 
 /** Per-transfer options of a send (ShipOptions). */
@@ -67,7 +67,7 @@ export async function sendBlocks(
   }
   let nextItem = 0;
   const perLane = laneRequests(settings.requestsInFlight, lanes.length);
-  const stallMs = settings.stallTimeoutMs ?? 30_000;
+  const stallMs = settings.stallTimeoutMs;
   let failure: unknown;
   let lastReport = 0;
   let lastReply = Date.now();

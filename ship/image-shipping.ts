@@ -1,6 +1,7 @@
 import { peerIdFromString } from '@libp2p/peer-id';
 import type { Config } from '../shared/config.ts';
 import type { Logger } from '../shared/logger.ts';
+import { SystemClock, type Clock } from '../shared/clock.ts';
 import { NavigatorError } from '../shared/errors.ts';
 import type { HeartbeatMessage } from '../shared/wire.ts';
 import type { ImageStore } from '../depot/images/catalog.ts';
@@ -21,11 +22,6 @@ import { TransferTracker } from './transfers.ts';
 // primary; progress in the logs (`transfer-progress`, `transfer-done`) and as data for the HTTP
 // API (transfers(): the caller serves it as GET /api/transfers). Where a depot's sshd is comes
 // from its heartbeat.
-
-/** A pre-staging round per image at most this often (the primary's rounds run every probe). */
-const PRESTAGE_EVERY_MS = 5000;
-/** Queued pre-stages of an image are dropped when no primary round asked for it this long (demoted). */
-const PRESTAGE_WANTED_MS = 30_000;
 
 export interface SshEndpoint {
   host: string;
@@ -51,6 +47,8 @@ export interface ImageShippingOptions {
   /** The membership view: heartbeats say where each depot's sshd is. */
   members: () => readonly MemberView[];
   logger: Logger;
+  /** Decides when a pre-staging round is due and when queued pre-stages are no longer wanted. */
+  clock?: Clock;
   /** Least time between two `transfer-progress` lines of one transfer (default 2 s). */
   progressLogMs?: number;
 }
@@ -71,16 +69,20 @@ export class ImageShipping {
   private readonly lastRound = new Map<string, number>();
   private readonly lastLogged = new Map<string, { at: number; state: string }>();
   private readonly abort = new AbortController();
+  private readonly clock: Clock;
 
   constructor(private readonly opts: ImageShippingOptions) {
     this.log = opts.logger.child({ component: 'shipping' });
+    const clock = (this.clock = opts.clock ?? new SystemClock());
     if (opts.ship.prestageCandidates > 0) {
       this.prestager = new Prestager({
         shipper: this.shipper,
         targetFor: (peerId) => this.targetFor(peerId),
         k: opts.ship.prestageCandidates,
         bytesPerSec: prestageBytesPerSec(opts.ship.linkMbps, opts.ship.prestageBandwidthPct),
-        wanted: (job) => Date.now() - (this.wanted.get(job.imageId) ?? -Infinity) < PRESTAGE_WANTED_MS,
+        retryAfterMs: opts.ship.prestageRetryMs,
+        wanted: (job) => clock.now() - (this.wanted.get(job.imageId) ?? -Infinity) < opts.ship.prestageWantedMs,
+        now: () => clock.now(),
         describe: (peerId) => this.opts.members().find((m) => m.peerId === peerId)?.name ?? peerId,
         logger: opts.logger,
       });
@@ -141,13 +143,13 @@ export class ImageShipping {
    * One pre-staging round for `imageId` (the primary calls this while its standbys are in
    * place): keep the image on the top K of `ranked` (the placement ranking, best first; keys
    * are peer ids). `busy` are depots receiving the image from elsewhere. Rounds closer than
-   * PRESTAGE_EVERY_MS are skipped (undefined) without calling `candidates`.
+   * ship.prestageRoundMs are skipped (undefined) without calling `candidates`.
    */
   prestage(imageId: string, candidates: () => { ranked: readonly PrestageCandidate[]; busy: Iterable<string> }): PrestagePlan | undefined {
     if (!this.prestager) return undefined;
-    const now = Date.now();
+    const now = this.clock.now();
     this.wanted.set(imageId, now);
-    if (now - (this.lastRound.get(imageId) ?? -Infinity) < PRESTAGE_EVERY_MS) return undefined;
+    if (now - (this.lastRound.get(imageId) ?? -Infinity) < this.opts.ship.prestageRoundMs) return undefined;
     this.lastRound.set(imageId, now);
     const { ranked, busy } = candidates();
     const onDemand = [...this.onDemand.keys()].filter((k) => k.endsWith(`/${imageId}`)).map((k) => k.slice(0, k.indexOf('/')));

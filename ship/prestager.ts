@@ -1,4 +1,5 @@
 import type { Logger } from '../shared/logger.ts';
+import { ShipSection } from '../shared/config.ts';
 import { silentLogger } from '../shared/logger.ts';
 import { errorMessage } from '../shared/errors.ts';
 import type { ShipTarget } from '../depot/images/ship-target.ts';
@@ -18,7 +19,7 @@ export interface PrestagerOptions {
   k: number;
   /** Bandwidth for all pre-staging transfers together (see prestageBytesPerSec). */
   bytesPerSec: number;
-  /** After a failed pre-stage, the host is passed over for this long (default 60 s). */
+  /** After a failed pre-stage, the host is passed over for this long (config.ship.prestageRetryMs; default: its default). */
   retryAfterMs?: number;
   /** Checked before a queued transfer starts; false drops it (e.g. this depot is no longer primary). */
   wanted?: (job: { host: string; imageId: string }) => boolean;
@@ -43,6 +44,7 @@ export class Prestager {
   private abort = new AbortController();
   private stopped = false;
   private readonly now: () => number;
+  private readonly retryAfterMs: number;
   /** Results of finished transfers, newest last (bounded). */
   readonly results: (Job & ({ ok: true; result: ShipResult } | { ok: false; error: string; cancelled?: boolean }))[] = [];
 
@@ -50,6 +52,7 @@ export class Prestager {
     this.log = (opts.logger ?? silentLogger()).child({ component: 'prestage' });
     this.bucket = new TokenBucket({ bytesPerSec: opts.bytesPerSec });
     this.now = opts.now ?? Date.now;
+    this.retryAfterMs = opts.retryAfterMs ?? ShipSection.parse({}).prestageRetryMs;
   }
 
   private readonly name = (host: string): string => this.opts.describe?.(host) ?? host;
@@ -60,7 +63,7 @@ export class Prestager {
    */
   reconcile(ranked: readonly PrestageCandidate[], imageId: string, opts: { busy?: Iterable<string> } = {}): PrestagePlan {
     const queued = new Set(this.queue.filter((q) => q.imageId === imageId).map((q) => q.host));
-    const retryAfter = this.opts.retryAfterMs ?? 60_000;
+    const retryAfter = this.retryAfterMs;
     const now = this.now();
     const backoff = new Set([...this.failedAt].filter(([, at]) => now - at < retryAfter).map(([h]) => h));
     const plan = planPrestage({ ranked, imageId, k: this.opts.k, busy: new Set([...this.busy, ...queued, ...(opts.busy ?? [])]), backoff });

@@ -1,5 +1,6 @@
 import type { Client } from 'ssh2';
 import type { Logger } from '../shared/logger.ts';
+import { ShipSection, type Config } from '../shared/config.ts';
 import { silentLogger } from '../shared/logger.ts';
 import { NavigatorError, errorMessage, isNavigatorError } from '../shared/errors.ts';
 import type { ImageStore } from '../depot/images/catalog.ts';
@@ -36,15 +37,15 @@ export interface ShipperOptions {
   ssh: SshAuth;
   /** SFTP write requests in flight per transfer, shared by its connections (config.ship.requestsInFlight). */
   requestsInFlight: number;
-  /** SSH connections per transfer, each with its own SFTP session writing different blocks (config.ship.connections, default 2). */
+  /** SSH connections per transfer, each with its own SFTP session writing different blocks (config.ship.connections). */
   connections?: number;
-  /** Sends smaller than this use the first connection only (default 64 MiB). */
+  /** Sends smaller than this use the first connection only (config.ship.singleConnectionBytes). */
   singleConnectionBytes?: number;
-  /** Bytes per SFTP write request (default 256 KiB - OpenSSH's sftp-server accepts up to 255 KiB + header; see below). */
+  /** Bytes per SFTP write request (config.ship.chunkBytes). */
   chunkBytes?: number;
-  /** A transfer with requests in flight and no reply for this long is failed (default 30 s). */
+  /** A transfer with requests in flight and no reply for this long is failed (config.ship.stallTimeoutMs). */
   stallTimeoutMs?: number;
-  /** Send/verify rounds before giving up on blocks that keep arriving damaged (default 3). */
+  /** Send/verify rounds before giving up on blocks that keep arriving damaged (default MAX_ROUNDS). */
   maxRounds?: number;
   tracker?: TransferTracker;
   logger?: Logger;
@@ -76,26 +77,29 @@ export interface ShipResult {
   durationMs: number;
 }
 
-// OpenSSH's sftp-server takes WRITEs of up to 256 KiB of payload minus protocol overhead;
-// 255 KiB keeps each request in one WRITE (ssh2 would split a bigger one into two, serially).
-const DEFAULT_CHUNK = 261_120;
-// One node thread drives ssh2, and OpenSSH gives each session a 2 MiB window, so with one
-// connection the sender and sshd take turns; two connections keep both busy (bench:ship).
-const DEFAULT_CONNECTIONS = 2;
-/** Sends smaller than this use the first connection only. */
-const SINGLE_CONNECTION_BYTES = 64 * 1024 * 1024;
+/**
+ * Send/verify rounds of one transfer. Not a knob: blocks still damaged after the third sending
+ * mean a broken disk or link, which more rounds do not mend.
+ */
+const MAX_ROUNDS = 3;
 
 export class Shipper {
   private readonly log: Logger;
   readonly tracker: TransferTracker;
   private readonly chunkBytes: number;
   private readonly connections: number;
+  private readonly singleConnectionBytes: number;
+  private readonly stallTimeoutMs: number;
 
   constructor(private readonly opts: ShipperOptions) {
     this.log = (opts.logger ?? silentLogger()).child({ component: 'ship' });
     this.tracker = opts.tracker ?? new TransferTracker();
-    this.chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK;
-    this.connections = opts.connections ?? DEFAULT_CONNECTIONS;
+    // What the caller leaves out is the config's default (shared/config.ts, section `ship`, says why each is what it is).
+    const defaults = ShipSection.parse({});
+    this.chunkBytes = opts.chunkBytes ?? defaults.chunkBytes;
+    this.connections = opts.connections ?? defaults.connections;
+    this.singleConnectionBytes = opts.singleConnectionBytes ?? defaults.singleConnectionBytes;
+    this.stallTimeoutMs = opts.stallTimeoutMs ?? defaults.stallTimeoutMs;
     if (!Number.isInteger(this.connections) || this.connections < 1) throw new RangeError(`ship connections must be an integer >= 1, got ${opts.connections}`);
   }
 
@@ -162,7 +166,7 @@ export class Shipper {
       if (extra) {
         // A small send (a delta, the end of a resume) is done on one connection before a second
         // login would even finish: do not wait for the others, close them when they arrive.
-        if (prep.missingBytes >= (this.opts.singleConnectionBytes ?? SINGLE_CONNECTION_BYTES)) conns.push(...(await extra));
+        if (prep.missingBytes >= this.singleConnectionBytes) conns.push(...(await extra));
         else void extra.then((cs) => cs.forEach((c) => c.end()));
         extra = undefined;
       }
@@ -172,14 +176,14 @@ export class Shipper {
 
       let missing = prep.missing;
       let toSend = prep.missingBytes;
-      const maxRounds = this.opts.maxRounds ?? 3;
+      const maxRounds = this.opts.maxRounds ?? MAX_ROUNDS;
       const sendStart = Date.now();
       for (let round = 1; ; round++) {
         result.rounds = round;
         if (missing.length > 0) {
           const s0 = Date.now();
           const send = { lanes, manifest, srcDir, remoteFilesDir: prep.filesDir, missing, round };
-          await sendBlocks(send, { requestsInFlight: this.opts.requestsInFlight, chunkBytes: this.chunkBytes, stallTimeoutMs: this.opts.stallTimeoutMs }, result, opts, (sent) =>
+          await sendBlocks(send, { requestsInFlight: this.opts.requestsInFlight, chunkBytes: this.chunkBytes, stallTimeoutMs: this.stallTimeoutMs }, result, opts, (sent) =>
             progress({ bytesSent: sent, bytesToSend: toSend }, sendStart),
           );
           result.sendMs += Date.now() - s0;
@@ -256,19 +260,15 @@ function describeBad(bad: { path: string; block?: number; reason: string }[]): s
 }
 
 /** A shipper as configured (config.ship), for the daemon and the pilot. */
-export function createShipper(
-  cfg: { sshUser: string; sshKeyFile: string; knownHostsFile: string; requestsInFlight: number; connections?: number; chunkBytes?: number; stallTimeoutMs?: number },
-  store: ImageStore,
-  logger?: Logger,
-  tracker?: TransferTracker,
-): Shipper {
+export function createShipper(cfg: Config['ship'], store: ImageStore, logger?: Logger, tracker?: TransferTracker): Shipper {
   return new Shipper({
     store,
     ssh: { user: cfg.sshUser, keyFile: cfg.sshKeyFile, knownHostsFile: cfg.knownHostsFile },
     requestsInFlight: cfg.requestsInFlight,
-    ...(cfg.connections ? { connections: cfg.connections } : {}),
-    ...(cfg.chunkBytes ? { chunkBytes: cfg.chunkBytes } : {}),
-    ...(cfg.stallTimeoutMs ? { stallTimeoutMs: cfg.stallTimeoutMs } : {}),
+    connections: cfg.connections,
+    chunkBytes: cfg.chunkBytes,
+    stallTimeoutMs: cfg.stallTimeoutMs,
+    singleConnectionBytes: cfg.singleConnectionBytes,
     ...(logger ? { logger } : {}),
     ...(tracker ? { tracker } : {}),
   });

@@ -5,7 +5,7 @@ import type { Logger } from '../../shared/logger.ts';
 import { SystemClock, type Clock, type TimerHandle } from '../../shared/clock.ts';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import { Role, type ContainerReport } from '../../shared/wire.ts';
-import { ContainerSpec, type ContainerDriver, type ContainerStateName, type ExecResult, type StopResult } from './drivers/driver.ts';
+import { ContainerSpec, type ContainerDriver, type ContainerStateName, type DriverTiming, type ExecResult, type StopResult } from './drivers/driver.ts';
 import { createDriver, specPaths } from './drivers/factory.ts';
 import { insideDir } from './drivers/paths.ts';
 
@@ -88,10 +88,12 @@ export interface ContainerManagerOptions {
   images?: ImageSource;
   logger: Logger;
   clock?: Clock;
-  /** How often the state of every container is checked (default 5000 ms). */
-  statusIntervalMs?: number;
+  /** How often the state of every container is checked (config.containers.statusIntervalMs). */
+  statusIntervalMs: number;
   vmrunPath?: string;
   qemuPath?: string;
+  /** The drivers' timing (config section `containers`; default: its defaults). */
+  driverTiming?: DriverTiming;
   /** Called on every state change, e.g. to send a heartbeat at once. */
   onChange?: (status: ContainerStatus) => void;
 }
@@ -151,7 +153,7 @@ export class ContainerManager {
   private watch(): void {
     const want = this.watching && this.entries.size > 0;
     if (want && !this.timer) {
-      this.timer = this.clock.setInterval(() => void this.refresh(), this.opts.statusIntervalMs ?? 5000);
+      this.timer = this.clock.setInterval(() => void this.refresh(), this.opts.statusIntervalMs);
     } else if (!want && this.timer) {
       this.clock.clear(this.timer);
       this.timer = undefined;
@@ -332,7 +334,7 @@ export class ContainerManager {
   }
 
   private makeEntry(id: string, service: string, image: string, spec: ContainerSpec, dir: string): Entry {
-    const driver = createDriver(spec, { id, dir, logger: this.opts.logger, vmrunPath: this.opts.vmrunPath, qemuPath: this.opts.qemuPath });
+    const driver = createDriver(spec, { id, dir, logger: this.opts.logger, vmrunPath: this.opts.vmrunPath, qemuPath: this.opts.qemuPath, timing: this.opts.driverTiming });
     return {
       id,
       service,

@@ -3,8 +3,10 @@ import type { HeartbeatMessage } from '../../shared/wire.ts';
 // Whether a freshly sampled heartbeat is worth gossiping before the refresh interval is up.
 // What other depots act on (addresses, images, staging progress, containers and their roles,
 // sync state) goes out as soon as it changes; host figures that drift all the time (load, free
-// memory and disk) only when they moved enough to matter for placement. Uptime, the send time
-// and the sequence number are never a reason: they change every time.
+// memory and disk) only when they moved enough to matter for placement, and at most every
+// membership.figuresMinIntervalMs (a busy host's load changes every second, and a heartbeat for
+// each change would make every busy cluster busier still). Uptime, the send time and the
+// sequence number are never a reason: they change every time.
 
 /** Smallest change of the 1-minute load average worth gossiping: this, or a quarter of it, whichever is larger. */
 export const LOAD_STEP = 0.5;
@@ -12,12 +14,6 @@ export const LOAD_STEP = 0.5;
 export const MEM_STEP = 0.05;
 /** Smallest change of free disk in the image store, as a fraction of what was free, gossiped at once. */
 export const DISK_STEP = 0.02;
-
-/**
- * Host figures moved enough are gossiped at most this often. A busy host's load changes every
- * second, and a heartbeat for each change would make every busy cluster busier still.
- */
-export const FIGURES_MIN_INTERVAL_MS = 30_000;
 
 export type HeartbeatChange = 'first' | 'incarnation' | 'content' | 'load' | 'memory' | 'disk';
 

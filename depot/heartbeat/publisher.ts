@@ -1,14 +1,15 @@
 import type { PubSub } from '@libp2p/interface';
 import type { Clock, TimerHandle } from '../../shared/clock.ts';
 import type { Logger } from '../../shared/logger.ts';
+import { MembershipSection } from '../../shared/config.ts';
 import { HeartbeatMessage, TOPICS, encodeMessage, type ContainerReport } from '../../shared/wire.ts';
 import { VERSION } from '../../shared/version.ts';
 import type { DepotMetrics } from '../metrics.ts';
 import { sampleResources, type ResourceSample } from './resources.ts';
-import { FIGURES_MIN_INTERVAL_MS, heartbeatChange, isUrgent } from './change.ts';
+import { heartbeatChange, isUrgent } from './change.ts';
 
 // Samples this depot's HeartbeatMessage every heartbeatMs and gossips it when it changed enough
-// (heartbeat-change.ts), and at least every refreshMs. The host figures are sampled here; what
+// (change.ts), and at least every refreshMs. The host figures are sampled here; what
 // the depot holds (images, images being received, containers and their roles) comes from
 // content providers that other parts (image store, container supervisor) register. Liveness
 // does not depend on heartbeats (membership.ts probes), so a quiet depot costs little traffic.
@@ -36,6 +37,10 @@ export interface HeartbeatPublisherOptions {
   heartbeatMs: number;
   /** Longest time between two published heartbeats (membership.heartbeatRefreshMs). */
   refreshMs?: number;
+  /** Host figures that moved enough are published at most this often (membership.figuresMinIntervalMs; default: its default). */
+  figuresMinIntervalMs?: number;
+  /** The host's address list is read again once this old (membership.hostAddressesTtlMs; default: its default). */
+  hostAddressesTtlMs?: number;
   maxMessageBytes: number;
   storeDir: string;
   httpPort: () => number | undefined;
@@ -57,7 +62,14 @@ export class HeartbeatPublisher {
   private lastPublishedSample: HeartbeatMessage | undefined;
   private lastPublishedAt = -Infinity;
 
-  constructor(private readonly opts: HeartbeatPublisherOptions) {}
+  private readonly figuresMinIntervalMs: number;
+  private readonly hostAddressesTtlMs: number;
+
+  constructor(private readonly opts: HeartbeatPublisherOptions) {
+    const defaults = MembershipSection.parse({});
+    this.figuresMinIntervalMs = opts.figuresMinIntervalMs ?? defaults.figuresMinIntervalMs;
+    this.hostAddressesTtlMs = opts.hostAddressesTtlMs ?? defaults.hostAddressesTtlMs;
+  }
 
   /** The heartbeat last published (what the other depots hold of this one), if any. */
   latest(): HeartbeatMessage | undefined {
@@ -107,7 +119,7 @@ export class HeartbeatPublisher {
   /** A fresh sample of this depot's heartbeat (not yet checked against the schema). */
   async build(): Promise<HeartbeatMessage> {
     const o = this.opts;
-    const res = await (o.sample ?? sampleResources)(o.storeDir);
+    const res = o.sample ? await o.sample(o.storeDir) : await sampleResources(o.storeDir, { ttlMs: this.hostAddressesTtlMs, now: o.clock.now() });
     const content: HeartbeatContent = { images: [], staging: [], containers: [] };
     for (const p of this.providers) {
       try {
@@ -156,7 +168,7 @@ export class HeartbeatPublisher {
     // Compared sample to sample: the published message went through the schema (defaults, key
     // order), and a sample compared with it would always look changed.
     const change = heartbeatChange(this.lastPublishedSample, sampled);
-    const worth = change !== undefined && (isUrgent(change) || since >= FIGURES_MIN_INTERVAL_MS);
+    const worth = change !== undefined && (isUrgent(change) || since >= this.figuresMinIntervalMs);
     if (!force && !due && !worth) return;
     const hb = HeartbeatMessage.parse(sampled);
     this.opts.log.debug({ event: 'heartbeat-publish', reason: force ? 'forced' : worth ? change : 'refresh', seq: this.seq }, 'heartbeat');

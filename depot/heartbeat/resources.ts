@@ -4,7 +4,7 @@ import { cpus, freemem, hostname, loadavg, networkInterfaces, totalmem, uptime }
 import { dirname } from 'node:path';
 
 // What a depot tells the others about its host, sampled for every heartbeat (the address list at
-// most every 5 s, the CPU count once). Placement
+// most every membership.hostAddressesTtlMs, the CPU count once). Placement
 // (pilot/placement.ts) ranks hosts on these figures, so they must be cheap and never throw.
 
 export interface ResourceSample {
@@ -22,14 +22,20 @@ export interface ResourceSample {
   diskFreeBytes: number;
 }
 
-/** How long a list of host addresses is reused: reading it is a netlink dump of every interface. */
-export const HOST_ADDRESSES_TTL_MS = 5000;
 let addressCache: { at: number; list: string[] } | undefined;
 let cpuCount: number | undefined;
 
-/** Non-internal addresses of this host, read at most every HOST_ADDRESSES_TTL_MS. */
-export function hostAddresses(now = Date.now()): string[] {
-  if (addressCache && now - addressCache.at < HOST_ADDRESSES_TTL_MS && now >= addressCache.at) return addressCache.list;
+/** How sampleResources reuses the host's address list: reading it is a netlink dump of every interface. */
+export interface AddressReuse {
+  /** Reuse a list read less than this long ago (membership.hostAddressesTtlMs). */
+  ttlMs: number;
+  /** The time now, from the depot's clock. */
+  now: number;
+}
+
+/** Non-internal addresses of this host, read again once the last read is `ttlMs` old. */
+function hostAddresses({ ttlMs, now }: AddressReuse): string[] {
+  if (addressCache && now - addressCache.at < ttlMs && now >= addressCache.at) return addressCache.list;
   addressCache = { at: now, list: readHostAddresses() };
   return addressCache.list;
 }
@@ -77,12 +83,12 @@ export function bootTimeMs(): number {
   return kernelBootTime;
 }
 
-export async function sampleResources(storeDir: string): Promise<ResourceSample> {
+export async function sampleResources(storeDir: string, addresses: AddressReuse): Promise<ResourceSample> {
   const up = uptime();
   const [l1, l5, l15] = loadavg();
   return {
     hostName: hostname(),
-    hostAddresses: hostAddresses(),
+    hostAddresses: hostAddresses(addresses),
     bootTime: bootTimeMs(),
     uptimeS: Math.round(up),
     load: [round2(l1 ?? 0), round2(l5 ?? 0), round2(l15 ?? 0)],

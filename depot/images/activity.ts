@@ -1,3 +1,5 @@
+import type { Clock } from '../../shared/clock.ts';
+
 // What the image store is doing now: imports, verifies and clones running ("busy"), the per-image
 // locks of receives and commits, and when the last of them ended. Spare copies are made only
 // while the store is quiet (spare-copies.ts), and prune() leaves a locked image alone.
@@ -10,13 +12,15 @@ export class StoreActivity {
   /** When the last import, verify, clone, receive or commit ended. */
   lastActive = 0;
 
+  constructor(private readonly clock: Clock) {}
+
   async busyWhile<T>(fn: () => Promise<T>): Promise<T> {
     this.busy++;
     try {
       return await fn();
     } finally {
       this.busy--;
-      this.lastActive = Date.now();
+      this.lastActive = this.clock.now();
     }
   }
 
@@ -29,7 +33,7 @@ export class StoreActivity {
       return await run;
     } finally {
       if (this.locks.get(id) === tail) this.locks.delete(id);
-      this.lastActive = Date.now();
+      this.lastActive = this.clock.now();
     }
   }
 

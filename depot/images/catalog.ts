@@ -2,8 +2,10 @@ import { lstat, mkdir, readdir, readFile, rename, rm, stat, statfs, writeFile } 
 import { dirname, join, resolve, sep } from 'node:path';
 import type { Logger } from '../../shared/logger.ts';
 import { silentLogger } from '../../shared/logger.ts';
+import { SystemClock, type Clock } from '../../shared/clock.ts';
+import { StoreSection } from '../../shared/config.ts';
 import { NavigatorError, errorMessage, isNavigatorError } from '../../shared/errors.ts';
-import { DEFAULT_BLOCK_SIZE, canonicalJson, manifestId, parseManifest, totalBytes, type ImageManifest, type ManifestFile } from './manifest.ts';
+import { canonicalJson, manifestId, parseManifest, totalBytes, type ImageManifest, type ManifestFile } from './manifest.ts';
 import { checkFiles, hashFile, walkRegularFiles, type BadItem } from './file-checks.ts';
 import { ID_RE, StoreLayout, isEnospc, rand } from './store-layout.ts';
 import { StoreActivity } from './activity.ts';
@@ -23,26 +25,29 @@ import { ReceiveCommit, type CommitResult } from './receive-commit.ts';
 // never see a half-written image. Containers never run from the stored copy: clone() makes a
 // copy-on-write copy (`cp --reflink=auto -a`).
 
+/** Options left out take the config's defaults (section `store`). */
 export interface ImageStoreOptions {
   /** Store folder (config.store.dir). */
   dir: string;
   /** Versions kept per image name (config.store.keepVersions). */
   keepVersions: number;
   logger?: Logger;
-  /** Block size for images imported here (default 4 MiB; tests use smaller ones). */
+  /** When the store was last busy, and when spare copies are due. */
+  clock?: Clock;
+  /** Block size for images imported here (config.store.blockBytes; tests use smaller ones). */
   blockSize?: number;
   /** Ids that must never be pruned (images in use by containers, transfers). */
   pinned?: () => Iterable<string>;
   /**
-   * Keep a spare copy of the newest received version of each image name (default true), made
+   * Keep a spare copy of the newest received version of each image name (config.store.spareCopies), made
    * when the store is idle: on a file system without reflink the next delta then starts from it
    * instead of waiting for a whole copy of the base. Costs one image's space per name; made only
    * if as much stays free, dropped whenever an import or receive needs the space.
    */
   spareCopies?: boolean;
-  /** Images smaller than this get no spare: copying them is quick anyway (default 256 MiB). */
+  /** Images smaller than this get no spare: copying them is quick anyway (config.store.spareMinBytes). */
   spareMinBytes?: number;
-  /** Quiet time (no import, verify, clone, receive) before spares are made after a commit, so the copy does not compete with the clone that often follows (default 500 ms). */
+  /** Quiet time (no import, verify, clone, receive) before spares are made after a commit, so the copy does not compete with the clone that often follows (config.store.spareDelayMs). */
   spareDelayMs?: number;
 }
 
@@ -74,7 +79,7 @@ export class ImageStore {
   private readonly pinned: () => Iterable<string>;
   private readonly manifests = new Map<string, ImageManifest>();
   private readonly layout: StoreLayout;
-  private readonly activity = new StoreActivity();
+  private readonly activity: StoreActivity;
   private readonly spares: SpareCopies;
   private readonly seeds: DeltaSeeds;
   private readonly receiver: Receiver;
@@ -84,12 +89,20 @@ export class ImageStore {
     this.layout = new StoreLayout(opts.dir);
     this.dir = this.layout.dir;
     this.keepVersions = opts.keepVersions;
-    this.blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
+    const defaults = StoreSection.parse({});
+    this.blockSize = opts.blockSize ?? defaults.blockBytes;
     this.log = (opts.logger ?? silentLogger()).child({ component: 'image-store' });
     this.pinned = opts.pinned ?? (() => []);
-    const { layout, activity, log } = this;
+    const clock = opts.clock ?? new SystemClock();
+    const activity = (this.activity = new StoreActivity(clock));
+    const { layout, log } = this;
     this.spares = new SpareCopies({
-      settings: { enabled: opts.spareCopies ?? true, minBytes: opts.spareMinBytes ?? 256 * 1024 * 1024, delayMs: opts.spareDelayMs ?? 500 },
+      settings: {
+        enabled: opts.spareCopies ?? defaults.spareCopies,
+        minBytes: opts.spareMinBytes ?? defaults.spareMinBytes,
+        delayMs: opts.spareDelayMs ?? defaults.spareDelayMs,
+      },
+      clock,
       layout,
       catalog: this,
       storeBusy: () => !activity.idle() || this.seeds.copying(),

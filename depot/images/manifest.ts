@@ -7,7 +7,6 @@ import { NavigatorError } from '../../shared/errors.ts';
 // id names exactly one content and anything received can be checked block by block (hashing the
 // files themselves: file-checks.ts).
 
-export const DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024;
 export const MIN_BLOCK_SIZE = 64 * 1024;
 export const MAX_BLOCK_SIZE = 64 * 1024 * 1024;
 

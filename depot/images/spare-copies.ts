@@ -2,6 +2,7 @@ import { constants as fsConstants } from 'node:fs';
 import { copyFile, lstat, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../../shared/logger.ts';
+import type { Clock, TimerHandle } from '../../shared/clock.ts';
 import { errorMessage } from '../../shared/errors.ts';
 import { totalBytes, type ImageManifest } from './manifest.ts';
 import { hashBlocks, hashFile } from './file-checks.ts';
@@ -35,6 +36,8 @@ export interface SpareCatalog {
 
 export interface SpareCopiesOptions {
   settings: SpareSettings;
+  /** When spares are due (the store's quiet time), and the waits while it is busy. */
+  clock: Clock;
   layout: StoreLayout;
   catalog: SpareCatalog;
   /** True while the store imports, verifies, clones or receives (spares wait for a quiet store). */
@@ -51,7 +54,7 @@ export class SpareCopies {
   private readonly log: Logger;
   /** Names of images received here: their newest version gets a spare. */
   private readonly receivedNames = new Set<string>();
-  private timer: NodeJS.Timeout | undefined;
+  private timer: TimerHandle | undefined;
   /** The spare being made (one at a time); `copied` once its files are in place, before the hash. */
   private build: { id: string; copied: Promise<void>; done: Promise<void> } | undefined;
   /** Bumped to stop a spare being made (space needed, image removed, stop). */
@@ -75,7 +78,7 @@ export class SpareCopies {
   stop(): Promise<void> | undefined {
     this.stopped = true;
     this.epoch++;
-    clearTimeout(this.timer);
+    this.opts.clock.clear(this.timer);
     return this.build?.done;
   }
 
@@ -132,12 +135,11 @@ export class SpareCopies {
 
   private schedule(inMs = this.settings.delayMs): void {
     if (!this.enabled || this.stopped) return;
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
+    this.opts.clock.clear(this.timer);
+    this.timer = this.opts.clock.setTimeout(() => {
       this.timer = undefined;
       this.refresh().catch((err) => this.log.warn({ event: 'spare-failed', err: errorMessage(err) }, 'making a spare copy failed'));
     }, inMs);
-    this.timer.unref();
   }
 
   /** Make the spares that are wanted (one at a time) and drop the others. */
@@ -145,7 +147,7 @@ export class SpareCopies {
     // Not while receiving (locks held, seeds copying) or making one: try again later.
     if (this.build || this.opts.storeBusy()) return this.schedule();
     // Only once the store has been quiet for the whole delay.
-    const quietMs = Date.now() - this.opts.lastActive();
+    const quietMs = this.opts.clock.now() - this.opts.lastActive();
     if (quietMs < this.settings.delayMs) return this.schedule(this.settings.delayMs - quietMs);
     const spareDir = join(this.layout.dir, 'spare');
     const have = (await readdir(spareDir).catch(() => [] as string[])).filter((e) => ID_RE.test(e));
@@ -231,7 +233,7 @@ export class SpareCopies {
   private async quietFor(epoch: number): Promise<boolean> {
     while (this.opts.storeBusy()) {
       if (epoch !== this.epoch) return false;
-      await new Promise((r) => setTimeout(r, 100));
+      await this.opts.clock.sleep(100);
     }
     return epoch === this.epoch;
   }

@@ -1,6 +1,7 @@
 import * as lp from 'it-length-prefixed';
 import type { PeerId } from '@libp2p/interface';
 import type { Logger } from '../../shared/logger.ts';
+import { JournalSection } from '../../shared/config.ts';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import { JOURNAL_PROTOCOL, MAX_CONTROL_BYTES, encodeMessage } from '../../shared/wire.ts';
 import type { NavigatorNode } from '../libp2p.ts';
@@ -14,6 +15,7 @@ export interface JournalGapFillOptions {
   node: NavigatorNode;
   journal: Journal;
   logger: Logger;
+  /** A request to a peer, and the answer to one, is given up after this long (config.journal.fetchTimeoutMs; default: its default). */
   timeoutMs?: number;
 }
 
@@ -29,7 +31,7 @@ export class JournalGapFill {
     this.node = opts.node;
     this.journal = opts.journal;
     this.log = opts.logger.child({ component: 'journal-gap-fill' });
-    this.timeoutMs = opts.timeoutMs ?? 5000;
+    this.timeoutMs = opts.timeoutMs ?? JournalSection.parse({}).fetchTimeoutMs;
   }
 
   async start(): Promise<void> {

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { mkdir, open, readFile, truncate, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Logger } from '../../shared/logger.ts';
+import { JournalSection } from '../../shared/config.ts';
 import { NavigatorError } from '../../shared/errors.ts';
 import {
   JournalFetchRequest,
@@ -20,6 +21,8 @@ import {
 export interface JournalOptions {
   path: string;
   logger: Logger;
+  /** Gap filling asks for records from the newest held minus this (config.journal.gapSlackMs; default: its default). */
+  gapSlackMs?: number;
 }
 
 export interface PageQuery {
@@ -58,8 +61,6 @@ export interface FillResult {
 
 export type JournalFetchFn = (request: JournalFetchRequest) => Promise<unknown>;
 
-/** Records whose time is within this of our newest are asked for again: covers clock skew between hosts. */
-export const DEFAULT_GAP_SLACK_MS = 5 * 60_000;
 export const MAX_PAGE = 500;
 
 type OrderKey = { time: number; id: string };
@@ -68,6 +69,7 @@ const cmp = (a: OrderKey, b: OrderKey): number => a.time - b.time || (a.id < b.i
 export class Journal extends EventEmitter<{ movement: [MovementRecord, number] }> {
   readonly path: string;
   private readonly log: Logger;
+  private readonly gapSlackMs: number;
   private fh: FileHandle | undefined;
   /** By local sequence number - 1. */
   private readonly entries: JournalEntry[] = [];
@@ -82,6 +84,7 @@ export class Journal extends EventEmitter<{ movement: [MovementRecord, number] }
     super();
     this.path = opts.path;
     this.log = opts.logger.child({ component: 'journal' });
+    this.gapSlackMs = opts.gapSlackMs ?? JournalSection.parse({}).gapSlackMs;
   }
 
   /** Read the file (created if missing); a torn last line from a crash is cut off and logged. */
@@ -287,11 +290,12 @@ export class Journal extends EventEmitter<{ movement: [MovementRecord, number] }
 
   /**
    * Ask a peer (through `fetch`, e.g. JournalGapFill.fetcher(peer) or the control protocol) for
-   * everything from our newest record time minus `slackMs` on, page by page, and append what is
-   * new. Validates every answer; a bad answer throws and keeps what was appended so far.
+   * everything from our newest record time minus `slackMs` (default: the journal's gap slack,
+   * which covers clock differences between hosts) on, page by page, and append what is new.
+   * Validates every answer; a bad answer throws and keeps what was appended so far.
    */
   async fillGaps(fetch: JournalFetchFn, opts: { slackMs?: number; maxPages?: number } = {}): Promise<FillResult> {
-    const slack = opts.slackMs ?? DEFAULT_GAP_SLACK_MS;
+    const slack = opts.slackMs ?? this.gapSlackMs;
     const newest = this.newestTime;
     const sinceTime = newest === undefined ? 0 : Math.max(0, newest - slack);
     const maxPages = opts.maxPages ?? 10_000;

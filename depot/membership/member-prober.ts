@@ -4,27 +4,30 @@ import type { Stream } from '@libp2p/interface';
 import type { z } from 'zod';
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { Logger } from '../../shared/logger.ts';
+import type { Clock } from '../../shared/clock.ts';
 import { HeartbeatMessage, MembersResponse, PROTOCOLS, ProbeProtocolRequest, ProbeResponse, decodeMessage, encodeMessage, type ProbeRequest } from '../../shared/wire.ts';
 import type { NavigatorNode } from '../libp2p.ts';
-import { PING_PROTOCOL, PingChannels, answerPings } from './ping-channel.ts';
+import { PING_PROTOCOL, PING_STREAM_IDLE_MS, PingChannels, answerPings } from './ping-channel.ts';
 
 // SWIM probing of a suspect depot: a direct libp2p ping and, in parallel, ping-req through a
 // few other depots (PROTOCOLS.probe), so one bad link does not make a healthy depot look dead.
 // Frames are length-prefixed JSON, schema-checked, with a small size limit and timeouts.
 
 const MAX_PROBE_FRAME = 1024;
-/** How far back the event-loop delay is looked at. */
-const LAG_WINDOW_MS = 5000;
-/** Most extra time a starved depot gives a ping. */
-const MAX_LAG_ALLOWANCE_MS = 4000;
 /** A members list of 1024 depots with a few addresses each. */
 const MAX_MEMBERS_FRAME = 1_048_576;
 
 export interface MemberProberOptions {
   node: NavigatorNode;
   log: Logger;
+  /** The ping channels' clock (when a kept ping stream is too old to trust). */
+  clock: Clock;
   /** Timeout of one ping (membership.probeTimeoutMs). */
   probeTimeoutMs: number;
+  /** How far back this process's event-loop delay is looked at (membership.lagWindowMs). */
+  lagWindowMs: number;
+  /** Most extra time a starved depot gives a ping (membership.maxLagAllowanceMs). */
+  maxLagAllowanceMs: number;
   /** Depots this one knows alive or suspect, for a joining peer's `members` request. */
   members?: () => MembersResponse['members'];
   /** This depot's current heartbeat, for a newly connected peer's `heartbeat` request. */
@@ -43,16 +46,17 @@ export class MemberProber {
   private readonly channels: PingChannels;
 
   constructor(private readonly opts: MemberProberOptions) {
-    this.channels = new PingChannels({ node: opts.node });
+    this.channels = new PingChannels({ node: opts.node, clock: opts.clock });
   }
 
   async start(): Promise<void> {
     await this.opts.node.handle(PROTOCOLS.probe, ({ stream }) => void this.serve(stream), { runOnLimitedConnection: false });
     // The ping spec: at most two inbound ping streams per peer (one kept, one being replaced).
-    await this.opts.node.handle(PING_PROTOCOL, ({ stream }) => void answerPings(stream), { runOnLimitedConnection: false, maxInboundStreams: 2 });
+    await this.opts.node.handle(PING_PROTOCOL, ({ stream }) => void answerPings(stream, PING_STREAM_IDLE_MS, this.opts.clock), { runOnLimitedConnection: false, maxInboundStreams: 2 });
     this.loopDelay.enable();
-    // A sliding view: the last few seconds of delays, not the whole life of the process.
-    this.lagResetTimer = setInterval(() => this.loopDelay.reset(), LAG_WINDOW_MS);
+    // A sliding view: the last few seconds of delays, not the whole life of the process. A real
+    // timer, not the clock: the histogram measures this process's real event-loop delay.
+    this.lagResetTimer = setInterval(() => this.loopDelay.reset(), this.opts.lagWindowMs);
     this.lagResetTimer.unref();
   }
 
@@ -70,7 +74,7 @@ export class MemberProber {
    */
   lagAllowanceMs(): number {
     const maxMs = this.loopDelay.max / 1e6;
-    return Number.isFinite(maxMs) && maxMs > 50 ? Math.min(MAX_LAG_ALLOWANCE_MS, Math.round(2 * maxMs)) : 0;
+    return Number.isFinite(maxMs) && maxMs > 50 ? Math.min(this.opts.maxLagAllowanceMs, Math.round(2 * maxMs)) : 0;
   }
 
   /** Ping `target` directly; resolves the round trip in ms, or undefined on failure/timeout. */

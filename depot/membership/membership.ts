@@ -1,6 +1,7 @@
 import type { DeadMessage, HeartbeatMessage, LeftMessage } from '../../shared/wire.ts';
 import { compareNames } from '../../shared/order.ts';
 import type { MemberState } from '../../shared/member-state.ts';
+import { MembershipSection, type Config } from '../../shared/config.ts';
 
 // Membership and failure detection as a pure state machine (memberlist/SWIM style). It never
 // reads a clock, opens a socket or sets a timer: the daemon feeds it what it observed together
@@ -46,16 +47,14 @@ export interface MembershipTiming {
   forgetAfterMs: number;
 }
 
-export const DEFAULT_TIMING: MembershipTiming = {
-  heartbeatMs: 1000,
-  heartbeatRefreshMs: 30_000,
-  probeIntervalMs: 1000,
-  suspectAfterMissed: 3,
-  probeTimeoutMs: 500,
-  indirectProbes: 2,
-  suspectTimeoutMs: 1500,
-  forgetAfterMs: 3_600_000,
-};
+/** The failure detector's part of config section `membership`. */
+export function membershipTiming(m: Config['membership']): MembershipTiming {
+  const { heartbeatMs, heartbeatRefreshMs, probeIntervalMs, suspectAfterMissed, probeTimeoutMs, indirectProbes, suspectTimeoutMs, forgetAfterMs } = m;
+  return { heartbeatMs, heartbeatRefreshMs, probeIntervalMs, suspectAfterMissed, probeTimeoutMs, indirectProbes, suspectTimeoutMs, forgetAfterMs };
+}
+
+/** The config's defaults, for fields a caller leaves out. */
+const DEFAULT_TIMING = membershipTiming(MembershipSection.parse({}));
 
 export interface Member {
   peerId: string;

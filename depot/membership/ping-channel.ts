@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { peerIdFromString } from '@libp2p/peer-id';
 import type { Stream } from '@libp2p/interface';
 import { byteStream, type ByteStream } from 'it-byte-stream';
+import { SystemClock, type Clock } from '../../shared/clock.ts';
 import type { NavigatorNode } from '../libp2p.ts';
 
 // Direct pings over one long-lived libp2p ping stream per peer, both ends. The ping protocol
@@ -19,6 +20,8 @@ const PING_LENGTH = 32;
 /**
  * How long the answering side keeps a stream without pings open. Round-robin probing reaches
  * each peer about every N seconds (N depots), so streams last on clusters up to ~100 depots.
+ * Not a knob: the dialing side's CHANNEL_REUSE_MS is derived from it, and both ends of every
+ * connection (depots of possibly different configs) must agree on it.
  */
 export const PING_STREAM_IDLE_MS = 120_000;
 /** A channel unused this long is not trusted to be open at the other end any more. */
@@ -34,11 +37,13 @@ interface Channel {
 
 export class PingChannels {
   private readonly channels = new Map<string, Channel>();
+  private readonly node: NavigatorNode;
+  /** Decides when a channel is too old to trust; also times the round trips. */
+  private readonly clock: Clock;
 
-  constructor(private readonly opts: { node: NavigatorNode; now?: () => number }) {}
-
-  private now(): number {
-    return this.opts.now?.() ?? Date.now();
+  constructor(opts: { node: NavigatorNode; clock?: Clock }) {
+    this.node = opts.node;
+    this.clock = opts.clock ?? new SystemClock();
   }
 
   /** Round trip to `peer` in ms; throws when the ping fails or `signal` fires first. */
@@ -78,31 +83,31 @@ export class PingChannels {
   }
 
   private usable(ch: Channel): boolean {
-    return ch.stream.status === 'open' && this.now() - ch.lastUsed < CHANNEL_REUSE_MS;
+    return ch.stream.status === 'open' && this.clock.now() - ch.lastUsed < CHANNEL_REUSE_MS;
   }
 
   private async open(peer: string, signal: AbortSignal): Promise<Channel> {
-    const stream = await this.opts.node.dialProtocol(peerIdFromString(peer), PING_PROTOCOL, { signal });
+    const stream = await this.node.dialProtocol(peerIdFromString(peer), PING_PROTOCOL, { signal });
     const existing = this.channels.get(peer);
     if (existing && this.usable(existing)) {
       // Another ping opened one meanwhile: keep that one (one outbound ping stream per peer).
       stream.abort(new Error('duplicate ping stream'));
       return existing;
     }
-    const ch: Channel = { stream, bytes: byteStream(stream), lastUsed: this.now(), queue: Promise.resolve() };
+    const ch: Channel = { stream, bytes: byteStream(stream), lastUsed: this.clock.now(), queue: Promise.resolve() };
     this.channels.set(peer, ch);
     return ch;
   }
 
   private async pingOn(peer: string, ch: Channel, signal: AbortSignal): Promise<number> {
     signal.throwIfAborted();
-    const started = this.now();
+    const started = this.clock.now();
     const data = randomBytes(PING_LENGTH);
     try {
       const [, echo] = await Promise.all([ch.bytes.write(data, { signal }), ch.bytes.read({ bytes: PING_LENGTH, signal })]);
       if (!Buffer.from(echo.subarray()).equals(data)) throw new Error(`wrong ping answer from ${peer}`);
-      ch.lastUsed = this.now();
-      return this.now() - started;
+      ch.lastUsed = this.clock.now();
+      return this.clock.now() - started;
     } catch (err) {
       // A late or missing answer would be read as the answer to the next ping: start over.
       this.drop(peer, ch);
@@ -116,25 +121,28 @@ export class PingChannels {
   }
 }
 
+const systemClock = new SystemClock();
+
 /**
  * The answering side: echo every 32 bytes until the dialer closes the stream or sends nothing for
  * `idleMs`. One timer per stream, re-armed by each ping.
  */
-export async function answerPings(stream: Stream, idleMs = PING_STREAM_IDLE_MS): Promise<void> {
+export async function answerPings(stream: Stream, idleMs = PING_STREAM_IDLE_MS, clock: Clock = systemClock): Promise<void> {
   const bytes = byteStream(stream);
   const idle = new AbortController();
-  const timer = setTimeout(() => idle.abort(new Error('ping stream idle')), idleMs);
-  timer.unref();
+  const arm = () => clock.setTimeout(() => idle.abort(new Error('ping stream idle')), idleMs);
+  let timer = arm();
   try {
     for (;;) {
       const ping = await bytes.read({ bytes: PING_LENGTH, signal: idle.signal });
-      timer.refresh();
+      clock.clear(timer);
+      timer = arm();
       await bytes.write(ping, { signal: idle.signal });
     }
   } catch {
     // the dialer closed the stream (the usual end), went idle, or the connection went away
   } finally {
-    clearTimeout(timer);
+    clock.clear(timer);
     if (stream.status === 'open') await stream.close().catch((err: unknown) => stream.abort(err instanceof Error ? err : new Error(String(err))));
   }
 }

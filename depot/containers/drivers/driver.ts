@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import type { Logger } from '../../../shared/logger.ts';
+import { ContainersSection, type Config } from '../../../shared/config.ts';
 import { ContainerState } from '../../../shared/wire.ts';
 
 // One interface over the three ways a depot can run a service container. The container spec a
@@ -95,4 +96,15 @@ export interface DriverContext {
   vmrunPath?: string;
   /** QEMU binary (default `qemu-system-x86_64`). */
   qemuPath?: string;
+  /** Driver timing (config section `containers`; default: its defaults). */
+  timing?: DriverTiming;
+}
+
+/** The drivers' knobs in config section `containers`. */
+export type DriverTiming = Pick<Config['containers'], 'processPrimaryStopMs' | 'processTermRepeatMs' | 'qemuStartTimeoutMs' | 'vmrunCommandTimeoutMs'>;
+
+const DEFAULT_TIMING: DriverTiming = ContainersSection.parse({});
+
+export function driverTiming(ctx: DriverContext): DriverTiming {
+  return ctx.timing ?? DEFAULT_TIMING;
 }

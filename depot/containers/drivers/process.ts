@@ -6,7 +6,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import type { Logger } from '../../../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../../../shared/errors.ts';
-import type { ContainerDriver, ContainerStateName, DriverContext, ExecResult, ProcessSpec, StopOptions, StopResult } from './driver.ts';
+import { driverTiming, type ContainerDriver, type ContainerStateName, type DriverContext, type DriverTiming, type ExecResult, type ProcessSpec, type StopOptions, type StopResult } from './driver.ts';
 import { insideDir } from './paths.ts';
 import { tcpOpen } from '../../../shared/tcp-probe.ts';
 import { fileDescriptor, groupAlive, groupMembers } from './proc.ts';
@@ -75,8 +75,6 @@ export type ContainerManifestInput = z.input<typeof ContainerManifest>;
 const PIDS_FILE = '.navigator-pgids.json';
 /** Process groups of the primary-only commands, kept apart so a standby's health ignores them. */
 const PRIMARY_PIDS_FILE = '.navigator-primary-pgids.json';
-const PRIMARY_STOP_MS = 10_000;
-const TERM_REPEAT_MS = 1000;
 
 export async function readManifest(path: string): Promise<ContainerManifest> {
   let text: string;
@@ -104,6 +102,7 @@ export class ProcessDriver implements ContainerDriver {
   private manifest: ContainerManifest | undefined;
   private readonly log: Logger;
   private readonly manifestPath: string;
+  private readonly timing: DriverTiming;
 
   constructor(
     spec: ProcessSpec,
@@ -111,6 +110,7 @@ export class ProcessDriver implements ContainerDriver {
   ) {
     this.manifestPath = insideDir(ctx.dir, spec.manifest, 'manifest');
     this.log = ctx.logger.child({ component: 'process-driver', container: ctx.id });
+    this.timing = driverTiming(ctx);
   }
 
   async load(): Promise<ContainerManifest> {
@@ -194,7 +194,7 @@ export class ProcessDriver implements ContainerDriver {
     const timeoutMs = opts.timeoutMs ?? 30_000;
     const m = await this.load();
     const primaryGroups = (await this.groups(PRIMARY_PIDS_FILE)).filter(groupAlive);
-    if (primaryGroups.length > 0) await this.killGroups(primaryGroups, Math.min(timeoutMs, PRIMARY_STOP_MS));
+    if (primaryGroups.length > 0) await this.killGroups(primaryGroups, Math.min(timeoutMs, this.timing.processPrimaryStopMs));
     await rm(join(this.ctx.dir, PRIMARY_PIDS_FILE), { force: true });
     const groups = (await this.groups()).filter(groupAlive);
     if (groups.length === 0) {
@@ -217,11 +217,12 @@ export class ProcessDriver implements ContainerDriver {
         for (;;) {
           signalGroups(groups, 'SIGTERM');
           const left = timeoutMs - (Date.now() - started);
-          if (await waitGroupsGone(groups, Math.min(TERM_REPEAT_MS, Math.max(0, left)))) {
+          const repeatMs = this.timing.processTermRepeatMs;
+          if (await waitGroupsGone(groups, Math.min(repeatMs, Math.max(0, left)))) {
             forced = false;
             break;
           }
-          if (left <= TERM_REPEAT_MS) break;
+          if (left <= repeatMs) break;
         }
       }
     }
@@ -233,14 +234,14 @@ export class ProcessDriver implements ContainerDriver {
 
   /**
    * Primary: start the manifest's `primary` commands (each long-running one its own process
-   * group). Any other role: stop them (SIGTERM, SIGKILL after PRIMARY_STOP_MS). Idempotent.
+   * group). Any other role: stop them (SIGTERM, SIGKILL after containers.processPrimaryStopMs). Idempotent.
    */
   async setRole(role: 'primary' | 'standby' | 'none'): Promise<void> {
     const m = await this.load();
     const running = (await this.groups(PRIMARY_PIDS_FILE)).filter(groupAlive);
     if (role !== 'primary') {
       if (running.length > 0) {
-        await this.killGroups(running, PRIMARY_STOP_MS);
+        await this.killGroups(running, this.timing.processPrimaryStopMs);
         this.log.info({ event: 'primary-processes-stopped', groups: running }, 'primary-only processes stopped');
       }
       await rm(join(this.ctx.dir, PRIMARY_PIDS_FILE), { force: true });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../../../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../../../shared/errors.ts';
-import type { ContainerDriver, ContainerStateName, DriverContext, ExecResult, QemuSpec, StopOptions, StopResult } from './driver.ts';
+import { driverTiming, type ContainerDriver, type ContainerStateName, type DriverContext, type ExecResult, type QemuSpec, type StopOptions, type StopResult } from './driver.ts';
 import { insideDir } from './paths.ts';
 import { QmpClient } from './qmp.ts';
 import { alive, fileDescriptor } from './proc.ts';
@@ -14,7 +14,6 @@ import { alive, fileDescriptor } from './proc.ts';
 // running VM again from the files alone. The VM outlives the depot process on purpose.
 
 const SOCKET_PATH_MAX = 107; // sun_path is 108 bytes with the terminating NUL
-const START_TIMEOUT_MS = 15_000;
 
 export function kvmAvailable(): boolean {
   try {
@@ -103,7 +102,8 @@ export class QemuDriver implements ContainerDriver {
       closeSync(fd);
     }
     // Ready when QMP answers: the socket exists from the moment QEMU has parsed its options.
-    while (Date.now() - started < START_TIMEOUT_MS) {
+    const startTimeoutMs = driverTiming(this.ctx).qemuStartTimeoutMs;
+    while (Date.now() - started < startTimeoutMs) {
       if (exited) {
         const tail = (await readFile(this.logFile, 'utf8').catch(() => '')).split('\n').filter(Boolean).slice(-3).join(' | ');
         throw new NavigatorError('DRIVER_FAILED', `qemu exited at start (code ${exited.code ?? 'none'}): ${tail.slice(0, 800)}`);
@@ -118,7 +118,7 @@ export class QemuDriver implements ContainerDriver {
       }
     }
     await this.kill();
-    throw new NavigatorError('TIMEOUT', `qemu did not answer on QMP within ${START_TIMEOUT_MS} ms`);
+    throw new NavigatorError('TIMEOUT', `qemu did not answer on QMP within ${startTimeoutMs} ms`);
   }
 
   /** ACPI power button (system_powerdown), then `quit`, then SIGKILL. */

@@ -5,7 +5,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import type { Logger } from '../../../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../../../shared/errors.ts';
-import type { ContainerDriver, ContainerStateName, DriverContext, ExecResult, StopOptions, StopResult, VmrunSpec } from './driver.ts';
+import { driverTiming, type ContainerDriver, type ContainerStateName, type DriverContext, type ExecResult, type StopOptions, type StopResult, type VmrunSpec } from './driver.ts';
 import { insideDir } from './paths.ts';
 
 // VMware Workstation / Player through its command-line tool. vmrun's conventions: host-type and
@@ -24,8 +24,6 @@ export const GuestCredentials = z
 export type GuestCredentials = z.infer<typeof GuestCredentials>;
 
 export type ToolsState = 'running' | 'installed' | 'unknown';
-
-const DEFAULT_CMD_TIMEOUT_MS = 120_000;
 
 export class VmrunDriver implements ContainerDriver {
   readonly kind = 'vmrun' as const;
@@ -133,11 +131,12 @@ export class VmrunDriver implements ContainerDriver {
     const argv = ['-T', this.spec.hostType];
     if (opts.auth) argv.push('-gu', opts.auth.user, '-gp', opts.auth.password);
     argv.push(command, ...params);
+    const timeoutMs = opts.timeoutMs ?? driverTiming(this.ctx).vmrunCommandTimeoutMs;
     const started = Date.now();
     const { execa } = await import('execa');
     const r = await execa(this.bin, argv, {
       reject: false,
-      timeout: opts.timeoutMs ?? DEFAULT_CMD_TIMEOUT_MS,
+      timeout: timeoutMs,
       forceKillAfterDelay: 2000,
       stdin: 'ignore',
       all: true,
@@ -146,7 +145,7 @@ export class VmrunDriver implements ContainerDriver {
     const text = scrub(String(r.all ?? ''), opts.auth?.password);
     if (r.timedOut) {
       this.log.warn({ event: 'vmrun-timeout', command, durationMs }, 'vmrun timed out');
-      throw new NavigatorError('TIMEOUT', `vmrun ${command} did not finish within ${opts.timeoutMs ?? DEFAULT_CMD_TIMEOUT_MS} ms`, { command });
+      throw new NavigatorError('TIMEOUT', `vmrun ${command} did not finish within ${timeoutMs} ms`, { command });
     }
     if (r.exitCode === undefined) {
       const code = (r.cause as NodeJS.ErrnoException | undefined)?.code ?? 'spawn failed';
