@@ -1,4 +1,4 @@
-// bench:gossip, part 2: 128 and 256 depots in one process over the libp2p memory transport (see
+// bench:gossip, the second half: 128 and 256 depots in one process over the libp2p memory transport (see
 // bench/gossip.ts for the whole bench). Run by gossip.ts in a child process per size (with
 // MEM_NODE_ARGS), which prints its RunResult as its last stdout line.
 

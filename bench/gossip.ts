@@ -146,7 +146,7 @@ async function runProcesses(n: number): Promise<RunResult> {
     const convergeMs = convergedAt - lastStart;
     process.stderr.write(`  converged ${convergeMs} ms after the last start; settling, then ${IDLE_S} s idle window\n`);
     // Idle means a depot's steady state, not its first minute: the last depots started ~30 s ago
-    // still run their start-up member syncs (every second for 30 s), V8 still optimises hot code.
+    // still run their start-up member exchanges (every second for 30 s), V8 still optimises hot code.
     process.stderr.write(`  settling ${SETTLE_S} s before the idle window\n`);
     await sleep(SETTLE_S * 1000);
 

@@ -19,7 +19,7 @@ export interface Board {
  * Image movement for `image` (all images when undefined): this depot's transfers (rate, ETA),
  * then what depots report receiving that is not one of those (shipped by another depot).
  */
-export function transferItems(transfers: readonly TransferRow[], depots: readonly DepotRowLike[], image?: string): Array<[string, ProgressItem]> {
+function transferItems(transfers: readonly TransferRow[], depots: readonly DepotRowLike[], image?: string): Array<[string, ProgressItem]> {
   const mine = transfers.filter((t) => image === undefined || t.imageId === image);
   const names = imageNames(transfers, depots);
   return [

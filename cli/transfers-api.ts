@@ -45,7 +45,7 @@ export async function fetchTransfers(api: string, timeoutMs = 5000): Promise<Tra
   return body.transfers.filter(isActive);
 }
 
-export function isActive(t: TransferRow): boolean {
+function isActive(t: TransferRow): boolean {
   return t.state !== 'done' && t.state !== 'failed';
 }
 

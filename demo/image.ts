@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { REPO_ROOT } from '../shared/repo-root.ts';
 import { stringify } from 'yaml';
 import { ContainerManifest } from '../depot/containers/drivers/process.ts';
@@ -26,7 +26,7 @@ export interface DemoImage {
 }
 
 /** Does this checkout's process driver know `primary:` commands? */
-export function driverHasPrimaryCommands(): boolean {
+function driverHasPrimaryCommands(): boolean {
   return 'primary' in (ContainerManifest as unknown as { shape: Record<string, unknown> }).shape;
 }
 

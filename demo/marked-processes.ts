@@ -48,14 +48,3 @@ export async function killMarked(id: string, host?: string): Promise<number> {
   if (left.length > 0) throw new Error(`processes ${left.join(', ')} of demo ${id} survived SIGKILL`);
   return killed;
 }
-
-/** SIGTERM every marked process (a graceful first step; the caller follows with killMarked). */
-export async function termMarked(id: string, host?: string): Promise<void> {
-  for (const pid of await markedPids(id, host)) {
-    try {
-      process.kill(pid, 'SIGTERM');
-    } catch {
-      // already gone
-    }
-  }
-}

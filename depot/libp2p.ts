@@ -15,7 +15,7 @@ import { NetworkSection } from '../shared/config.ts';
 
 // The one place a libp2p node is composed: TCP (or the in-process memory transport for large
 // simulations), the private-network protector, Noise, Yamux, identify and gossipsub with
-// strict signing. Every other part receives the running node and registers its own protocols.
+// strict signing. Every other component receives the running node and registers its own protocols.
 
 export type NodeServices = {
   identify: Identify;
@@ -31,7 +31,7 @@ export type NavigatorNode = Libp2p<NodeServices>;
  * - floodPublish: the publisher sends to every subscriber it is connected to (with mDNS that is
  *   everyone), so a heartbeat arrives in one hop.
  * - No mesh (D 0): nothing is forwarded. Every depot is connected to every other one (it dials
- *   every depot it hears of, push-pull sync fills gaps, gossip-links.ts repairs broken streams),
+ *   every depot it hears of, the push-pull member exchange fills gaps, gossip/links.ts repairs broken streams),
  *   so forwarding would only send each heartbeat a second time; measured at 32 depots, D 1 cost
  *   about 0.8 KB/s per depot for nothing. Liveness does not depend on heartbeats (probes), and
  *   movements missed while a connection was down are filled from the journal.
@@ -39,7 +39,7 @@ export type NavigatorNode = Libp2p<NodeServices>;
  * - No IHAVE gossip (below).
  * - fastMsgIdFn (from + seqno): duplicates are recognised before their signature is verified.
  */
-export const GOSSIP_TUNING: Partial<GossipsubOpts> = {
+const GOSSIP_TUNING: Partial<GossipsubOpts> = {
   floodPublish: true,
   D: 0,
   Dlo: 0,
@@ -48,7 +48,7 @@ export const GOSSIP_TUNING: Partial<GossipsubOpts> = {
   Dout: 0,
   heartbeatInterval: 5000,
   // No IHAVE gossip: it costs more than the heartbeats it could recover, and every heartbeat is
-  // replaced by the next one anyway (deaths and movements are also pulled: journal sync).
+  // replaced by the next one anyway (deaths are also probed, movements pulled by journal gap filling).
   Dlazy: 0,
   gossipFactor: 0,
   mcacheGossip: 1,

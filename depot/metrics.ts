@@ -2,7 +2,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { GossipMetricsRegister } from './gossip/metrics.ts';
 
 // One Prometheus registry per Depot (never prom-client's global one), so several depots can
-// run in one process (tests, the in-process benchmark). Other parts register their own
+// run in one process (tests, the in-process benchmark). Plugins register their own
 // metrics on `registry`.
 
 /** Why an incoming gossip message was dropped. */
@@ -14,7 +14,7 @@ export type DropReason =
   | 'unsigned' // no valid signature (rejected by gossipsub under StrictSign)
   | 'unknown-topic';
 
-export const DROP_REASONS: readonly DropReason[] = ['too-large', 'not-json', 'schema', 'spoofed', 'unsigned', 'unknown-topic'];
+const DROP_REASONS: readonly DropReason[] = ['too-large', 'not-json', 'schema', 'spoofed', 'unsigned', 'unknown-topic'];
 
 /**
  * How often the event-loop delay histogram samples (prom-client's default is 10 ms). Each sample

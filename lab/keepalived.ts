@@ -140,8 +140,3 @@ export async function keepalivedTrials(n: number, opts: KeepalivedTrialOptions =
   }
   return { trials, outages: trials.map((t) => t.outageMs) };
 }
-
-/** The yardstick's outages (ms), one per trial. */
-export async function runKeepalivedTrials(n: number, opts: KeepalivedTrialOptions = {}): Promise<number[]> {
-  return (await keepalivedTrials(n, opts)).outages;
-}

@@ -108,7 +108,7 @@ export function formatBytes(n: number): string {
   return `${i === 0 ? v.toFixed(0) : v.toFixed(1)} ${units[i]}`;
 }
 
-export function formatDuration(ms: number): string {
+function formatDuration(ms: number): string {
   if (!Number.isFinite(ms)) return '∞';
   const m = Math.round(ms / 60_000);
   if (m < 60) return `${m}m`;

@@ -240,7 +240,6 @@ export const ConfigSchema = z
   .strict();
 
 export type Config = z.infer<typeof ConfigSchema>;
-export type ConfigInput = z.input<typeof ConfigSchema>;
 
 export const DEFAULT_CONFIG_PATH = '/etc/navigator/navigator.yaml';
 export const ENV_PREFIX = 'NAVIGATOR__';

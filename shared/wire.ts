@@ -265,7 +265,7 @@ export type ElectionMessage = z.infer<typeof ElectionMessage>;
 /** Request/response protocol the election messages travel on (one request, one reply per stream). */
 export const ELECTION_PROTOCOL = '/navigator/election/1';
 
-/** Join sync over PROTOCOLS.probe: a depot that just connected asks a peer whom it knows (memberlist push/pull). */
+/** Member exchange over PROTOCOLS.probe: a depot that just connected asks a peer whom it knows (memberlist push/pull). */
 export const MembersRequest = z.object({ type: z.literal('members') });
 export type MembersRequest = z.infer<typeof MembersRequest>;
 export const MembersResponse = z.object({

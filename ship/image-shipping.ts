@@ -42,7 +42,7 @@ export interface ImageShippingOptions {
   ship: Config['ship'];
   /** This depot's store: where shipped images come from. */
   store: ImageStore;
-  /** Control client to the receiving depots (the containers part's). */
+  /** Control calls to the receiving depots (the depot's control component). */
   client: () => ControlCaller;
   /** The membership view: heartbeats say where each depot's sshd is. */
   members: () => readonly MemberView[];

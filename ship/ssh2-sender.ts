@@ -48,7 +48,7 @@ interface ProtocolLike {
 }
 
 /** Batch the socket's writes (see above). Call before handing the socket to ssh2. */
-export function batchWrites(sock: Socket, onWritten?: (chunk: Buffer) => void): void {
+function batchWrites(sock: Socket, onWritten?: (chunk: Buffer) => void): void {
   const flush = () => {
     if (sock.writableCorked) sock.uncork();
   };

@@ -4,7 +4,7 @@ import type { Logger } from '../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../shared/errors.ts';
 import type { RouteHandler, RouteTarget } from '../shared/api/routes.ts';
 
-// The depot's HTTP server (node:http, no framework) with a tiny route table that every part
+// The depot's HTTP server (node:http, no framework) with a tiny route table that every plugin
 // extends: the tracking page, /api/*, server-sent events, /metrics. Paths are exact or have
 // `:name` segments (e.g. /api/services/:id). Handlers either write the response themselves or
 // return a value, which is sent as JSON with status 200 (nothing written and nothing returned:

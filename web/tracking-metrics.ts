@@ -12,7 +12,7 @@ export interface TrackingMetrics {
 }
 
 /**
- * Prometheus metrics of the tracking part on an injected registry: failovers, outage and
+ * Prometheus metrics of the tracking plugin on an injected registry: failovers, outage and
  * re-protection durations (from journal records as they arrive), DB sync age per standby, and
  * image transfer bytes.
  */

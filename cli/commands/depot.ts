@@ -23,7 +23,7 @@ interface RunFlags {
 
 const collect = (value: string, previous: string[] = []) => [...previous, ...value.split(',').map((s) => s.trim()).filter(Boolean)];
 
-export function flagOverrides(f: RunFlags): Record<string, unknown> {
+function flagOverrides(f: RunFlags): Record<string, unknown> {
   const o: Record<string, Record<string, unknown>> = { node: {}, network: {}, http: {}, log: {} };
   if (f.name !== undefined) o.node!.name = f.name;
   if (f.dataDir !== undefined) o.node!.dataDir = f.dataDir;

@@ -44,7 +44,7 @@ export function parseSize(text: string): number {
 
 /** Depot rows → placement candidates; a depot with no resource report yet gets NaN figures,
  * which placement excludes as an unusable report. */
-export function depotsToCandidates(rows: DepotRowForPlacement[]): PlacementCandidate[] {
+function depotsToCandidates(rows: DepotRowForPlacement[]): PlacementCandidate[] {
   const n = (v: number | null | undefined) => (v === null || v === undefined ? Number.NaN : v);
   return rows.map((d) => ({
     name: d.name,
@@ -68,7 +68,7 @@ const DepotRows: BodyCheck<DepotRowForPlacement[]> = {
   safeParse: (body) => (Array.isArray(body) ? DepotList.safeParse(body) : DepotsObject.transform((o) => o.depots).safeParse(body)),
 };
 
-export async function fetchDepotRows(api: string, timeoutMs = 5000): Promise<DepotRowForPlacement[]> {
+async function fetchDepotRows(api: string, timeoutMs = 5000): Promise<DepotRowForPlacement[]> {
   return getDepotJson(api, '/api/depots', DepotRows, { what: 'a depot list', timeoutMs });
 }
 

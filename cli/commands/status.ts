@@ -21,7 +21,7 @@ const DepotsBody: BodyCheck<DepotsResponse> = {
       : { success: false, error: { issues: [{ path: ['depots'], message: 'expected a list' }] } },
 };
 
-export async function fetchDepots(api: string, timeoutMs = 5000): Promise<DepotsResponse> {
+async function fetchDepots(api: string, timeoutMs = 5000): Promise<DepotsResponse> {
   return getDepotJson(api, '/api/depots', DepotsBody, { what: 'a depot list', timeoutMs });
 }
 

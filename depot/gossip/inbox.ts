@@ -22,7 +22,7 @@ export interface GossipInboxOptions {
 
 export class GossipInbox {
   private readonly onMessage = (evt: CustomEvent<Message>) => this.receive(evt.detail);
-  /** Extra topics other parts subscribe through the inbox (decoded and checked by them). */
+  /** Extra topics plugins subscribe through the inbox (decoded and checked by them). */
   private readonly extra = new Map<string, (data: Uint8Array, from: string) => void>();
 
   constructor(private readonly opts: GossipInboxOptions) {}
@@ -45,7 +45,7 @@ export class GossipInbox {
   }
 
   /**
-   * Let another part receive a topic (e.g. TOPICS.events for the journal). The size limit and
+   * Let a plugin receive a topic (e.g. TOPICS.events for the journal). The size limit and
    * the signature check are applied here; the handler decodes with its own schema and should
    * call `drop()` for what it rejects.
    */

@@ -9,11 +9,11 @@ import type { HeartbeatMessage } from '../../shared/wire.ts';
 // sequence number are never a reason: they change every time.
 
 /** Smallest change of the 1-minute load average worth gossiping: this, or a quarter of it, whichever is larger. */
-export const LOAD_STEP = 0.5;
+const LOAD_STEP = 0.5;
 /** Smallest change of free memory, as a fraction of total memory, gossiped at once. */
-export const MEM_STEP = 0.05;
+const MEM_STEP = 0.05;
 /** Smallest change of free disk in the image store, as a fraction of what was free, gossiped at once. */
-export const DISK_STEP = 0.02;
+const DISK_STEP = 0.02;
 
 export type HeartbeatChange = 'first' | 'incarnation' | 'content' | 'load' | 'memory' | 'disk';
 

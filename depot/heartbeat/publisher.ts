@@ -11,18 +11,18 @@ import { heartbeatChange, isUrgent } from './change.ts';
 // Samples this depot's HeartbeatMessage every heartbeatMs and gossips it when it changed enough
 // (change.ts), and at least every refreshMs. The host figures are sampled here; what
 // the depot holds (images, images being received, containers and their roles) comes from
-// content providers that other parts (image store, container supervisor) register. Liveness
+// content providers that plugins (images, containers, pilots) register. Liveness
 // does not depend on heartbeats (membership.ts probes), so a quiet depot costs little traffic.
 
 export interface HeartbeatContent {
   images: string[];
   staging: HeartbeatMessage['staging'];
   containers: ContainerReport[];
-  /** Port of the sshd that receives images (the images part); the last provider that sets it wins. */
+  /** Port of the sshd that receives images (the images plugin); the last provider that sets it wins. */
   sshPort?: number;
 }
 
-/** Returns the part of the heartbeat content a part knows about; lists are concatenated. */
+/** Returns the part of the heartbeat content a plugin knows about; lists are concatenated. */
 export type HeartbeatContentProvider = () => Partial<HeartbeatContent> | Promise<Partial<HeartbeatContent>>;
 
 export interface HeartbeatPublisherOptions {
@@ -123,11 +123,11 @@ export class HeartbeatPublisher {
     const content: HeartbeatContent = { images: [], staging: [], containers: [] };
     for (const p of this.providers) {
       try {
-        const part = await p();
-        content.images.push(...(part.images ?? []));
-        content.staging.push(...(part.staging ?? []));
-        content.containers.push(...(part.containers ?? []));
-        if (part.sshPort !== undefined) content.sshPort = part.sshPort;
+        const contribution = await p();
+        content.images.push(...(contribution.images ?? []));
+        content.staging.push(...(contribution.staging ?? []));
+        content.containers.push(...(contribution.containers ?? []));
+        if (contribution.sshPort !== undefined) content.sshPort = contribution.sshPort;
       } catch (err) {
         o.log.warn({ event: 'heartbeat-provider-failed', err: (err as Error).message }, 'heartbeat content provider failed');
       }

@@ -49,7 +49,7 @@ function readHostAddresses(): string[] {
 }
 
 /** Free disk of the file system holding `dir`; walks up to the nearest existing parent. */
-export async function freeDiskBytes(dir: string): Promise<number> {
+async function freeDiskBytes(dir: string): Promise<number> {
   let path = dir;
   for (let i = 0; i < 64; i++) {
     try {
@@ -70,7 +70,7 @@ let kernelBootTime: number | undefined;
  * Host boot time (ms). The kernel's `btime` never changes; now − uptime would wobble by a few
  * ms on every sample, and a heartbeat whose content "changed" is gossiped at once.
  */
-export function bootTimeMs(): number {
+function bootTimeMs(): number {
   if (kernelBootTime === undefined) {
     try {
       const m = /^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'));

@@ -7,8 +7,8 @@ import { NavigatorError } from '../../shared/errors.ts';
 // id names exactly one content and anything received can be checked block by block (hashing the
 // files themselves: file-checks.ts).
 
-export const MIN_BLOCK_SIZE = 64 * 1024;
-export const MAX_BLOCK_SIZE = 64 * 1024 * 1024;
+const MIN_BLOCK_SIZE = 64 * 1024;
+const MAX_BLOCK_SIZE = 64 * 1024 * 1024;
 
 const Hex256 = z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex digits (SHA-256)');
 

@@ -1,6 +1,6 @@
 import { access, mkdir, rm, writeFile, chown, readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { join, dirname, resolve } from 'node:path';
+import { join, dirname } from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from '../../shared/logger.ts';
 import { REPO_ROOT } from '../../shared/repo-root.ts';

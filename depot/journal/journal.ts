@@ -61,7 +61,7 @@ export interface FillResult {
 
 export type JournalFetchFn = (request: JournalFetchRequest) => Promise<unknown>;
 
-export const MAX_PAGE = 500;
+const MAX_PAGE = 500;
 
 type OrderKey = { time: number; id: string };
 const cmp = (a: OrderKey, b: OrderKey): number => a.time - b.time || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);

@@ -1,9 +1,7 @@
-import type { Message } from '@libp2p/interface';
 import type { Logger } from '../../shared/logger.ts';
 import { errorMessage } from '../../shared/errors.ts';
 import { MovementRecord } from '../../shared/movement.ts';
 import { MAX_GOSSIP_BYTES, MovementMessage, TOPICS, decodeMessage, encodeMessage } from '../../shared/wire.ts';
-import type { NavigatorNode } from '../libp2p.ts';
 import type { Journal } from './journal.ts';
 
 // Live movement records travel between depots as gossip on TOPICS.events (a depot that was down
@@ -13,11 +11,6 @@ import type { Journal } from './journal.ts';
 export function movementMessage(record: MovementRecord): Uint8Array {
   const msg: MovementMessage = { type: 'movement', v: 1, record: MovementRecord.parse(record) };
   return encodeMessage(msg);
-}
-
-/** Gossip one record to every depot straight from a libp2p node (tests, tools without a depot). */
-export async function publishMovement(node: NavigatorNode, record: MovementRecord): Promise<void> {
-  await node.services.pubsub.publish(TOPICS.events, movementMessage(record));
 }
 
 export interface MovementGossipCounters {
@@ -58,25 +51,6 @@ export function movementGossipHandler(journal: Journal, opts: MovementHandlerOpt
         log.error({ event: 'movement-append-failed', err: errorMessage(err) }, 'could not journal a gossiped movement');
       },
     );
-  };
-}
-
-/**
- * Standalone subscription (without a GossipInbox): subscribe to TOPICS.events and journal every
- * valid movement. Returns the function that unsubscribes.
- */
-export function subscribeMovements(node: NavigatorNode, journal: Journal, opts: MovementHandlerOptions): () => void {
-  const pubsub = node.services.pubsub;
-  const handle = movementGossipHandler(journal, opts);
-  const onMessage = (evt: CustomEvent<Message>) => {
-    const msg = evt.detail;
-    if (msg.topic !== TOPICS.events) return;
-    handle(msg.data, msg.type === 'signed' ? msg.from.toString() : '');
-  };
-  pubsub.subscribe(TOPICS.events);
-  pubsub.addEventListener('message', onMessage);
-  return () => {
-    pubsub.removeEventListener('message', onMessage);
   };
 }
 

@@ -99,7 +99,7 @@ export class MemberProber {
     return r?.target === target && r.ok;
   }
 
-  /** Ask `peer` which depots it knows (join sync); undefined on failure. */
+  /** Ask `peer` which depots it knows (member exchange); undefined on failure. */
   async members(peer: string, timeoutMs = 3000): Promise<MembersResponse['members'] | undefined> {
     return (await this.request(peer, { type: 'members' }, MembersResponse, MAX_MEMBERS_FRAME, timeoutMs))?.members;
   }

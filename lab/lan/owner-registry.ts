@@ -55,7 +55,7 @@ export class OwnerRegistry<R extends OwnerRecord> {
 }
 
 /** The start time of a process (field 22 of /proc/PID/stat), '' when it is gone. */
-export async function procStartTime(pid: number): Promise<string> {
+async function procStartTime(pid: number): Promise<string> {
   try {
     const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
     // The command name in field 2 may hold spaces, so count after ')'.

@@ -41,7 +41,7 @@ export interface MovementRecorderOptions {
   /** mysql2 connection options of the service's own database (host/port or socketPath, user, password, database). */
   db: PoolOptions;
   journal: MovementJournal;
-  /** Gossip the record to every depot (journal-sync publishMovement bound to the node). */
+  /** Gossip the record to every depot (movementMessage on the depot's gossip bus). */
   publish: (record: MovementRecord) => Promise<void>;
   logger: Logger;
   clock?: Clock;

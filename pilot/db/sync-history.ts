@@ -8,7 +8,7 @@ import { NavigatorError } from '../../shared/errors.ts';
 // restart of either pilot. The record is written after the swap, so a crash between the two
 // leaves an older time: the RPO shown is then too large, never too small.
 
-export const SCHEMA_SUFFIX = { staging: '__nav_staging', previous: '__nav_previous', meta: '__nav_sync' } as const;
+const SCHEMA_SUFFIX = { staging: '__nav_staging', previous: '__nav_previous', meta: '__nav_sync' } as const;
 const LONGEST_SUFFIX = Math.max(...Object.values(SCHEMA_SUFFIX).map((s) => s.length));
 
 export interface SchemaNames {
@@ -78,7 +78,7 @@ export interface SyncHistoryState {
 
 const KEEP_ROWS = 1000;
 
-export async function ensureHistoryTable(conn: Connection, names: SchemaNames): Promise<void> {
+async function ensureHistoryTable(conn: Connection, names: SchemaNames): Promise<void> {
   await conn.query(`CREATE DATABASE IF NOT EXISTS \`${names.meta}\``);
   await conn.query(`CREATE TABLE IF NOT EXISTS \`${names.meta}\`.sync_history (
     id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,

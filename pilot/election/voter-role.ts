@@ -52,7 +52,7 @@ export function voterForgetCopy(state: VoterState, copy: string): VoterState {
   return { ...state, syncs };
 }
 
-export function freshestKnownSync(state: VoterState, except: string, now: number, cfg: ElectionConfig): number {
+function freshestKnownSync(state: VoterState, except: string, now: number, cfg: ElectionConfig): number {
   let best = Number.NEGATIVE_INFINITY;
   for (const [copy, s] of Object.entries(state.syncs)) {
     if (copy === except || now - s.seenAt > cfg.syncInfoTtlMs) continue;

@@ -7,7 +7,7 @@ import { Depot } from '../../depot/depot.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { trackingPlugin, type TrackingPlugin } from '../../plugins/tracking.ts';
 import { Journal } from '../../depot/journal/journal.ts';
-import { publishMovement } from '../../depot/journal/movement-gossip.ts';
+import { publishMovement } from '../helpers/movement-gossip.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import type { MovementRecord } from '../../shared/movement.ts';

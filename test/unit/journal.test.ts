@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Journal, parseJournalText } from '../../depot/journal/journal.ts';
 import { JournalGapFill } from '../../depot/journal/gap-fill.ts';
-import { publishMovement, subscribeMovements } from '../../depot/journal/movement-gossip.ts';
+import { publishMovement, subscribeMovements } from '../helpers/movement-gossip.ts';
 import { createNode, type NavigatorNode } from '../../depot/libp2p.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { silentLogger } from '../../shared/logger.ts';
@@ -292,18 +292,18 @@ describe('Journal over libp2p', () => {
       b = await open('b.jsonl');
       expect(b.size).toBe(1);
       nodeB = await mk();
-      const syncB = new JournalGapFill({ node: nodeB, journal: b, logger: log });
-      await syncB.start();
+      const gapFillB = new JournalGapFill({ node: nodeB, journal: b, logger: log });
+      await gapFillB.start();
       subscribeMovements(nodeB, b, { logger: log });
       await nodeB.dial(nodeA.getMultiaddrs()[0]!);
-      const filled = await syncB.fillFromPeers([nodeA.peerId]);
+      const filled = await gapFillB.fillFromPeers([nodeA.peerId]);
       expect(filled).toMatchObject({ added: 300, peer: nodeA.peerId.toString() });
       expect(filled.pages).toBeGreaterThanOrEqual(2);
       expect(new Set(b.all().map((r) => r.id))).toEqual(new Set(a.all().map((r) => r.id)));
       // A peer that does not serve the protocol is skipped for the next one.
       const nodeC = await mk();
       await nodeB.dial(nodeC.getMultiaddrs()[0]!);
-      const again = await syncB.fillFromPeers([nodeC.peerId, nodeA.peerId]).catch((e) => e);
+      const again = await gapFillB.fillFromPeers([nodeC.peerId, nodeA.peerId]).catch((e) => e);
       expect(again).toMatchObject({ peer: nodeA.peerId.toString() });
 
       // Durable: the filled records are in B's file.

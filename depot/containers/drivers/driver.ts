@@ -54,7 +54,6 @@ export type ProcessSpec = z.infer<typeof ProcessSpec>;
 
 export const ContainerSpec = z.discriminatedUnion('driver', [VmrunSpec, QemuSpec, ProcessSpec]);
 export type ContainerSpec = z.infer<typeof ContainerSpec>;
-export type ContainerSpecInput = z.input<typeof ContainerSpec>;
 
 export interface ExecResult {
   exitCode: number;

@@ -76,7 +76,7 @@ const PIDS_FILE = '.navigator-pgids.json';
 /** Process groups of the primary-only commands, kept apart so a standby's health ignores them. */
 const PRIMARY_PIDS_FILE = '.navigator-primary-pgids.json';
 
-export async function readManifest(path: string): Promise<ContainerManifest> {
+async function readManifest(path: string): Promise<ContainerManifest> {
   let text: string;
   try {
     text = await readFile(path, 'utf8');

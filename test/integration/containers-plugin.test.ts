@@ -14,7 +14,7 @@ import { silentLogger } from '../../shared/logger.ts';
 import type { HeartbeatMessage } from '../../shared/wire.ts';
 import { freePort } from '../../lab/loopback/ports.ts';
 
-// Two real depots with the containers part: depot A starts a process container on depot B over
+// Two real depots with the containers plugin: depot A starts a process container on depot B over
 // the control protocol, and A then sees it in B's heartbeat as running; after the stop, stopped.
 
 const swarmKey = makeSwarmKey();
@@ -63,7 +63,7 @@ function nextHeartbeat(depot: Depot, from: string, pred: (hb: HeartbeatMessage) 
   });
 }
 
-describe('containers part in a depot', () => {
+describe('containers plugin in a depot', () => {
   it('a depot starts a container on another one and sees it in its heartbeat', async () => {
     const b = await startDepot('depot-b');
     const a = await startDepot('depot-a', [`${b.depot.node.getMultiaddrs()[0]!.toString()}`]);
