@@ -14,7 +14,7 @@ import { gossipLinkHealth, judgeLinks, type LinkObservation } from './gossip/lin
 // Keeps the cluster fully connected, so that every heartbeat reaches every depot in one hop:
 // - dials every depot heard of (from the addresses in its heartbeat) that it is not connected to;
 // - dials the configured bootstrap depots until connected (the first may start later);
-// - on connect, asks the new peer for its heartbeat and whom it knows (memberlist's join sync);
+// - on connect, asks the new peer for its heartbeat and whom it knows (memberlist's push/pull on join);
 // - push-pull member exchange with a random peer, fast while starting, then slowly;
 // - dials a still-alive depot again after its connection closed; hangs up on a depot still
 //   dead long after the verdict (a dead socket after a partition or power loss);
@@ -221,7 +221,7 @@ export class ConnectionManager {
   }
 
   /**
-   * Join sync (memberlist push/pull): ask a newly connected peer for its heartbeat (so both know
+   * On join (memberlist push/pull): ask a newly connected peer for its heartbeat (so both know
    * each other at once, with heartbeats gossiped only on change) and whom it knows, and connect to them.
    */
   private onPeerConnect(peerId: string): void {

@@ -70,7 +70,6 @@ export class Depot {
   private _prober: MemberProber | undefined;
   private _connections: ConnectionManager | undefined;
   private _control: ControlServer | undefined;
-  private _controlClient: ControlClient | undefined;
   private _http: HttpServer | undefined;
   private _components: DepotComponents | undefined;
   private readonly plugins: DepotPlugin[] = [];
@@ -229,7 +228,7 @@ export class Depot {
     });
     const { readTimeoutMs, maxRequestMs, maxInboundStreams } = cfg.control;
     const control = (this._control = new ControlServer({ node, logger: this.log, readTimeoutMs, maxRequestMs, maxInboundStreams }));
-    const controlClient = (this._controlClient = new ControlClient({ node, timeoutMs: cfg.control.callTimeoutMs }));
+    const controlClient = new ControlClient({ node, timeoutMs: cfg.control.callTimeoutMs });
     if (this.opts.http !== false) {
       this._http = new HttpServer({ host: cfg.http.host, port: cfg.http.port, log: this.log.child({ component: 'http' }) });
       registerDepotApi(this._http, {
@@ -440,7 +439,7 @@ export class Depot {
 }
 
 /** Addresses worth telling other hosts: loopback ones only when there is nothing else (tests on one host). */
-export function announceable(addrs: string[]): string[] {
+function announceable(addrs: string[]): string[] {
   const remote = addrs.filter((a) => !a.startsWith('/ip4/127.') && !a.startsWith('/ip6/::1/'));
   return remote.length > 0 ? remote : addrs;
 }

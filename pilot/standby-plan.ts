@@ -48,7 +48,7 @@ export interface StandbyPlan {
 }
 
 /** A standby that counts: on a live depot, in role standby, running or starting. */
-export function healthyStandbys(copies: readonly CopyView[]): CopyView[] {
+function healthyStandbys(copies: readonly CopyView[]): CopyView[] {
   return copies.filter((c) => c.depotState === 'alive' && c.report.role === 'standby' && (c.report.state === 'running' || c.report.state === 'starting'));
 }
 

@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import type { TransfersResponse } from '../shared/api/transfers.ts';
 import type { DepotComponents, DepotPlugin } from '../depot/components.ts';
 import type { ContainerManager } from '../depot/containers/manager.ts';
 import type { ImageStore } from '../depot/images/catalog.ts';
@@ -115,7 +116,7 @@ class Pilots implements PilotsPlugin {
     await this.transport.start();
     registerPilotControl(c.control, { supervisor: this.supervisor, containers: this.init.containers, selfName: c.self.name });
     if (c.routes) {
-      c.routes.route('GET', '/api/transfers', () => ({ transfers: this.shipping.transfers() }));
+      c.routes.route('GET', '/api/transfers', (): TransfersResponse => ({ transfers: this.shipping.transfers() }));
       this.operations.registerRoutes(c.routes, { token: c.config.http.adminToken, host: c.config.http.adminHost });
     }
     c.members.events.on('heartbeat', this.onHeartbeat);
