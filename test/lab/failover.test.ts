@@ -120,10 +120,10 @@ describe('failover lab', () => {
     const target = replaced.standbys[0]!;
     const tSwitch = Date.now();
     const sw = await c.lab.exec('w1', [
-      'curl', '-sf', '--max-time', '30', '-X', 'POST', '-H', `authorization: Bearer ${ADMIN_TOKEN}`, '-H', 'content-type: application/json',
+      'curl', '-sS', '--fail-with-body', '--max-time', '30', '-X', 'POST', '-H', `authorization: Bearer ${ADMIN_TOKEN}`, '-H', 'content-type: application/json',
       '--data', JSON.stringify({ service: 'echo', to: target }), 'http://127.0.0.1:7480/api/switchover',
     ], { reject: false });
-    expect(sw.exitCode, sw.stderr).toBe(0);
+    expect(sw.exitCode, `${sw.stderr} ${sw.stdout}`).toBe(0);
     await prober.waitForServer(target, 15_000);
     expect(prober.outage(tSwitch).outageMs).toBeLessThan(OUTAGE_BOUND_MS);
     await waitFor(async () => (await placement(c, target)).primary === target, 10_000, 'switchover reported');
