@@ -207,10 +207,11 @@ describe('alert engine', () => {
 
   it('two open alerts of one key (two senders for a moment) keep the older one', () => {
     const r = runner();
-    const base = { key: 'service-down/zabbix', type: 'service-down', severity: 'critical', service: 'zabbix', host: '', summary: 'down', details: {}, count: 1, events: [], sentOpen: [], sentResolve: [], skipped: [], superseded: false, openedBy: 'x' } as const;
+    const base = { key: 'service-down/zabbix', type: 'service-down', severity: 'critical', service: 'zabbix', host: '', summary: 'down', details: {}, count: 1, superseded: false, openedBy: 'x' } as const;
+    const lists = { events: [], sentOpen: [], sentResolve: [], skipped: [] };
     r.engine.merge([
-      { ...base, id: `service-down/zabbix@${T0}`, openedAt: T0, lastAt: T0 },
-      { ...base, id: `service-down/zabbix@${T0 + 5}`, openedAt: T0 + 5, lastAt: T0 + 5 },
+      { ...base, ...lists, id: `service-down/zabbix@${T0}`, openedAt: T0, lastAt: T0 },
+      { ...base, ...lists, id: `service-down/zabbix@${T0 + 5}`, openedAt: T0 + 5, lastAt: T0 + 5 },
     ]);
     const out = r.step(T0 + 100, svc(copy('ws1', 'standby')));
     expect(out.changed.map((a) => [a.id, a.superseded])).toEqual([[`service-down/zabbix@${T0 + 5}`, true]]);
