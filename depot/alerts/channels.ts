@@ -1,6 +1,5 @@
 import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import nodemailer from 'nodemailer';
 import type { Channel } from '../../shared/alert.ts';
 import type { AlertsConfig } from '../../shared/config-alerts.ts';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
@@ -74,6 +73,8 @@ function mailChannel(cfg: AlertsConfig): AlertChannel {
     channel: 'mail',
     target,
     async send(notifications, ctx, test = false) {
+      // Loaded at the first mail: an idle depot does not hold the mail library.
+      const nodemailer = (await import('nodemailer')).default;
       const transport =
         cfg.mailTransport === 'sendmail'
           ? nodemailer.createTransport({ sendmail: true, path: cfg.sendmailPath, newline: 'unix' })
