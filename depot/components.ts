@@ -11,6 +11,7 @@ import type { MemberView, MembershipAction } from './membership/membership.ts';
 import type { ControlRegistrar } from './control/server.ts';
 import type { DropReason } from './metrics.ts';
 import type { HeartbeatContentProvider } from './heartbeat/publisher.ts';
+import type { Notices } from './notices.ts';
 
 // What the depot core offers to the plugins that add concerns to it (containers, images, the
 // journal and tracking page, the pilots). As in js-libp2p, a plugin is `(init) => (components) =>
@@ -84,6 +85,11 @@ export interface DepotComponents {
   /** Prometheus registry of /metrics. */
   metrics: Registry;
   reach: Reachability;
+  /**
+   * Events an admin should hear of (refused peers, images that failed verification, voter quorum,
+   * last-resort recovery): report them here; the alerts plugin gossips them and alerts once.
+   */
+  notices: Notices;
 }
 
 /** A concern plugged into the depot: started in order after the core, stopped in reverse. */

@@ -22,6 +22,7 @@ import { ControlClient } from './control/client.ts';
 import { ConnectionManager } from './connections.ts';
 import type { DepotComponents, DepotPlugin, DepotPluginFactory, MemberEvents } from './components.ts';
 import { depotsResponse } from './depots-response.ts';
+import { NoticeBus } from './notices.ts';
 
 // The depot daemon's lifecycle: builds the core — libp2p node, gossip inbox, heartbeat,
 // membership with its prober, connection manager, control server, HTTP server — wires the pure
@@ -61,6 +62,7 @@ export class Depot {
   readonly clock: Clock;
   readonly events = new EventEmitter<MemberEvents>();
   readonly metrics: DepotMetrics;
+  readonly notices: NoticeBus;
   /** Start time of this process: a restart is a new incarnation. */
   readonly incarnation: number;
   private _node: NavigatorNode | undefined;
@@ -82,6 +84,7 @@ export class Depot {
     this.clock = opts.clock ?? new SystemClock();
     this.log = (opts.log ?? createLogger({ level: opts.config.log.level })).child({ depot: opts.config.node.name });
     this.incarnation = this.clock.now();
+    this.notices = new NoticeBus({ host: () => ({ name: opts.config.node.name, peerId: this._node?.peerId.toString() ?? '' }), now: () => this.clock.now() });
     this.metrics = new DepotMetrics({
       processMetrics: opts.processMetrics ?? false,
       membersByState: () => this._membership?.countByState() ?? { alive: 0, suspect: 0, dead: 0, left: 0 },
@@ -190,6 +193,8 @@ export class Depot {
       metrics: this.metrics,
       maxMessageBytes: t.maxMessageBytes,
       log: this.log.child({ component: 'gossip' }),
+      // A peer holding the swarm key that signs messages claiming to be another: a security event.
+      onSpoofed: (from, detail, topic) => this.notices.report({ kind: 'peer-refused', subject: from, summary: `gossip from ${from} refused: ${detail}`, details: { topic, what: 'gossip' } }),
       handlers: {
         heartbeat: (hb) => this.onHeartbeat(hb),
         membership: (msg) => this.onMembershipMessage(msg),
@@ -283,6 +288,7 @@ export class Depot {
       },
       metrics: this.metrics.registry,
       reach: { ping: async (peer, timeoutMs) => (await prober.ping(peer, timeoutMs)) !== undefined },
+      notices: this.notices,
     };
   }
 

@@ -14,6 +14,12 @@ import type { MemberState } from '../shared/member-state.ts';
 //   image    1 when the image is already staged     no transfer needed (re-protection ≈ boot)
 // total = Σ weight·value / Σ weight. Ties are broken by name, so the result is deterministic.
 // The reference chose by uptime alone (report 4.3, 6.2.7).
+//
+// The admin's policy (config section `policy`, pilot/policy.ts) comes first: hosts excluded for
+// all services or for this one, and hosts in the anti-affinity group of the primary, are excluded;
+// pinned hosts rank before all others, and hosts whose group already holds a standby rank after
+// all others (shared only when nothing else is left). Each ranked host says which rule put it
+// where it is (`rule`): pinned, group, or the score and its largest factor.
 
 /** A past session of a host: from boot (or depot start) to shutdown, ms since epoch. */
 export interface HostSession {
@@ -46,8 +52,23 @@ export interface PlacementRequirements {
   diskBytes: number;
   /** Content id of the service's image. */
   image?: string;
-  /** Groups that already hold a copy of the service (anti-affinity). */
+  /** Groups that already hold a copy of the service (anti-affinity, hard). */
   avoidGroups?: string[];
+  /** Group of the host that holds the primary: never a standby there (policy.groups). */
+  primaryGroup?: string;
+  /** Groups that hold a standby: ranked after every other host (policy.groups). */
+  standbyGroups?: string[];
+}
+
+/** The admin's placement policy for one service (pilot/policy.ts makes it from the config). */
+export interface PlacementPolicy {
+  weights?: Partial<PlacementWeights>;
+  /** Depot names that never get a copy: [name, why] (which config field). */
+  excluded?: ReadonlyArray<readonly [string, string]>;
+  /** Depot names ranked first whenever eligible. */
+  pinned?: readonly string[];
+  /** Depot name → anti-affinity group. */
+  groups?: Readonly<Record<string, string>>;
 }
 
 export const FACTORS = ['uptime', 'memory', 'cpu', 'session', 'image'] as const;
@@ -67,11 +88,18 @@ export interface FactorScore {
   detail: string;
 }
 
+/** What decided a host's place: 0 pinned, 1 by score, 2 after the others (its group holds a standby). */
+export type RankTier = 0 | 1 | 2;
+
 export interface RankedHost {
   name: string;
   peerId?: string;
   total: number;
   factors: FactorScore[];
+  tier: RankTier;
+  /** The rule that decided this host's place, in words. */
+  rule: string;
+  group?: string;
 }
 
 export interface ExcludedHost {
@@ -86,10 +114,14 @@ export interface PlacementResult {
   excluded: ExcludedHost[];
   /** Name of the best host, or null when every host is excluded. */
   best: string | null;
+  /** The weights used and the policy in force. */
+  weights: PlacementWeights;
+  policy: { pinned: string[]; excluded: Array<[string, string]>; groups: Record<string, string> };
 }
 
 export interface PlacementOptions {
   weights?: Partial<PlacementWeights>;
+  policy?: PlacementPolicy;
 }
 
 const HOUR = 3_600_000;
@@ -119,11 +151,13 @@ function formatDuration(ms: number): string {
 
 const clamp01 = (x: number) => (Number.isFinite(x) ? Math.min(1, Math.max(0, x)) : 0);
 
-function exclusions(c: PlacementCandidate, req: PlacementRequirements): string[] {
+function exclusions(c: PlacementCandidate, req: PlacementRequirements, policy: PlacementPolicy): string[] {
   const reasons: string[] = [];
   if (c.state !== 'alive') reasons.push(`depot is ${c.state}`);
   if (c.copies.includes(req.service)) reasons.push(`already holds a copy of ${req.service}`);
+  for (const [name, why] of policy.excluded ?? []) if (name === c.name) reasons.push(`excluded by ${why}`);
   if (c.group !== undefined && c.group !== '' && (req.avoidGroups ?? []).includes(c.group)) reasons.push(`group ${c.group} already holds a copy`);
+  if (c.group !== undefined && c.group !== '' && req.primaryGroup === c.group) reasons.push(`group ${c.group} holds the primary (anti-affinity: never primary and standby in one group)`);
   const numbers = [c.uptimeS, c.cpus, c.memFreeBytes, c.memTotalBytes, c.diskFreeBytes, ...c.load];
   if (numbers.some((n) => !Number.isFinite(n) || n < 0) || c.cpus <= 0 || c.memTotalBytes <= 0) {
     reasons.push('unusable resource report');
@@ -191,7 +225,13 @@ function score(c: PlacementCandidate, req: PlacementRequirements, now: number, w
 
 /** Rank the candidates for a new copy of `req.service`. Pure: same input, same output. */
 export function rankHosts(candidates: PlacementCandidate[], req: PlacementRequirements, now: number, opts: PlacementOptions = {}): PlacementResult {
-  const weights: PlacementWeights = { ...DEFAULT_WEIGHTS, ...opts.weights };
+  const policy = opts.policy ?? {};
+  const defined = <T extends object>(o: T | undefined) => Object.fromEntries(Object.entries(o ?? {}).filter(([, v]) => v !== undefined)) as Partial<PlacementWeights>;
+  const weights: PlacementWeights = { ...DEFAULT_WEIGHTS, ...defined(policy.weights), ...defined(opts.weights) };
+  if (FACTORS.every((f) => weights[f] === 0)) throw new RangeError('placement weights are all 0: at least one must be positive');
+  const groups = policy.groups ?? {};
+  const pinned = new Set(policy.pinned ?? []);
+  const standbyGroups = new Set(req.standbyGroups ?? []);
   for (const f of FACTORS) {
     if (!Number.isFinite(weights[f]) || weights[f] < 0) throw new RangeError(`placement weight ${f} must be a non-negative number (got ${weights[f]})`);
   }
@@ -204,19 +244,35 @@ export function rankHosts(candidates: PlacementCandidate[], req: PlacementRequir
       continue;
     }
     seen.add(c.name);
-    const reasons = exclusions(c, req);
+    const group = groups[c.name] ?? c.group;
+    const withGroup = group !== undefined ? { ...c, group } : c;
+    const reasons = exclusions(withGroup, req, policy);
     if (reasons.length) {
       excluded.push({ name: c.name, reasons });
       continue;
     }
     const factors = score(c, req, now, weights);
     const total = factors.reduce((acc, f) => acc + f.contribution, 0);
-    ranking.push({ name: c.name, ...(c.peerId ? { peerId: c.peerId } : {}), total, factors });
+    const top = [...factors].sort((a, b) => b.contribution - a.contribution)[0]!;
+    const [tier, rule]: [RankTier, string] = pinned.has(c.name)
+      ? [0, `pinned for ${req.service}: ranked before unpinned hosts`]
+      : group && standbyGroups.has(group)
+        ? [2, `group ${group} already holds a standby: ranked after hosts in other groups`]
+        : [1, `score ${total.toFixed(3)} (largest share: ${top.name} ${top.contribution.toFixed(3)})`];
+    ranking.push({ name: c.name, ...(c.peerId ? { peerId: c.peerId } : {}), total, factors, tier, rule, ...(group ? { group } : {}) });
   }
   const byName = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
-  ranking.sort((a, b) => b.total - a.total || byName(a.name, b.name));
+  ranking.sort((a, b) => a.tier - b.tier || b.total - a.total || byName(a.name, b.name));
   excluded.sort((a, b) => byName(a.name, b.name));
-  return { service: req.service, requirements: req, ranking, excluded, best: ranking[0]?.name ?? null };
+  return {
+    service: req.service,
+    requirements: req,
+    ranking,
+    excluded,
+    best: ranking[0]?.name ?? null,
+    weights,
+    policy: { pinned: [...pinned], excluded: (policy.excluded ?? []).map(([n, w]) => [n, w]), groups: { ...groups } },
+  };
 }
 
 function table(rows: string[][], rightAlign: boolean[]): string[] {
@@ -238,16 +294,25 @@ export function formatRanking(result: PlacementResult): string {
   if (result.ranking.length === 0) {
     lines.push('no eligible host');
   } else {
-    const weights = result.ranking[0]!.factors.map((f) => `${f.name} ${f.weight}`).join(', ');
+    const weights = FACTORS.map((f) => `${f} ${result.weights[f]}`).join(', ');
     lines.push(`score = weighted mean of factors in 0..1 (weights: ${weights})`);
     lines.push('');
-    const head = ['rank', 'host', 'total', ...FACTORS];
-    const rows = result.ranking.map((r, i) => [String(i + 1), r.name, r.total.toFixed(3), ...r.factors.map((f) => f.value.toFixed(2))]);
-    lines.push(...table([head, ...rows], [true, false, true, ...FACTORS.map(() => true)]));
+    const head = ['rank', 'host', 'total', ...FACTORS, 'decided by'];
+    const rows = result.ranking.map((r, i) => [String(i + 1), r.name, r.total.toFixed(3), ...r.factors.map((f) => f.value.toFixed(2)), r.tier === 0 ? 'pinned' : r.tier === 2 ? 'group' : 'score']);
+    lines.push(...table([head, ...rows], [true, false, true, ...FACTORS.map(() => true), false]));
     lines.push('');
     lines.push('why:');
-    const why = result.ranking.map((r) => [`  ${r.name}`, r.factors.map((f) => `${f.name}: ${f.detail}`).join('; ')]);
+    const why = result.ranking.map((r) => [`  ${r.name}`, `${r.rule}; ${r.factors.map((f) => `${f.name}: ${f.detail}`).join('; ')}`]);
     lines.push(...table(why, [false, false]));
+  }
+  const p = result.policy;
+  const groupList = Object.entries(p.groups);
+  if (p.pinned.length || p.excluded.length || groupList.length) {
+    lines.push('');
+    lines.push('policy in force:');
+    if (p.pinned.length) lines.push(`  pinned: ${p.pinned.join(', ')}`);
+    if (p.excluded.length) lines.push(`  excluded: ${p.excluded.map(([n, w]) => `${n} (${w})`).join(', ')}`);
+    if (groupList.length) lines.push(`  groups: ${groupList.map(([h, g]) => `${h}=${g}`).join(', ')}`);
   }
   if (result.excluded.length) {
     lines.push('');

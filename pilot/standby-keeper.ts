@@ -11,6 +11,7 @@ import { planStandbys, type RecentPlacement } from './standby-plan.ts';
 import type { CopyView, Pilot } from './pilot.ts';
 import type { PilotAssignment, ServiceSpec } from './service-spec.ts';
 import type { RecordMovement } from './movement-recorder.ts';
+import { quietWindowAt, servicePolicy } from './policy.ts';
 
 // Carries out what pilot/standby-plan.ts decides, on the depot whose pilot is primary: places a
 // standby (shipping the image first when the host lacks it), retires a surplus one, or keeps the
@@ -21,6 +22,8 @@ export interface StandbyKeeperOptions {
   members: DepotComponents['members'];
   control: DepotComponents['control'];
   pilot: Pick<Config['pilot'], 'placedGraceMs' | 'placementRetryMs'>;
+  /** The admin's policy (config section policy): placement rules, standbys, quiet hours. */
+  policy?: Config['policy'];
   shipping: ImageShipping | undefined;
   record: RecordMovement;
   logger: Logger;
@@ -41,15 +44,20 @@ export class StandbyKeeper {
     const spec = pilot.spec;
     if (pilot.role !== 'primary' || this.placing.has(spec.name)) return;
     const o = this.opts;
+    const now = Date.now();
+    const policy = o.policy ? servicePolicy(o.policy, spec.name) : undefined;
+    const quiet = o.policy ? quietWindowAt(o.policy, now) : undefined;
     const plan = planStandbys({
-      service: spec,
+      service: { ...spec, standbys: this.standbysOf(spec) },
       copies: copiesOf(o.members, spec.name),
       candidates: candidatesOf(o.members),
       recentlyPlaced: this.recentlyPlaced,
       failedHosts: this.failedHosts,
-      now: Date.now(),
+      now,
       placedGraceMs: o.pilot.placedGraceMs,
       placementRetryMs: o.pilot.placementRetryMs,
+      ...(policy ? { policy } : {}),
+      ...(quiet ? { quiet: quiet.text } : {}),
     });
     this.recentlyPlaced = plan.recentlyPlaced;
     const d = plan.decision;
@@ -65,7 +73,7 @@ export class StandbyKeeper {
       case 'place': {
         const target = d.target;
         const retryMs = o.pilot.placementRetryMs;
-        const job = this.createStandby(pilot, target.peerId, target.name, d.replacing, d.ranking).catch((err: unknown) => {
+        const job = this.createStandby(pilot, target.peerId, target.name, d.replacing, d.ranking, d.why).catch((err: unknown) => {
           this.failedHosts.set(target.peerId, Date.now());
           this.log.error(
             { event: 'standby-failed', service: spec.name, host: target.name, err: errorMessage(err), code: (err as NavigatorError).code, retryInMs: retryMs },
@@ -76,6 +84,11 @@ export class StandbyKeeper {
         return;
       }
     }
+  }
+
+  /** Standbys kept: the policy's number for the service, else the one given at bootstrap. */
+  private standbysOf(spec: ServiceSpec): number {
+    return this.opts.policy?.services[spec.name]?.standbys ?? spec.standbys;
   }
 
   private run(service: string, job: Promise<void>): void {
@@ -90,7 +103,8 @@ export class StandbyKeeper {
     const o = this.opts;
     o.shipping?.prestage(spec.image, () => {
       const candidates = candidatesOf(o.members);
-      const ranking = rankHosts(candidates, { service: spec.name, memBytes: spec.memoryBytes, diskBytes: spec.diskBytes, image: spec.image }, Date.now());
+      const policy = o.policy ? servicePolicy(o.policy, spec.name) : undefined;
+      const ranking = rankHosts(candidates, { service: spec.name, memBytes: spec.memoryBytes, diskBytes: spec.diskBytes, image: spec.image }, Date.now(), policy ? { policy } : {});
       const byPeer = new Map(candidates.map((c) => [c.peerId, c]));
       const ranked: PrestageCandidate[] = ranking.ranking
         .filter((r) => r.peerId && r.peerId !== o.self.peerId)
@@ -114,7 +128,7 @@ export class StandbyKeeper {
         role: 'standby',
         host: copy.host,
         failover: false,
-        reason: `surplus standby on ${copy.host} removed (${pilot.spec.standbys} wanted)`,
+        reason: `surplus standby on ${copy.host} removed (${this.standbysOf(pilot.spec)} wanted)`,
         term: pilot.term,
         timings: {},
       });
@@ -123,12 +137,12 @@ export class StandbyKeeper {
     }
   }
 
-  private async createStandby(pilot: Pilot, peerId: string, host: string, replacing: boolean, ranking: PlacementResult): Promise<void> {
+  private async createStandby(pilot: Pilot, peerId: string, host: string, replacing: boolean, ranking: PlacementResult, why: 'missing' | 'anti-affinity'): Promise<void> {
     const spec = pilot.spec;
     const control = this.opts.control;
     const t0 = Date.now();
     this.log.info(
-      { event: 'placing-standby', service: spec.name, host, ranking: ranking.ranking.slice(0, 3).map((r) => ({ host: r.name, score: Number(r.total.toFixed(3)) })) },
+      { event: 'placing-standby', service: spec.name, host, why, ranking: ranking.ranking.slice(0, 3).map((r) => ({ host: r.name, score: Number(r.total.toFixed(3)), rule: r.rule })) },
       `placing a standby on ${host}`,
     );
     const status = await control.call<{ state?: string }>(peerId, 'image.status', { image: spec.image }, { timeoutMs: 10_000 });
@@ -154,7 +168,7 @@ export class StandbyKeeper {
       role: 'standby',
       host,
       failover: false,
-      reason: `${replacing ? 'replaces a lost standby' : 'new standby'} on ${host} (placement score ${ranking.ranking.find((r) => r.peerId === peerId)?.total.toFixed(2) ?? '?'})${shipped}`,
+      reason: `${why === 'anti-affinity' ? 'moves a standby out of the primary\'s anti-affinity group:' : replacing ? 'replaces a lost standby' : 'new standby'} on ${host} (${ranking.ranking.find((r) => r.peerId === peerId)?.rule ?? 'placement'})${shipped}`,
       term: pilot.term,
       timings: { ship, boot },
     });

@@ -1,4 +1,4 @@
-import { rankHosts, type PlacementCandidate, type PlacementResult, type RankedHost } from './placement.ts';
+import { rankHosts, type PlacementCandidate, type PlacementPolicy, type PlacementResult, type RankedHost } from './placement.ts';
 import type { CopyView } from './pilot.ts';
 
 // Standby keeping, as a pure decision (Pacemaker's policy engine; pilot/standby-keeper.ts carries
@@ -6,6 +6,11 @@ import type { CopyView } from './pilot.ts';
 // the standbys it placed lately (heartbeats lag behind), the hosts where a placement failed, and
 // the placement ranking, what is the ONE next step — place a standby, retire a surplus one,
 // pre-stage the image on likely next hosts, or nothing.
+//
+// The admin's policy: placement follows it (pilot/placement.ts); a standby that shares the
+// primary's anti-affinity group (after a failover made its neighbour primary) is replaced by one
+// elsewhere and then retired; in quiet hours neither that repair nor retiring a surplus standby
+// happens (a lost standby is still replaced, and pre-staging goes on).
 
 /** A standby this primary placed, counted until its depot's heartbeat reports it. */
 export interface RecentPlacement {
@@ -29,11 +34,15 @@ export interface StandbyPlanInput {
   placedGraceMs: number;
   /** config pilot.placementRetryMs */
   placementRetryMs: number;
+  /** The placement policy of this service (pilot/policy.ts). */
+  policy?: PlacementPolicy;
+  /** The quiet window now is in (no planned moves), if any. */
+  quiet?: string | undefined;
 }
 
 export type StandbyDecision =
   /** Fewer standbys than wanted: place one on `target` (`replacing`: a standby was lost). */
-  | { kind: 'place'; target: RankedHost & { peerId: string }; replacing: boolean; ranking: PlacementResult }
+  | { kind: 'place'; target: RankedHost & { peerId: string }; replacing: boolean; ranking: PlacementResult; why: 'missing' | 'anti-affinity' }
   /** More than wanted (a rebooted host brought its copy back): retire this one, the stalest. */
   | { kind: 'retire'; copy: CopyView }
   /** Protected: use the quiet time to put the image on the next likely hosts. */
@@ -55,6 +64,11 @@ function healthyStandbys(copies: readonly CopyView[]): CopyView[] {
 export function planStandbys(input: StandbyPlanInput): StandbyPlan {
   const { service, copies, now } = input;
   const healthy = healthyStandbys(copies);
+  const groups = input.policy?.groups ?? {};
+  const primary = copies.find((c) => c.depotState === 'alive' && c.report.role === 'primary');
+  const primaryGroup = primary ? groups[primary.host] : undefined;
+  // Standbys in the primary's group: a power strip that takes both is an outage.
+  const misplaced = primaryGroup === undefined ? [] : healthy.filter((c) => groups[c.host] === primaryGroup);
   const recentlyPlaced = input.recentlyPlaced.filter((r) => {
     const seen = copies.some((c) => c.peerId === r.peerId && c.report.id === r.container);
     return !seen && now - r.at <= input.placedGraceMs;
@@ -62,14 +76,28 @@ export function planStandbys(input: StandbyPlanInput): StandbyPlan {
   const pending = recentlyPlaced.filter((r) => r.service === service.name).length;
   const have = healthy.length + pending;
   if (have > service.standbys && pending === 0) {
-    // Retire the one with the oldest DB sync, so the freshest copies stay.
-    const extra = healthy.filter((c) => c.report.state === 'running').sort((a, b) => (a.report.lastSyncAt ?? 0) - (b.report.lastSyncAt ?? 0))[0];
+    if (input.quiet) return { recentlyPlaced, decision: { kind: 'wait', reason: `quiet hours (${input.quiet}): the surplus standby is retired later` } };
+    // Retire one in the primary's group first, else the one with the oldest DB sync, so the freshest copies stay.
+    const byAge = (list: CopyView[]) => list.filter((c) => c.report.state === 'running').sort((a, b) => (a.report.lastSyncAt ?? 0) - (b.report.lastSyncAt ?? 0))[0];
+    const extra = byAge(misplaced) ?? byAge(healthy);
     return { recentlyPlaced, decision: extra ? { kind: 'retire', copy: extra } : { kind: 'wait', reason: 'surplus standby still starting' } };
   }
-  if (have >= service.standbys) return { recentlyPlaced, decision: { kind: 'prestage' } };
-  const ranking = rankHosts([...input.candidates], { service: service.name, memBytes: service.memoryBytes, diskBytes: service.diskBytes, image: service.image }, now);
+  const repair = have >= service.standbys && misplaced.length > 0 && pending === 0;
+  if (have >= service.standbys && !repair) return { recentlyPlaced, decision: { kind: 'prestage' } };
+  // A planned move (anti-affinity repair) waits for the end of quiet hours; pre-staging goes on.
+  if (repair && input.quiet) return { recentlyPlaced, decision: { kind: 'prestage' } };
+  const standbyGroups = healthy.map((c) => groups[c.host]).filter((g): g is string => g !== undefined && g !== primaryGroup);
+  const ranking = rankHosts(
+    [...input.candidates],
+    { service: service.name, memBytes: service.memoryBytes, diskBytes: service.diskBytes, image: service.image, ...(primaryGroup !== undefined ? { primaryGroup } : {}), standbyGroups },
+    now,
+    input.policy ? { policy: input.policy } : {},
+  );
   const target = ranking.ranking.find((r): r is RankedHost & { peerId: string } => r.peerId !== undefined && now - (input.failedHosts.get(r.peerId) ?? -Infinity) > input.placementRetryMs);
-  if (!target) return { recentlyPlaced, decision: { kind: 'wait', reason: ranking.ranking.length === 0 ? 'no eligible host' : 'every eligible host failed lately' } };
+  if (!target) {
+    if (repair) return { recentlyPlaced, decision: { kind: 'prestage' } };
+    return { recentlyPlaced, decision: { kind: 'wait', reason: ranking.ranking.length === 0 ? 'no eligible host' : 'every eligible host failed lately' } };
+  }
   const replacing = copies.some((c) => c.depotState !== 'alive' && c.report.role === 'standby');
-  return { recentlyPlaced, decision: { kind: 'place', target, replacing, ranking } };
+  return { recentlyPlaced, decision: { kind: 'place', target, replacing, ranking, why: repair ? 'anti-affinity' : 'missing' } };
 }

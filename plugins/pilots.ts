@@ -17,6 +17,8 @@ import { registerPilotControl } from '../pilot/control-methods.ts';
 import { rankHosts, type PlacementResult } from '../pilot/placement.ts';
 import { candidatesOf, copiesOf } from '../pilot/cluster-view.ts';
 import type { Pilot } from '../pilot/pilot.ts';
+import { explainPolicy, policyWarnings, quietWindowAt, servicePolicy } from '../pilot/policy.ts';
+import type { PolicyResponse } from '../shared/api/policy.ts';
 
 // The pilots of the copies this depot hosts and this depot's vote in every service's election:
 // the voters and the election protocol, the pilot supervisor, standby keeping and image shipping
@@ -37,6 +39,7 @@ export interface PilotsPlugin extends DepotPlugin {
   readonly operations: AdminOperations;
   pilots(): Pilot[];
   placement(service: string): PlacementResult | undefined;
+  policyResponse(): PolicyResponse;
 }
 
 export function pilotsPlugin(init: PilotsInit): (components: PilotsComponents) => PilotsPlugin {
@@ -81,7 +84,7 @@ class Pilots implements PilotsPlugin {
       clock: c.clock,
     });
     const record = movementRecorder({ self, gossip: c.gossip, journal: init.journal, logger });
-    const keeper = new StandbyKeeper({ self, members, control, pilot: config.pilot, shipping: this.shipping, record, logger });
+    const keeper = new StandbyKeeper({ self, members, control, pilot: config.pilot, policy: config.policy, shipping: this.shipping, record, logger });
     this.supervisor = new PilotSupervisor({
       dir: join(config.node.dataDir, 'pilots'),
       self,
@@ -107,7 +110,33 @@ class Pilots implements PilotsPlugin {
     const spec = this.supervisor.pilotFor(service)?.spec;
     const copies = copiesOf(this.c.members, service);
     const image = spec?.image ?? copies[0]?.report.image;
-    return rankHosts(candidatesOf(this.c.members), { service, memBytes: spec?.memoryBytes ?? 0, diskBytes: spec?.diskBytes ?? 0, ...(image ? { image } : {}) }, Date.now());
+    const policy = servicePolicy(this.c.config.policy, service);
+    const groups = policy.groups ?? {};
+    const primary = copies.find((c) => c.depotState === 'alive' && c.report.role === 'primary');
+    const primaryGroup = primary ? groups[primary.host] : undefined;
+    const standbyGroups = copies.filter((c) => c.report.role === 'standby').map((c) => groups[c.host]).filter((g): g is string => g !== undefined && g !== primaryGroup);
+    return rankHosts(
+      candidatesOf(this.c.members),
+      { service, memBytes: spec?.memoryBytes ?? 0, diskBytes: spec?.diskBytes ?? 0, ...(image ? { image } : {}), ...(primaryGroup ? { primaryGroup } : {}), standbyGroups },
+      Date.now(),
+      { policy },
+    );
+  }
+
+  /** GET /api/policy: the policy this depot applies (it decides when its pilot is primary). */
+  policyResponse(): PolicyResponse {
+    const cfg = this.c.config;
+    const now = Date.now();
+    const quiet = quietWindowAt(cfg.policy, now);
+    const preferredVoters = (cfg as { election?: { preferredVoters?: string[] } }).election?.preferredVoters ?? [];
+    return {
+      depot: this.c.self.name,
+      policy: cfg.policy,
+      quietNow: quiet?.text ?? null,
+      preferredVoters,
+      explained: explainPolicy({ policy: cfg.policy, election: { preferredVoters } }, now),
+      warnings: policyWarnings(cfg),
+    };
   }
 
   async start(): Promise<void> {
@@ -117,6 +146,7 @@ class Pilots implements PilotsPlugin {
     registerPilotControl(c.control, { supervisor: this.supervisor, containers: this.init.containers, selfName: c.self.name });
     if (c.routes) {
       c.routes.route('GET', '/api/transfers', (): TransfersResponse => ({ transfers: this.shipping.transfers() }));
+      c.routes.route('GET', '/api/policy', (): PolicyResponse => this.policyResponse());
       this.operations.registerRoutes(c.routes, { token: c.config.http.adminToken, host: c.config.http.adminHost });
     }
     c.members.events.on('heartbeat', this.onHeartbeat);

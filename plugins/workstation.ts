@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import type { Config } from '../shared/config.ts';
 import { createLogger, type Logger } from '../shared/logger.ts';
 import { Depot, type DepotOptions } from '../depot/depot.ts';
+import type { DepotComponents } from '../depot/components.ts';
 import { ImageStore } from '../depot/images/catalog.ts';
 import { ContainerManager } from '../depot/containers/manager.ts';
 import { Journal } from '../depot/journal/journal.ts';
@@ -10,6 +11,7 @@ import { containersPlugin } from './containers.ts';
 import { imagesPlugin } from './images.ts';
 import { trackingPlugin, type TrackingPlugin } from './tracking.ts';
 import { pilotsPlugin, type PilotsPlugin } from './pilots.ts';
+import { alertsPlugin, type AlertsPlugin, type QuorumStatus } from './alerts.ts';
 
 // The composition root of a workstation's depot as `navigator depot run` starts it: the depot
 // core plus, in start order, the image store, the containers, the movement journal and tracking
@@ -24,6 +26,7 @@ export interface WorkstationDepot {
   /** Available once the depot has started. */
   tracking(): TrackingPlugin;
   pilots(): PilotsPlugin;
+  alerts(): AlertsPlugin;
 }
 
 export interface WorkstationOptions extends Omit<DepotOptions, 'config' | 'plugins'> {
@@ -51,6 +54,13 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     logger: log,
     // Images a container runs from are never removed.
     pinned: () => containers?.imagesInUse() ?? [],
+    onVerifyFailed: (f) =>
+      depot.notices.report({
+        kind: 'image-verify-failed',
+        subject: f.id,
+        summary: `${f.stage === 'stored' ? 'stored image' : 'received image'} ${f.name || f.id.slice(0, 16)} failed verification on ${config.node.name} (${f.badItems} bad: ${f.first})${f.stage === 'stored' ? '; quarantined' : '; its bad blocks are sent again'}`,
+        details: { image: f.id, name: f.name, stage: f.stage, badItems: f.badItems },
+      }),
   });
   const manager = (containers = new ContainerManager({
     root: join(config.store.dir, 'containers'),
@@ -63,6 +73,7 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
   const journal = new Journal({ path: join(config.node.dataDir, 'journal.jsonl'), logger: log, gapSlackMs: config.journal.gapSlackMs });
   let tracking: TrackingPlugin | undefined;
   let pilots: PilotsPlugin | undefined;
+  let alerts: AlertsPlugin | undefined;
   const depot = new Depot({
     ...opts,
     log: base,
@@ -71,11 +82,33 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
       containersPlugin({ manager }),
       (c) => (tracking = trackingPlugin({ journal })(c)),
       (c) => (pilots = pilotsPlugin({ store, containers: manager, journal, ...(opts.election ? { election: opts.election } : {}) })(c)),
+      (c) => (alerts = alertsPlugin({ journal, quorum: () => quorumOf(pilots, c.members) })(c)),
     ],
   });
   const started = <T>(v: T | undefined, what: string): T => {
     if (!v) throw new Error(`${what} plugin not started`);
     return v;
   };
-  return { depot, store, containers: manager, journal, tracking: () => started(tracking, 'tracking'), pilots: () => started(pilots, 'pilots') };
+  return {
+    depot,
+    store,
+    containers: manager,
+    journal,
+    tracking: () => started(tracking, 'tracking'),
+    pilots: () => started(pilots, 'pilots'),
+    alerts: () => started(alerts, 'alerts'),
+  };
+}
+
+/** The voter quorum of each service whose pilot runs here: alive voters against a majority (of both sets while a change is joint). */
+function quorumOf(pilots: PilotsPlugin | undefined, members: DepotComponents['members']): QuorumStatus[] {
+  const alive = new Set(members.view().filter((m) => m.state === 'alive').map((m) => m.peerId));
+  return (pilots?.pilots() ?? []).map((p) => {
+    const sets = [p.view.voters, ...(p.view.prev ? [p.view.prev] : [])];
+    // The set with the least room to spare decides.
+    const worst = sets
+      .map((voters) => ({ voters: voters.length, alive: voters.filter((v) => alive.has(v)).length, needed: Math.floor(voters.length / 2) + 1 }))
+      .sort((a, b) => a.alive - a.needed - (b.alive - b.needed))[0]!;
+    return { service: p.spec.name, ...worst };
+  });
 }

@@ -12,6 +12,7 @@ PACKAGES=(
   chromium                        # tracking page browser test
   keepalived                      # failover benchmark yardstick
   zabbix-server-mysql zabbix-agent  # the Zabbix example service and its lab test (zabbix_sender too)
+  zabbix-frontend-php php-cli php-mysql  # the Zabbix template's import test (the frontend's API, served by php -S)
   procps psmisc curl              # ps, pkill, fuser, curl for tests and the demo
 )
 

@@ -3,6 +3,8 @@ import { hostname } from 'node:os';
 import { z } from 'zod';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { NavigatorError } from './errors.ts';
+import { AlertsSection } from './config-alerts.ts';
+import { PolicySection } from './config-policy.ts';
 
 // The whole configuration of a depot and the pilots inside it. Every field has a default and a
 // one-line description: the schema is the reference (README, `navigator config check`, the
@@ -236,6 +238,8 @@ export const ConfigSchema = z
     ship: ShipSection.prefault({}),
     containers: ContainersSection.prefault({}),
     dbsync: DbSyncSection.prefault({}),
+    alerts: AlertsSection.prefault({}),
+    policy: PolicySection.prefault({}),
   })
   .strict();
 

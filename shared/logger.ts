@@ -18,6 +18,13 @@ const REDACT = [
   '*.guestPassword',
   'token',
   '*.token',
+  'smtpPassword',
+  '*.smtpPassword',
+  'webhookSecret',
+  '*.webhookSecret',
+  'pass',
+  '*.pass',
+  '*.*.pass',
   'headers.authorization',
   '*.headers.authorization',
 ];

@@ -10,6 +10,8 @@ export const TOPICS = {
   heartbeat: 'navigator/v1/heartbeat',
   membership: 'navigator/v1/membership',
   events: 'navigator/v1/events',
+  /** Alert table updates and notices (shared/alert.ts). */
+  alerts: 'navigator/v1/alerts',
 } as const;
 
 export const PROTOCOLS = {

@@ -4,9 +4,13 @@ import { NavigatorError } from '../../shared/errors.ts';
 import { MemberState } from '../../shared/member-state.ts';
 import { getDepotJson, type BodyCheck } from '../depot-http.ts';
 import { formatRanking, rankHosts, type PlacementCandidate, type PlacementRequirements, type PlacementResult } from '../../pilot/placement.ts';
+import { servicePolicy } from '../../pilot/policy.ts';
+import { PolicySection } from '../../shared/config-policy.ts';
+import type { PolicyResponse } from '../../shared/api/policy.ts';
 
 // `navigator placement --service NAME`: where the next copy of a service would go, and why.
-// Reads the depots from a depot's /api/depots and runs the same pure ranking the pilots use.
+// Reads the depots from a depot's /api/depots and its policy from /api/policy, and runs the same
+// pure ranking the pilots use.
 
 const DEFAULT_API = 'http://127.0.0.1:7480';
 
@@ -81,9 +85,20 @@ export interface PlacementCommandOptions {
   now?: number;
 }
 
-/** Fetch, rank, and return the result (the action prints it). */
-export async function runPlacement(opts: PlacementCommandOptions): Promise<PlacementResult> {
-  const rows = await fetchDepotRows(opts.api);
+const PolicyBody = z.object({ depot: z.string(), policy: PolicySection, quietNow: z.string().nullable(), preferredVoters: z.array(z.string()), explained: z.array(z.string()), warnings: z.array(z.string()) });
+
+/** The depot's policy; an older depot without /api/policy has none. */
+async function fetchPolicy(api: string): Promise<PolicyResponse | undefined> {
+  const none = { depot: '', policy: PolicySection.parse({}), quietNow: null, preferredVoters: [], explained: [], warnings: [] } as PolicyResponse;
+  const res = (await getDepotJson(api, '/api/policy', PolicyBody, { what: 'a policy', whenMissing: none })) as PolicyResponse;
+  return res.depot ? res : undefined;
+}
+
+/** Fetch, rank, and return the result with the policy in force (the action prints both). */
+export async function runPlacement(opts: PlacementCommandOptions): Promise<PlacementResult & { policyInForce?: PolicyResponse }> {
+  const [rows, policyInForce] = await Promise.all([fetchDepotRows(opts.api), fetchPolicy(opts.api)]);
+  const policy = policyInForce ? servicePolicy(policyInForce.policy, opts.service) : undefined;
+  const groups = policy?.groups ?? {};
   const copies = rows.flatMap((d) => d.containers.filter((c) => c.service === opts.service).map((c) => ({ depot: d, image: c.image })));
   // The image: given, or the one the existing copies run.
   const image = opts.image ?? copies.map((c) => c.image).find((i): i is string => typeof i === 'string' && i !== '');
@@ -94,7 +109,20 @@ export async function runPlacement(opts: PlacementCommandOptions): Promise<Place
     ...(image ? { image } : {}),
     avoidGroups: [...new Set(copies.map((c) => c.depot.group).filter((g): g is string => !!g))],
   };
-  return rankHosts(depotsToCandidates(rows), req, opts.now ?? Date.now());
+  const primary = copies.find((c) => c.depot.state === 'alive' && (c.depot.containers.find((x) => x.service === opts.service)?.role ?? '') === 'primary');
+  const primaryGroup = primary ? groups[primary.depot.name] : undefined;
+  if (primaryGroup) req.primaryGroup = primaryGroup;
+  req.standbyGroups = copies.filter((c) => c !== primary).map((c) => groups[c.depot.name]).filter((g): g is string => g !== undefined && g !== primaryGroup);
+  const result = rankHosts(depotsToCandidates(rows), req, opts.now ?? Date.now(), policy ? { policy } : {});
+  return policyInForce ? { ...result, policyInForce } : result;
+}
+
+/** The ranking, then the policy in force as the depot explains it. */
+export function formatPlacement(result: PlacementResult & { policyInForce?: PolicyResponse }): string {
+  const p = result.policyInForce;
+  if (!p) return formatRanking(result);
+  const lines = ['', `policy of ${p.depot}${p.quietNow ? ` (quiet hours now: ${p.quietNow})` : ''}:`, ...p.explained.map((l) => `  ${l}`), ...p.warnings.map((w) => `  warning: ${w}`)];
+  return `${formatRanking(result)}${lines.join('\n')}\n`;
 }
 
 export function registerPlacement(program: Command): void {
@@ -109,6 +137,6 @@ export function registerPlacement(program: Command): void {
     .option('--api <url>', 'HTTP address of a depot', DEFAULT_API)
     .action(async (opts: PlacementCommandOptions & { json?: boolean }) => {
       const result = await runPlacement(opts);
-      process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : formatRanking(result));
+      process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : formatPlacement(result));
     });
 }

@@ -18,6 +18,8 @@ export interface GossipInboxOptions {
   maxMessageBytes: number;
   log: Logger;
   handlers: GossipHandlers;
+  /** A signed message that claims to come from another peer (a security event: depot notices). */
+  onSpoofed?: (from: string, detail: string, topic: string) => void;
 }
 
 export class GossipInbox {
@@ -56,6 +58,7 @@ export class GossipInbox {
 
   drop(reason: DropReason, detail: string, from?: string, topic?: string): void {
     this.opts.metrics.drop(reason);
+    if (reason === 'spoofed' && from && topic) this.opts.onSpoofed?.(from, detail, topic);
     this.opts.log.debug({ event: 'gossip-dropped', reason, detail, from, topic }, 'dropped gossip message');
   }
 

@@ -49,6 +49,22 @@ export interface ImageStoreOptions {
   spareMinBytes?: number;
   /** Quiet time (no import, verify, clone, receive) before spares are made after a commit, so the copy does not compete with the clone that often follows (config.store.spareDelayMs). */
   spareDelayMs?: number;
+  /** An image failed verification: a stored one (quarantined) or a received one (its bad blocks are sent again). */
+  onVerifyFailed?: (failure: ImageVerifyFailure) => void;
+}
+
+export interface ImageVerifyFailure {
+  id: string;
+  name: string;
+  stage: 'stored' | 'received';
+  badItems: number;
+  /** The first bad item, for people (path, block, reason). */
+  first: string;
+}
+
+export function describeBad(bad: readonly BadItem[]): string {
+  const b = bad[0];
+  return b ? `${b.path}${b.block !== undefined ? ` block ${b.block}` : ''}: ${b.reason}` : '';
 }
 
 export interface ImageInfo {
@@ -84,8 +100,10 @@ export class ImageStore {
   private readonly seeds: DeltaSeeds;
   private readonly receiver: Receiver;
   private readonly committer: ReceiveCommit;
+  private readonly onVerifyFailed: ((f: ImageVerifyFailure) => void) | undefined;
 
   constructor(opts: ImageStoreOptions) {
+    this.onVerifyFailed = opts.onVerifyFailed;
     this.layout = new StoreLayout(opts.dir);
     this.dir = this.layout.dir;
     this.keepVersions = opts.keepVersions;
@@ -110,7 +128,15 @@ export class ImageStore {
       log,
     });
     this.seeds = new DeltaSeeds({ layout, catalog: this, spares: this.spares, log });
-    this.committer = new ReceiveCommit({ layout, activity, seeds: this.seeds, catalog: this, received: (name) => this.spares.received(name), log });
+    this.committer = new ReceiveCommit({
+      layout,
+      activity,
+      seeds: this.seeds,
+      catalog: this,
+      received: (name) => this.spares.received(name),
+      log,
+      refused: (id, name, bad) => this.onVerifyFailed?.({ id, name, stage: 'received', badItems: bad.length, first: describeBad(bad) }),
+    });
     this.receiver = new Receiver({ layout, activity, seeds: this.seeds, catalog: this, spares: this.spares, commit: (id) => this.committer.commit(id), log });
   }
 
@@ -290,6 +316,7 @@ export class ImageStore {
 
   private async afterBadVerify(id: string, dir: string, bad: BadItem[], quarantine: boolean): Promise<VerifyResult> {
     this.log.error({ event: 'image-corrupt', id, bad: bad.slice(0, 10) }, 'stored image failed verification');
+    this.onVerifyFailed?.({ id, name: this.manifests.get(id)?.name ?? '', stage: 'stored', badItems: bad.length, first: describeBad(bad) });
     if (!quarantine) return { ok: false, id, bad, quarantined: false };
     this.manifests.delete(id);
     await rename(dir, this.layout.resolveInside('quarantine', `${id}.${rand()}`));

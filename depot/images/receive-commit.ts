@@ -22,6 +22,8 @@ export interface ReceiveCommitOptions {
   /** A committed image's name: its newest version gets a spare copy. */
   received: (name: string) => void;
   log: Logger;
+  /** A staged image failed verification (its bad blocks are asked for again). */
+  refused?: (id: string, name: string, bad: BadItem[]) => void;
 }
 
 const TAKEN = 'another receive of this image is committing the staging folder; prepare again';
@@ -154,6 +156,7 @@ export class ReceiveCommit {
       // The merge copies stay valid seeds (base blocks plus verified sent blocks).
       for (const m of merged) await rename(m.from, m.seed).catch(() => undefined);
       this.log.warn({ event: 'receive-verify-failed', id, bad: bad.slice(0, 10), badCount: bad.length }, 'staged image refused');
+      this.opts.refused?.(id, manifest.name, bad);
       return { ok: false, id, bad };
     }
     const filesDir = join(dir, 'files');

@@ -81,6 +81,28 @@ async function startServer(): Promise<void> {
     serveDepots: true,
     coalesceMs: 100,
   });
+  // Alerts and the policy in force (served by the alerts and pilots plugins on a real depot).
+  server.route('GET', '/api/alerts', () => ({
+    now: Date.now(),
+    enabled: true,
+    sender: { name: 'ws-01', peerId: '12D3KooWws01', self: true, sending: true },
+    channels: [
+      { channel: 'webhook', target: 'https://chat.lab.example/hook', pending: 1, failures: 3, sent: 4, lastError: 'POST https://chat.lab.example/hook: ECONNREFUSED', lastErrorAt: Date.now() - 5000, nextAttemptAt: Date.now() + 15_000 },
+      { channel: 'mail', target: 'admin@lab.example via smtp.lab.example:25', pending: 0, failures: 0, sent: 5, lastOkAt: Date.now() - 60_000 },
+    ],
+    alerts: [
+      { id: 'failover/zabbix/m-3@1', key: 'failover/zabbix/m-3', type: 'failover', severity: 'critical', service: 'zabbix', host: 'ws-01', summary: 'zabbix failed over from ws-03 to ws-01 (term 2): <b>ws-03</b> lost power', details: {}, openedAt: Date.now() - 120_000, count: 1, lastAt: Date.now() - 120_000, events: ['m-3'], sentOpen: ['mail'], sentResolve: [], skipped: [], superseded: false, openedBy: 'ws-01' },
+      { id: 'unprotected/zabbix@2', key: 'unprotected/zabbix', type: 'unprotected', severity: 'warning', service: 'zabbix', host: 'ws-01', summary: 'zabbix runs on ws-01 with no running standby', details: {}, openedAt: Date.now() - 3_600_000, resolvedAt: Date.now() - 3_000_000, resolveSummary: 'unprotected cleared after 10 min', count: 1, lastAt: Date.now() - 3_600_000, events: [], sentOpen: ['mail', 'webhook'], sentResolve: ['mail', 'webhook'], skipped: [], superseded: false, openedBy: 'ws-03' },
+    ],
+  }));
+  server.route('GET', '/api/policy', () => ({
+    depot: 'ws-01',
+    policy: {},
+    quietNow: null,
+    preferredVoters: [],
+    explained: ['placement weights: uptime 0.2, memory 0.2, cpu 0.2, session 0.25, image 0.15', 'anti-affinity groups (never primary and standby in one): strip-a: ws-01, ws-02; strip-b: ws-03'],
+    warnings: ['policy.services.zabbix.pinned names ws-09, which policy.excludedHosts excludes: it never gets a copy'],
+  }));
   await server.start();
   port = server.port!;
 }
@@ -159,6 +181,14 @@ describe('tracking page in chromium', () => {
     expect(await page.locator('#movements td.reason', { hasText: '<img src=x' }).count()).toBe(1);
     expect(await page.locator('#movements img').count()).toBe(0);
     expect(await page.evaluate(() => (window as unknown as { __xss?: number }).__xss)).toBeUndefined();
+    // Alerts: open first, a failing channel shown with its error; the policy in force with its warning.
+    await expect.poll(() => page.locator('#alerts tbody tr').count()).toBe(2);
+    expect(await page.locator('#alerts tbody tr').first().textContent()).toContain('<b>ws-03</b> lost power');
+    expect(await page.locator('#alerts b').count()).toBe(0);
+    expect(await page.locator('#alert-channels li.failing').textContent()).toContain('failing (3 in a row: POST https://chat.lab.example/hook: ECONNREFUSED');
+    expect(await page.locator('#alert-count').textContent()).toBe('1 open');
+    await expect.poll(() => page.locator('#policy li').count()).toBe(3);
+    expect(await page.locator('#policy li.failing').textContent()).toContain('warning: policy.services.zabbix.pinned');
 
     // Failover: ws-01 dies, ws-02 takes over. The page must follow without a reload.
     await page.evaluate(() => ((window as unknown as { __noReload: boolean }).__noReload = true));

@@ -12,8 +12,8 @@ import { DEPOT_ENV, DEPOT_NODE_FLAGS } from '../../depot/runtime-flags.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const HOOK = resolve(import.meta.dirname, '../helpers/record-modules.mjs');
-/** Loaded only when a depot ships an image, syncs a database, runs a container or a command (bundle inputs). */
-const NOT_AT_IDLE = [/^node_modules\/ssh2\//, /^node_modules\/mysql2\//, /^node_modules\/execa\//, /^ship\/(shipper|ssh-connection|block-streaming)\.ts$/, /^pilot\/db\/(dbsync|movements-table)\.ts$/, /^depot\/install\/install\.ts$/, /^demo\//];
+/** Loaded only when a depot ships an image, syncs a database, runs a container or a command, sends mail (bundle inputs). */
+const NOT_AT_IDLE = [/^node_modules\/ssh2\//, /^node_modules\/mysql2\//, /^node_modules\/execa\//, /^node_modules\/nodemailer\//, /^ship\/(shipper|ssh-connection|block-streaming)\.ts$/, /^pilot\/db\/(dbsync|movements-table)\.ts$/, /^depot\/install\/install\.ts$/, /^demo\//];
 
 /** dist/<build>/meta.json: esbuild's metafile, outputs named by file name. */
 interface Metafile {

@@ -184,7 +184,7 @@ describe('placement ranking', () => {
     const text = formatRanking(rankHosts([host('ws-01'), host('ws-002', { images: ['sha256-abc'] }), host('gone', { state: 'dead' })], req, NOW));
     const lines = text.split('\n');
     const head = lines.findIndex((l) => l.startsWith('rank'));
-    expect(lines[head]).toMatch(/^rank\s+host\s+total\s+uptime\s+memory\s+cpu\s+session\s+image$/);
+    expect(lines[head]).toMatch(/^rank\s+host\s+total\s+uptime\s+memory\s+cpu\s+session\s+image\s+decided by$/);
     // Columns line up: every row's total ends where the header's "total" ends.
     const end = lines[head]!.indexOf('total') + 'total'.length;
     for (const row of lines.slice(head + 1, head + 3)) expect(row.slice(end - 5, end)).toMatch(/^\d\.\d{3}$/);

@@ -340,6 +340,53 @@ function renderChart() {
   root.replaceChildren(root_svg);
 }
 
+// ---------- alerts and policy ----------
+
+async function loadAlerts() {
+  const data = await getJson('api/alerts');
+  const open = data.alerts.filter((a) => a.resolvedAt === undefined && !a.superseded);
+  $('alert-count').textContent = open.length ? `${open.length} open` : 'none open';
+  const channels = data.channels.map((c) => {
+    const failing = c.failures > 0;
+    return h(
+      'li',
+      { class: failing ? 'failing' : undefined },
+      badge(c.channel),
+      ` ${c.target}: `,
+      failing ? `failing (${c.failures} in a row: ${c.lastError || ''}; next try ${fmtClock(c.nextAttemptAt)})` : `ok, ${c.sent} sent`,
+      c.pending ? `, ${c.pending} pending` : '',
+    );
+  });
+  const sender = data.sender.name ? `sent by ${data.sender.name}${data.sender.self ? ' (this depot)' : ''}` : 'no sender';
+  if (!data.enabled) channels.unshift(h('li', {}, 'alert messages are off on this depot (alerts.enabled)'));
+  else if (!data.channels.length) channels.unshift(h('li', {}, `no channel configured (alerts.webhookUrl, alerts.mailTo); ${sender}`));
+  else channels.unshift(h('li', { class: 'dim' }, sender));
+  $('alert-channels').replaceChildren(...channels);
+  const rows = data.alerts.slice(0, 50).map((a) => {
+    const resolved = a.resolvedAt !== undefined;
+    return h(
+      'tr',
+      { class: resolved ? 'dim' : undefined },
+      h('td', {}, fmtTime(a.openedAt)),
+      h('td', {}, resolved ? `resolved ${fmtClock(a.resolvedAt)}` : badge('open', a.severity === 'critical' ? 'b-failed' : 'b-suspect')),
+      h('td', {}, a.severity),
+      h('td', {}, a.type),
+      h('td', {}, a.service || '—'),
+      h('td', {}, a.host || '—'),
+      h('td', { class: 'reason' }, resolved && a.resolveSummary ? a.resolveSummary : a.summary, a.count > 1 ? ` (${a.count} times)` : ''),
+      h('td', {}, [...a.sentOpen, ...a.sentResolve.map((c) => `${c} (resolve)`)].join(', ') || '—'),
+    );
+  });
+  $('alerts').tBodies[0].replaceChildren(...(rows.length ? rows : [h('tr', {}, h('td', { colspan: 8, class: 'empty' }, 'No alerts.'))]));
+}
+
+async function loadPolicy() {
+  const data = await getJson('api/policy');
+  $('policy-depot').textContent = `of ${data.depot}${data.quietNow ? `, quiet hours now (${data.quietNow})` : ''}`;
+  const items = [...data.explained.map((l) => h('li', {}, l)), ...data.warnings.map((w) => h('li', { class: 'failing' }, `warning: ${w}`))];
+  $('policy').replaceChildren(...items);
+}
+
 // ---------- live updates ----------
 
 let source = null;
@@ -439,7 +486,15 @@ document.addEventListener('DOMContentLoaded', () => {
     if (state.services.length) renderServices();
   }, 5000);
 
+  // Alerts change rarely and are small: read them every 5 s; the policy every minute.
+  const alerts = () => loadAlerts().catch(showFetchError);
+  const policy = () => loadPolicy().catch(showFetchError);
+  setInterval(alerts, 5000);
+  setInterval(policy, 60_000);
+
   connect();
   loadMovements().catch(showFetchError);
   loadFailovers().catch(showFetchError);
+  alerts();
+  policy();
 });

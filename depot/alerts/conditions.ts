@@ -1,0 +1,143 @@
+import type { AlertType } from '../../shared/alert.ts';
+import type { Severity } from '../../shared/config-alerts.ts';
+import type { AlertsConfig } from '../../shared/config-alerts.ts';
+
+// What is wrong right now, from what every depot sees (pure): the copies in the heartbeats and
+// the voter-quorum reports gossiped by the depots that host pilots. A condition names its
+// threshold; the tracker remembers since when each has held, so the engine opens an alert only
+// once a condition has lasted its threshold, and every depot (the next sender too) knows how long.
+
+export interface CopyState {
+  host: string;
+  role: 'primary' | 'standby' | 'none';
+  state: string;
+  term: number;
+  lastSyncAt?: number | undefined;
+  syncFailing?: boolean | undefined;
+}
+
+/** A service and its copies on live (alive or suspect) depots. */
+export interface ServiceState {
+  service: string;
+  copies: readonly CopyState[];
+}
+
+/** A depot's latest word on a service's voter quorum (notice kind `quorum`). */
+export interface QuorumReport {
+  service: string;
+  reporter: string;
+  lost: boolean;
+  summary: string;
+}
+
+export interface Condition {
+  key: string;
+  type: AlertType;
+  severity: Severity;
+  service: string;
+  host: string;
+  summary: string;
+  details: Record<string, string | number | boolean>;
+  /** The condition must hold this long before it is an alert. */
+  afterMs: number;
+}
+
+export interface ActiveCondition extends Condition {
+  since: number;
+}
+
+export const SEVERITY_OF: Record<AlertType, Severity> = {
+  failover: 'critical',
+  'service-down': 'critical',
+  'quorum-lost': 'critical',
+  'last-resort-recovery': 'critical',
+  unprotected: 'warning',
+  'sync-failing': 'warning',
+  'sync-lagging': 'warning',
+  'peer-refused': 'warning',
+  'image-verify-failed': 'warning',
+};
+
+export type ConditionThresholds = Pick<AlertsConfig, 'downAfterMs' | 'unprotectedAfterMs' | 'syncFailingAfterMs' | 'syncLagMs' | 'quorumLostAfterMs'>;
+
+const running = (c: CopyState) => c.state === 'running';
+
+/** Services with a running primary and at least one running standby. */
+export function protectedServices(services: readonly ServiceState[]): Set<string> {
+  const out = new Set<string>();
+  for (const s of services) {
+    if (s.copies.some((c) => c.role === 'primary' && running(c)) && s.copies.some((c) => c.role === 'standby' && running(c))) out.add(s.service);
+  }
+  return out;
+}
+
+export function currentConditions(services: readonly ServiceState[], quorum: readonly QuorumReport[], now: number, t: ConditionThresholds): Condition[] {
+  const out: Condition[] = [];
+  const add = (c: Omit<Condition, 'severity'>) => out.push({ ...c, severity: SEVERITY_OF[c.type] });
+  for (const s of services) {
+    const primary = s.copies.find((c) => c.role === 'primary' && running(c));
+    const standbys = s.copies.filter((c) => c.role === 'standby');
+    if (!primary) {
+      add({
+        key: `service-down/${s.service}`,
+        type: 'service-down',
+        service: s.service,
+        host: '',
+        summary: `${s.service} has no running primary`,
+        details: { copies: s.copies.length },
+        afterMs: t.downAfterMs,
+      });
+    } else if (!standbys.some(running)) {
+      add({
+        key: `unprotected/${s.service}`,
+        type: 'unprotected',
+        service: s.service,
+        host: primary.host,
+        summary: `${s.service} runs on ${primary.host} with no running standby: the next failure of ${primary.host} is an outage`,
+        details: { primary: primary.host, standbys: standbys.length },
+        afterMs: t.unprotectedAfterMs,
+      });
+    }
+    for (const c of standbys) {
+      if (c.syncFailing) {
+        add({
+          key: `sync-failing/${s.service}/${c.host}`,
+          type: 'sync-failing',
+          service: s.service,
+          host: c.host,
+          summary: `database copy of ${s.service} into the standby on ${c.host} is failing`,
+          details: c.lastSyncAt !== undefined ? { lastGoodSync: new Date(c.lastSyncAt).toISOString() } : {},
+          afterMs: t.syncFailingAfterMs,
+        });
+      }
+      if (running(c) && c.lastSyncAt !== undefined && now - c.lastSyncAt > t.syncLagMs) {
+        add({
+          key: `sync-lagging/${s.service}/${c.host}`,
+          type: 'sync-lagging',
+          service: s.service,
+          host: c.host,
+          summary: `the standby of ${s.service} on ${c.host} holds a database copy ${Math.round((now - c.lastSyncAt) / 1000)} s old (limit ${Math.round(t.syncLagMs / 1000)} s)`,
+          details: { lastGoodSync: new Date(c.lastSyncAt).toISOString(), lagS: Math.round((now - c.lastSyncAt) / 1000) },
+          afterMs: 0,
+        });
+      }
+    }
+  }
+  const lost = new Map<string, QuorumReport>();
+  for (const r of quorum) if (r.lost && !lost.has(r.service)) lost.set(r.service, r);
+  for (const r of lost.values()) {
+    add({ key: `quorum-lost/${r.service}`, type: 'quorum-lost', service: r.service, host: '', summary: r.summary, details: { reportedBy: r.reporter }, afterMs: t.quorumLostAfterMs });
+  }
+  return out;
+}
+
+/** Since when each current condition has held (continuously); a cleared one is forgotten. */
+export function trackConditions(since: Map<string, number>, conditions: readonly Condition[], now: number): ActiveCondition[] {
+  const keys = new Set(conditions.map((c) => c.key));
+  for (const k of [...since.keys()]) if (!keys.has(k)) since.delete(k);
+  return conditions.map((c) => {
+    let s = since.get(c.key);
+    if (s === undefined) since.set(c.key, (s = now));
+    return { ...c, since: s };
+  });
+}
