@@ -9,6 +9,7 @@ import { registerPlacement } from './commands/placement.ts';
 import { registerPilot } from './commands/pilot.ts';
 import { registerHistory } from './commands/history.ts';
 import { registerDemo } from './commands/demo.ts';
+import { registerTrust } from './commands/trust.ts';
 
 // The `navigator` command. Each command lives in cli/commands/<name>.ts and registers itself
 // here; this file only composes them and turns errors into one clear line and an exit code.
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerPilot(program);
   registerHistory(program);
   registerDemo(program);
+  registerTrust(program);
   return program;
 }
 

@@ -22,6 +22,7 @@ import { ControlClient } from './control/client.ts';
 import { ConnectionManager } from './connections.ts';
 import type { DepotComponents, DepotPlugin, DepotPluginFactory, MemberEvents } from './components.ts';
 import { depotsResponse } from './depots-response.ts';
+import type { DepotRowExtras } from '../shared/api/depots.ts';
 
 // The depot daemon's lifecycle: builds the core — libp2p node, gossip inbox, heartbeat,
 // membership with its prober, connection manager, control server, HTTP server — wires the pure
@@ -74,6 +75,7 @@ export class Depot {
   private _http: HttpServer | undefined;
   private _components: DepotComponents | undefined;
   private readonly plugins: DepotPlugin[] = [];
+  private readonly rowExtras: Array<(peerId: string) => DepotRowExtras> = [];
   private tickTimer: TimerHandle | undefined;
   private addressCache: { at: number; list: string[] } | undefined;
   private state: DepotState = 'new';
@@ -239,7 +241,7 @@ export class Depot {
       this._http = new HttpServer({ host: cfg.http.host, port: cfg.http.port, log: this.log.child({ component: 'http' }) });
       registerDepotApi(this._http, {
         health: () => ({ ok: this.running, name: cfg.node.name, peerId: selfId }),
-        depots: () => depotsResponse({ self: this.components.self, membership, dropped: this.metrics.dropped }),
+        depots: () => depotsResponse({ self: this.components.self, membership, dropped: this.metrics.dropped, extras: (peer) => this.extrasOf(peer) }),
         metrics: this.metrics.registry,
       });
     }
@@ -285,9 +287,17 @@ export class Depot {
         contribute: (provider: HeartbeatContentProvider) => heartbeat.addContentProvider(provider),
         beat: () => void heartbeat.beat().catch(() => undefined),
       },
+      depotInfo: {
+        add: (provider) => void this.rowExtras.push(provider),
+        of: (peer) => this.extrasOf(peer),
+      },
       metrics: this.metrics.registry,
       reach: { ping: async (peer, timeoutMs) => (await prober.ping(peer, timeoutMs)) !== undefined },
     };
+  }
+
+  private extrasOf(peerId: string): DepotRowExtras {
+    return Object.assign({}, ...this.rowExtras.map((p) => p(peerId))) as DepotRowExtras;
   }
 
   /** A control call; this depot's own methods are dispatched in process (libp2p cannot dial itself). */

@@ -28,6 +28,8 @@ export interface PilotsInit {
   journal: Journal | undefined;
   /** Overrides of the election timing (tests). */
   election?: Partial<ElectionConfig>;
+  /** Host keys pinned from heartbeats, for image shipping (plugins/ssh-trust.ts). */
+  hostKeys?: { expectedHostKey(peerId: string, name: string): Promise<string> };
 }
 
 export type PilotsComponents = Pick<DepotComponents, 'config' | 'logger' | 'self' | 'node' | 'members' | 'gossip' | 'control' | 'routes' | 'heartbeat' | 'reach'>;
@@ -76,6 +78,7 @@ class Pilots implements PilotsPlugin {
       store: init.store,
       client: () => ({ call: (peer, method, params, opts) => control.call(peer.toString(), method, params, opts) }),
       members: () => members.view(),
+      ...(init.hostKeys ? { hostKeys: init.hostKeys } : {}),
       logger,
     });
     const record = movementRecorder({ self, gossip: c.gossip, journal: init.journal, logger });

@@ -10,10 +10,11 @@ import { containersPlugin } from './containers.ts';
 import { imagesPlugin } from './images.ts';
 import { trackingPlugin, type TrackingPlugin } from './tracking.ts';
 import { pilotsPlugin, type PilotsPlugin } from './pilots.ts';
+import { sshTrustPlugin, type SshTrustPlugin } from './ssh-trust.ts';
 
 // The composition root of a workstation's depot as `navigator depot run` starts it: the depot
-// core plus, in start order, the image store, the containers, the movement journal and tracking
-// page, and the pilots. The resources they share (store, containers, journal) are made here and
+// core plus, in start order, the image store, the containers, the SSH trust for image shipping,
+// the movement journal and tracking page, and the pilots. The resources they share (store, containers, journal) are made here and
 // each is started and stopped by exactly one plugin.
 
 export interface WorkstationDepot {
@@ -56,21 +57,30 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     statusIntervalMs: config.membership.heartbeatMs,
   }));
   const journal = new Journal({ path: join(config.node.dataDir, 'journal.jsonl'), logger: log });
+  const started = <T>(v: T | undefined, what: string): T => {
+    if (!v) throw new Error(`${what} plugin not started`);
+    return v;
+  };
   let tracking: TrackingPlugin | undefined;
   let pilots: PilotsPlugin | undefined;
+  let trust: SshTrustPlugin | undefined;
   const depot = new Depot({
     ...opts,
     log: base,
     plugins: [
       imagesPlugin({ store }),
       containersPlugin({ manager }),
+      (c) => (trust = sshTrustPlugin()(c)),
       (c) => (tracking = trackingPlugin({ journal })(c)),
-      (c) => (pilots = pilotsPlugin({ store, containers: manager, journal, ...(opts.election ? { election: opts.election } : {}) })(c)),
+      (c) =>
+        (pilots = pilotsPlugin({
+          store,
+          containers: manager,
+          journal,
+          hostKeys: { expectedHostKey: (peerId, name) => started(trust, 'ssh-trust').trust.expectedHostKey(peerId, name) },
+          ...(opts.election ? { election: opts.election } : {}),
+        })(c)),
     ],
   });
-  const started = <T>(v: T | undefined, what: string): T => {
-    if (!v) throw new Error(`${what} plugin not started`);
-    return v;
-  };
   return { depot, store, containers: manager, journal, tracking: () => started(tracking, 'tracking'), pilots: () => started(pilots, 'pilots') };
 }

@@ -155,9 +155,30 @@ export const PilotSection = z
 export const ShipSection = z
   .object({
     sshPort: z.number().int().min(1).max(65535).default(22).describe("Port of this host's sshd; advertised in the heartbeat so senders write images shipped here to it"),
-    sshUser: z.string().default('navigator').describe('User the SFTP transfers log in as'),
-    sshKeyFile: z.string().default('/etc/navigator/ssh/id_ed25519').describe('Private key for SFTP (key authentication only)'),
-    knownHostsFile: z.string().default('/etc/navigator/ssh/known_hosts').describe('Pinned host keys of depot hosts; unknown or changed keys are refused'),
+    sshUser: z
+      .string()
+      .default('navigator-recv')
+      .describe("Account the SFTP transfers log in as on the receiving depot's sshd (the package's receive-only account: SFTP only, chrooted, keys of the current swarm members)"),
+    sshKeyFile: z
+      .string()
+      .default('')
+      .describe("This depot's SFTP private key (key authentication only), announced to the others in its heartbeat (default: DATADIR/ssh/id_ed25519, made at install or first start)"),
+    knownHostsFile: z
+      .string()
+      .default('')
+      .describe("Optional override: pinned host keys in OpenSSH known_hosts format. Empty: each depot's sshd host key is pinned from its signed heartbeat (DATADIR/ssh/host-keys.json); unknown or changed keys are refused either way"),
+    hostKeyFile: z
+      .string()
+      .default('/etc/ssh/ssh_host_ed25519_key.pub')
+      .describe("This host's sshd Ed25519 host public key; its fingerprint goes into the heartbeat so senders pin it (empty: none announced, nothing can be shipped here)"),
+    authorizedKeysFile: z
+      .string()
+      .default('')
+      .describe('Kept equal to the SFTP keys of the current swarm members; sshd reads it for the receive account (default: DATADIR/ssh/authorized_keys)'),
+    receiveChroot: z
+      .string()
+      .default('')
+      .describe("Folder sshd chroots the receive account into (the package: the image store folder); image.prepare then names the folder to write in as the sender sees it inside. Empty: not chrooted"),
     requestsInFlight: z.number().int().min(1).max(256).default(64).describe('Parallel SFTP write requests per transfer (shared by its connections)'),
     connections: z
       .number()
@@ -272,7 +293,15 @@ export function parseConfig(input: unknown, source = 'configuration'): Config {
       issues: result.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })),
     });
   }
-  return resolveDerived(result.data);
+  const cfg = resolveDerived(result.data);
+  const chroot = cfg.ship.receiveChroot.replace(/\/+$/, '');
+  if (chroot && !(cfg.store.dir === chroot || cfg.store.dir.startsWith(`${chroot}/`))) {
+    // The sender writes inside the chroot: a store outside it could never receive anything.
+    throw new NavigatorError('CONFIG_INVALID', `invalid configuration in ${source}:\n  ship.receiveChroot: ${chroot} must contain store.dir (${cfg.store.dir})`, {
+      issues: [{ path: 'ship.receiveChroot', message: `must contain store.dir (${cfg.store.dir})` }],
+    });
+  }
+  return cfg;
 }
 
 /** Fill the fields whose defaults depend on other fields. */
@@ -281,6 +310,11 @@ function resolveDerived(cfg: Config): Config {
     ...cfg,
     network: { ...cfg.network, identityFile: cfg.network.identityFile || `${cfg.node.dataDir}/identity.key` },
     store: { ...cfg.store, dir: cfg.store.dir || `${cfg.node.dataDir}/images` },
+    ship: {
+      ...cfg.ship,
+      sshKeyFile: cfg.ship.sshKeyFile || `${cfg.node.dataDir}/ssh/id_ed25519`,
+      authorizedKeysFile: cfg.ship.authorizedKeysFile || `${cfg.node.dataDir}/ssh/authorized_keys`,
+    },
   };
 }
 

@@ -19,6 +19,9 @@ export interface HeartbeatContent {
   containers: ContainerReport[];
   /** Port of the sshd that receives images (the images part); the last provider that sets it wins. */
   sshPort?: number;
+  /** sshd host key fingerprint and SFTP public key (the SSH trust part); the last provider that sets them wins. */
+  sshHostKey?: string;
+  sshKey?: string;
 }
 
 /** Returns the part of the heartbeat content a part knows about; lists are concatenated. */
@@ -116,6 +119,8 @@ export class HeartbeatPublisher {
         content.staging.push(...(part.staging ?? []));
         content.containers.push(...(part.containers ?? []));
         if (part.sshPort !== undefined) content.sshPort = part.sshPort;
+        if (part.sshHostKey !== undefined) content.sshHostKey = part.sshHostKey;
+        if (part.sshKey !== undefined) content.sshKey = part.sshKey;
       } catch (err) {
         o.log.warn({ event: 'heartbeat-provider-failed', err: (err as Error).message }, 'heartbeat content provider failed');
       }
@@ -134,6 +139,8 @@ export class HeartbeatPublisher {
       hostAddresses: res.hostAddresses.slice(0, 8),
       ...(httpPort !== undefined ? { httpPort } : {}),
       ...(content.sshPort !== undefined ? { sshPort: content.sshPort } : {}),
+      ...(content.sshHostKey !== undefined ? { sshHostKey: content.sshHostKey } : {}),
+      ...(content.sshKey !== undefined ? { sshKey: content.sshKey } : {}),
       bootTime: res.bootTime,
       uptimeS: res.uptimeS,
       load: res.load,
