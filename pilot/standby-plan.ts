@@ -67,7 +67,11 @@ export function planStandbys(input: StandbyPlanInput): StandbyPlan {
     return { recentlyPlaced, decision: extra ? { kind: 'retire', copy: extra } : { kind: 'wait', reason: 'surplus standby still starting' } };
   }
   if (have >= service.standbys) return { recentlyPlaced, decision: { kind: 'prestage' } };
-  const ranking = rankHosts([...input.candidates], { service: service.name, memBytes: service.memoryBytes, diskBytes: service.diskBytes, image: service.image }, now);
+  // A host with a placement still on its way holds a copy already, though its heartbeat does not
+  // say so yet: never place a second copy there.
+  const pendingHosts = new Set(recentlyPlaced.filter((r) => r.service === service.name).map((r) => r.peerId));
+  const candidates = input.candidates.map((c) => (c.peerId !== undefined && pendingHosts.has(c.peerId) && !c.copies.includes(service.name) ? { ...c, copies: [...c.copies, service.name] } : c));
+  const ranking = rankHosts(candidates, { service: service.name, memBytes: service.memoryBytes, diskBytes: service.diskBytes, image: service.image }, now);
   const target = ranking.ranking.find((r): r is RankedHost & { peerId: string } => r.peerId !== undefined && now - (input.failedHosts.get(r.peerId) ?? -Infinity) > input.placementRetryMs);
   if (!target) return { recentlyPlaced, decision: { kind: 'wait', reason: ranking.ranking.length === 0 ? 'no eligible host' : 'every eligible host failed lately' } };
   const replacing = copies.some((c) => c.depotState !== 'alive' && c.report.role === 'standby');
