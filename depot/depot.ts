@@ -387,8 +387,16 @@ export class Depot {
     this.apply(this.membership.tick(this.clock.now(), this._prober?.lagAllowanceMs() ?? 0));
   }
 
+  /**
+   * Heartbeats and membership messages are taken while running and while the plugins stop: a
+   * primary handing over at a clean stop waits to hear of the new primary (pilot/hand-over.ts).
+   */
+  private get listening(): boolean {
+    return this.state === 'running' || this.state === 'stopping';
+  }
+
   private onHeartbeat(hb: HeartbeatMessage): void {
-    if (this.state !== 'running') return;
+    if (!this.listening) return;
     this.apply(this.membership.observeHeartbeat(hb, this.clock.now()));
     this.events.emit('heartbeat', hb);
     this._connections?.heard(hb);
@@ -404,7 +412,7 @@ export class Depot {
   }
 
   private onMembershipMessage(msg: MembershipMessage): void {
-    if (this.state !== 'running') return;
+    if (!this.listening) return;
     const now = this.clock.now();
     this.apply(msg.type === 'left' ? this.membership.observeLeft(msg, now) : this.membership.observeDead(msg, now));
   }

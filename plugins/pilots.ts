@@ -16,6 +16,7 @@ import { registerPilotControl } from '../pilot/control-methods.ts';
 import { rankHosts, type PlacementResult } from '../pilot/placement.ts';
 import { candidatesOf, copiesOf } from '../pilot/cluster-view.ts';
 import type { Pilot } from '../pilot/pilot.ts';
+import { handOverPrimaries } from '../pilot/hand-over.ts';
 
 // The pilots of the copies this depot hosts and this depot's vote in every service's election:
 // the voters and the election protocol, the pilot supervisor, standby keeping and image shipping
@@ -125,6 +126,16 @@ class Pilots implements PilotsPlugin {
   }
 
   async stop(): Promise<void> {
+    // A clean stop is a planned move: primaries here go to a standby first, while this depot
+    // still votes, heartbeats and serves control requests.
+    await handOverPrimaries({
+      primaries: () => this.supervisor.pilots().filter((p) => p.role === 'primary').map((p) => p.spec.name),
+      switchover: (service) => this.operations.switchover({ service }),
+      copies: (service) => copiesOf(this.c.members, service),
+      selfId: this.c.self.peerId,
+      timeoutMs: this.c.config.pilot.handOverMs,
+      logger: this.c.logger,
+    });
     this.c.members.events.off('heartbeat', this.onHeartbeat);
     // Transfers first: a placement waiting on one must not hold the stop up.
     await this.shipping.stop().catch(() => undefined);

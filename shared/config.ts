@@ -142,6 +142,10 @@ export const PilotSection = z
     syncInfoTtlMs: ms(5000, "A voter counts a standby's DB sync time heard in its heartbeat this long, for the freshest-copy rule"),
     maxClockDriftRate: z.number().min(0).max(0.2).default(0.01).describe('Bound ρ on clock rate error (0.01 = every clock runs within ±1 % of real time); the safety margin is checked against it'),
     fenceLatencyMs: z.number().int().min(0).default(100).describe('Longest time from a fence decision until the service is stopped and the address dropped'),
+    handOverMs: ms(
+      30_000,
+      'At a clean stop of this depot (systemctl stop, a package upgrade) each primary here is handed to the freshest standby (a final DB sync included) within this long; then the depot stops anyway',
+    ),
     placementRetryMs: ms(30_000, 'After a failed standby placement on a host (image transfer, container start) that host is tried again no sooner than this; other hosts are tried at once'),
     placedGraceMs: ms(10_000, "A just-placed standby counts this long before its depot's heartbeat shows it (heartbeats lag)"),
     supervisorBackoffMs: z
