@@ -13,6 +13,7 @@ import { gossipLinkHealth, judgeLinks, type LinkObservation } from './gossip/lin
 
 // Keeps the cluster fully connected, so that every heartbeat reaches every depot in one hop:
 // - dials every depot heard of (from the addresses in its heartbeat) that it is not connected to;
+// - dials every depot mDNS finds on the LAN (libp2p only records what discovery finds);
 // - dials the configured bootstrap depots until connected (the first may start later);
 // - on connect, asks the new peer for its heartbeat and whom it knows (memberlist's join sync);
 // - push-pull member exchange with a random peer, fast while starting, then slowly;
@@ -96,6 +97,16 @@ export class ConnectionManager {
       if (!this.running || this.opts.membership.get(peer)?.state !== 'dead') return;
       void this.opts.node.hangUp(peerIdFromString(peer)).catch(() => undefined);
     }, this.opts.timing.deadHangUpMs);
+  }
+
+  /**
+   * A depot found by peer discovery (mDNS on the LAN, the bootstrap list): connect. Without this a
+   * cluster set up with no bootstrap list — an installed package's default config — never forms.
+   */
+  discovered(peer: string, addresses: string[]): void {
+    // The dial names the peer it expects: the handshake proves it (mDNS itself proves nothing).
+    const named = addresses.map((a) => (a.includes('/p2p/') ? a : `${a}/p2p/${peer}`));
+    this.dialIfUnconnected({ peerId: peer, addresses: named });
   }
 
   /** A heartbeat heard (gossiped or asked for): connect to its depot if we are not (it came through a third one). */

@@ -228,6 +228,7 @@ export class Depot {
     }));
     node.addEventListener('self:peer:update', () => (this.addressCache = undefined));
     node.addEventListener('peer:connect', (evt) => connections.connected(evt.detail.toString()));
+    node.addEventListener('peer:discovery', (evt) => connections.discovered(evt.detail.id.toString(), evt.detail.multiaddrs.map((a) => a.toString())));
     node.addEventListener('peer:disconnect', (evt) => {
       const peer = evt.detail.toString();
       prober.connectionClosed(peer);
