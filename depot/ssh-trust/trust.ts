@@ -208,7 +208,7 @@ export class SshTrust {
     if (!this.opts.hostKeyFile) return;
     try {
       const fp = await hostKeyFingerprint(this.opts.hostKeyFile);
-      if (fp !== this.hostKey.fingerprint) {
+      if (fp !== this.hostKey.fingerprint || force) {
         if (fp) this.log.info({ event: 'ssh-host-key', file: this.opts.hostKeyFile, fingerprint: fp }, 'announcing this host\'s sshd host key');
         else this.log.warn({ event: 'ssh-host-key-missing', file: this.opts.hostKeyFile }, 'no sshd host key: other depots cannot ship images here');
       }
