@@ -42,7 +42,9 @@ export class Machine {
 
   static async start(o: MachineOptions): Promise<Machine> {
     const args = ['-D', o.root, '--volatile=overlay', '--register=no', '--keep-unit', '-M', o.name, `--hostname=${o.name}`, '--console=pipe', '--quiet'];
-    if (o.netns) args.push(`--network-namespace-path=${o.netns}`);
+    // The network is the machine's own (a lab workstation's), so it may manage it, as a host
+    // does; nspawn keeps CAP_NET_ADMIN only for --private-network, which this is but does not say.
+    if (o.netns) args.push(`--network-namespace-path=${o.netns}`, '--capability=CAP_NET_ADMIN');
     for (const b of o.bindRo ?? []) args.push(`--bind-ro=${b.host}:${b.guest}`);
     if (o.boot === false) args.push('--as-pid2', '/bin/sleep', 'infinity');
     else args.push('-b');
