@@ -46,6 +46,7 @@ export class ConnectionManager {
   /** Peers with at least one open connection (libp2p peer:connect / peer:disconnect). */
   private readonly connectedPeers = new Set<string>();
   private bootstrapPeers: Array<{ peerId: string; addresses: string[] }> | undefined;
+  private readonly foundBeforeStart = new Map<string, string[]>();
   private running = false;
 
   constructor(private readonly opts: ConnectionManagerOptions) {}
@@ -79,6 +80,8 @@ export class ConnectionManager {
     this.redialTimer = this.opts.clock.setInterval(() => this.redialBootstrap(), t.redialMs);
     // Peers connected while starting (bootstrap) were not asked yet.
     for (const p of this.opts.node.getPeers()) this.onPeerConnect(p.toString());
+    for (const [peer, addresses] of this.foundBeforeStart) this.dialIfUnconnected({ peerId: peer, addresses });
+    this.foundBeforeStart.clear();
   }
 
   stop(): void {
@@ -106,7 +109,10 @@ export class ConnectionManager {
   discovered(peer: string, addresses: string[]): void {
     // The dial names the peer it expects: the handshake proves it (mDNS itself proves nothing).
     const named = addresses.map((a) => (a.includes('/p2p/') ? a : `${a}/p2p/${peer}`));
-    this.dialIfUnconnected({ peerId: peer, addresses: named });
+    // libp2p announces a peer once, when it first enters the peer store, and a restarted depot's
+    // first mDNS answers arrive while it is still starting: those are dialled at start().
+    if (!this.running) this.foundBeforeStart.set(peer, named);
+    else this.dialIfUnconnected({ peerId: peer, addresses: named });
   }
 
   /** A heartbeat heard (gossiped or asked for): connect to its depot if we are not (it came through a third one). */
