@@ -19,6 +19,8 @@ export const SUITE = 'bookworm';
 /** The navigator package's Depends (depot/install/debian/maintainer-scripts.ts) and what the tests use. */
 export const ROOT_PACKAGES = ['systemd', 'systemd-sysv', 'dbus', 'iproute2', 'iputils-arping', 'openssh-server', 'openssh-client', 'procps', 'libstdc++6', 'libgcc-s1', 'passwd', 'util-linux', 'init-system-helpers', 'curl'];
 export const CACHE_DIR = '/var/tmp/navigator-nspawn';
+/** Bumped when what is done to the root after debootstrap changes (a new cached root is made). */
+const ROOT_REVISION = 2;
 
 /** The Debian mirror apt uses here (deb822 .sources or sources.list), else deb.debian.org. */
 export async function aptMirror(): Promise<string> {
@@ -61,7 +63,7 @@ WantedBy=ssh.service
  */
 export async function ensureDebianRoot(log: (msg: string) => void = () => undefined): Promise<string> {
   const mirror = await aptMirror();
-  const key = createHash('sha256').update(`${SUITE}\n${mirror}\n${ROOT_PACKAGES.join(',')}\n${HOSTKEYS_UNIT}`).digest('hex').slice(0, 12);
+  const key = createHash('sha256').update(`${SUITE}\n${mirror}\n${ROOT_PACKAGES.join(',')}\n${HOSTKEYS_UNIT}\n${ROOT_REVISION}`).digest('hex').slice(0, 12);
   const dir = join(CACHE_DIR, `${SUITE}-${key}`);
   const root = join(dir, 'root');
   if (existsSync(join(root, 'etc', 'navigator-test-root'))) return root;
@@ -95,6 +97,9 @@ export async function ensureDebianRoot(log: (msg: string) => void = () => undefi
     // Host keys and identity are per machine.
     for (const f of await readdir(join(t, 'etc', 'ssh'))) if (f.startsWith('ssh_host_')) await rm(join(t, 'etc', 'ssh', f));
     await rm(join(t, 'etc', 'hostname'), { force: true });
+    // Nothing to remount in a machine whose root is nspawn's overlay (systemd-remount-fs failed
+    // now and then on "# UNCONFIGURED FSTAB"; without the file it is skipped).
+    await rm(join(t, 'etc', 'fstab'), { force: true });
     await writeFile(join(t, 'etc', 'machine-id'), '');
     await writeFile(join(t, 'etc', 'systemd', 'system', 'ssh-hostkeys.service'), HOSTKEYS_UNIT);
     await mkdir(join(t, 'etc', 'systemd', 'system', 'ssh.service.wants'), { recursive: true });

@@ -147,8 +147,12 @@ export class Machine {
       if (state === 'degraded' || state === 'maintenance' || state === 'stopping') break;
       await new Promise((r) => setTimeout(r, 200));
     }
-    const failed = (await this.exec(['systemctl', '--failed', '--no-legend'], { reject: false })).stdout.trim();
-    throw new NavigatorError('COMMAND_FAILED', `machine ${this.name} is ${state || 'not up'} after boot; failed units: ${failed || 'none'}`);
+    const failed = (await this.exec(['systemctl', '--failed', '--no-legend', '--plain'], { reject: false })).stdout.trim();
+    const logs: string[] = [];
+    for (const unit of failed.split('\n').map((l) => l.split(/\s+/)[0]).filter(Boolean)) {
+      logs.push((await this.exec(['systemctl', 'status', '--no-pager', '-l', '-n', '10', unit!], { reject: false })).stdout.trim());
+    }
+    throw new NavigatorError('COMMAND_FAILED', `machine ${this.name} is ${state || 'not up'} after boot; failed units: ${failed || 'none'}${logs.length ? `\n${logs.join('\n')}` : ''}`);
   }
 
   /** Halt (SIGTERM to systemd-nspawn: the machine shuts down cleanly), SIGKILL after `graceMs`. */

@@ -103,7 +103,7 @@ export class PackageHost {
 export async function startPackageHosts(lab: Lab, names: readonly string[], opts: { boot?: boolean } = {}): Promise<PackageHost[]> {
   const root = await ensureDebianRoot();
   await mkdir(PKG_DIR, { recursive: true });
-  return Promise.all(
+  const started = await Promise.allSettled(
     names.map(async (name) => {
       const machine = await Machine.start({
         root,
@@ -116,6 +116,13 @@ export async function startPackageHosts(lab: Lab, names: readonly string[], opts
       return new PackageHost(lab, name, machine);
     }),
   );
+  const failed = started.find((s) => s.status === 'rejected');
+  if (failed) {
+    // None is left running when one did not come up.
+    await Promise.all(started.map((s) => (s.status === 'fulfilled' ? s.value.machine.stop().catch(() => undefined) : undefined)));
+    throw failed.reason;
+  }
+  return started.map((s) => (s as PromiseFulfilledResult<PackageHost>).value);
 }
 
 /** The receiving sshd's answer to an SFTP login as the receive account with `from`'s depot key. */
