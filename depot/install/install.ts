@@ -142,7 +142,7 @@ export async function installDepot(o: InstallOptions): Promise<InstallResult> {
     if (root === '/') {
       await execa('systemctl', ['daemon-reload']);
       // New logins of the receive account get the drop-in; running sessions are untouched.
-      await execa('systemctl', ['reload-or-restart', 'ssh.service'], { reject: false });
+      await execa('systemctl', ['try-reload-or-restart', 'ssh.service'], { reject: false });
       if (o.start) {
         await execa('systemctl', ['enable', '--now', UNIT_NAME]);
         log.info({ event: 'unit-started', unit: UNIT_NAME }, 'enabled and started');
