@@ -19,6 +19,11 @@ export const DIST = join(ROOT, 'dist');
 const SOURCE_DIRS = ['cli', 'shared', 'web', 'depot', 'ship', 'pilot', 'plugins', 'lab', 'demo'];
 /** Builds kept besides the newest: a depot still running an older build may load a lazy chunk. */
 const KEEP_BUILDS = 3;
+/**
+ * In an installed package (depot/install/debian/) there are no sources to hash: the package
+ * ships one build and names it in this file, and nothing is ever built there.
+ */
+export const PACKAGED = join(DIST, 'PACKAGED');
 
 async function sourceFiles(dir) {
   const out = [];
@@ -116,6 +121,13 @@ async function prune(current) {
  */
 export async function ensureBuild() {
   try {
+    const packaged = await readFile(PACKAGED, 'utf8').catch(() => undefined);
+    if (packaged !== undefined) {
+      const id = packaged.trim();
+      if (!/^[0-9a-f]{16}$/.test(id)) return { error: `${PACKAGED} does not name a build` };
+      const dir = join(DIST, id);
+      return { main: join(dir, 'main.js'), dir, built: false };
+    }
     const fp = await fingerprint();
     const dir = join(DIST, fp);
     const main = join(dir, 'main.js');

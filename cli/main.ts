@@ -10,6 +10,7 @@ import { registerPilot } from './commands/pilot.ts';
 import { registerHistory } from './commands/history.ts';
 import { registerDemo } from './commands/demo.ts';
 import { registerAlerts } from './commands/alerts.ts';
+import { registerTrust } from './commands/trust.ts';
 
 // The `navigator` command. Each command lives in cli/commands/<name>.ts and registers itself
 // here; this file only composes them and turns errors into one clear line and an exit code.
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerHistory(program);
   registerAlerts(program);
   registerDemo(program);
+  registerTrust(program);
   return program;
 }
 

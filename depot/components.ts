@@ -5,6 +5,7 @@ import type { Clock } from '../shared/clock.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { RouteTarget } from '../shared/api/routes.ts';
 import type { HeartbeatMessage } from '../shared/wire.ts';
+import type { DepotRowExtras } from '../shared/api/depots.ts';
 import type { NavigatorNode } from './libp2p.ts';
 import type { MemberState } from '../shared/member-state.ts';
 import type { MemberView, MembershipAction } from './membership/membership.ts';
@@ -63,6 +64,12 @@ export interface HeartbeatContributions {
   beat(): void;
 }
 
+/** Facts about other depots that plugins add to GET /api/depots and the tracking page. */
+export interface DepotAnnotations {
+  add(provider: (peerId: string) => DepotRowExtras): void;
+  of(peerId: string): DepotRowExtras;
+}
+
 /** Is another depot reachable right now. */
 export interface Reachability {
   /** libp2p ping over the probe channel; true when answered within timeoutMs. */
@@ -82,6 +89,7 @@ export interface DepotComponents {
   /** The HTTP router (undefined when the depot serves no HTTP). */
   routes: RouteTarget | undefined;
   heartbeat: HeartbeatContributions;
+  depotInfo: DepotAnnotations;
   /** Prometheus registry of /metrics. */
   metrics: Registry;
   reach: Reachability;

@@ -13,6 +13,7 @@ import { gossipLinkHealth, judgeLinks, type LinkObservation } from './gossip/lin
 
 // Keeps the cluster fully connected, so that every heartbeat reaches every depot in one hop:
 // - dials every depot heard of (from the addresses in its heartbeat) that it is not connected to;
+// - dials every depot mDNS finds on the LAN (libp2p only records what discovery finds);
 // - dials the configured bootstrap depots until connected (the first may start later);
 // - on connect, asks the new peer for its heartbeat and whom it knows (memberlist's push/pull on join);
 // - push-pull member exchange with a random peer, fast while starting, then slowly;
@@ -45,6 +46,7 @@ export class ConnectionManager {
   /** Peers with at least one open connection (libp2p peer:connect / peer:disconnect). */
   private readonly connectedPeers = new Set<string>();
   private bootstrapPeers: Array<{ peerId: string; addresses: string[] }> | undefined;
+  private readonly foundBeforeStart = new Map<string, string[]>();
   private running = false;
 
   constructor(private readonly opts: ConnectionManagerOptions) {}
@@ -78,6 +80,8 @@ export class ConnectionManager {
     this.redialTimer = this.opts.clock.setInterval(() => this.redialBootstrap(), t.redialMs);
     // Peers connected while starting (bootstrap) were not asked yet.
     for (const p of this.opts.node.getPeers()) this.onPeerConnect(p.toString());
+    for (const [peer, addresses] of this.foundBeforeStart) this.dialIfUnconnected({ peerId: peer, addresses });
+    this.foundBeforeStart.clear();
   }
 
   stop(): void {
@@ -96,6 +100,19 @@ export class ConnectionManager {
       if (!this.running || this.opts.membership.get(peer)?.state !== 'dead') return;
       void this.opts.node.hangUp(peerIdFromString(peer)).catch(() => undefined);
     }, this.opts.timing.deadHangUpMs);
+  }
+
+  /**
+   * A depot found by peer discovery (mDNS on the LAN, the bootstrap list): connect. Without this a
+   * cluster set up with no bootstrap list — an installed package's default config — never forms.
+   */
+  discovered(peer: string, addresses: string[]): void {
+    // The dial names the peer it expects: the handshake proves it (mDNS itself proves nothing).
+    const named = addresses.map((a) => (a.includes('/p2p/') ? a : `${a}/p2p/${peer}`));
+    // libp2p announces a peer once, when it first enters the peer store, and a restarted depot's
+    // first mDNS answers arrive while it is still starting: those are dialled at start().
+    if (!this.running) this.foundBeforeStart.set(peer, named);
+    else this.dialIfUnconnected({ peerId: peer, addresses: named });
   }
 
   /** A heartbeat heard (gossiped or asked for): connect to its depot if we are not (it came through a third one). */

@@ -23,6 +23,7 @@ import { ConnectionManager } from './connections.ts';
 import type { DepotComponents, DepotPlugin, DepotPluginFactory, MemberEvents } from './components.ts';
 import { depotsResponse } from './depots-response.ts';
 import { NoticeBus } from './notices.ts';
+import type { DepotRowExtras } from '../shared/api/depots.ts';
 
 // The depot daemon's lifecycle: builds the core — libp2p node, gossip inbox, heartbeat,
 // membership with its prober, connection manager, control server, HTTP server — wires the pure
@@ -75,6 +76,7 @@ export class Depot {
   private _http: HttpServer | undefined;
   private _components: DepotComponents | undefined;
   private readonly plugins: DepotPlugin[] = [];
+  private readonly rowExtras: Array<(peerId: string) => DepotRowExtras> = [];
   private tickTimer: TimerHandle | undefined;
   private addressCache: { at: number; list: string[] } | undefined;
   private state: DepotState = 'new';
@@ -225,6 +227,7 @@ export class Depot {
     }));
     node.addEventListener('self:peer:update', () => (this.addressCache = undefined));
     node.addEventListener('peer:connect', (evt) => connections.connected(evt.detail.toString()));
+    node.addEventListener('peer:discovery', (evt) => connections.discovered(evt.detail.id.toString(), evt.detail.multiaddrs.map((a) => a.toString())));
     node.addEventListener('peer:disconnect', (evt) => {
       const peer = evt.detail.toString();
       prober.connectionClosed(peer);
@@ -238,7 +241,7 @@ export class Depot {
       this._http = new HttpServer({ host: cfg.http.host, port: cfg.http.port, log: this.log.child({ component: 'http' }) });
       registerDepotApi(this._http, {
         health: () => ({ ok: this.running, name: cfg.node.name, peerId: selfId }),
-        depots: () => depotsResponse({ self: this.components.self, membership, dropped: this.metrics.dropped }),
+        depots: () => depotsResponse({ self: this.components.self, membership, dropped: this.metrics.dropped, extras: (peer) => this.extrasOf(peer) }),
         metrics: this.metrics.registry,
       });
     }
@@ -286,10 +289,18 @@ export class Depot {
         contribute: (provider: HeartbeatContentProvider) => heartbeat.addContentProvider(provider),
         beat: () => void heartbeat.beat().catch(() => undefined),
       },
+      depotInfo: {
+        add: (provider) => void this.rowExtras.push(provider),
+        of: (peer) => this.extrasOf(peer),
+      },
       metrics: this.metrics.registry,
       reach: { ping: async (peer, timeoutMs) => (await prober.ping(peer, timeoutMs)) !== undefined },
       notices: this.notices,
     };
+  }
+
+  private extrasOf(peerId: string): DepotRowExtras {
+    return Object.assign({}, ...this.rowExtras.map((p) => p(peerId))) as DepotRowExtras;
   }
 
   /** A control call; this depot's own methods are dispatched in process (libp2p cannot dial itself). */
@@ -379,8 +390,16 @@ export class Depot {
     this.apply(this.membership.tick(this.clock.now(), this._prober?.lagAllowanceMs() ?? 0));
   }
 
+  /**
+   * Heartbeats and membership messages are taken while running and while the plugins stop: a
+   * primary handing over at a clean stop waits to hear of the new primary (pilot/hand-over.ts).
+   */
+  private get listening(): boolean {
+    return this.state === 'running' || this.state === 'stopping';
+  }
+
   private onHeartbeat(hb: HeartbeatMessage): void {
-    if (this.state !== 'running') return;
+    if (!this.listening) return;
     this.apply(this.membership.observeHeartbeat(hb, this.clock.now()));
     this.events.emit('heartbeat', hb);
     this._connections?.heard(hb);
@@ -396,7 +415,7 @@ export class Depot {
   }
 
   private onMembershipMessage(msg: MembershipMessage): void {
-    if (this.state !== 'running') return;
+    if (!this.listening) return;
     const now = this.clock.now();
     this.apply(msg.type === 'left' ? this.membership.observeLeft(msg, now) : this.membership.observeDead(msg, now));
   }

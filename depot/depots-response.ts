@@ -1,11 +1,11 @@
-import type { DepotRow, DepotsResponse } from '../shared/api/depots.ts';
+import type { DepotRow, DepotRowExtras, DepotsResponse } from '../shared/api/depots.ts';
 import { VERSION } from '../shared/version.ts';
 import type { DepotSelf } from './components.ts';
 import type { MemberView, Membership } from './membership/membership.ts';
 
 // The membership view as GET /api/depots shows it.
 
-export function depotRow(v: MemberView): DepotRow {
+export function depotRow(v: MemberView, extras: DepotRowExtras = {}): DepotRow {
   const hb = v.heartbeat;
   return {
     name: v.name,
@@ -30,14 +30,21 @@ export function depotRow(v: MemberView): DepotRow {
     hostAddresses: hb?.hostAddresses ?? [],
     httpPort: hb?.httpPort ?? null,
     sshPort: hb?.sshPort ?? null,
+    sshHostKey: hb?.sshHostKey ?? null,
+    hostKeyTrust: extras.hostKeyTrust ?? null,
   };
 }
 
-export function depotsResponse(opts: { self: DepotSelf; membership: Pick<Membership, 'view' | 'countByState'>; dropped: Record<string, number> }): DepotsResponse {
+export function depotsResponse(opts: {
+  self: DepotSelf;
+  membership: Pick<Membership, 'view' | 'countByState'>;
+  dropped: Record<string, number>;
+  extras?: (peerId: string) => DepotRowExtras;
+}): DepotsResponse {
   return {
     self: { name: opts.self.name, peerId: opts.self.peerId, version: VERSION, incarnation: opts.self.incarnation },
     counts: opts.membership.countByState(),
     dropped: { ...opts.dropped },
-    depots: opts.membership.view().map(depotRow),
+    depots: opts.membership.view().map((v) => depotRow(v, opts.extras?.(v.peerId))),
   };
 }

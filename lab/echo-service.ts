@@ -3,7 +3,9 @@
 // the service address exactly when that host holds it.
 //   node --import tsx lab/echo-service.ts --name w1 --port 7000
 //   ECHO_NAME=w1 node lab/echo-service.ts --port 7000   (Node's own type stripping)
+//   node lab/echo-service.ts --port 7000                (answers with the host name)
 import { createServer } from 'node:net';
+import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 
 const { values } = parseArgs({
@@ -14,8 +16,9 @@ const { values } = parseArgs({
   },
 });
 // Inside a service container the name comes from the depot's environment (ECHO_NAME), since
-// every copy runs the same image.
-values.name ??= process.env.ECHO_NAME;
+// every copy runs the same image; where the depot passes no environment (an installed package),
+// from the host name.
+values.name ??= process.env.ECHO_NAME ?? hostname();
 if (!values.name) {
   process.stderr.write('echo-service: --name (or ECHO_NAME) is required\n');
   process.exit(2);

@@ -66,6 +66,17 @@ export function longestGap(times: readonly number[], from: number, to: number): 
   return best;
 }
 
+/** Every gap longer than `minMs` between consecutive success times (sorted) within [from, to]. */
+export function gapsOver(times: readonly number[], from: number, to: number, minMs: number): Array<{ gapMs: number; gapStart: number; gapEnd: number }> {
+  const out: Array<{ gapMs: number; gapStart: number; gapEnd: number }> = [];
+  for (let i = 1; i < times.length; i++) {
+    const a = times[i - 1]!;
+    const b = times[i]!;
+    if (b > from && a < to && b - a > minMs) out.push({ gapMs: b - a, gapStart: a, gapEnd: b });
+  }
+  return out;
+}
+
 export class Prober {
   readonly successes: ProbeSuccess[] = [];
   readonly failures: ProbeFailure[] = [];
@@ -139,6 +150,11 @@ export class Prober {
       recovered: g.recovered,
       serverAfter: g.recovered ? ok[g.endIndex]?.server : undefined,
     };
+  }
+
+  /** Every gap longer than `minMs` between successful replies within [from, to] (an upgrade must show at most one). */
+  gaps(from: number, to: number, minMs: number): Array<{ gapMs: number; gapStart: number; gapEnd: number }> {
+    return gapsOver([...this.successes].map((s) => s.t).sort((a, b) => a - b), from, to, minMs);
   }
 
   /** Servers in the order they answered (consecutive repeats collapsed), with the time each began. */

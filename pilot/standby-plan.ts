@@ -87,8 +87,12 @@ export function planStandbys(input: StandbyPlanInput): StandbyPlan {
   // A planned move (anti-affinity repair) waits for the end of quiet hours; pre-staging goes on.
   if (repair && input.quiet) return { recentlyPlaced, decision: { kind: 'prestage' } };
   const standbyGroups = healthy.map((c) => groups[c.host]).filter((g): g is string => g !== undefined && g !== primaryGroup);
+  // A host with a placement still on its way holds a copy already, though its heartbeat does not
+  // say so yet: never place a second copy there.
+  const pendingHosts = new Set(recentlyPlaced.filter((r) => r.service === service.name).map((r) => r.peerId));
+  const candidates = input.candidates.map((c) => (c.peerId !== undefined && pendingHosts.has(c.peerId) && !c.copies.includes(service.name) ? { ...c, copies: [...c.copies, service.name] } : c));
   const ranking = rankHosts(
-    [...input.candidates],
+    candidates,
     { service: service.name, memBytes: service.memoryBytes, diskBytes: service.diskBytes, image: service.image, ...(primaryGroup !== undefined ? { primaryGroup } : {}), standbyGroups },
     now,
     input.policy ? { policy: input.policy } : {},

@@ -19,6 +19,7 @@ import { candidatesOf, copiesOf } from '../pilot/cluster-view.ts';
 import type { Pilot } from '../pilot/pilot.ts';
 import { explainPolicy, policyWarnings, quietWindowAt, servicePolicy } from '../pilot/policy.ts';
 import type { PolicyResponse } from '../shared/api/policy.ts';
+import { handOverPrimaries } from '../pilot/hand-over.ts';
 
 // The pilots of the copies this depot hosts and this depot's vote in every service's election:
 // the voters and the election protocol, the pilot supervisor, standby keeping and image shipping
@@ -31,6 +32,8 @@ export interface PilotsInit {
   journal: Journal | undefined;
   /** Overrides of the election timing (tests). */
   election?: Partial<ElectionConfig>;
+  /** Host keys pinned from heartbeats, for image shipping (plugins/ssh-trust.ts). */
+  hostKeys?: { expectedHostKey(peerId: string, name: string): Promise<string> };
 }
 
 export type PilotsComponents = Pick<DepotComponents, 'config' | 'logger' | 'clock' | 'self' | 'node' | 'members' | 'gossip' | 'control' | 'routes' | 'heartbeat' | 'reach'>;
@@ -80,6 +83,7 @@ class Pilots implements PilotsPlugin {
       store: init.store,
       client: () => ({ call: (peer, method, params, opts) => control.call(peer.toString(), method, params, opts) }),
       members: () => members.view(),
+      ...(init.hostKeys ? { hostKeys: init.hostKeys } : {}),
       logger,
       clock: c.clock,
     });
@@ -154,6 +158,16 @@ class Pilots implements PilotsPlugin {
   }
 
   async stop(): Promise<void> {
+    // A clean stop is a planned move: primaries here go to a standby first, while this depot
+    // still votes, heartbeats and serves control requests.
+    await handOverPrimaries({
+      primaries: () => this.supervisor.pilots().filter((p) => p.role === 'primary').map((p) => p.spec.name),
+      switchover: (service) => this.operations.switchover({ service }),
+      copies: (service) => copiesOf(this.c.members, service),
+      selfId: this.c.self.peerId,
+      timeoutMs: this.c.config.pilot.handOverMs,
+      logger: this.c.logger,
+    });
     this.c.members.events.off('heartbeat', this.onHeartbeat);
     // Transfers first: a placement waiting on one must not hold the stop up.
     await this.shipping.stop().catch(() => undefined);

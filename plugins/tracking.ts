@@ -21,7 +21,7 @@ export interface TrackingInit {
   journal: Journal;
 }
 
-export type TrackingComponents = Pick<DepotComponents, 'config' | 'logger' | 'clock' | 'node' | 'members' | 'gossip' | 'routes' | 'metrics'>;
+export type TrackingComponents = Pick<DepotComponents, 'config' | 'logger' | 'clock' | 'node' | 'members' | 'gossip' | 'routes' | 'metrics' | 'depotInfo'>;
 
 export interface TrackingPlugin extends DepotPlugin {
   readonly journal: Journal;
@@ -76,7 +76,7 @@ class Tracking implements TrackingPlugin {
   }
 
   depots(): DepotView[] {
-    return this.c.members.view().map((v) => ({ ...depotRow(v), transfers: v.heartbeat?.staging ?? [] }));
+    return this.c.members.view().map((v) => ({ ...depotRow(v, this.c.depotInfo.of(v.peerId)), transfers: v.heartbeat?.staging ?? [] }));
   }
 
   services(): ServiceView[] {

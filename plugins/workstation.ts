@@ -12,10 +12,11 @@ import { imagesPlugin } from './images.ts';
 import { trackingPlugin, type TrackingPlugin } from './tracking.ts';
 import { pilotsPlugin, type PilotsPlugin } from './pilots.ts';
 import { alertsPlugin, type AlertsPlugin, type QuorumStatus } from './alerts.ts';
+import { sshTrustPlugin, type SshTrustPlugin } from './ssh-trust.ts';
 
 // The composition root of a workstation's depot as `navigator depot run` starts it: the depot
-// core plus, in start order, the image store, the containers, the movement journal and tracking
-// page, and the pilots. The resources they share (store, containers, journal) are made here and
+// core plus, in start order, the image store, the containers, the SSH trust for image shipping,
+// the movement journal and tracking page, and the pilots. The resources they share (store, containers, journal) are made here and
 // each is started and stopped by exactly one plugin.
 
 export interface WorkstationDepot {
@@ -71,8 +72,13 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     driverTiming: config.containers,
   }));
   const journal = new Journal({ path: join(config.node.dataDir, 'journal.jsonl'), logger: log, gapSlackMs: config.journal.gapSlackMs });
+  const started = <T>(v: T | undefined, what: string): T => {
+    if (!v) throw new Error(`${what} plugin not started`);
+    return v;
+  };
   let tracking: TrackingPlugin | undefined;
   let pilots: PilotsPlugin | undefined;
+  let trust: SshTrustPlugin | undefined;
   let alerts: AlertsPlugin | undefined;
   const depot = new Depot({
     ...opts,
@@ -80,15 +86,19 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     plugins: [
       imagesPlugin({ store }),
       containersPlugin({ manager }),
+      (c) => (trust = sshTrustPlugin()(c)),
       (c) => (tracking = trackingPlugin({ journal })(c)),
-      (c) => (pilots = pilotsPlugin({ store, containers: manager, journal, ...(opts.election ? { election: opts.election } : {}) })(c)),
+      (c) =>
+        (pilots = pilotsPlugin({
+          store,
+          containers: manager,
+          journal,
+          hostKeys: { expectedHostKey: (peerId, name) => started(trust, 'ssh-trust').trust.expectedHostKey(peerId, name) },
+          ...(opts.election ? { election: opts.election } : {}),
+        })(c)),
       (c) => (alerts = alertsPlugin({ journal, quorum: () => quorumOf(pilots, c.members) })(c)),
     ],
   });
-  const started = <T>(v: T | undefined, what: string): T => {
-    if (!v) throw new Error(`${what} plugin not started`);
-    return v;
-  };
   return {
     depot,
     store,

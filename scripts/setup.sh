@@ -14,6 +14,7 @@ PACKAGES=(
   zabbix-server-mysql zabbix-agent  # the Zabbix example service and its lab test (zabbix_sender too)
   zabbix-frontend-php php-cli php-mysql  # the Zabbix template's import test (the frontend's API, served by php -S)
   procps psmisc curl              # ps, pkill, fuser, curl for tests and the demo
+  debootstrap systemd-container   # the package tests: Debian machines booted under systemd-nspawn
 )
 
 missing=()
@@ -35,8 +36,8 @@ else
   echo "setup: Debian packages present"
 fi
 
-# `npm install` (not `npm ci`): it installs the locked versions too, and npm 11's `ci` refuses a
-# lock file that records only this platform's optional packages (rollup's native builds).
-npm install --no-audit --no-fund
+# Exactly the locked versions, into a fresh node_modules (the lock file records every platform's
+# optional packages, so `npm ci` accepts it on any machine).
+npm ci --no-audit --no-fund
 # ssh2's native ciphers, built for the pinned Node 22 (npm built them for the system Node).
 bash scripts/ssh2-native.sh

@@ -153,6 +153,10 @@ export const PilotSection = z
     syncInfoTtlMs: ms(5000, "A voter counts a standby's DB sync time heard in its heartbeat this long, for the freshest-copy rule"),
     maxClockDriftRate: z.number().min(0).max(0.2).default(0.01).describe('Bound ρ on clock rate error (0.01 = every clock runs within ±1 % of real time); the safety margin is checked against it'),
     fenceLatencyMs: z.number().int().min(0).default(100).describe('Longest time from a fence decision until the service is stopped and the address dropped'),
+    handOverMs: ms(
+      30_000,
+      'At a clean stop of this depot (systemctl stop, a package upgrade) each primary here is handed to the freshest standby (a final DB sync included) within this long; then the depot stops anyway',
+    ),
     placementRetryMs: ms(30_000, 'After a failed standby placement on a host (image transfer, container start) that host is tried again no sooner than this; other hosts are tried at once'),
     placedGraceMs: ms(10_000, "A just-placed standby counts this long before its depot's heartbeat shows it (heartbeats lag)"),
     supervisorBackoffMs: z
@@ -166,9 +170,30 @@ export const PilotSection = z
 export const ShipSection = z
   .object({
     sshPort: z.number().int().min(1).max(65535).default(22).describe("Port of this host's sshd; advertised in the heartbeat so senders write images shipped here to it"),
-    sshUser: z.string().default('navigator').describe('User the SFTP transfers log in as'),
-    sshKeyFile: z.string().default('/etc/navigator/ssh/id_ed25519').describe('Private key for SFTP (key authentication only)'),
-    knownHostsFile: z.string().default('/etc/navigator/ssh/known_hosts').describe('Pinned host keys of depot hosts; unknown or changed keys are refused'),
+    sshUser: z
+      .string()
+      .default('navigator-recv')
+      .describe("Account the SFTP transfers log in as on the receiving depot's sshd (the package's receive-only account: SFTP only, chrooted, keys of the current swarm members)"),
+    sshKeyFile: z
+      .string()
+      .default('')
+      .describe("This depot's SFTP private key (key authentication only), announced to the others in its heartbeat (default: DATADIR/ssh/id_ed25519, made at install or first start)"),
+    knownHostsFile: z
+      .string()
+      .default('')
+      .describe("Optional override: pinned host keys in OpenSSH known_hosts format. Empty: each depot's sshd host key is pinned from its signed heartbeat (DATADIR/ssh/host-keys.json); unknown or changed keys are refused either way"),
+    hostKeyFile: z
+      .string()
+      .default('/etc/ssh/ssh_host_ed25519_key.pub')
+      .describe("This host's sshd Ed25519 host public key; its fingerprint goes into the heartbeat so senders pin it (empty: none announced, nothing can be shipped here)"),
+    authorizedKeysFile: z
+      .string()
+      .default('')
+      .describe('Kept equal to the SFTP keys of the current swarm members; sshd reads it for the receive account (default: DATADIR/ssh/authorized_keys)'),
+    receiveChroot: z
+      .string()
+      .default('')
+      .describe("Folder sshd chroots the receive account into (the package: the image store folder); image.prepare then names the folder to write in as the sender sees it inside. Empty: not chrooted"),
     requestsInFlight: z.number().int().min(1).max(256).default(64).describe('Parallel SFTP write requests per transfer (shared by its connections)'),
     connections: z
       .number()
@@ -304,7 +329,15 @@ export function parseConfig(input: unknown, source = 'configuration'): Config {
       issues: result.error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })),
     });
   }
-  return resolveDerived(result.data);
+  const cfg = resolveDerived(result.data);
+  const chroot = cfg.ship.receiveChroot.replace(/\/+$/, '');
+  if (chroot && !(cfg.store.dir === chroot || cfg.store.dir.startsWith(`${chroot}/`))) {
+    // The sender writes inside the chroot: a store outside it could never receive anything.
+    throw new NavigatorError('CONFIG_INVALID', `invalid configuration in ${source}:\n  ship.receiveChroot: ${chroot} must contain store.dir (${cfg.store.dir})`, {
+      issues: [{ path: 'ship.receiveChroot', message: `must contain store.dir (${cfg.store.dir})` }],
+    });
+  }
+  return cfg;
 }
 
 /** Fill the fields whose defaults depend on other fields. */
@@ -314,6 +347,11 @@ function resolveDerived(cfg: Config): Config {
     network: { ...cfg.network, identityFile: cfg.network.identityFile || `${cfg.node.dataDir}/identity.key` },
     store: { ...cfg.store, dir: cfg.store.dir || `${cfg.node.dataDir}/images` },
     containers: { ...cfg.containers, statusIntervalMs: cfg.containers.statusIntervalMs || cfg.membership.heartbeatMs },
+    ship: {
+      ...cfg.ship,
+      sshKeyFile: cfg.ship.sshKeyFile || `${cfg.node.dataDir}/ssh/id_ed25519`,
+      authorizedKeysFile: cfg.ship.authorizedKeysFile || `${cfg.node.dataDir}/ssh/authorized_keys`,
+    },
   };
 }
 

@@ -58,6 +58,16 @@ export const HeartbeatMessage = z.object({
   hostAddresses: z.array(z.string().max(64)).max(32).default([]).describe('IP addresses of the host'),
   httpPort: z.number().int().min(0).max(65535).optional(),
   sshPort: z.number().int().min(1).max(65535).optional().describe('Port of the sshd that receives images shipped to this depot (config ship.sshPort)'),
+  sshHostKey: z
+    .string()
+    .regex(/^SHA256:[A-Za-z0-9+/]{43}$/)
+    .optional()
+    .describe("Fingerprint of this host's sshd Ed25519 host key (ship.hostKeyFile): senders pin it and connect only to an sshd presenting it"),
+  sshKey: z
+    .string()
+    .regex(/^ssh-ed25519 [A-Za-z0-9+/]{68}$/)
+    .optional()
+    .describe("Public key this depot ships images with: every other depot authorizes it for its receive account while this one is a member"),
   bootTime: nonNeg.describe('Host boot time (ms since epoch)'),
   uptimeS: nonNeg.describe('Host uptime in seconds'),
   load: z.tuple([nonNeg, nonNeg, nonNeg]).describe('1, 5 and 15 minute load averages'),

@@ -46,6 +46,11 @@ export interface ImageShippingOptions {
   client: () => ControlCaller;
   /** The membership view: heartbeats say where each depot's sshd is. */
   members: () => readonly MemberView[];
+  /**
+   * The host key fingerprint each depot's sshd must present, pinned from its heartbeats
+   * (depot/ssh-trust/trust.ts); used unless ship.knownHostsFile is set.
+   */
+  hostKeys?: { expectedHostKey(peerId: string, name: string): Promise<string> };
   logger: Logger;
   /** Decides when a pre-staging round is due and when queued pre-stages are no longer wanted. */
   clock?: Clock;
@@ -119,7 +124,10 @@ export class ImageShipping {
     if (!m?.heartbeat) throw new NavigatorError('PEER_UNREACHABLE', `depot ${m?.name ?? peerId} has sent no heartbeat: cannot tell where its sshd is`);
     const ep = sshEndpointOf(m.heartbeat, this.opts.ship.sshPort);
     if (!ep) throw new NavigatorError('PEER_UNREACHABLE', `depot ${m.name} advertises no address to reach its sshd at`);
-    return controlShipTarget(this.opts.client(), peerIdFromString(peerId), ep.host, ep.port);
+    const target = controlShipTarget(this.opts.client(), peerIdFromString(peerId), ep.host, ep.port);
+    const keys = this.opts.hostKeys;
+    if (this.opts.ship.knownHostsFile || !keys) return target;
+    return { ...target, hostKey: async () => ({ fingerprint: await keys.expectedHostKey(peerId, m.name), depot: m.name }) };
   }
 
   /**

@@ -8,7 +8,7 @@ import type { ShipTarget } from '../depot/images/ship-target.ts';
 import { blocksBytes, totalBytes } from '../depot/images/manifest.ts';
 import type { TransferInfo } from '../shared/api/transfers.ts';
 import { TransferTracker } from './transfers.ts';
-import { connectMore, connectSsh, sftpOf, type SshAuth } from './ssh-connection.ts';
+import { connectMore, connectSsh, sftpOf, type SshAuth, type SshTarget } from './ssh-connection.ts';
 import { sendBlocks, type StreamOptions } from './block-streaming.ts';
 import { groupBad } from './send-queue.ts';
 
@@ -104,7 +104,7 @@ export class Shipper {
   }
 
   /** Open an SSH connection with key authentication and the pinned host key (ssh-connection.ts). */
-  connect(target: { host: string; port: number }, signal?: AbortSignal): Promise<Client> {
+  connect(target: SshTarget, signal?: AbortSignal): Promise<Client> {
     return connectSsh(this.opts.ssh, target, this.log, signal);
   }
 

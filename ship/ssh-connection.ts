@@ -3,18 +3,18 @@ import { connect as netConnect } from 'node:net';
 import { Client, type SFTPWrapper } from 'ssh2';
 import type { Logger } from '../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../shared/errors.ts';
-import { hostVerifierFromFile } from './ssh-known-hosts.ts';
+import { hostVerifierForPin, hostVerifierFromFile, type PinnedHostKey } from './ssh-known-hosts.ts';
 import { tuneSender, type SenderStats } from './ssh2-sender.ts';
 
 // The sender's SSH connections to a target depot's sshd: key authentication only, the host key
-// pinned (ssh-known-hosts.ts), our own socket so that the sender tuning (ssh2-sender.ts) can
+// pinned (from the target's heartbeats, or a known_hosts file: ssh-known-hosts.ts), our own socket so that the sender tuning (ssh2-sender.ts) can
 // batch its writes, and one SFTP session per connection.
 
 export interface SshAuth {
   user: string;
   /** Private key file (key authentication only; no passwords, no agent). */
   keyFile: string;
-  /** Pinned host keys (OpenSSH known_hosts format). */
+  /** Pinned host keys (OpenSSH known_hosts format); empty: the target's pin from its heartbeats. */
   knownHostsFile: string;
   /** Cipher preference (default: AES-GCM first, it is the fastest in both ssh2 and OpenSSH here). */
   ciphers?: string[];
@@ -26,10 +26,24 @@ const DEFAULT_CIPHERS = ['aes128-gcm@openssh.com', 'chacha20-poly1305@openssh.co
 /** Packet recycling counts of the connections this module opened (tests check the pool is used). */
 export const senderStats = new WeakMap<Client, SenderStats>();
 
+/** Where to connect, and (unless ssh.knownHostsFile decides) the host key its sshd must present. */
+export interface SshTarget {
+  host: string;
+  port: number;
+  hostKey?: () => Promise<PinnedHostKey>;
+}
+
 /** Open an SSH connection with key authentication and the pinned host key. */
-export async function connectSsh(ssh: SshAuth, target: { host: string; port: number }, log: Logger, signal?: AbortSignal): Promise<Client> {
+export async function connectSsh(ssh: SshAuth, target: SshTarget, log: Logger, signal?: AbortSignal): Promise<Client> {
   const where = `${target.host}:${target.port}`;
-  const verifier = await hostVerifierFromFile(ssh.knownHostsFile, target.host, target.port);
+  let pinned = false;
+  let verifier: Awaited<ReturnType<typeof hostVerifierFromFile>>;
+  if (ssh.knownHostsFile) verifier = await hostVerifierFromFile(ssh.knownHostsFile, target.host, target.port);
+  else if (target.hostKey) {
+    // Throws a clear HOST_KEY_MISMATCH when the target announces another key than the pinned one.
+    verifier = hostVerifierForPin(await target.hostKey(), target.host, target.port);
+    pinned = true;
+  } else throw new NavigatorError('HOST_KEY_MISMATCH', `no pinned host key for ${where}: set ship.knownHostsFile or ship to a depot that announces its sshd host key`);
   let privateKey: Buffer;
   try {
     privateKey = await readFile(ssh.keyFile);
@@ -67,7 +81,8 @@ export async function connectSsh(ssh: SshAuth, target: { host: string; port: num
       readyTimeout: ssh.readyTimeoutMs ?? 10_000,
       keepaliveInterval: 5000,
       keepaliveCountMax: 3,
-      algorithms: { cipher: (ssh.ciphers ?? DEFAULT_CIPHERS) as never, compress: ['none'] },
+      // A pin is an Ed25519 fingerprint: ask the sshd for that key (it may hold others too).
+      algorithms: { cipher: (ssh.ciphers ?? DEFAULT_CIPHERS) as never, compress: ['none'], ...(pinned ? { serverHostKey: ['ssh-ed25519'] } : {}) },
     });
     senderStats.set(conn, tuneSender(conn, sock));
   });

@@ -1,9 +1,15 @@
-import { createHash, createHmac } from 'node:crypto';
+import { createHmac } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { NavigatorError } from '../shared/errors.ts';
+import { fingerprint } from '../depot/ssh-trust/ssh-keys.ts';
 
-// Host key pinning for SFTP shipping: the target's host key must be listed in a known_hosts
-// file (OpenSSH format, plain or hashed host names). An unknown or changed key is refused.
+// Host key checks for SFTP shipping. By default the target's sshd must present the key whose
+// fingerprint the target depot announced in its heartbeats and this depot pinned
+// (depot/ssh-trust/): hostVerifierForPin. With ship.knownHostsFile set, an OpenSSH known_hosts
+// file (plain or hashed host names) decides instead: hostVerifierFromFile. An unknown or changed
+// key is refused either way.
+
+export { fingerprint };
 
 export interface KnownHostEntry {
   /** Host patterns as written: "host", "[host]:port", or a hashed "|1|salt|hash". */
@@ -44,11 +50,6 @@ function patternMatches(pattern: string, name: string): boolean {
   return pattern === name;
 }
 
-/** OpenSSH-style fingerprint: "SHA256:" + unpadded base64 of the key blob's SHA-256. */
-export function fingerprint(key: Buffer): string {
-  return `SHA256:${createHash('sha256').update(key).digest('base64').replace(/=+$/, '')}`;
-}
-
 export type HostKeyCheck = { ok: true } | { ok: false; reason: 'unknown' | 'changed'; message: string };
 
 /** Decide whether `key` presented by host:port matches a pinned entry. */
@@ -82,6 +83,30 @@ export async function hostVerifierFromFile(file: string, host: string, port: num
       const r = checkHostKey(entries, host, port, key, file);
       if (!r.ok) refused = new NavigatorError('HOST_KEY_MISMATCH', r.message, { host, port, reason: r.reason, fingerprint: fingerprint(key) });
       return r.ok;
+    },
+    refusal: () => refused,
+  };
+}
+
+/** A pinned host key as the sender gets it: the fingerprint the target depot announced, and its name. */
+export interface PinnedHostKey {
+  fingerprint: string;
+  depot: string;
+}
+
+/** An ssh2 hostVerifier that accepts exactly the pinned fingerprint (see hostVerifierFromFile for `refusal`). */
+export function hostVerifierForPin(pin: PinnedHostKey, host: string, port: number): { verify: (key: Buffer) => boolean; refusal: () => NavigatorError | undefined } {
+  let refused: NavigatorError | undefined;
+  return {
+    verify: (key: Buffer) => {
+      const fp = fingerprint(key);
+      if (fp === pin.fingerprint) return true;
+      refused = new NavigatorError(
+        'HOST_KEY_MISMATCH',
+        `HOST KEY CHANGED for depot ${pin.depot} (${knownHostName(host, port)}): its sshd presented ${fp} but ${pin.fingerprint} is pinned from its heartbeats; refusing to connect`,
+        { host, port, reason: 'changed', fingerprint: fp, pinned: pin.fingerprint },
+      );
+      return false;
     },
     refusal: () => refused,
   };

@@ -20,6 +20,9 @@ export interface HeartbeatContent {
   containers: ContainerReport[];
   /** Port of the sshd that receives images (the images plugin); the last provider that sets it wins. */
   sshPort?: number;
+  /** sshd host key fingerprint and SFTP public key (the SSH trust part); the last provider that sets them wins. */
+  sshHostKey?: string;
+  sshKey?: string;
 }
 
 /** Returns the part of the heartbeat content a plugin knows about; lists are concatenated. */
@@ -128,6 +131,8 @@ export class HeartbeatPublisher {
         content.staging.push(...(contribution.staging ?? []));
         content.containers.push(...(contribution.containers ?? []));
         if (contribution.sshPort !== undefined) content.sshPort = contribution.sshPort;
+        if (contribution.sshHostKey !== undefined) content.sshHostKey = contribution.sshHostKey;
+        if (contribution.sshKey !== undefined) content.sshKey = contribution.sshKey;
       } catch (err) {
         o.log.warn({ event: 'heartbeat-provider-failed', err: (err as Error).message }, 'heartbeat content provider failed');
       }
@@ -146,6 +151,8 @@ export class HeartbeatPublisher {
       hostAddresses: res.hostAddresses.slice(0, 8),
       ...(httpPort !== undefined ? { httpPort } : {}),
       ...(content.sshPort !== undefined ? { sshPort: content.sshPort } : {}),
+      ...(content.sshHostKey !== undefined ? { sshHostKey: content.sshHostKey } : {}),
+      ...(content.sshKey !== undefined ? { sshKey: content.sshKey } : {}),
       bootTime: res.bootTime,
       uptimeS: res.uptimeS,
       load: res.load,

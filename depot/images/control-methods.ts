@@ -1,4 +1,5 @@
 import type { PeerId } from '@libp2p/interface';
+import { resolve } from 'node:path';
 import { z } from 'zod';
 import { NavigatorError } from '../../shared/errors.ts';
 import { ImageId, ImageManifest, RelativePath } from './manifest.ts';
@@ -57,11 +58,28 @@ export interface MethodRegistry {
   register(method: string, handler: (params: unknown) => Promise<unknown>): void;
 }
 
-/** Serve image.prepare / image.commit / image.abort from this depot's store. */
-export function registerImageControl(control: MethodRegistry, store: Pick<ImageStore, 'prepareReceive' | 'commitStaged' | 'abortStaged'>): void {
+/**
+ * A folder of this host as an account chrooted into `chroot` sees it ('' = not chrooted: as is).
+ * The sender writes through sshd, so image.prepare must name the folder as the sender sees it.
+ */
+export function pathInChroot(path: string, chroot: string): string {
+  if (!chroot) return path;
+  const root = resolve(chroot);
+  if (path === root) return '/';
+  if (!path.startsWith(`${root}/`)) throw new NavigatorError('PATH_OUTSIDE_STORE', `staging folder ${path} is outside the receive account's chroot ${root} (ship.receiveChroot)`);
+  return path.slice(root.length);
+}
+
+/**
+ * Serve image.prepare / image.commit / image.abort from this depot's store. `receiveChroot`
+ * (config ship.receiveChroot): the folder sshd chroots the receive account into.
+ */
+export function registerImageControl(control: MethodRegistry, store: Pick<ImageStore, 'prepareReceive' | 'commitStaged' | 'abortStaged'>, opts: { receiveChroot?: string } = {}): void {
+  const chroot = opts.receiveChroot ?? '';
   control.register('image.prepare', async (params) => {
     const p = checkParams('image.prepare', ImagePrepareParams, params);
-    return store.prepareReceive(p.manifest, p.baseId ? { baseId: p.baseId } : {});
+    const prep = await store.prepareReceive(p.manifest, p.baseId ? { baseId: p.baseId } : {});
+    return prep.state === 'staging' ? { ...prep, filesDir: pathInChroot(prep.filesDir, chroot) } : prep;
   });
   control.register('image.commit', async (params) => store.commitStaged(checkParams('image.commit', ImageIdParams, params).image));
   control.register('image.abort', async (params) => {

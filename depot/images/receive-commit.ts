@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { chmod, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { chmod, chown, lstat, open, readdir, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { Logger } from '../../shared/logger.ts';
 import { NavigatorError, errorMessage, isNavigatorError } from '../../shared/errors.ts';
@@ -164,6 +164,7 @@ export class ReceiveCommit {
     for (const f of manifest.files) await chmod(fileIn(filesDir, f.path), f.mode);
     await rm(join(dir, 'seed'), { recursive: true, force: true });
     await rm(join(dir, 'receive.json'), { force: true });
+    await ownTree(dir);
     return { ok: true, id, verifiedBytes: totalBytes(manifest) };
   }
 
@@ -241,4 +242,24 @@ async function unprivate(work: string, dir: string): Promise<boolean> {
     await rename(work, `${dir}.${rand()}`).catch(() => undefined);
     return false;
   }
+}
+
+/**
+ * A committed image is the depot's alone. In staging its folders and files belong to the receive
+ * account's group (the package's setgid staging folder, depot/install/layout.ts); that group
+ * goes, with the setgid bit of the folders — which also keeps a clone (`cp -a`) from having to
+ * make setgid folders, refused to the depot under systemd's RestrictSUIDSGID.
+ */
+async function ownTree(dir: string): Promise<void> {
+  const gid = process.getgid?.() ?? -1;
+  const walk = async (p: string): Promise<void> => {
+    const st = await lstat(p);
+    if (st.isSymbolicLink()) return;
+    if (st.gid !== gid && gid >= 0) await chown(p, -1, gid);
+    if (st.isDirectory()) {
+      if (st.mode & 0o2000) await chmod(p, st.mode & 0o1777);
+      for (const e of await readdir(p)) await walk(join(p, e));
+    }
+  };
+  await walk(dir);
 }

@@ -1,4 +1,4 @@
-import { lstat, mkdir, open, readdir, readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readdir, readFile, rename, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import type { Logger } from '../../shared/logger.ts';
 import { NavigatorError } from '../../shared/errors.ts';
@@ -33,6 +33,13 @@ import type { CommitResult } from './receive-commit.ts';
 // at rest that no verify() has found yet: the new image then carries it, exactly as a clone of
 // the base would, and verify() of either image finds it (re-hashing the base here would cost a
 // full read and hash of the image on every delta, which is what the delta exists to avoid).
+
+/**
+ * Mode of a staged file until commit sets the manifest's: writable by the group too, because the
+ * sender may log in as another account than this depot's (the package's receive-only account,
+ * whose group the setgid staging folder hands to everything made in it). Others get nothing.
+ */
+const STAGED_FILE_MODE = 0o660;
 
 /** Blocks the sender must write, per file path. */
 export interface MissingBlocks {
@@ -170,6 +177,7 @@ export class Receiver {
         await rm(p, { recursive: true, force: true });
         await mkdir(dirname(p), { recursive: true });
         await writeFile(p, '');
+        await chmod(p, STAGED_FILE_MODE);
         await truncate(p, f.size);
       } else {
         if (st.size !== f.size) await truncate(p, f.size);
@@ -239,7 +247,8 @@ export class Receiver {
         // Sparse files of the final size: the sender writes its blocks at their offsets.
         const p = fileIn(filesDir, f.path);
         await mkdir(dirname(p), { recursive: true });
-        await writeFile(p, '', { mode: 0o600 });
+        await writeFile(p, '');
+        await chmod(p, STAGED_FILE_MODE);
         await truncate(p, f.size);
       }
       await writeFile(join(work, 'receive.json'), JSON.stringify(state));

@@ -12,6 +12,12 @@ export interface ShipTarget {
   /** sshd address of the target depot. */
   host: string;
   port: number;
+  /**
+   * The fingerprint the target's sshd must present (pinned from its heartbeats) and its name;
+   * rejects with HOST_KEY_MISMATCH when there is none to trust. Absent: the sender's
+   * ship.knownHostsFile decides.
+   */
+  hostKey?: () => Promise<{ fingerprint: string; depot: string }>;
   prepare(manifest: ImageManifest): Promise<PrepareResult>;
   commit(id: string): Promise<CommitResult>;
   abort(id: string): Promise<void>;

@@ -1,34 +1,46 @@
-import { access, mkdir, rm, writeFile, chown, readFile } from 'node:fs/promises';
+import { access, chmod, chown, lstat, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { execa } from 'execa';
 import type { Logger } from '../../shared/logger.ts';
 import { REPO_ROOT } from '../../shared/repo-root.ts';
-import { renderUnit, UNIT_NAME } from './systemd-unit.ts';
 import { renderDefaultConfig } from '../../shared/config-file.ts';
-import { makeSwarmKey, readSwarmKey } from '../swarm-key.ts';
 import { NavigatorError } from '../../shared/errors.ts';
+import { makeSwarmKey, readSwarmKey } from '../swarm-key.ts';
+import { loadOrCreateSshKey } from '../ssh-trust/ssh-keys.ts';
+import { renderUnit, UNIT_NAME } from './systemd-unit.ts';
+import { configOverrides, directories, sshKeyPath, swarmKeyPath, users, writablePaths, type InstallLayout, type Owner } from './layout.ts';
+import { POLKIT_RULE_PATH, SSHD_DROPIN_PATH, renderPolkitRule, renderSshdDropIn } from './system-files.ts';
 
-// `navigator depot install|uninstall`: the systemd unit, the dedicated user, the config and
-// image folders, the swarm key. Everything is written under `root` (default /) so a test can
+// `navigator depot install`: puts a depot on this machine as layout.ts describes it — system
+// users, folders with their owners and modes, the swarm key (copied, or made when none exists),
+// the depot's SFTP key pair, the commented config. Run again, it repairs owners and modes and
+// keeps what exists. The Debian package's postinst runs it with `packaged` (the unit, sshd
+// drop-in and polkit rule are then the package's files, and the package starts the unit); from a
+// git checkout it also writes those three files, builds the bundle the unit runs, reloads sshd
+// and enables and starts the unit. Everything is written under `root` (default /) so a test can
 // install into a temporary root; systemctl is only called when root is /.
 
 export interface InstallOptions {
   root: string;
-  user: string;
-  /** Config file path as seen on the target system. */
-  configPath: string;
-  dataDir: string;
-  /** Copy this swarm key instead of generating one. */
+  layout: InstallLayout;
+  /** Copy this swarm key instead of keeping or generating one. */
   swarmKeyFrom?: string;
-  /** Enable and start the unit (only when root is /). */
+  /** Run by the package's postinst: no unit/drop-in/polkit files, no build, no systemctl. */
+  packaged?: boolean;
+  /** Enable and start the unit (checkout installs, only when root is /). */
   start: boolean;
   logger: Logger;
 }
 
-const REPO = REPO_ROOT;
+export interface InstallResult {
+  unitPath: string | undefined;
+  configPath: string;
+  swarmKeyPath: string;
+  created: string[];
+}
 
-function under(root: string, path: string): string {
+export function under(root: string, path: string): string {
   return root === '/' ? path : join(root, path);
 }
 
@@ -41,7 +53,8 @@ async function systemdVersion(): Promise<number> {
   }
 }
 
-async function ids(root: string, user: string): Promise<{ uid: number; gid: number } | undefined> {
+/** uid and gid of `user` in the root's /etc/passwd. */
+export async function idsOf(root: string, user: string): Promise<{ uid: number; gid: number } | undefined> {
   const passwd = await readFile(under(root, '/etc/passwd'), 'utf8').catch(() => '');
   const line = passwd.split('\n').find((l) => l.startsWith(`${user}:`));
   if (!line) return undefined;
@@ -49,121 +62,109 @@ async function ids(root: string, user: string): Promise<{ uid: number; gid: numb
   return { uid: Number(uid), gid: Number(gid) };
 }
 
-export interface InstallResult {
-  unitPath: string;
-  configPath: string;
-  swarmKeyPath: string;
-  created: string[];
-}
+const exists = (p: string) => access(p).then(() => true, () => false);
 
 export async function installDepot(o: InstallOptions): Promise<InstallResult> {
   const created: string[] = [];
+  const { layout: l, root } = o;
   const log = o.logger.child({ component: 'install' });
 
-  if (!(await ids(o.root, o.user))) {
-    const args = ['--system', '--user-group', '--home-dir', o.dataDir, '--no-create-home', '--shell', '/usr/sbin/nologin'];
-    if (o.root !== '/') args.push('--prefix', o.root);
-    await execa('useradd', [...args, o.user]);
-    created.push(`user ${o.user}`);
-    log.info({ event: 'user-created', user: o.user }, 'created system user');
+  for (const u of users(l)) {
+    if (await idsOf(root, u.name)) continue;
+    const args = ['--system', '--user-group', '--home-dir', u.home, '--no-create-home', '--shell', '/usr/sbin/nologin', '--comment', u.comment];
+    if (u.password) args.push('--password', u.password);
+    if (root !== '/') args.push('--prefix', root);
+    await execa('useradd', [...args, u.name]);
+    created.push(`user ${u.name}`);
+    log.info({ event: 'user-created', user: u.name }, 'created system user');
   }
-  const owner = await ids(o.root, o.user);
-  if (!owner) throw new NavigatorError('INTERNAL', `user ${o.user} was not created in ${o.root}/etc/passwd`);
+  const ids: Record<Owner, { uid: number; gid: number }> = {
+    root: { uid: 0, gid: 0 },
+    depot: await must(root, l.depotUser),
+    receive: await must(root, l.receiveUser),
+  };
 
-  const configDir = dirname(o.configPath);
-  for (const dir of [configDir, o.dataDir, join(o.dataDir, 'images')]) {
-    await mkdir(under(o.root, dir), { recursive: true, mode: 0o750 });
+  for (const d of directories(l)) {
+    const path = under(root, d.path);
+    if (!(await exists(path))) created.push(d.path);
+    await mkdir(path, { recursive: true });
+    const st = await lstat(path);
+    if (!st.isDirectory()) throw new NavigatorError('CONFLICT', `${d.path} exists and is not a folder`);
+    await chown(path, ids[d.owner].uid, ids[d.group].gid);
+    await chmod(path, d.mode);
   }
-  for (const dir of [o.dataDir, join(o.dataDir, 'images')]) {
-    await chown(under(o.root, dir), owner.uid, owner.gid);
-  }
+  const readable = { uid: 0, gid: ids.depot.gid };
 
-  const swarmKeyPath = join(configDir, 'swarm.key');
-  const swarmTarget = under(o.root, swarmKeyPath);
+  const keyPath = swarmKeyPath(l);
+  const keyTarget = under(root, keyPath);
   if (o.swarmKeyFrom) {
-    await writeFile(swarmTarget, await readSwarmKey(o.swarmKeyFrom), { mode: 0o640 });
-    created.push(swarmKeyPath);
-  } else if (!existsSync(swarmTarget)) {
-    await writeFile(swarmTarget, makeSwarmKey(), { mode: 0o640 });
-    created.push(swarmKeyPath);
-    log.warn({ event: 'swarm-key-created', path: swarmKeyPath }, 'made a new swarm key: copy it to every other depot');
+    await writeFile(keyTarget, await readSwarmKey(o.swarmKeyFrom), { mode: 0o640 });
+    created.push(keyPath);
+  } else if (!existsSync(keyTarget)) {
+    await writeFile(keyTarget, makeSwarmKey(), { mode: 0o640 });
+    created.push(keyPath);
+    log.warn({ event: 'swarm-key-created', path: keyPath }, 'made a new swarm key: copy it to every other depot');
+  } else {
+    await readSwarmKey(keyTarget); // a damaged key is named now, not at the depot's start
   }
-  await chown(swarmTarget, 0, owner.gid);
+  await fix(keyTarget, readable, 0o640);
 
-  const configTarget = under(o.root, o.configPath);
+  const configTarget = under(root, l.configPath);
   if (!existsSync(configTarget)) {
-    const text = renderDefaultConfig({
-      node: { dataDir: o.dataDir },
-      network: { swarmKeyFile: swarmKeyPath },
-    });
-    await writeFile(configTarget, text, { mode: 0o640 });
-    await chown(configTarget, 0, owner.gid);
-    created.push(o.configPath);
+    await writeFile(configTarget, renderDefaultConfig(configOverrides(l)), { mode: 0o640 });
+    created.push(l.configPath);
   }
+  await fix(configTarget, readable, 0o640);
 
-  // The unit runs the bundled build (bin/build.mjs); under ProtectSystem=strict the depot cannot
-  // write one itself, so it is made now, as the installing user.
-  const build = await execa(process.execPath, [join(REPO, 'bin', 'build.mjs')], { reject: false });
-  if (build.exitCode === 0) log.info({ event: 'build-ready', detail: String(build.stdout).trim() }, 'bundled build ready');
-  else log.warn({ event: 'build-failed', err: String(build.stderr).trim().slice(0, 500) }, 'no bundled build: the depot will compile its TypeScript at start (more memory)');
+  const sshKey = await loadOrCreateSshKey(under(root, sshKeyPath(l)), ids.depot);
+  if (sshKey.created) created.push(sshKeyPath(l));
+  await fix(under(root, sshKeyPath(l)), ids.depot, 0o600);
 
-  const unitPath = `/etc/systemd/system/${UNIT_NAME}`;
-  await mkdir(under(o.root, dirname(unitPath)), { recursive: true });
-  await writeFile(
-    under(o.root, unitPath),
-    renderUnit({
-      nodeBinary: join(REPO, 'node_modules', '.bin', 'node'),
-      entry: join(REPO, 'bin', 'navigator.mjs'),
-      configPath: o.configPath,
-      user: o.user,
-      dataDir: o.dataDir,
+  let unitPath: string | undefined;
+  if (!o.packaged) {
+    unitPath = `/etc/systemd/system/${UNIT_NAME}`;
+    await writeSystemFile(root, unitPath, renderUnit({
+      nodeBinary: join(REPO_ROOT, 'node_modules', '.bin', 'node'),
+      entry: join(REPO_ROOT, 'bin', 'navigator.mjs'),
+      configPath: l.configPath,
+      user: l.depotUser,
+      writablePaths: writablePaths(l),
       systemdVersion: await systemdVersion(),
-    }),
-    { mode: 0o644 },
-  );
-  created.push(unitPath);
-
-  if (o.root === '/' && o.start) {
-    await execa('systemctl', ['daemon-reload']);
-    await execa('systemctl', ['enable', '--now', UNIT_NAME]);
-    log.info({ event: 'unit-started', unit: UNIT_NAME }, 'enabled and started');
-  }
-  return { unitPath, configPath: o.configPath, swarmKeyPath, created };
-}
-
-export interface UninstallOptions {
-  root: string;
-  user: string;
-  configPath: string;
-  dataDir: string;
-  /** Also remove the image store and all state. */
-  purge: boolean;
-  logger: Logger;
-}
-
-export async function uninstallDepot(o: UninstallOptions): Promise<string[]> {
-  const removed: string[] = [];
-  const unitPath = `/etc/systemd/system/${UNIT_NAME}`;
-  if (o.root === '/') {
-    await execa('systemctl', ['disable', '--now', UNIT_NAME], { reject: false });
-  }
-  if (await access(under(o.root, unitPath)).then(() => true, () => false)) {
-    await rm(under(o.root, unitPath));
-    removed.push(unitPath);
-  }
-  if (o.root === '/') await execa('systemctl', ['daemon-reload'], { reject: false });
-  const configDir = dirname(o.configPath);
-  await rm(under(o.root, configDir), { recursive: true, force: true });
-  removed.push(configDir);
-  if (o.purge) {
-    await rm(under(o.root, o.dataDir), { recursive: true, force: true });
-    removed.push(o.dataDir);
-    if (await ids(o.root, o.user)) {
-      const args = o.root === '/' ? [o.user] : ['--prefix', o.root, o.user];
-      await execa('userdel', args);
-      removed.push(`user ${o.user}`);
+    }));
+    await writeSystemFile(root, SSHD_DROPIN_PATH, renderSshdDropIn(l));
+    await writeSystemFile(root, POLKIT_RULE_PATH, renderPolkitRule(l));
+    created.push(unitPath, SSHD_DROPIN_PATH, POLKIT_RULE_PATH);
+    // The unit runs the bundled build (bin/build.mjs); under ProtectSystem=strict the depot cannot
+    // write one itself, so it is made now, as the installing user.
+    const build = await execa(process.execPath, [join(REPO_ROOT, 'bin', 'build.mjs')], { reject: false });
+    if (build.exitCode === 0) log.info({ event: 'build-ready', detail: String(build.stdout).trim() }, 'bundled build ready');
+    else log.warn({ event: 'build-failed', err: String(build.stderr).trim().slice(0, 500) }, 'no bundled build: the depot will compile its TypeScript at start (more memory)');
+    if (root === '/') {
+      await execa('systemctl', ['daemon-reload']);
+      // New logins of the receive account get the drop-in; running sessions are untouched.
+      await execa('systemctl', ['try-reload-or-restart', 'ssh.service'], { reject: false });
+      if (o.start) {
+        await execa('systemctl', ['enable', '--now', UNIT_NAME]);
+        log.info({ event: 'unit-started', unit: UNIT_NAME }, 'enabled and started');
+      }
     }
   }
-  o.logger.info({ event: 'uninstalled', removed, keptImages: !o.purge }, 'depot uninstalled');
-  return removed;
+  return { unitPath, configPath: l.configPath, swarmKeyPath: keyPath, created };
+}
+
+async function must(root: string, user: string): Promise<{ uid: number; gid: number }> {
+  const id = await idsOf(root, user);
+  if (!id) throw new NavigatorError('INTERNAL', `user ${user} was not created in ${root}/etc/passwd`);
+  return id;
+}
+
+async function fix(path: string, owner: { uid: number; gid: number }, mode: number): Promise<void> {
+  await chown(path, owner.uid, owner.gid);
+  await chmod(path, mode);
+}
+
+async function writeSystemFile(root: string, path: string, text: string): Promise<void> {
+  await mkdir(under(root, dirname(path)), { recursive: true });
+  await writeFile(under(root, path), text, { mode: 0o644 });
+  await chmod(under(root, path), 0o644);
 }

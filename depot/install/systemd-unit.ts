@@ -10,12 +10,29 @@ export interface UnitOptions {
   entry: string;
   configPath: string;
   user: string;
-  dataDir: string;
+  /** Folders the depot writes (data folder, image store); everything else is read-only to it. */
+  writablePaths: readonly string[];
   /** systemd major version: RestartSteps/RestartMaxDelaySec (backoff) exist from 254 on. */
   systemdVersion: number;
 }
 
 export const UNIT_NAME = 'navigator-depot.service';
+
+/**
+ * Which processes `systemctl stop/restart` signals. The service containers' processes must
+ * survive a restart of the depot (an upgrade is one). Until they run in units of their own
+ * (issue 15's systemd runner: then `mixed`, the depot's own children only), they are children in
+ * the depot's cgroup, and only `process` (SIGTERM to the depot alone) leaves them running; the
+ * depot's own short-lived children (ip, arping, mysqldump) end with it or on their own, and the
+ * fence guard drops the service address and exits when its pipe to the depot closes.
+ */
+export const KILL_MODE = 'process';
+
+/**
+ * Longest clean stop: a primary hands its service over to a standby first (pilot.handOverMs, a
+ * final DB sync included), then the depot announces `left`.
+ */
+export const STOP_TIMEOUT_S = 90;
 
 export function renderUnit(o: UnitOptions): string {
   const backoff =
@@ -39,9 +56,11 @@ export function renderUnit(o: UnitOptions): string {
     'Restart=always',
     'RestartSec=2s',
     ...backoff,
-    // SIGTERM makes the depot announce `left` so the others drop it from the quorum at once.
+    // SIGTERM: a primary here hands over to a standby, then the depot announces `left` so the
+    // others drop it at once (see KILL_MODE for what else gets the signal).
     'KillSignal=SIGTERM',
-    'TimeoutStopSec=20s',
+    `KillMode=${KILL_MODE}`,
+    `TimeoutStopSec=${STOP_TIMEOUT_S}s`,
     'Environment=NODE_ENV=production',
     ...Object.entries(DEPOT_ENV).map(([k, v]) => `Environment=${k}=${v}`),
     // Moving the service address needs exactly these two: ip addr (NET_ADMIN) and arping (NET_RAW).
@@ -49,7 +68,7 @@ export function renderUnit(o: UnitOptions): string {
     'CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW',
     'NoNewPrivileges=yes',
     'ProtectSystem=strict',
-    `ReadWritePaths=${o.dataDir}`,
+    `ReadWritePaths=${o.writablePaths.join(' ')}`,
     'ProtectHome=yes',
     'PrivateTmp=yes',
     'PrivateDevices=no',

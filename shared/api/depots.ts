@@ -29,6 +29,25 @@ export interface DepotRow {
   httpPort: number | null;
   /** Port of the sshd that receives images shipped to this depot. */
   sshPort: number | null;
+  /** Fingerprint of the sshd host key it announces. */
+  sshHostKey: string | null;
+  /** Whether this depot trusts that host key (see DepotHostKey). */
+  hostKeyTrust: DepotHostKey | null;
+}
+
+/** How this depot judges another depot's sshd host key, pinned from its signed heartbeats. */
+export type DepotHostKey =
+  /** Pinned and announced alike: images are shipped to it when its sshd presents this key. */
+  | { state: 'pinned'; fingerprint: string; pinnedAt: number }
+  /** It announces another key than the one pinned: refused (logged as ssh-host-key-changed). */
+  | { state: 'changed'; pinned: string; announced: string; pinnedAt: number; since: number }
+  /** It announces no host key: nothing can be shipped to it. */
+  | { state: 'none' };
+
+/** Facts about a depot that a part of this depot adds (not from its heartbeat). */
+export interface DepotRowExtras {
+  /** This depot's judgment of its sshd host key (null for itself, or without SSH trust). */
+  hostKeyTrust?: DepotHostKey;
 }
 
 export interface DepotsResponse {

@@ -66,8 +66,8 @@ describe('navigator status table', () => {
       counts: { alive: 1, suspect: 0, dead: 1, left: 0 },
       dropped: { 'not-json': 2, spoofed: 0 },
       depots: [
-        { name: 'ws1', peerId: '12D3KooWSelfSelfSelfSelf', self: true, state: 'alive', reason: 'self', incarnation: 1, since: now, lastSeen: now, version: '0.1.0', uptimeS: 90_000, load: [0.5, 0.4, 0.3], cpus: 4, memFreeBytes: 2 * 2 ** 30, memTotalBytes: 8 * 2 ** 30, diskFreeBytes: 100 * 2 ** 30, images: ['a'], containers: [], addresses: [], hostAddresses: [], httpPort: 7480, staging: [], sshPort: 22 },
-        { name: 'ws2', peerId: '12D3KooWOtherOtherOther1', self: false, state: 'dead', reason: 'probe failed', incarnation: 1, since: now, lastSeen: now - 4000, version: '0.1.0', uptimeS: 600, load: [1, 1, 1], cpus: 2, memFreeBytes: 2 ** 30, memTotalBytes: 4 * 2 ** 30, diskFreeBytes: 2 ** 30, images: [], containers: [], addresses: [], hostAddresses: [], httpPort: 7480, staging: [], sshPort: 22 },
+        { name: 'ws1', peerId: '12D3KooWSelfSelfSelfSelf', self: true, state: 'alive', reason: 'self', incarnation: 1, since: now, lastSeen: now, version: '0.1.0', uptimeS: 90_000, load: [0.5, 0.4, 0.3], cpus: 4, memFreeBytes: 2 * 2 ** 30, memTotalBytes: 8 * 2 ** 30, diskFreeBytes: 100 * 2 ** 30, images: ['a'], containers: [], addresses: [], hostAddresses: [], httpPort: 7480, staging: [], sshPort: 22, sshHostKey: null, hostKeyTrust: null },
+        { name: 'ws2', peerId: '12D3KooWOtherOtherOther1', self: false, state: 'dead', reason: 'probe failed', incarnation: 1, since: now, lastSeen: now - 4000, version: '0.1.0', uptimeS: 600, load: [1, 1, 1], cpus: 2, memFreeBytes: 2 ** 30, memTotalBytes: 4 * 2 ** 30, diskFreeBytes: 2 ** 30, images: [], containers: [], addresses: [], hostAddresses: [], httpPort: 7480, staging: [], sshPort: 22, sshHostKey: null, hostKeyTrust: null },
       ],
     };
     const out = formatTable(body, now).split('\n');

@@ -144,4 +144,13 @@ describe('planStandbys', () => {
       }
     }
   });
+
+  it('never places a second copy on a host whose placement its heartbeat does not show yet', () => {
+    const pending: RecentPlacement = { service: 'zabbix', peerId: 'peer-w2', container: 'zabbix-new', at: 999_000 };
+    const plan = planStandbys(input({ service: { ...SERVICE, standbys: 2 }, recentlyPlaced: [pending] }));
+    expect(plan.decision.kind).toBe('place');
+    if (plan.decision.kind !== 'place') return;
+    expect(plan.decision.target.name).not.toBe('w2');
+    expect(plan.decision.ranking.excluded.find((e) => e.name === 'w2')?.reasons).toEqual(['already holds a copy of zabbix']);
+  });
 });

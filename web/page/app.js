@@ -174,7 +174,7 @@ function renderDepots() {
     return h(
       'tr',
       { 'data-depot': d.name, 'data-state': d.state },
-      h('td', { title: d.peerId || '' }, h('strong', {}, d.name)),
+      h('td', { title: d.peerId || '' }, h('strong', {}, d.name), hostKeyBadge(d.hostKeyTrust)),
       h('td', {}, badge(d.state)),
       h('td', { class: 'num' }, typeof d.uptimeS === 'number' ? fmtDuration(d.uptimeS * 1000) : '—'),
       h('td', { class: 'num' }, load),
@@ -185,6 +185,14 @@ function renderDepots() {
     );
   });
   body.replaceChildren(...(rows.length ? rows : [h('tr', {}, h('td', { colspan: 8, class: 'empty' }, 'No depot seen yet.'))]));
+}
+
+/** A depot whose sshd host key changed since it was pinned: images are not shipped to it. */
+function hostKeyBadge(t) {
+  if (!t || t.state !== 'changed') return null;
+  const b = badge('host key changed', 'b-keychanged');
+  b.title = `pinned ${t.pinned}\nannounced ${t.announced}\nimages are not shipped to this depot; \`navigator trust forget\` accepts the new key`;
+  return h('span', {}, ' ', b);
 }
 
 // ---------- history ----------
