@@ -13,6 +13,7 @@ import { trackingPlugin, type TrackingPlugin } from './tracking.ts';
 import { pilotsPlugin, type PilotsPlugin } from './pilots.ts';
 import { alertsPlugin, type AlertsPlugin, type QuorumStatus } from './alerts.ts';
 import { sshTrustPlugin, type SshTrustPlugin } from './ssh-trust.ts';
+import { sessionsPlugin } from './sessions.ts';
 
 // The composition root of a workstation's depot as `navigator depot run` starts it: the depot
 // core plus, in start order, the image store, the containers, the SSH trust for image shipping,
@@ -84,6 +85,7 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     ...opts,
     log: base,
     plugins: [
+      sessionsPlugin(),
       imagesPlugin({ store }),
       containersPlugin({ manager }),
       (c) => (trust = sshTrustPlugin()(c)),

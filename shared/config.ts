@@ -96,6 +96,17 @@ export const JournalSection = z
   })
   .strict();
 
+export const SessionsSection = z
+  .object({
+    file: z.string().default('').describe("This host's recorded sessions (start, clean stop or loss); default <node.dataDir>/sessions.json"),
+    markMs: ms(60_000, 'While running, the last sign of life is written this often: after a power cut the session counts as ended at the last mark'),
+    rejoinMs: ms(300_000, 'A depot started again this soon after its last sign of life, on the same host boot, continues the session (a restart is not the end of the day)'),
+    keep: z.number().int().min(1).max(10_000).default(500).describe('Sessions kept in the file (oldest dropped first)'),
+    gossip: z.number().int().min(0).max(32).default(21).describe('Most recent ended sessions carried in the heartbeat for placement and voter ranking (0: none)'),
+    maxAgeMs: ms(28 * 24 * 3600_000, 'Sessions that ended longer ago than this are no longer gossiped'),
+  })
+  .strict();
+
 export const HttpSection = z
   .object({
     host: z.string().default('0.0.0.0').describe('Address the tracking page and read-only API listen on'),
@@ -256,6 +267,7 @@ export const ConfigSchema = z
     connections: ConnectionsSection.prefault({}),
     control: ControlSection.prefault({}),
     journal: JournalSection.prefault({}),
+    sessions: SessionsSection.prefault({}),
     http: HttpSection.prefault({}),
     log: LogSection.prefault({}),
     store: StoreSection.prefault({}),
@@ -346,6 +358,7 @@ function resolveDerived(cfg: Config): Config {
     ...cfg,
     network: { ...cfg.network, identityFile: cfg.network.identityFile || `${cfg.node.dataDir}/identity.key` },
     store: { ...cfg.store, dir: cfg.store.dir || `${cfg.node.dataDir}/images` },
+    sessions: { ...cfg.sessions, file: cfg.sessions.file || `${cfg.node.dataDir}/sessions.json` },
     containers: { ...cfg.containers, statusIntervalMs: cfg.containers.statusIntervalMs || cfg.membership.heartbeatMs },
     ship: {
       ...cfg.ship,

@@ -51,7 +51,7 @@ export function registerTrust(program: Command): void {
     .action(async (who: string, opts: { config: string }) => {
       const file = await pinsFile(opts.config);
       const { forgetPins } = await import('../../depot/ssh-trust/host-key-pins.ts');
-      const { writeFileAtomic } = await import('../../depot/ssh-trust/ssh-keys.ts');
+      const { writeFileAtomic } = await import('../../shared/atomic-file.ts');
       const { pins, removed } = forgetPins(await readPins(file), who);
       if (removed.length === 0) throw new NavigatorError('NOT_FOUND', `no host key pinned for ${who} in ${file} (\`navigator trust list\` shows the pins)`);
       // Keep the file the depot's: root running this must not leave it unreadable to the depot.

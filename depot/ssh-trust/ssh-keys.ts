@@ -1,5 +1,6 @@
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import { writeFileAtomic } from '../../shared/atomic-file.ts';
 import { dirname } from 'node:path';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 
@@ -106,25 +107,6 @@ export function publicKeyOfPrivate(text: string, source: string): string {
   const blob = str();
   if (!parsePublicKeyLine(publicKeyLine(blob))) throw bad('not Ed25519');
   return publicKeyLine(blob);
-}
-
-/** Write a file atomically (temp file, fsync, rename) with `mode`, optionally owned by uid:gid. */
-export async function writeFileAtomic(path: string, data: string | Buffer, mode: number, owner?: { uid: number; gid: number }): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
-  const fh = await open(tmp, 'wx', mode);
-  try {
-    await fh.writeFile(data);
-    // The file's mode, not the process umask's remainder of it.
-    await fh.chmod(mode);
-    if (owner) await fh.chown(owner.uid, owner.gid);
-    await fh.sync();
-  } catch (err) {
-    await fh.close().catch(() => undefined);
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  await fh.close();
-  await rename(tmp, path);
 }
 
 /**

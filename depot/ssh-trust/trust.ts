@@ -4,7 +4,8 @@ import type { Logger } from '../../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import type { MemberDirectory } from '../components.ts';
 import type { MemberView } from '../membership/membership.ts';
-import { hostKeyFingerprint, loadOrCreateSshKey, writeFileAtomic } from './ssh-keys.ts';
+import { hostKeyFingerprint, loadOrCreateSshKey } from './ssh-keys.ts';
+import { writeFileAtomic } from '../../shared/atomic-file.ts';
 import { keyCount, renderAuthorizedKeys } from './authorized-keys.ts';
 import { PinFile, emptyPins, hostKeyState, observeAnnounced, type HostKeyState } from './host-key-pins.ts';
 
