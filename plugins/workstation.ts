@@ -5,6 +5,7 @@ import { Depot, type DepotOptions } from '../depot/depot.ts';
 import type { DepotComponents } from '../depot/components.ts';
 import { ImageStore } from '../depot/images/catalog.ts';
 import { ContainerManager } from '../depot/containers/manager.ts';
+import { CgroupHost, limitsFor } from '../depot/containers/cgroup-limits.ts';
 import { Journal } from '../depot/journal/journal.ts';
 import { electionConfigFrom, type ElectionConfig } from '../pilot/election/settings.ts';
 import { containersPlugin } from './containers.ts';
@@ -71,6 +72,9 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     clock: opts.clock,
     statusIntervalMs: config.containers.statusIntervalMs,
     driverTiming: config.containers,
+    ...(config.containers.limitsEnabled
+      ? { limits: { host: new CgroupHost({ logger: log }), of: (service: string) => limitsFor(service, config.containers.limits, config.containers.serviceLimits) } }
+      : {}),
   }));
   const journal = new Journal({ path: join(config.node.dataDir, 'journal.jsonl'), logger: log, gapSlackMs: config.journal.gapSlackMs });
   const started = <T>(v: T | undefined, what: string): T => {
