@@ -12,6 +12,8 @@ import { type ElectionConfig } from './election/settings.ts';
 import type { ElectionTransport } from './election/transport.ts';
 import { ServiceAddress } from './address.ts';
 import { FenceGuard } from './fence-guard.ts';
+import { PRIMARY_PIDS_FILE } from '../depot/containers/drivers/process.ts';
+import { join } from 'node:path';
 import type { PilotAssignment, ServiceSpec } from './service-spec.ts';
 import type { DbLink } from './db/db-link.ts';
 import { mayCampaign, newCopyWatch, takeoverRecord, watchCampaign, watchOwnCopy, watchPrimarySeen, watchResigned, watchServiceProbe, type CopyWatch } from './copy-watch.ts';
@@ -105,16 +107,19 @@ export class Pilot {
     this.state = createPilot({ id: opts.id, service: a.spec.name, view: a.view, term: a.term });
     this.log = opts.logger.child({ component: 'pilot', service: a.spec.name, container: a.container });
     this.watch = newCopyWatch({ bootstrapping: a.campaign });
-    this.address = new ServiceAddress({ address: a.spec.address, iface: a.spec.iface, logger: this.log });
     this.guard = new FenceGuard({
       address: a.spec.address,
       iface: a.spec.iface,
       logger: this.log,
+      // A fence stops what runs only on the primary (process driver: its process groups).
+      primaryPgidsFile: a.spec.container.driver === 'process' ? join(opts.containers.root, a.container, PRIMARY_PIDS_FILE) : undefined,
       // The guard's clock ran the lease out before ours did (a starved event loop): stop serving.
       onFenced: () => {
         if (this.state.role === 'primary') this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'lease-expired'));
       },
     });
+    // The guard is the only writer of the address: it adds it only while the lease lies ahead.
+    this.address = new ServiceAddress({ address: a.spec.address, iface: a.spec.iface, logger: this.log, adder: () => this.guard.add() });
   }
 
   get spec(): ServiceSpec {
@@ -252,6 +257,12 @@ export class Pilot {
     // The guard first: from the moment the address is ours, something must be able to drop it.
     await this.guard.arm(leaseExpiry - this.opts.now());
     if (this.state.role !== 'primary' || this.state.electionTerm !== term || !leaseValid(this.state, this.opts.now())) return;
+    // Fail closed: without a running guard nothing could drop the address if this process hung.
+    if (!this.guard.armed) {
+      this.log.error({ event: 'takeover-refused', term, reason: 'fence guard not armed' }, 'fence guard not running: not taking the address; stepping down');
+      this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'resigned'));
+      return;
+    }
     await this.address.take();
     this.lastReassert = this.opts.now();
     await this.opts.containers.setRole(this.container, 'primary', term);

@@ -74,7 +74,7 @@ export type ContainerManifestInput = z.input<typeof ContainerManifest>;
 
 const PIDS_FILE = '.navigator-pgids.json';
 /** Process groups of the primary-only commands, kept apart so a standby's health ignores them. */
-const PRIMARY_PIDS_FILE = '.navigator-primary-pgids.json';
+export const PRIMARY_PIDS_FILE = '.navigator-primary-pgids.json';
 
 async function readManifest(path: string): Promise<ContainerManifest> {
   let text: string;
