@@ -266,7 +266,7 @@ export class Pilot {
     await this.address.take();
     this.lastReassert = this.opts.now();
     await this.opts.containers.setRole(this.container, 'primary', term);
-    await this.opts.db?.becomePrimary(this.spec.name);
+    await this.opts.db?.becomePrimary(this.spec.name, term);
     this.serving = true;
     const takeover = Math.round(this.opts.now() - t0);
     this.opts.cluster.beat();
