@@ -43,6 +43,8 @@ export interface LeaseAuthorityOptions {
   voters: () => Array<{ service: string; votedTerm: number; promisedTo: string | null; promiseLeftMs: number }>;
   /** The term of this depot's copy of `service`, if it hosts one. */
   localTerm: (service: string) => number | undefined;
+  /** Primary copies of `service` in the heartbeats held now (a heartbeat may predate the pilots' start). */
+  current?: (service: string) => LeaseHolder[];
 }
 
 /** The LeaseAuthority of a depot: its voters, its own pilots, and the primaries heard in heartbeats. */
@@ -62,6 +64,7 @@ export class DepotLeaseAuthority implements LeaseAuthority {
   }
 
   async holder(service: string): Promise<LeaseHolder | undefined> {
+    for (const c of this.opts.current?.(service) ?? []) this.observePrimary(service, c.peer, c.term);
     const voter = this.opts.voters().find((v) => v.service === service);
     return leaseHolderFrom({
       voter: voter ? { term: voter.votedTerm, promisedTo: voter.promisedTo, promiseLeftMs: voter.promiseLeftMs } : undefined,

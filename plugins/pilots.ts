@@ -117,6 +117,11 @@ class Pilots implements PilotsPlugin {
     this.authority = new DepotLeaseAuthority({
       voters: () => this.voters.snapshot(),
       localTerm: (service) => this.supervisor.pilotFor(service)?.term,
+      current: (service) =>
+        members
+          .view()
+          .filter((m) => m.peerId !== self.peerId)
+          .flatMap((m) => (m.heartbeat?.containers ?? []).filter((c) => c.service === service && c.role === 'primary').map((c) => ({ peer: m.peerId, term: c.term }))),
     });
     this.operations = new AdminOperations({ self, members, control, store: init.store, containers: init.containers, supervisor: this.supervisor, logger });
   }
@@ -162,6 +167,8 @@ class Pilots implements PilotsPlugin {
     const c = this.c;
     await this.voters.start();
     await this.transport.start();
+    // Heartbeats heard before this start (the one asked for on connecting) count as well.
+    for (const m of c.members.view()) if (m.peerId !== c.self.peerId && m.heartbeat) this.onHeartbeat(m.heartbeat);
     c.control.guard.setAuthority(this.authority);
     registerPilotControl(c.control, { supervisor: this.supervisor, containers: this.init.containers, selfName: c.self.name, guard: c.control.guard });
     if (c.routes) {

@@ -106,6 +106,14 @@ describe('lease authority (who holds a lease, as this depot knows it)', () => {
     expect(await auth.holder('zabbix')).toEqual({ peer: HOLDER, term: 4 });
   });
 
+  it('counts primaries in the heartbeats held now, and remembers them after the primary resigned', async () => {
+    let current = [{ peer: HOLDER, term: 2 }];
+    const auth = new DepotLeaseAuthority({ voters: () => [], localTerm: () => 1, current: () => current });
+    expect(await auth.holder('zabbix')).toEqual({ peer: HOLDER, term: 2 });
+    current = [];
+    expect(await auth.holder('zabbix')).toEqual({ peer: HOLDER, term: 2 });
+  });
+
   it('an election message speaks for the depot its pilot id names', () => {
     const view = initialView(['v']);
     expect(senderOf({ type: 'vote-request', v: 1, service: 's', term: 1, candidate: `${HOLDER}/c/1`, syncTime: 0, seq: 1, view })).toBe(HOLDER);
