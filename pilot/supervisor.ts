@@ -1,4 +1,5 @@
-import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { writeFileDurable } from '../shared/durable-file.ts';
 import { join } from 'node:path';
 import type { Logger } from '../shared/logger.ts';
 import type { Config } from '../shared/config.ts';
@@ -102,15 +103,7 @@ export class PilotSupervisor {
   }
 
   private async persist(a: PilotAssignment): Promise<void> {
-    const target = join(this.opts.dir, `${a.container}.json`);
-    const fh = await open(`${target}.tmp`, 'w', 0o600);
-    try {
-      await fh.writeFile(JSON.stringify(a));
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(`${target}.tmp`, target);
+    await writeFileDurable(join(this.opts.dir, `${a.container}.json`), JSON.stringify(a));
   }
 
   /** Start the pilot of a copy; a pilot that fails to start is retried with backoff. */

@@ -1,4 +1,4 @@
-import { access, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import type { Logger } from '../../shared/logger.ts';
@@ -6,6 +6,7 @@ import { SystemClock, type Clock, type TimerHandle } from '../../shared/clock.ts
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import { Role, type ContainerReport } from '../../shared/wire.ts';
 import { SafeName } from '../../shared/names.ts';
+import { writeFileDurable } from '../../shared/durable-file.ts';
 import { ContainerSpec, type ContainerDriver, type ContainerStateName, type DriverTiming, type ExecResult, type StopResult } from './drivers/driver.ts';
 import { createDriver, specPaths } from './drivers/factory.ts';
 import { insideDir } from './drivers/paths.ts';
@@ -398,7 +399,7 @@ export class ContainerManager {
 
   private async saveMeta(e: Entry): Promise<void> {
     const meta: z.infer<typeof Meta> = { id: e.id, service: e.service, image: e.image, spec: e.spec, wanted: e.wanted, role: e.role, term: e.term };
-    await writeFile(join(e.dir, META_FILE), JSON.stringify(meta));
+    await writeFileDurable(join(e.dir, META_FILE), JSON.stringify(meta), { mode: 0o644 });
   }
 }
 

@@ -1,5 +1,6 @@
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { writeFileDurable } from '../../../shared/durable-file.ts';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parse as parseYaml } from 'yaml';
@@ -276,7 +277,7 @@ export class ProcessDriver implements ContainerDriver {
       }
       child.unref();
       groups.push(child.pid);
-      await writeFile(join(this.ctx.dir, PRIMARY_PIDS_FILE), JSON.stringify(groups));
+      await writeFileDurable(join(this.ctx.dir, PRIMARY_PIDS_FILE), JSON.stringify(groups), { mode: 0o644 });
     }
     this.log.info({ event: 'primary-processes-started', groups, durationMs: Date.now() - started }, 'primary-only processes started');
   }
@@ -351,7 +352,7 @@ export class ProcessDriver implements ContainerDriver {
   }
 
   private async saveGroups(groups: number[]): Promise<void> {
-    await writeFile(join(this.ctx.dir, PIDS_FILE), JSON.stringify(groups));
+    await writeFileDurable(join(this.ctx.dir, PIDS_FILE), JSON.stringify(groups), { mode: 0o644 });
   }
 
   private async killGroups(groups: number[], graceMs: number): Promise<void> {
