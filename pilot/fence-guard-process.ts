@@ -18,7 +18,7 @@
 //   {"address":"10.0.0.10/24","iface":"eth0","netns":"","primaryPgidsFile":"/…/.navigator-primary-pgids.json",
 //    "stop":[["argv",...]],"checkMs":50,"retryMs":100,"primaryStopMs":5000}
 import { execa } from 'execa';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 
 interface GuardConfig {
@@ -74,13 +74,26 @@ async function sleep(ms: number): Promise<void> {
   await new Promise((r) => setTimeout(r, ms));
 }
 
-function groupAlive(g: number): boolean {
+/** Does process group `g` have a member that is not a zombie (a child of a paused depot is never reaped)? */
+async function groupAlive(g: number): Promise<boolean> {
   try {
     process.kill(-g, 0);
-    return true;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
+  for (const e of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(e)) continue;
+    const stat = await readFile(`/proc/${e}/stat`, 'utf8').catch(() => '');
+    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses, so parse after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(fields[2]) === g && fields[0] !== 'Z') return true;
+  }
+  return false;
+}
+
+async function anyAlive(groups: number[]): Promise<boolean> {
+  for (const g of groups) if (await groupAlive(g)) return true;
+  return false;
 }
 
 async function stopPrimaryProcesses(): Promise<number> {
@@ -92,7 +105,9 @@ async function stopPrimaryProcesses(): Promise<number> {
   } catch {
     return 0;
   }
-  groups = groups.filter(groupAlive);
+  const alive: number[] = [];
+  for (const g of groups) if (await groupAlive(g)) alive.push(g);
+  groups = alive;
   const signal = (s: NodeJS.Signals) => {
     for (const g of groups) {
       try {
@@ -104,8 +119,8 @@ async function stopPrimaryProcesses(): Promise<number> {
   };
   signal('SIGTERM');
   const until = monoNow() + (cfg.primaryStopMs ?? 5000);
-  while (groups.some(groupAlive) && monoNow() < until) await sleep(50);
-  if (groups.some(groupAlive)) signal('SIGKILL');
+  while ((await anyAlive(groups)) && monoNow() < until) await sleep(50);
+  if (await anyAlive(groups)) signal('SIGKILL');
   return groups.length;
 }
 
