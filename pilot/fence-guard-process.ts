@@ -50,8 +50,17 @@ let deadline = Number.NEGATIVE_INFINITY;
 let everLeased = false;
 let fencing = false;
 
+// The depot reading our output may be gone (kill -9): a write to the closed pipe must never
+// take the guard down before it has fenced.
+process.stdout.on('error', () => undefined);
+process.stderr.on('error', () => undefined);
+
 function log(event: string, fields: Record<string, unknown> = {}): void {
-  process.stdout.write(`${JSON.stringify({ time: Date.now(), component: 'fence-guard', event, ...fields })}\n`);
+  try {
+    process.stdout.write(`${JSON.stringify({ time: Date.now(), component: 'fence-guard', event, ...fields })}\n`);
+  } catch {
+    // as above
+  }
 }
 
 function ipArgs(args: string[]): string[] {
@@ -128,6 +137,7 @@ async function fence(reason: string): Promise<void> {
   if (fencing) return;
   fencing = true;
   const started = monoNow();
+  // Told to the pilot (if it still reads) so it stops asking for adds; the delete does not wait.
   log('fencing', { reason });
   // Until the address is gone: a failed `ip addr del` (busy netlink, a race with another
   // writer) is tried again, never given up on.
