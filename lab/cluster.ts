@@ -19,7 +19,7 @@ import type { ServiceView } from '../shared/api/tracking.ts';
 export const ADMIN_TOKEN = 'lab-admin-token';
 export const SERVICE = 'echo';
 export const SERVICE_PORT = 7000;
-const P2P_PORT = 7470;
+export const P2P_PORT = 7470;
 const HTTP_PORT = 7480;
 
 export interface LabCluster {

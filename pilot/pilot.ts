@@ -47,6 +47,12 @@ export interface ClusterView {
   ping(peerId: string, timeoutMs: number): Promise<boolean>;
   /** Send a heartbeat now so the others learn a role change at once. */
   beat(): void;
+  /**
+   * Highest term this depot's own voter has granted for `service` (undefined: it holds no state).
+   * A term claimed in a heartbeat counts only once this is at least as high: a peer cannot demote
+   * a primary, or push a standby's term up, with a forged claim.
+   */
+  votedTerm?(service: string): number | undefined;
 }
 
 export interface MovementInput {
@@ -79,6 +85,8 @@ export interface PilotOptions {
   persist: (a: PilotAssignment) => Promise<void>;
   /** Primary only: keep N standbys (placement); called from the probe loop. */
   keepStandbys?: (pilot: Pilot) => Promise<void>;
+  /** Primary only: is this copy one the primary knows (not merely claimed in a heartbeat)? Default: all. */
+  trustsCopy?: (pilot: Pilot, copy: CopyView) => boolean;
   /** The copy's database (sync to standbys, own sync status, movement table), if it has one. */
   db?: DbLink | undefined;
 }
@@ -306,6 +314,13 @@ export class Pilot {
     this.log.info({ event: 'restarted-in-place', term, previousState: status.state, durationMs: Math.round(this.opts.now() - t0) }, 'service restarted in place');
   }
 
+  /** A term heard in a heartbeat is believed once this depot's voter granted it (or a later one). */
+  private termCorroborated(term: number): boolean {
+    const voted = this.opts.cluster.votedTerm;
+    if (!voted) return true;
+    return (voted.call(this.opts.cluster, this.spec.name) ?? -1) >= term;
+  }
+
   /** One round of health probes; feeds the election and, on the primary, keeps the standbys. */
   private async probe(): Promise<void> {
     if (this.probing || !this.running) return;
@@ -319,6 +334,7 @@ export class Pilot {
       for (const c of copies) {
         if (c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive') {
           this.watch = watchPrimarySeen(this.watch, c.host);
+          if (!this.termCorroborated(c.report.term)) continue;
           if (c.report.term > this.state.term || (this.state.role === 'primary' && c.report.term > this.state.electionTerm)) {
             this.apply(pilotObserveTerm(this.state, c.report.term, this.opts.now(), this.opts.cfg));
           }
@@ -344,6 +360,8 @@ export class Pilot {
         if (this.opts.db) {
           const targets = copies
             .filter((c) => c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive' && c.report.role === 'standby' && c.report.state === 'running' && c.address)
+            // The database goes only to copies this primary knows, never to a mere claim.
+            .filter((c) => this.opts.trustsCopy?.(this, c) ?? true)
             .map((c) => ({ key: `${c.peerId}/${c.report.id}`, host: c.host, address: c.address! }));
           await this.opts.db.setStandbys(targets);
         }

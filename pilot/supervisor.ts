@@ -8,7 +8,7 @@ import type { DepotComponents } from '../depot/components.ts';
 import type { ContainerManager } from '../depot/containers/manager.ts';
 import type { ElectionConfig } from './election/settings.ts';
 import type { ElectionTransport } from './election/transport.ts';
-import { Pilot, type ClusterView } from './pilot.ts';
+import { Pilot, type ClusterView, type CopyView } from './pilot.ts';
 import { DbLink } from './db/db-link.ts';
 import type { MovementJournal } from './db/movements-table.ts';
 import { PilotAssignment } from './service-spec.ts';
@@ -37,6 +37,8 @@ export interface PilotSupervisorOptions {
   record: RecordMovement;
   /** Primary only: keep N standbys; called from the pilot's probe loop. */
   keepStandbys: (pilot: Pilot) => Promise<void>;
+  /** Primary only: is a copy one the primary knows (StandbyKeeper.trusts)? */
+  trustsCopy?: (pilot: Pilot, copy: CopyView) => boolean;
 }
 
 export class PilotSupervisor {
@@ -124,6 +126,7 @@ export class PilotSupervisor {
       record: (m) => o.record(a.spec, m, this.running.get(a.container)?.db),
       persist: (next) => this.persist(next),
       keepStandbys: (p) => o.keepStandbys(p),
+      ...(o.trustsCopy ? { trustsCopy: o.trustsCopy } : {}),
       db: a.spec.database
         ? new DbLink({
             db: a.spec.database,

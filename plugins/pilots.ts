@@ -62,7 +62,9 @@ class Pilots implements PilotsPlugin {
   private readonly shipping: ImageShipping;
   private readonly supervisor: PilotSupervisor;
   private readonly authority: DepotLeaseAuthority;
+  private readonly keeper: StandbyKeeper;
   private readonly onHeartbeat = (hb: { peerId: string; incarnation: number; containers: Array<{ id: string; service: string; role: string; term: number; lastSyncAt?: number | undefined }> }) => {
+    this.keeper.observeCopies(hb.peerId, hb.containers);
     for (const c of hb.containers) {
       if (c.role === 'primary') this.authority.observePrimary(c.service, hb.peerId, c.term);
       // A sync time is stamped by the primary's clock when the dump was taken: one from the
@@ -99,7 +101,7 @@ class Pilots implements PilotsPlugin {
       clock: c.clock,
     });
     const record = movementRecorder({ self, gossip: c.gossip, journal: init.journal, logger });
-    const keeper = new StandbyKeeper({ self, members, control, pilot: config.pilot, policy: config.policy, shipping: this.shipping, record, logger });
+    const keeper = (this.keeper = new StandbyKeeper({ self, members, control, pilot: config.pilot, policy: config.policy, shipping: this.shipping, record, logger }));
     this.supervisor = new PilotSupervisor({
       dir: join(config.node.dataDir, 'pilots'),
       self,
@@ -109,10 +111,11 @@ class Pilots implements PilotsPlugin {
       election: this.election,
       transport: this.transport,
       containers: init.containers,
-      cluster: clusterView(c),
+      cluster: { ...clusterView(c), votedTerm: (service: string) => this.voters.snapshot().find((v) => v.service === service)?.votedTerm },
       journal: init.journal,
       record,
       keepStandbys: (p) => keeper.keep(p),
+      trustsCopy: (p, copy) => keeper.trusts(p, copy),
     });
     this.authority = new DepotLeaseAuthority({
       voters: () => this.voters.snapshot(),

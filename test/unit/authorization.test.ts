@@ -12,6 +12,9 @@ import { DepotLeaseAuthority, leaseHolderFrom, peerOfPilot } from '../../pilot/l
 import { initialView } from '../../pilot/election/views.ts';
 import { senderOf } from '../../pilot/election/transport.ts';
 import { SafeName } from '../../shared/names.ts';
+import { StandbyKeeper } from '../../pilot/standby-keeper.ts';
+import type { CopyView, Pilot } from '../../pilot/pilot.ts';
+import { silentLogger } from '../../shared/logger.ts';
 import { PilotAssignment } from '../../pilot/service-spec.ts';
 import { NavigatorError } from '../../shared/errors.ts';
 import { createLogger } from '../../shared/logger.ts';
@@ -255,5 +258,21 @@ describe('container and image methods', () => {
     await r.call('image.commit', { image: id }, peer(HOLDER));
     await r.call('image.abort', { image: id }, local);
     expect(calls).toEqual(['commit', 'abort']);
+  });
+});
+
+describe('heartbeat claims about copies', () => {
+  it('a primary counts only copies heard of before it took over, or placed by it; later claims are ignored', () => {
+    let now = 1000;
+    const keeper = new StandbyKeeper({ self: { peerId: 'self', name: 'w1', incarnation: 1 }, logger: silentLogger() } as unknown as ConstructorParameters<typeof StandbyKeeper>[0]);
+    const copy = (peerId: string, id: string) => ({ peerId, report: { id } }) as unknown as CopyView;
+    keeper.observeCopies('w2', [{ id: 'zabbix-2', service: 'zabbix' }], now);
+    const pilot = { spec: { name: 'zabbix' }, term: 4 } as unknown as Pilot;
+    // The takeover: the first look of term 4.
+    expect(keeper.trusts(pilot, copy('w2', 'zabbix-2'))).toBe(true);
+    now = Date.now() + 1000;
+    keeper.observeCopies('attacker', [{ id: 'evil-s', service: 'zabbix' }], now);
+    expect(keeper.trusts(pilot, copy('attacker', 'evil-s'))).toBe(false);
+    expect(keeper.trusts(pilot, copy('self', 'zabbix-1'))).toBe(true);
   });
 });
