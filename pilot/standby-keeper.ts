@@ -36,11 +36,11 @@ export class StandbyKeeper {
   private recentlyPlaced: RecentPlacement[] = [];
   /**
    * The copies each primary counts, by service: those heard of in heartbeats before it took over
-   * (its term), plus those it placed since. A copy a peer first claims in its heartbeat after the
+   * (its term) or held in the view when it did, plus those it placed since. A copy a peer first claims in its heartbeat after the
    * takeover was assigned by no primary: it is neither counted (so no real standby is retired for
    * it, and its host is no reason to skip a placement) nor synced to.
    */
-  private readonly known = new Map<string, { term: number; since: number; placed: Set<string> }>();
+  private readonly known = new Map<string, { term: number; since: number; atTakeover: Set<string>; placed: Set<string> }>();
   /** When each copy was first heard of in a heartbeat, by service, then `peer/container`. */
   private readonly firstSeen = new Map<string, Map<string, number>>();
 
@@ -113,11 +113,12 @@ export class StandbyKeeper {
     if (copy.peerId === this.opts.self.peerId) return true;
     let k = this.known.get(pilot.spec.name);
     if (!k || k.term !== pilot.term) {
-      k = { term: pilot.term, since: Date.now(), placed: new Set() };
+      const atTakeover = new Set(copiesOf(this.opts.members, pilot.spec.name).map((c) => copyKey(c.peerId, c.report.id)));
+      k = { term: pilot.term, since: Date.now(), atTakeover, placed: new Set() };
       this.known.set(pilot.spec.name, k);
     }
     const key = copyKey(copy.peerId, copy.report.id);
-    if (k.placed.has(key)) return true;
+    if (k.placed.has(key) || k.atTakeover.has(key)) return true;
     const seen = this.firstSeen.get(pilot.spec.name)?.get(key);
     return seen !== undefined && seen <= k.since;
   }

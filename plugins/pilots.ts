@@ -171,7 +171,6 @@ class Pilots implements PilotsPlugin {
     await this.voters.start();
     await this.transport.start();
     // Heartbeats heard before this start (the one asked for on connecting) count as well.
-    for (const m of c.members.view()) if (m.peerId !== c.self.peerId && m.heartbeat) this.onHeartbeat(m.heartbeat);
     c.control.guard.setAuthority(this.authority);
     registerPilotControl(c.control, { supervisor: this.supervisor, containers: this.init.containers, selfName: c.self.name, guard: c.control.guard });
     if (c.routes) {

@@ -264,7 +264,7 @@ describe('container and image methods', () => {
 describe('heartbeat claims about copies', () => {
   it('a primary counts only copies heard of before it took over, or placed by it; later claims are ignored', () => {
     let now = 1000;
-    const keeper = new StandbyKeeper({ self: { peerId: 'self', name: 'w1', incarnation: 1 }, logger: silentLogger() } as unknown as ConstructorParameters<typeof StandbyKeeper>[0]);
+    const keeper = new StandbyKeeper({ self: { peerId: 'self', name: 'w1', incarnation: 1 }, members: { view: () => [] }, logger: silentLogger() } as unknown as ConstructorParameters<typeof StandbyKeeper>[0]);
     const copy = (peerId: string, id: string) => ({ peerId, report: { id } }) as unknown as CopyView;
     keeper.observeCopies('w2', [{ id: 'zabbix-2', service: 'zabbix' }], now);
     const pilot = { spec: { name: 'zabbix' }, term: 4 } as unknown as Pilot;
