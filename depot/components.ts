@@ -10,6 +10,7 @@ import type { NavigatorNode } from './libp2p.ts';
 import type { MemberState } from '../shared/member-state.ts';
 import type { MemberView, MembershipAction } from './membership/membership.ts';
 import type { ControlRegistrar } from './control/server.ts';
+import type { ControlGuard } from './control/guard.ts';
 import type { DropReason } from './metrics.ts';
 import type { HeartbeatContentProvider } from './heartbeat/publisher.ts';
 import type { Notices } from './notices.ts';
@@ -55,6 +56,8 @@ export interface GossipBus {
 /** Control methods: plugins register theirs and call other depots' (this depot's own in process). */
 export interface ControlMethods extends ControlRegistrar {
   call<T>(peerId: string, method: string, params: unknown, opts?: { timeoutMs?: number }): Promise<T>;
+  /** Who may call which method (role and term); the pilots plugin gives it its lease authority. */
+  guard: ControlGuard;
 }
 
 /** What plugins add to every heartbeat. */

@@ -19,6 +19,7 @@ import { GossipInbox } from './gossip/inbox.ts';
 import { HeartbeatPublisher, type HeartbeatContentProvider } from './heartbeat/publisher.ts';
 import { ControlServer } from './control/server.ts';
 import { ControlClient } from './control/client.ts';
+import { ControlGuard } from './control/guard.ts';
 import { ConnectionManager } from './connections.ts';
 import type { DepotComponents, DepotPlugin, DepotPluginFactory, MemberEvents } from './components.ts';
 import { depotsResponse } from './depots-response.ts';
@@ -237,6 +238,7 @@ export class Depot {
     const { readTimeoutMs, maxRequestMs, maxInboundStreams } = cfg.control;
     const control = (this._control = new ControlServer({ node, logger: this.log, readTimeoutMs, maxRequestMs, maxInboundStreams }));
     const controlClient = new ControlClient({ node, timeoutMs: cfg.control.callTimeoutMs });
+    const guard = new ControlGuard({ logger: this.log, registry: this.metrics.registry, notices: this.notices });
     if (this.opts.http !== false) {
       this._http = new HttpServer({ host: cfg.http.host, port: cfg.http.port, log: this.log.child({ component: 'http' }) });
       registerDepotApi(this._http, {
@@ -283,6 +285,7 @@ export class Depot {
       control: {
         register: (method, handler) => control.register(method, handler),
         call: (peer, method, params, opts) => this.callControl(control, controlClient, peer, method, params, opts),
+        guard,
       },
       routes: this._http,
       heartbeat: {

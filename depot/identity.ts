@@ -1,4 +1,5 @@
-import { readFile, writeFile, mkdir } from 'node:fs/promises';
+import { readFile, mkdir } from 'node:fs/promises';
+import { writeFileDurable } from '../shared/durable-file.ts';
 import { dirname } from 'node:path';
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys';
 import type { PrivateKey } from '@libp2p/interface';
@@ -15,6 +16,7 @@ export async function loadOrCreateIdentity(path: string): Promise<PrivateKey> {
   }
   const key = await generateKeyPair('Ed25519');
   await mkdir(dirname(path), { recursive: true });
-  await writeFile(path, privateKeyToProtobuf(key), { mode: 0o600 });
+  // Whole or absent after a crash (never an empty key file that blocks the next start).
+  await writeFileDurable(path, privateKeyToProtobuf(key), { mode: 0o600, exclusive: true });
   return key;
 }

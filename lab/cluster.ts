@@ -19,7 +19,7 @@ import type { ServiceView } from '../shared/api/tracking.ts';
 export const ADMIN_TOKEN = 'lab-admin-token';
 export const SERVICE = 'echo';
 export const SERVICE_PORT = 7000;
-const P2P_PORT = 7470;
+export const P2P_PORT = 7470;
 const HTTP_PORT = 7480;
 
 export interface LabCluster {
@@ -73,7 +73,12 @@ export interface ClusterOptions {
   preStage?: boolean;
   /** Extra environment of every depot. */
   env?: Record<string, string>;
+  /** Give the echo image a primary-only process (its command line carries PRIMARY_ONLY_MARKER). */
+  primaryOnly?: boolean;
 }
+
+/** In the command line of the echo image's primary-only process (ClusterOptions.primaryOnly). */
+export const PRIMARY_ONLY_MARKER = 'navlab-primary-only';
 
 export async function startCluster(lab: Lab, n: number, opts: ClusterOptions = {}): Promise<LabCluster> {
   const hosts = lab.workstations.slice(0, n).map((w) => w.name);
@@ -88,6 +93,7 @@ export async function startCluster(lab: Lab, n: number, opts: ClusterOptions = {
       start: [{ argv: [process.execPath, '--no-warnings', join(REPO_ROOT, 'lab/echo-service.ts'), '--port', String(SERVICE_PORT)] }],
       health: { tcp: { host: '127.0.0.1', port: SERVICE_PORT } },
       startTimeoutMs: 20_000,
+      ...(opts.primaryOnly ? { primary: [{ argv: [process.execPath, '-e', `setInterval(() => {}, 1 << 30); // ${PRIMARY_ONLY_MARKER}`] }] } : {}),
     }),
   );
   const peerIds = new Map<string, string>();

@@ -39,6 +39,11 @@ export interface ServiceAddressOptions {
   garpIntervalS?: number;
   /** Time limit for each `ip` command. */
   commandTimeoutMs?: number;
+  /**
+   * Who adds the address (the pilot's fence guard, which does so only while the lease lies
+   * ahead): resolves false when it refused. Absent: `ip addr add` here (tools, tests).
+   */
+  adder?: () => Promise<boolean>;
 }
 
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
@@ -75,6 +80,7 @@ export class ServiceAddress {
   /** Background arping announcing the address; killed on release so we never announce what we dropped. */
   private announcer: Announcer | undefined;
   private announcerDone: Promise<void> = Promise.resolve();
+  private readonly adder: (() => Promise<boolean>) | undefined;
 
   constructor(opts: ServiceAddressOptions) {
     const { ip, prefix } = parseServiceAddress(opts.address);
@@ -93,6 +99,12 @@ export class ServiceAddress {
     this.garpCount = garpCount;
     this.garpIntervalS = garpIntervalS;
     this.commandTimeoutMs = opts.commandTimeoutMs ?? 5000;
+    this.adder = opts.adder;
+  }
+
+  /** Add through the fence guard; a refusal is an error (no lease: this copy must not serve). */
+  private async addByGuard(adder: () => Promise<boolean>): Promise<void> {
+    if (!(await adder())) throw new NavigatorError('CONFLICT', `the fence guard refused to add ${this.cidr} on ${this.iface}: no lease (or fencing)`);
   }
 
   get cidr(): string {
@@ -105,6 +117,13 @@ export class ServiceAddress {
    */
   async take(): Promise<{ added: boolean; durationMs: number }> {
     const started = performance.now();
+    if (this.adder) {
+      await this.addByGuard(this.adder);
+      this.announce(this.garpCount, await this.runner());
+      const durationMs = Math.round(performance.now() - started);
+      this.log.info({ event: 'address-taken', added: true, durationMs, by: 'fence-guard' }, 'service address held and announced');
+      return { added: true, durationMs };
+    }
     const res = await this.runIp(['addr', 'add', this.cidr, 'dev', this.iface]);
     let added = true;
     if (res.exitCode !== 0) {
@@ -122,6 +141,12 @@ export class ServiceAddress {
     let readded = false;
     if (!(await this.held())) {
       this.log.warn({ event: 'address-missing' }, 'service address vanished while primary; adding it again');
+      if (this.adder) {
+        await this.addByGuard(this.adder);
+        const run = await this.runner();
+        if (!this.announcer) this.announce(1, run);
+        return { readded: true };
+      }
       const res = await this.runIp(['addr', 'add', this.cidr, 'dev', this.iface]);
       if (res.exitCode !== 0 && !ALREADY_HELD.test(text(res.stderr))) throw this.failure(this.ipArgv(['addr', 'add', this.cidr, 'dev', this.iface]), res);
       readded = true;

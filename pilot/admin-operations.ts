@@ -99,9 +99,16 @@ export class AdminOperations {
     const standbys = copies.filter((c) => c.report.role === 'standby' && c.report.state === 'running');
     const target = args.to ? standbys.find((c) => c.host === args.to || c.peerId === args.to) : standbys.sort((a, b) => (b.report.lastSyncAt ?? 0) - (a.report.lastSyncAt ?? 0))[0];
     if (!target) throw new NavigatorError('NOT_FOUND', args.to ? `no running standby of ${args.service} on ${args.to}` : `service ${args.service} has no running standby`);
+    // Only the primary's own depot may move it (pilot.resign and pilot.campaign are served to the
+    // lease holder alone): a switchover asked elsewhere names the host to ask instead.
+    const own = this.opts.supervisor.pilotFor(args.service);
+    if (primary.peerId !== this.opts.self.peerId || !own) {
+      throw new NavigatorError('CONFLICT', `the primary of ${args.service} is on ${primary.host}: run the switchover there (its own admin API); only the primary's depot may move it`);
+    }
+    const term = own.term;
     // The primary stops writes, brings the standbys up to date and resigns; then the target stands.
     await this.opts.control.call(primary.peerId, 'pilot.resign', { service: args.service }, { timeoutMs: 120_000 });
-    await this.opts.control.call(target.peerId, 'pilot.campaign', { service: args.service }, { timeoutMs: 10_000 });
+    await this.opts.control.call(target.peerId, 'pilot.campaign', { service: args.service, term }, { timeoutMs: 10_000 });
     this.log.info({ event: 'switchover', service: args.service, from: primary.host, to: target.host }, `switchover ${primary.host} -> ${target.host}`);
     return { from: primary.host, to: target.host };
   }

@@ -12,6 +12,8 @@ import { type ElectionConfig } from './election/settings.ts';
 import type { ElectionTransport } from './election/transport.ts';
 import { ServiceAddress } from './address.ts';
 import { FenceGuard } from './fence-guard.ts';
+import { PRIMARY_PIDS_FILE } from '../depot/containers/drivers/process.ts';
+import { join } from 'node:path';
 import type { PilotAssignment, ServiceSpec } from './service-spec.ts';
 import type { DbLink } from './db/db-link.ts';
 import { mayCampaign, newCopyWatch, takeoverRecord, watchCampaign, watchOwnCopy, watchPrimarySeen, watchResigned, watchServiceProbe, type CopyWatch } from './copy-watch.ts';
@@ -45,6 +47,12 @@ export interface ClusterView {
   ping(peerId: string, timeoutMs: number): Promise<boolean>;
   /** Send a heartbeat now so the others learn a role change at once. */
   beat(): void;
+  /**
+   * Highest term this depot's own voter has granted for `service` (undefined: it holds no state).
+   * A term claimed in a heartbeat counts only once this is at least as high: a peer cannot demote
+   * a primary, or push a standby's term up, with a forged claim.
+   */
+  votedTerm?(service: string): number | undefined;
 }
 
 export interface MovementInput {
@@ -77,6 +85,8 @@ export interface PilotOptions {
   persist: (a: PilotAssignment) => Promise<void>;
   /** Primary only: keep N standbys (placement); called from the probe loop. */
   keepStandbys?: (pilot: Pilot) => Promise<void>;
+  /** Primary only: is this copy one the primary knows (not merely claimed in a heartbeat)? Default: all. */
+  trustsCopy?: (pilot: Pilot, copy: CopyView) => boolean;
   /** The copy's database (sync to standbys, own sync status, movement table), if it has one. */
   db?: DbLink | undefined;
 }
@@ -105,16 +115,19 @@ export class Pilot {
     this.state = createPilot({ id: opts.id, service: a.spec.name, view: a.view, term: a.term });
     this.log = opts.logger.child({ component: 'pilot', service: a.spec.name, container: a.container });
     this.watch = newCopyWatch({ bootstrapping: a.campaign });
-    this.address = new ServiceAddress({ address: a.spec.address, iface: a.spec.iface, logger: this.log });
     this.guard = new FenceGuard({
       address: a.spec.address,
       iface: a.spec.iface,
       logger: this.log,
+      // A fence stops what runs only on the primary (process driver: its process groups).
+      primaryPgidsFile: a.spec.container.driver === 'process' ? join(opts.containers.root, a.container, PRIMARY_PIDS_FILE) : undefined,
       // The guard's clock ran the lease out before ours did (a starved event loop): stop serving.
       onFenced: () => {
         if (this.state.role === 'primary') this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'lease-expired'));
       },
     });
+    // The guard is the only writer of the address: it adds it only while the lease lies ahead.
+    this.address = new ServiceAddress({ address: a.spec.address, iface: a.spec.iface, logger: this.log, adder: () => this.guard.add() });
   }
 
   get spec(): ServiceSpec {
@@ -252,10 +265,16 @@ export class Pilot {
     // The guard first: from the moment the address is ours, something must be able to drop it.
     await this.guard.arm(leaseExpiry - this.opts.now());
     if (this.state.role !== 'primary' || this.state.electionTerm !== term || !leaseValid(this.state, this.opts.now())) return;
+    // Fail closed: without a running guard nothing could drop the address if this process hung.
+    if (!this.guard.armed) {
+      this.log.error({ event: 'takeover-refused', term, reason: 'fence guard not armed' }, 'fence guard not running: not taking the address; stepping down');
+      this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'resigned'));
+      return;
+    }
     await this.address.take();
     this.lastReassert = this.opts.now();
     await this.opts.containers.setRole(this.container, 'primary', term);
-    await this.opts.db?.becomePrimary(this.spec.name);
+    await this.opts.db?.becomePrimary(this.spec.name, term);
     this.serving = true;
     const takeover = Math.round(this.opts.now() - t0);
     this.opts.cluster.beat();
@@ -295,6 +314,13 @@ export class Pilot {
     this.log.info({ event: 'restarted-in-place', term, previousState: status.state, durationMs: Math.round(this.opts.now() - t0) }, 'service restarted in place');
   }
 
+  /** A term heard in a heartbeat is believed once this depot's voter granted it (or a later one). */
+  private termCorroborated(term: number): boolean {
+    const voted = this.opts.cluster.votedTerm;
+    if (!voted) return true;
+    return (voted.call(this.opts.cluster, this.spec.name) ?? -1) >= term;
+  }
+
   /** One round of health probes; feeds the election and, on the primary, keeps the standbys. */
   private async probe(): Promise<void> {
     if (this.probing || !this.running) return;
@@ -308,6 +334,7 @@ export class Pilot {
       for (const c of copies) {
         if (c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive') {
           this.watch = watchPrimarySeen(this.watch, c.host);
+          if (!this.termCorroborated(c.report.term)) continue;
           if (c.report.term > this.state.term || (this.state.role === 'primary' && c.report.term > this.state.electionTerm)) {
             this.apply(pilotObserveTerm(this.state, c.report.term, this.opts.now(), this.opts.cfg));
           }
@@ -333,6 +360,8 @@ export class Pilot {
         if (this.opts.db) {
           const targets = copies
             .filter((c) => c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive' && c.report.role === 'standby' && c.report.state === 'running' && c.address)
+            // The database goes only to copies this primary knows, never to a mere claim.
+            .filter((c) => this.opts.trustsCopy?.(this, c) ?? true)
             .map((c) => ({ key: `${c.peerId}/${c.report.id}`, host: c.host, address: c.address! }));
           await this.opts.db.setStandbys(targets);
         }

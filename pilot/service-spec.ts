@@ -1,14 +1,13 @@
 import { z } from 'zod';
 import { ContainerSpec } from '../depot/containers/drivers/driver.ts';
 import { ElectionView } from '../shared/wire.ts';
+import { SafeName } from '../shared/names.ts';
 
 // What a service is, as registered once by `navigator pilot bootstrap` and handed to every
 // depot that hosts a copy of it. The depot keeps it (with the pilot's durable state) next to
 // the container, so a restarted depot can run the copy's pilot again.
 
-export const ServiceName = z
-  .string()
-  .regex(/^[a-z0-9][a-z0-9-]{0,47}$/, 'a service name is 1-48 lower-case letters, digits or dashes')
+export const ServiceName = SafeName.regex(/^[a-z0-9][a-z0-9-]{0,47}$/, 'a service name is 1-48 lower-case letters, digits or dashes')
   .describe('Name of the service, e.g. zabbix');
 
 export const DatabaseSpec = z
@@ -42,7 +41,7 @@ export type ServiceSpecInput = z.input<typeof ServiceSpec>;
 export const PilotAssignment = z
   .object({
     spec: ServiceSpec,
-    container: z.string().min(1).max(64),
+    container: SafeName.describe('Container id of the copy (its folder and DATADIR/pilots/<container>.json)'),
     view: ElectionView,
     term: z.number().int().nonnegative().default(0),
     /** Start as candidate at once (bootstrap of the first copy). */

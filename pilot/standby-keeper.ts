@@ -34,6 +34,15 @@ export class StandbyKeeper {
   private readonly placing = new Map<string, Promise<void>>();
   private readonly failedHosts = new Map<string, number>();
   private recentlyPlaced: RecentPlacement[] = [];
+  /**
+   * The copies each primary counts, by service: those heard of in heartbeats before it took over
+   * (its term) or held in the view when it did, plus those it placed since. A copy a peer first claims in its heartbeat after the
+   * takeover was assigned by no primary: it is neither counted (so no real standby is retired for
+   * it, and its host is no reason to skip a placement) nor synced to.
+   */
+  private readonly known = new Map<string, { term: number; since: number; atTakeover: Set<string>; placed: Set<string> }>();
+  /** When each copy was first heard of in a heartbeat, by service, then `peer/container`. */
+  private readonly firstSeen = new Map<string, Map<string, number>>();
 
   constructor(private readonly opts: StandbyKeeperOptions) {
     this.log = opts.logger.child({ component: 'pilots' });
@@ -49,7 +58,7 @@ export class StandbyKeeper {
     const quiet = o.policy ? quietWindowAt(o.policy, now) : undefined;
     const plan = planStandbys({
       service: { ...spec, standbys: this.standbysOf(spec) },
-      copies: copiesOf(o.members, spec.name),
+      copies: copiesOf(o.members, spec.name).filter((c) => this.trusts(pilot, c)),
       candidates: candidatesOf(o.members),
       recentlyPlaced: this.recentlyPlaced,
       failedHosts: this.failedHosts,
@@ -84,6 +93,34 @@ export class StandbyKeeper {
         return;
       }
     }
+  }
+
+  /** A heartbeat from `peerId` reports these copies (every depot keeps this, primary or not). */
+  observeCopies(peerId: string, containers: ReadonlyArray<{ id: string; service: string }>, now = Date.now()): void {
+    for (const c of containers) {
+      let m = this.firstSeen.get(c.service);
+      if (!m) {
+        if (this.firstSeen.size >= 1024) continue;
+        this.firstSeen.set(c.service, (m = new Map()));
+      }
+      const key = copyKey(peerId, c.id);
+      if (!m.has(key) && m.size < 1024) m.set(key, now);
+    }
+  }
+
+  /** Is `copy` one this primary knows (heard of before it took over, or placed by it since)? */
+  trusts(pilot: Pilot, copy: CopyView): boolean {
+    if (copy.peerId === this.opts.self.peerId) return true;
+    let k = this.known.get(pilot.spec.name);
+    if (!k || k.term !== pilot.term) {
+      const atTakeover = new Set(copiesOf(this.opts.members, pilot.spec.name).map((c) => copyKey(c.peerId, c.report.id)));
+      k = { term: pilot.term, since: Date.now(), atTakeover, placed: new Set() };
+      this.known.set(pilot.spec.name, k);
+    }
+    const key = copyKey(copy.peerId, copy.report.id);
+    if (k.placed.has(key) || k.atTakeover.has(key)) return true;
+    const seen = this.firstSeen.get(pilot.spec.name)?.get(key);
+    return seen !== undefined && seen <= k.since;
   }
 
   /** Standbys kept: the policy's number for the service, else the one given at bootstrap. */
@@ -160,6 +197,7 @@ export class StandbyKeeper {
     await control.call(peerId, 'container.start', { id: container, service: spec.name, image: spec.image, spec: spec.container, role: 'standby', term: pilot.term }, { timeoutMs: 120_000 });
     const assignment: PilotAssignment = { spec, container, view: pilot.view, term: pilot.term, campaign: false };
     await control.call(peerId, 'pilot.assign', assignment, { timeoutMs: 10_000 });
+    this.known.get(spec.name)?.placed.add(copyKey(peerId, container));
     this.recentlyPlaced.push({ service: spec.name, peerId, container, at: Date.now() });
     const boot = Date.now() - b0;
     this.log.info({ event: 'standby-placed', service: spec.name, host, container, shipMs: ship, bootMs: boot, durationMs: Date.now() - t0 }, `standby running on ${host}`);
@@ -173,4 +211,8 @@ export class StandbyKeeper {
       timings: { ship, boot },
     });
   }
+}
+
+function copyKey(peerId: string, container: string): string {
+  return `${peerId}/${container}`;
 }

@@ -1,4 +1,5 @@
-import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { writeFileDurable } from '../shared/durable-file.ts';
 import { join } from 'node:path';
 import type { Logger } from '../shared/logger.ts';
 import type { Config } from '../shared/config.ts';
@@ -7,7 +8,7 @@ import type { DepotComponents } from '../depot/components.ts';
 import type { ContainerManager } from '../depot/containers/manager.ts';
 import type { ElectionConfig } from './election/settings.ts';
 import type { ElectionTransport } from './election/transport.ts';
-import { Pilot, type ClusterView } from './pilot.ts';
+import { Pilot, type ClusterView, type CopyView } from './pilot.ts';
 import { DbLink } from './db/db-link.ts';
 import type { MovementJournal } from './db/movements-table.ts';
 import { PilotAssignment } from './service-spec.ts';
@@ -36,6 +37,8 @@ export interface PilotSupervisorOptions {
   record: RecordMovement;
   /** Primary only: keep N standbys; called from the pilot's probe loop. */
   keepStandbys: (pilot: Pilot) => Promise<void>;
+  /** Primary only: is a copy one the primary knows (StandbyKeeper.trusts)? */
+  trustsCopy?: (pilot: Pilot, copy: CopyView) => boolean;
 }
 
 export class PilotSupervisor {
@@ -102,15 +105,7 @@ export class PilotSupervisor {
   }
 
   private async persist(a: PilotAssignment): Promise<void> {
-    const target = join(this.opts.dir, `${a.container}.json`);
-    const fh = await open(`${target}.tmp`, 'w', 0o600);
-    try {
-      await fh.writeFile(JSON.stringify(a));
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(`${target}.tmp`, target);
+    await writeFileDurable(join(this.opts.dir, `${a.container}.json`), JSON.stringify(a));
   }
 
   /** Start the pilot of a copy; a pilot that fails to start is retried with backoff. */
@@ -131,6 +126,7 @@ export class PilotSupervisor {
       record: (m) => o.record(a.spec, m, this.running.get(a.container)?.db),
       persist: (next) => this.persist(next),
       keepStandbys: (p) => o.keepStandbys(p),
+      ...(o.trustsCopy ? { trustsCopy: o.trustsCopy } : {}),
       db: a.spec.database
         ? new DbLink({
             db: a.spec.database,

@@ -17,7 +17,7 @@ export function containersPlugin(init: ContainersInit): (components: ContainersC
     name: 'containers',
     async start() {
       await manager.start();
-      registerContainerControl(c.control, manager);
+      registerContainerControl(c.control, manager, c.control.guard);
       c.heartbeat.contribute(() => ({ containers: manager.reports() }));
     },
     // Containers keep running: a restarted depot finds them again (ContainerManager.start).

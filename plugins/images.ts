@@ -22,7 +22,7 @@ export function imagesPlugin(init: ImagesInit): (components: ImagesComponents) =
     async start() {
       await store.start();
       registerImageQueries(c.control, store);
-      registerImageControl(c.control, store, { receiveChroot: c.config.ship.receiveChroot });
+      registerImageControl(c.control, store, { receiveChroot: c.config.ship.receiveChroot, guard: c.control.guard });
       c.heartbeat.contribute(async () => ({
         images: (await store.list()).map((i) => i.id),
         staging: (await store.receiving()).slice(0, 32),

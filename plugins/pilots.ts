@@ -20,11 +20,15 @@ import type { Pilot } from '../pilot/pilot.ts';
 import { explainPolicy, policyWarnings, quietWindowAt, servicePolicy } from '../pilot/policy.ts';
 import type { PolicyResponse } from '../shared/api/policy.ts';
 import { handOverPrimaries } from '../pilot/hand-over.ts';
+import { DepotLeaseAuthority } from '../pilot/lease-authority.ts';
 
 // The pilots of the copies this depot hosts and this depot's vote in every service's election:
 // the voters and the election protocol, the pilot supervisor, standby keeping and image shipping
 // on the depot whose pilot is primary, the pilot control methods, and the admin operations
 // (bootstrap, switchover, drain) with their HTTP endpoints and GET /api/transfers.
+
+/** How far ahead of this host's clock a standby's reported sync time may be (clock skew between hosts). */
+const MAX_SYNC_CLOCK_SKEW_MS = 5_000;
 
 export interface PilotsInit {
   store: ImageStore;
@@ -57,9 +61,17 @@ class Pilots implements PilotsPlugin {
   private readonly transport: ElectionTransport;
   private readonly shipping: ImageShipping;
   private readonly supervisor: PilotSupervisor;
-  private readonly onHeartbeat = (hb: { peerId: string; incarnation: number; containers: Array<{ id: string; service: string; role: string; lastSyncAt?: number | undefined }> }) => {
+  private readonly authority: DepotLeaseAuthority;
+  private readonly keeper: StandbyKeeper;
+  private readonly onHeartbeat = (hb: { peerId: string; incarnation: number; containers: Array<{ id: string; service: string; role: string; term: number; lastSyncAt?: number | undefined }> }) => {
+    this.keeper.observeCopies(hb.peerId, hb.containers);
     for (const c of hb.containers) {
-      if (c.role === 'standby' && c.lastSyncAt !== undefined) this.voters.observeSync(c.service, `${hb.peerId}/${c.id}/${hb.incarnation}`, c.lastSyncAt);
+      if (c.role === 'primary') this.authority.observePrimary(c.service, hb.peerId, c.term);
+      // A sync time is stamped by the primary's clock when the dump was taken: one from the
+      // future is a lie (it would make every honest candidate look stale), and is ignored.
+      if (c.role === 'standby' && c.lastSyncAt !== undefined && c.lastSyncAt <= Date.now() + MAX_SYNC_CLOCK_SKEW_MS) {
+        this.voters.observeSync(c.service, `${hb.peerId}/${c.id}/${hb.incarnation}`, c.lastSyncAt);
+      }
     }
   };
 
@@ -77,6 +89,7 @@ class Pilots implements PilotsPlugin {
       // A grant counts from its request's send time, so a late one still extends the lease as
       // long as it arrives within leaseMs − margin; later than that it is worthless.
       timeoutMs: Math.max(200, this.election.leaseMs - this.election.leaseSafetyMarginMs),
+      refuse: (peer, kind, reason) => void control.guard.refuse(peer, kind, reason),
     });
     this.shipping = new ImageShipping({
       ship: config.ship,
@@ -88,7 +101,7 @@ class Pilots implements PilotsPlugin {
       clock: c.clock,
     });
     const record = movementRecorder({ self, gossip: c.gossip, journal: init.journal, logger });
-    const keeper = new StandbyKeeper({ self, members, control, pilot: config.pilot, policy: config.policy, shipping: this.shipping, record, logger });
+    const keeper = (this.keeper = new StandbyKeeper({ self, members, control, pilot: config.pilot, policy: config.policy, shipping: this.shipping, record, logger }));
     this.supervisor = new PilotSupervisor({
       dir: join(config.node.dataDir, 'pilots'),
       self,
@@ -98,10 +111,20 @@ class Pilots implements PilotsPlugin {
       election: this.election,
       transport: this.transport,
       containers: init.containers,
-      cluster: clusterView(c),
+      cluster: { ...clusterView(c), votedTerm: (service: string) => this.voters.snapshot().find((v) => v.service === service)?.votedTerm },
       journal: init.journal,
       record,
       keepStandbys: (p) => keeper.keep(p),
+      trustsCopy: (p, copy) => keeper.trusts(p, copy),
+    });
+    this.authority = new DepotLeaseAuthority({
+      voters: () => this.voters.snapshot(),
+      localTerm: (service) => this.supervisor.pilotFor(service)?.term,
+      current: (service) =>
+        members
+          .view()
+          .filter((m) => m.peerId !== self.peerId)
+          .flatMap((m) => (m.heartbeat?.containers ?? []).filter((c) => c.service === service && c.role === 'primary').map((c) => ({ peer: m.peerId, term: c.term }))),
     });
     this.operations = new AdminOperations({ self, members, control, store: init.store, containers: init.containers, supervisor: this.supervisor, logger });
   }
@@ -147,7 +170,9 @@ class Pilots implements PilotsPlugin {
     const c = this.c;
     await this.voters.start();
     await this.transport.start();
-    registerPilotControl(c.control, { supervisor: this.supervisor, containers: this.init.containers, selfName: c.self.name });
+    // Heartbeats heard before this start (the one asked for on connecting) count as well.
+    c.control.guard.setAuthority(this.authority);
+    registerPilotControl(c.control, { supervisor: this.supervisor, containers: this.init.containers, selfName: c.self.name, guard: c.control.guard });
     if (c.routes) {
       c.routes.route('GET', '/api/transfers', (): TransfersResponse => ({ transfers: this.shipping.transfers() }));
       c.routes.route('GET', '/api/policy', (): PolicyResponse => this.policyResponse());
@@ -173,5 +198,6 @@ class Pilots implements PilotsPlugin {
     await this.shipping.stop().catch(() => undefined);
     await this.supervisor.stop();
     await this.transport.stop().catch(() => undefined);
+    this.c.control.guard.setAuthority(undefined);
   }
 }

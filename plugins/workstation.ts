@@ -53,6 +53,7 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     spareCopies: config.store.spareCopies,
     spareMinBytes: config.store.spareMinBytes,
     spareDelayMs: config.store.spareDelayMs,
+    stagingMaxAgeMs: config.store.stagingMaxAgeMs,
     clock: opts.clock,
     logger: log,
     // Images a container runs from are never removed.

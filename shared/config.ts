@@ -139,6 +139,12 @@ export const StoreSection = z
       .describe('Keep a spare copy of the newest version of each large image, so the next delta starts without a full local copy (costs one image of disk; dropped when space is needed)'),
     spareMinBytes: z.number().int().nonnegative().default(268_435_456).describe('Images smaller than this get no spare copy (copying them for a delta is quick anyway)'),
     spareDelayMs: z.number().int().nonnegative().default(500).describe('Spare copies are made once the store has been quiet (no import, verify, clone or receive) this long, so they do not compete with the clone that often follows a receive'),
+    stagingMaxAgeMs: z
+      .number()
+      .int()
+      .positive()
+      .default(86_400_000)
+      .describe('At start, a staging folder (an unfinished receive) not written to for this long is removed; younger ones are kept for the sender to resume'),
   })
   .strict();
 

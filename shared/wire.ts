@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { NavigatorError } from './errors.ts';
 import { MovementRecord } from './movement.ts';
+import { SafeName } from './names.ts';
 
 // Every message that crosses the network is described here: a zod schema per message type,
 // a size limit, and one codec. A message that fails the schema or the limit is dropped and
@@ -216,7 +217,7 @@ const rejectReason = z.enum(['stale-view', 'stale-term', 'voted-other', 'promise
 export const VoteRequest = z.object({
   type: z.literal('vote-request'),
   v: z.literal(1),
-  service: shortText.min(1),
+  service: SafeName.describe('Service name (also the voter\'s file name)'),
   term: termNum,
   candidate: electionId.describe('Pilot asking (peer id of its depot + copy)'),
   syncTime: nonNeg.describe('Time of the last good DB sync into the candidate (primary clock)'),
@@ -228,7 +229,7 @@ export type VoteRequest = z.infer<typeof VoteRequest>;
 export const VoteReply = z.object({
   type: z.literal('vote-reply'),
   v: z.literal(1),
-  service: shortText.min(1),
+  service: SafeName.describe('Service name (also the voter\'s file name)'),
   term: termNum,
   candidate: electionId,
   voter: electionId,
@@ -244,7 +245,7 @@ export type VoteReply = z.infer<typeof VoteReply>;
 export const LeaseRenew = z.object({
   type: z.literal('lease-renew'),
   v: z.literal(1),
-  service: shortText.min(1),
+  service: SafeName.describe('Service name (also the voter\'s file name)'),
   term: termNum,
   holder: electionId,
   seq: termNum,
@@ -255,7 +256,7 @@ export type LeaseRenew = z.infer<typeof LeaseRenew>;
 export const LeaseAck = z.object({
   type: z.literal('lease-ack'),
   v: z.literal(1),
-  service: shortText.min(1),
+  service: SafeName.describe('Service name (also the voter\'s file name)'),
   term: termNum,
   holder: electionId,
   voter: electionId,
@@ -271,7 +272,7 @@ export type LeaseAck = z.infer<typeof LeaseAck>;
 export const LeaseRelease = z.object({
   type: z.literal('lease-release'),
   v: z.literal(1),
-  service: shortText.min(1),
+  service: SafeName.describe('Service name (also the voter\'s file name)'),
   term: termNum,
   holder: electionId,
 });

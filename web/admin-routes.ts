@@ -1,4 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { isIP } from 'node:net';
+import { hostname } from 'node:os';
 import type { IncomingMessage } from 'node:http';
 import type { z } from 'zod';
 import type { Logger } from '../shared/logger.ts';
@@ -7,7 +9,9 @@ import { NavigatorError, errorMessage, isNavigatorError } from '../shared/errors
 import { sendError, sendJson } from './server.ts';
 
 // Mutating HTTP endpoints (switchover, drain, bootstrap): served only to the admin host, only
-// with the admin token.
+// with the admin token, and only when the request names this host in its Host header (an IP
+// address, localhost, or this machine's own name): a web page whose DNS name was rebound to
+// 127.0.0.1 sends its own name there and is answered 421 before anything else is looked at.
 
 /**
  * A mutating endpoint: served only to the admin host, only with the admin token (constant-time
@@ -25,6 +29,10 @@ export function registerAdminPost<T>(
   const log = opts.logger.child({ component: 'tracking' });
   server.route('POST', path, async (req, res) => {
     const from = normalizeAddress(req.socket.remoteAddress ?? '');
+    if (!hostHeaderAllowed(req.headers.host)) {
+      log.warn({ event: 'admin-refused', action: name, from, reason: 'host-header', host: String(req.headers.host ?? '').slice(0, 100) }, 'admin request for a foreign Host (DNS rebinding?)');
+      return sendError(res, 421, `${name}: Host ${JSON.stringify(String(req.headers.host ?? '').slice(0, 100))} is not this depot (use its IP address, localhost or ${hostname()})`);
+    }
     if (!adminHostAllows(opts.admin.host, from)) {
       log.warn({ event: 'admin-refused', action: name, from, reason: 'host' }, 'admin request from a host that is not the admin host');
       return sendError(res, 403, `${name} is only served to ${opts.admin.host}`);
@@ -65,6 +73,23 @@ export function tokenMatches(header: string | undefined, token: string): boolean
   const a = createHash('sha256').update(given).digest();
   const b = createHash('sha256').update(token).digest();
   return timingSafeEqual(a, b) && given.length > 0;
+}
+
+/**
+ * The Host header names this machine: an IP literal, localhost, or the host's own name (with or
+ * without a domain, any port). Anything else is another site's name pointed at us (DNS rebinding).
+ */
+export function hostHeaderAllowed(header: string | undefined, ownNames: readonly string[] = [hostname()]): boolean {
+  if (!header) return false;
+  const h = header.trim().toLowerCase();
+  const bare = h.startsWith('[') ? h.slice(1, h.indexOf(']') > 0 ? h.indexOf(']') : undefined) : h.replace(/:\d+$/, '');
+  if (isIP(bare) !== 0) return true;
+  if (bare === 'localhost' || bare.endsWith('.localhost')) return true;
+  return ownNames.some((n) => {
+    const own = n.toLowerCase();
+    // Exactly the name, or its short form; never "<name>.<any domain>", which anyone can register.
+    return bare === own || own.startsWith(`${bare}.`);
+  });
 }
 
 function normalizeAddress(addr: string): string {

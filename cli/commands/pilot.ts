@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import { loadConfig } from '../../shared/config.ts';
@@ -16,15 +17,27 @@ interface ApiFlags {
   api: string;
   config?: string;
   token?: string;
+  tokenFile?: string;
   json?: boolean;
 }
 
 function adminToken(flags: ApiFlags): string {
+  if (flags.tokenFile) {
+    let text: string;
+    try {
+      text = readFileSync(flags.tokenFile, 'utf8');
+    } catch (err) {
+      throw new NavigatorError('UNAUTHORIZED', `cannot read the admin token file ${flags.tokenFile}: ${(err as Error).message}`);
+    }
+    const token = text.trim();
+    if (!token) throw new NavigatorError('UNAUTHORIZED', `admin token file ${flags.tokenFile} is empty`);
+    return token;
+  }
   if (flags.token) return flags.token;
   if (process.env.NAVIGATOR_ADMIN_TOKEN) return process.env.NAVIGATOR_ADMIN_TOKEN;
   const cfg = loadConfig(flags.config !== undefined ? { path: flags.config } : {});
   if (!cfg.http.adminToken) {
-    throw new NavigatorError('UNAUTHORIZED', 'no admin token: set http.adminToken in the depot configuration (or pass --token / NAVIGATOR_ADMIN_TOKEN)');
+    throw new NavigatorError('UNAUTHORIZED', 'no admin token: set http.adminToken in the depot configuration (or pass --token-file / NAVIGATOR_ADMIN_TOKEN)');
   }
   return cfg.http.adminToken;
 }
@@ -93,7 +106,8 @@ const apiOption = (cmd: Command) =>
   cmd
     .option('--api <url>', 'the local depot', 'http://127.0.0.1:7480')
     .option('--config <file>', 'depot configuration file holding http.adminToken')
-    .option('--token <token>', 'admin token (default: from the configuration file)')
+    .option('--token-file <file>', 'file holding the admin token (default: NAVIGATOR_ADMIN_TOKEN, then the configuration file)')
+    .option('--token <token>', 'admin token on the command line (visible to every local user in ps: prefer --token-file or NAVIGATOR_ADMIN_TOKEN)')
     .option('--json', 'print JSON');
 
 export function registerPilot(program: Command): void {

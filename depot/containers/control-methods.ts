@@ -1,10 +1,15 @@
 import { z } from 'zod';
 import { parseParams } from '../../shared/params.ts';
 import type { ControlRegistrar } from '../control/server.ts';
-import { ContainerId, type ContainerManager } from './manager.ts';
+import type { ControlAuthorizer } from '../control/guard.ts';
+import { ContainerId, StartContainerParams, type ContainerManager } from './manager.ts';
 
-// The container methods of the control protocol: start, stop, status and exec of the copies this
-// depot hosts, for the primary's pilot on another depot.
+// The container methods of the control protocol: start, stop and status of the copies this
+// depot hosts, for the primary's pilot on another depot. start and stop are served only to the
+// depot holding the service's lease (start must name the lease's term) or to this depot itself;
+// status is read-only and open to the swarm. Nothing here runs a program a peer names: there is
+// no exec over the network (the drivers' own health checks are declared in the container's
+// manifest and run by this depot alone).
 
 const StopParams = z
   .object({
@@ -13,35 +18,22 @@ const StopParams = z
   })
   .strict();
 const StatusParams = z.object({ id: ContainerId.optional().describe('One container; all when absent') }).strict();
-const ExecParams = z
-  .object({
-    id: ContainerId,
-    cmd: z.string().min(1).max(4096),
-    args: z.array(z.string().max(4096)).max(256).default([]),
-    timeoutMs: z.number().int().positive().max(600_000).optional(),
-  })
-  .strict();
 
-/** Output of container.exec is cut to this many bytes per stream so the reply fits a frame. */
-const EXEC_OUTPUT_MAX = 256 * 1024;
-
-export function registerContainerControl(control: ControlRegistrar, containers: ContainerManager): void {
-  control.register('container.start', async (params) => containers.startContainer(params));
-  control.register('container.stop', async (params) => {
+export function registerContainerControl(control: ControlRegistrar, containers: ContainerManager, guard: ControlAuthorizer): void {
+  control.register('container.start', async (params, caller) => {
+    const p = parseParams('container.start', StartContainerParams, params);
+    await guard.requireHolder(caller, 'container.start', p.service, { term: p.term, termRequired: true });
+    return containers.startContainer(p);
+  });
+  control.register('container.stop', async (params, caller) => {
     const p = parseParams('container.stop', StopParams, params);
+    // The service comes from what this depot knows of the container, never from the request.
+    const status = await containers.status(p.id);
+    await guard.requireHolder(caller, 'container.stop', status.service);
     return containers.stopContainer(p.id, { timeoutMs: p.timeoutMs });
   });
   control.register('container.status', async (params) => {
     const p = parseParams('container.status', StatusParams, params);
     return p.id ? containers.status(p.id) : containers.list();
   });
-  control.register('container.exec', async (params) => {
-    const p = parseParams('container.exec', ExecParams, params);
-    const r = await containers.exec(p.id, p.cmd, p.args, { timeoutMs: p.timeoutMs });
-    return { exitCode: r.exitCode, stdout: cut(r.stdout), stderr: cut(r.stderr) };
-  });
-}
-
-function cut(s: string): string {
-  return Buffer.byteLength(s) <= EXEC_OUTPUT_MAX ? s : `${Buffer.from(s).subarray(0, EXEC_OUTPUT_MAX).toString('utf8')}\n[output cut at ${EXEC_OUTPUT_MAX} bytes]`;
 }

@@ -1,10 +1,12 @@
-import { access, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { z } from 'zod';
 import type { Logger } from '../../shared/logger.ts';
 import { SystemClock, type Clock, type TimerHandle } from '../../shared/clock.ts';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import { Role, type ContainerReport } from '../../shared/wire.ts';
+import { SafeName } from '../../shared/names.ts';
+import { writeFileDurable } from '../../shared/durable-file.ts';
 import { ContainerSpec, type ContainerDriver, type ContainerStateName, type DriverTiming, type ExecResult, type StopResult } from './drivers/driver.ts';
 import { createDriver, specPaths } from './drivers/factory.ts';
 import type { CgroupHost } from './cgroup-limits.ts';
@@ -24,15 +26,12 @@ export interface ImageSource {
   has(id: string): Promise<boolean>;
 }
 
-export const ContainerId = z
-  .string()
-  .regex(/^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/, 'a container id is 1-64 letters, digits, dot, dash or underscore')
-  .describe('Container id on this depot; also its folder name');
+export const ContainerId = SafeName.describe('Container id on this depot; also its folder name');
 
 export const StartContainerParams = z
   .object({
     id: ContainerId,
-    service: z.string().min(1).max(256).describe('Service this container is a copy of'),
+    service: SafeName.describe('Service this container is a copy of'),
     image: z.string().min(1).max(128).optional().describe('Image to clone into the container folder when the folder does not exist yet'),
     spec: ContainerSpec,
     role: Role.optional(),
@@ -176,6 +175,9 @@ export class ContainerManager {
     const existing = this.entries.get(p.id);
     if (existing && existing.image && p.image && existing.image !== p.image) {
       throw new NavigatorError('CONFLICT', `container ${p.id} already runs image ${existing.image}; remove it before starting image ${p.image}`);
+    }
+    if (existing && existing.service !== p.service) {
+      throw new NavigatorError('CONFLICT', `container ${p.id} is a copy of ${existing.service}, not of ${p.service}`);
     }
     if (existing && existing.spec.driver !== p.spec.driver) {
       throw new NavigatorError('CONFLICT', `container ${p.id} already exists with driver ${existing.spec.driver}`);
@@ -403,7 +405,7 @@ export class ContainerManager {
 
   private async saveMeta(e: Entry): Promise<void> {
     const meta: z.infer<typeof Meta> = { id: e.id, service: e.service, image: e.image, spec: e.spec, wanted: e.wanted, role: e.role, term: e.term };
-    await writeFile(join(e.dir, META_FILE), JSON.stringify(meta));
+    await writeFileDurable(join(e.dir, META_FILE), JSON.stringify(meta), { mode: 0o644 });
   }
 }
 

@@ -5,6 +5,7 @@ import { silentLogger } from '../../shared/logger.ts';
 import { SystemClock, type Clock } from '../../shared/clock.ts';
 import { StoreSection } from '../../shared/config.ts';
 import { NavigatorError, errorMessage, isNavigatorError } from '../../shared/errors.ts';
+import { fsyncDir, fsyncTree } from '../../shared/durable-file.ts';
 import { canonicalJson, manifestId, parseManifest, totalBytes, type ImageManifest, type ManifestFile } from './manifest.ts';
 import { checkFiles, hashFile, walkRegularFiles, type BadItem } from './file-checks.ts';
 import { ID_RE, StoreLayout, isEnospc, rand } from './store-layout.ts';
@@ -49,6 +50,8 @@ export interface ImageStoreOptions {
   spareMinBytes?: number;
   /** Quiet time (no import, verify, clone, receive) before spares are made after a commit, so the copy does not compete with the clone that often follows (config.store.spareDelayMs). */
   spareDelayMs?: number;
+  /** At start, staging folders not written to for this long are removed (config.store.stagingMaxAgeMs). */
+  stagingMaxAgeMs?: number;
   /** An image failed verification: a stored one (quarantined) or a received one (its bad blocks are sent again). */
   onVerifyFailed?: (failure: ImageVerifyFailure) => void;
 }
@@ -102,8 +105,11 @@ export class ImageStore {
   private readonly committer: ReceiveCommit;
   private readonly onVerifyFailed: ((f: ImageVerifyFailure) => void) | undefined;
 
+  private readonly stagingMaxAgeMs: number;
+
   constructor(opts: ImageStoreOptions) {
     this.onVerifyFailed = opts.onVerifyFailed;
+    this.stagingMaxAgeMs = opts.stagingMaxAgeMs ?? StoreSection.parse({}).stagingMaxAgeMs;
     this.layout = new StoreLayout(opts.dir);
     this.dir = this.layout.dir;
     this.keepVersions = opts.keepVersions;
@@ -148,6 +154,16 @@ export class ImageStore {
         // A commit cut off by a crash: the staging folder goes back for a resume.
         if (d === 'staging' && e.startsWith('.commit-')) await rename(join(this.dir, d, e), join(this.dir, d, e.slice(8)));
         else if (e.startsWith('.') || (d === 'spare' && !this.spares.enabled)) await rm(join(this.dir, d, e), { recursive: true, force: true });
+      }
+    }
+    // Receives abandoned long ago (their sender gave up or left): stale staging goes.
+    const maxAge = this.stagingMaxAgeMs;
+    for (const e of await readdir(join(this.dir, 'staging'))) {
+      const p = join(this.dir, 'staging', e);
+      const age = Date.now() - (await newestWrite(p));
+      if (age > maxAge) {
+        await rm(p, { recursive: true, force: true });
+        this.log.info({ event: 'stale-staging-removed', folder: e, ageMs: Math.round(age) }, 'removed a staging folder not written to for long');
       }
     }
   }
@@ -278,7 +294,9 @@ export class ImageStore {
   /** Atomically publish a complete folder as images/<id>; if it is already there, keep that. */
   private async install(work: string, id: string): Promise<void> {
     try {
+      await fsyncTree(work);
       await rename(work, this.layout.imageDir(id));
+      await fsyncDir(dirname(this.layout.imageDir(id)));
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
@@ -414,4 +432,13 @@ export class ImageStore {
   receiveFromDir(manifestInput: unknown, srcFilesDir: string, opts: { baseId?: string } = {}): Promise<string> {
     return this.receiver.receiveFromDir(manifestInput, srcFilesDir, opts);
   }
+}
+
+/** Newest modification time (ms) of a folder and everything below it. */
+async function newestWrite(path: string): Promise<number> {
+  const st = await lstat(path).catch(() => undefined);
+  if (!st) return Date.now();
+  let newest = st.mtimeMs;
+  if (st.isDirectory()) for (const e of await readdir(path).catch(() => [] as string[])) newest = Math.max(newest, await newestWrite(join(path, e)));
+  return newest;
 }

@@ -7,6 +7,8 @@ import type { ImageStore } from './catalog.ts';
 import type { PrepareResult } from './receive.ts';
 import type { CommitResult } from './receive-commit.ts';
 import type { ShipTarget } from './ship-target.ts';
+import type { ControlOrigin } from '../control/server.ts';
+import type { ControlAuthorizer } from '../control/guard.ts';
 
 // The control methods of an image transfer, both ends. The receiving depot serves
 // `image.prepare` (make a staging folder, say which blocks to send), `image.commit` (verify every
@@ -55,7 +57,7 @@ export const CommitResultSchema = z.discriminatedUnion('ok', [
 
 /** Where the control server takes extra methods (depot/control.ts ControlServer fits). */
 export interface MethodRegistry {
-  register(method: string, handler: (params: unknown) => Promise<unknown>): void;
+  register(method: string, handler: (params: unknown, caller: ControlOrigin) => Promise<unknown>): void;
 }
 
 /**
@@ -73,17 +75,48 @@ export function pathInChroot(path: string, chroot: string): string {
 /**
  * Serve image.prepare / image.commit / image.abort from this depot's store. `receiveChroot`
  * (config ship.receiveChroot): the folder sshd chroots the receive account into.
+ *
+ * Only the depot holding the lease of the service the image is named after (its primary, which
+ * ships standby images) may prepare a receive, and only the depot that prepared a receive may
+ * commit or abort it (a depot restart forgets who did: the sender prepares again).
  */
-export function registerImageControl(control: MethodRegistry, store: Pick<ImageStore, 'prepareReceive' | 'commitStaged' | 'abortStaged'>, opts: { receiveChroot?: string } = {}): void {
+export function registerImageControl(
+  control: MethodRegistry,
+  store: Pick<ImageStore, 'prepareReceive' | 'commitStaged' | 'abortStaged'>,
+  opts: { receiveChroot?: string; guard: ControlAuthorizer },
+): void {
   const chroot = opts.receiveChroot ?? '';
-  control.register('image.prepare', async (params) => {
+  const { guard } = opts;
+  /** Who prepared each receive: image id -> { peer, service }. */
+  const preparedBy = new Map<string, { peer: string; service: string }>();
+  const requireSender = async (caller: ControlOrigin, method: string, image: string) => {
+    if (caller.kind === 'local') return;
+    const by = preparedBy.get(image);
+    if (!by || by.peer !== caller.peer) throw guard.refuse(caller.peer, method, `${method} of image ${image.slice(0, 16)} is served only to the depot that prepared its receive`);
+    await guard.requireHolder(caller, method, by.service);
+  };
+  control.register('image.prepare', async (params, caller) => {
     const p = checkParams('image.prepare', ImagePrepareParams, params);
+    await guard.requireHolder(caller, 'image.prepare', p.manifest.name);
     const prep = await store.prepareReceive(p.manifest, p.baseId ? { baseId: p.baseId } : {});
+    if (caller.kind === 'peer' && prep.state === 'staging') {
+      preparedBy.set(prep.id, { peer: caller.peer, service: p.manifest.name });
+      if (preparedBy.size > 256) preparedBy.delete(preparedBy.keys().next().value!);
+    }
     return prep.state === 'staging' ? { ...prep, filesDir: pathInChroot(prep.filesDir, chroot) } : prep;
   });
-  control.register('image.commit', async (params) => store.commitStaged(checkParams('image.commit', ImageIdParams, params).image));
-  control.register('image.abort', async (params) => {
-    await store.abortStaged(checkParams('image.abort', ImageIdParams, params).image);
+  control.register('image.commit', async (params, caller) => {
+    const { image } = checkParams('image.commit', ImageIdParams, params);
+    await requireSender(caller, 'image.commit', image);
+    const r = await store.commitStaged(image);
+    if (r.ok) preparedBy.delete(image);
+    return r;
+  });
+  control.register('image.abort', async (params, caller) => {
+    const { image } = checkParams('image.abort', ImageIdParams, params);
+    await requireSender(caller, 'image.abort', image);
+    await store.abortStaged(image);
+    preparedBy.delete(image);
     return { ok: true };
   });
 }

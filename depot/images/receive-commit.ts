@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
+import { fsyncDir, fsyncTree } from '../../shared/durable-file.ts';
 import { chmod, chown, lstat, open, readdir, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import type { Logger } from '../../shared/logger.ts';
 import { NavigatorError, errorMessage, isNavigatorError } from '../../shared/errors.ts';
 import { blockLength, manifestId, parseManifest, totalBytes, type ImageManifest } from './manifest.ts';
@@ -105,7 +106,10 @@ export class ReceiveCommit {
         return result;
       }
       try {
+        // Every verified byte on disk before the rename publishes it; the rename durable after.
+        await fsyncTree(work);
         await rename(work, this.layout.imageDir(id));
+        await fsyncDir(dirname(this.layout.imageDir(id)));
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code !== 'ENOTEMPTY' && code !== 'EEXIST') {

@@ -79,6 +79,10 @@ export class Journal extends EventEmitter<{ movement: [MovementRecord, number] }
   /** Ids being written right now: a concurrent duplicate is refused at once. */
   private readonly pending = new Set<string>();
   private tail: Promise<unknown> = Promise.resolve();
+  /** Bytes of the file that hold whole, acknowledged records: a failed append is cut back to this. */
+  private committedBytes = 0;
+  /** A failed append could not be rolled back: no record may follow it until the journal is opened again. */
+  private broken: NavigatorError | undefined;
 
   constructor(opts: JournalOptions) {
     super();
@@ -107,6 +111,8 @@ export class Journal extends EventEmitter<{ movement: [MovementRecord, number] }
       this.index(r);
     }
     this.fh = await open(this.path, 'a');
+    this.committedBytes = (await this.fh.stat()).size;
+    this.broken = undefined;
     // Make the file's directory entry durable too when it was just created.
     const dir = await open(dirname(this.path), 'r');
     try {
@@ -187,8 +193,8 @@ export class Journal extends EventEmitter<{ movement: [MovementRecord, number] }
     const write = this.tail.then(async () => {
       const fh = this.fh;
       if (!fh) throw new NavigatorError('INTERNAL', 'journal closed during a write');
-      await fh.write(text);
-      await fh.datasync();
+      if (this.broken) throw this.broken;
+      await this.writeChecked(fh, Buffer.from(text, 'utf8'), fresh.length);
     });
     this.tail = write.catch(() => undefined);
     try {
@@ -204,6 +210,42 @@ export class Journal extends EventEmitter<{ movement: [MovementRecord, number] }
       this.emit('movement', r, entry.seq);
     }
     return fresh.length;
+  }
+
+  /**
+   * Append `buf` whole and fsync it, or leave the file as it was: a short write or an error
+   * (a full disk) is cut back to the last whole record, so no partial line is ever followed by
+   * another record (which would make the next start refuse the journal).
+   */
+  private async writeChecked(fh: FileHandle, buf: Buffer, records: number): Promise<void> {
+    let written = 0;
+    try {
+      while (written < buf.length) {
+        const { bytesWritten } = await fh.write(buf, written, buf.length - written);
+        if (bytesWritten <= 0) throw Object.assign(new Error('no bytes written (short write)'), { code: 'ENOSPC' });
+        written += bytesWritten;
+      }
+      await fh.datasync();
+      this.committedBytes += buf.length;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const full = code === 'ENOSPC' || code === 'EDQUOT';
+      const failure = new NavigatorError(
+        full ? 'DISK_FULL' : 'INTERNAL',
+        `journal ${this.path}: could not append ${records} record(s) (${buf.length} bytes, ${written} written): ${(err as Error).message}${full ? ' — the disk is full; free space, the depot keeps running' : ''}`,
+        { path: this.path, code },
+      );
+      try {
+        await fh.truncate(this.committedBytes);
+        await fh.datasync();
+        this.log.warn({ event: 'journal-append-rolled-back', bytes: written, keptBytes: this.committedBytes }, 'journal append failed; cut back to the last whole record');
+      } catch (cut) {
+        // Cannot cut it back: refuse further appends, so the partial line stays the last one
+        // (the next start cuts a torn last line off by itself).
+        this.broken = new NavigatorError('INTERNAL', `journal ${this.path}: an append failed and could not be rolled back (${(cut as Error).message}); no more records until the depot restarts`);
+      }
+      throw failure;
+    }
   }
 
   /** Entries in local sequence order, filtered by sequence cursor and record time. */

@@ -2,7 +2,7 @@ import { readFile, rename } from 'node:fs/promises';
 import { z } from 'zod';
 import type { Clock, TimerHandle } from '../../shared/clock.ts';
 import type { SessionsSection } from '../../shared/config.ts';
-import { writeFileAtomic } from '../../shared/atomic-file.ts';
+import { writeFileDurable } from '../../shared/durable-file.ts';
 import { errorMessage } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { sessionAlive, sessionStarted, sessionStopped, summarizeSessions, type SessionRecord, type SessionSummary } from './session-history.ts';
@@ -111,7 +111,7 @@ export class SessionLog {
   /** Writes are queued, and each writes the records as they are when its turn comes. */
   private save(): Promise<void> {
     this.writing = this.writing.then(() =>
-      writeFileAtomic(this.o.config.file, `${JSON.stringify({ v: 1, sessions: this.records })}\n`, 0o640).catch((err: unknown) => {
+      writeFileDurable(this.o.config.file, `${JSON.stringify({ v: 1, sessions: this.records })}\n`, { mode: 0o640 }).catch((err: unknown) => {
         this.log.warn({ event: 'sessions-write-failed', file: this.o.config.file, err: errorMessage(err) }, `cannot write ${this.o.config.file}: ${errorMessage(err)}`);
       }),
     );

@@ -1,6 +1,6 @@
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
-import { writeFileAtomic } from '../../shared/atomic-file.ts';
+import { writeFileDurable } from '../../shared/durable-file.ts';
 import { dirname } from 'node:path';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 
@@ -125,8 +125,8 @@ export async function loadOrCreateSshKey(path: string, owner?: { uid: number; gi
   if (text !== undefined) return { publicKey: publicKeyOfPrivate(text, path), created: false };
   const pair = makeSshKeyPair();
   await mkdir(dirname(path), { recursive: true, mode: 0o750 });
-  await writeFileAtomic(path, pair.privateKey, 0o600, owner);
-  await writeFileAtomic(`${path}.pub`, `${pair.publicKey} navigator\n`, 0o644, owner);
+  await writeFileDurable(path, pair.privateKey, { mode: 0o600, ...(owner ? { owner } : {}) });
+  await writeFileDurable(`${path}.pub`, `${pair.publicKey} navigator\n`, { mode: 0o644, ...(owner ? { owner } : {}) });
   return { publicKey: pair.publicKey, created: true };
 }
 

@@ -41,6 +41,8 @@ export class DbLink {
   private recorder: MovementRecorder | undefined;
   private readonly log: Logger;
   private password: string | undefined;
+  /** The term this copy is primary in (-1: not primary). */
+  private primaryTerm = -1;
 
   constructor(private readonly opts: DbLinkOptions) {
     this.log = opts.logger.child({ component: 'db-link', database: opts.db.database });
@@ -78,6 +80,9 @@ export class DbLink {
         database: this.opts.db.database,
         logger: this.log.child({ standby: t.host }),
         settings: this.opts.dbsync,
+        // The term this copy became primary in, read at each swap; -1 once it is not primary:
+        // a sync still in flight then fails at the standby's term fence.
+        term: () => this.primaryTerm,
       });
       this.syncs.set(t.key, sync);
       // start() syncs at once (a new standby) and then every syncIntervalMs, with backoff.
@@ -100,11 +105,18 @@ export class DbLink {
   }
 
   /** Primary: movements go into navigator_movements; journaled ones it lacks are added. */
-  async becomePrimary(service: string): Promise<void> {
+  async becomePrimary(service: string, term?: number): Promise<void> {
+    if (term !== undefined) this.primaryTerm = term;
     // A copy that was a switchover's old primary was left read-only: the primary must write.
     let conn: Connection | undefined;
     try {
       conn = await connect({ ...(await this.endpoint('127.0.0.1')), connectTimeout: 2000 });
+      // Fence first: a swap of an older primary in flight here is killed, and none lands later.
+      if (term !== undefined) {
+        const { raiseTermFence } = await import('./term-fence.ts');
+        const { killed } = await raiseTermFence(conn, this.opts.db.database, term);
+        this.log.info({ event: 'term-fence-raised', term, killedSessions: killed }, `database fenced to term ${term}`);
+      }
       await conn.query('SET GLOBAL read_only = 0');
     } catch (err) {
       this.log.warn({ event: 'read-write-failed', err: errorMessage(err) }, 'could not make the database writable');
@@ -130,6 +142,7 @@ export class DbLink {
   }
 
   async becomeStandby(): Promise<void> {
+    this.primaryTerm = -1;
     await this.setStandbys([]);
     const r = this.recorder;
     this.recorder = undefined;

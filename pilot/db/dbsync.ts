@@ -10,6 +10,7 @@ import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import { CredentialFiles, MySqlEndpoint, endpointLabel, type MySqlEndpointInput } from './mysql-credentials.ts';
 import { DumpGuard } from './dump-guard.ts';
 import { inventory, swapStagingIntoLive, tableSnapshots } from './schema-swap.ts';
+import { SYNC_LOCK_PREFIX } from './term-fence.ts';
 import { SyncLoop } from './sync-loop.ts';
 import {
   SyncRecord,
@@ -55,6 +56,8 @@ export interface DbSyncOptions {
   clock?: Clock;
   /** config.dbsync (defaults filled in for missing fields). */
   settings?: Partial<DbSyncSettings>;
+  /** The term of the primary this sync runs for, read at each swap: the target's term fence must allow it. */
+  term?: () => number;
 }
 
 export type SyncStage = 'connect-source' | 'stop-writes' | 'connect-target' | 'lock' | 'prepare' | 'dump' | 'load' | 'stream' | 'verify' | 'swap' | 'record' | 'aborted';
@@ -146,8 +149,10 @@ export class DbSync {
   private lastGood: SyncRecord | undefined;
   private lastError: DbSyncStatus['lastError'];
   private writesStopped = false;
+  private readonly term: (() => number) | undefined;
 
   constructor(opts: DbSyncOptions) {
+    this.term = opts.term;
     this.source = MySqlEndpoint.parse(opts.source);
     this.target = MySqlEndpoint.parse(opts.target);
     this.names = schemaNames(opts.database);
@@ -296,7 +301,7 @@ export class DbSync {
       dst = await this.connect(this.target);
       stage = 'lock';
       // One sync into a given copy at a time, whoever runs it (held until this connection ends).
-      const [lock] = await dst.query('SELECT GET_LOCK(?, 0) AS got', [`nav-sync.${this.names.live}`]);
+      const [lock] = await dst.query('SELECT GET_LOCK(?, 0) AS got', [`${SYNC_LOCK_PREFIX}${this.names.live}`]);
       if (Number((lock as Array<{ got: number }>)[0]?.got) !== 1) {
         throw new StageError('lock', `another sync into ${this.names.live} on ${this.targetLabel} is running`);
       }
@@ -321,7 +326,7 @@ export class DbSync {
       check();
       const t2 = performance.now();
       stage = 'swap';
-      const swapped = await swapStagingIntoLive(dst, this.names, { lockWaitS: this.settings.swapLockWaitS, logger: this.log });
+      const swapped = await swapStagingIntoLive(dst, this.names, { lockWaitS: this.settings.swapLockWaitS, logger: this.log, term: this.term?.() });
       stagingCreated = false;
       const finishedAt = this.clock.now();
       const stagesMs = { transfer: Math.round(t1 - t0), verify: Math.round(t2 - t1), swap: Math.round(performance.now() - t2) };

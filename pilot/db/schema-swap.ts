@@ -1,3 +1,4 @@
+import { holdTermFence, releaseTermFence } from './term-fence.ts';
 import type { Connection } from 'mysql2/promise';
 import type { Logger } from '../../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
@@ -48,6 +49,8 @@ export interface Inventory {
 export interface SwapOptions {
   lockWaitS: number;
   logger: Logger;
+  /** The sync's primary's term: the swap goes ahead only if the target's term fence allows it (pilot/db/term-fence.ts). */
+  term?: number | undefined;
 }
 
 export interface SwapResult {
@@ -160,6 +163,17 @@ function moved(defs: ObjectDef[], from: string, to: string): ObjectDef[] {
  * complete, verified load. Leaves the old live tables in `previous` and drops `staging`.
  */
 export async function swapStagingIntoLive(conn: Connection, names: SchemaNames, opts: SwapOptions): Promise<SwapResult> {
+  if (opts.term === undefined) return swapUnfenced(conn, names, opts);
+  // Checked here, in the session that renames, under the fence lock a promotion takes (and kills).
+  await holdTermFence(conn, names.live, opts.term, opts.lockWaitS);
+  try {
+    return await swapUnfenced(conn, names, opts);
+  } finally {
+    await releaseTermFence(conn, names.live);
+  }
+}
+
+async function swapUnfenced(conn: Connection, names: SchemaNames, opts: SwapOptions): Promise<SwapResult> {
   const log = opts.logger;
   const staging = await inventory(conn, names.staging);
   if (staging.charset === undefined) throw new NavigatorError('SYNC_FAILED', `staging schema ${names.staging} is missing`);

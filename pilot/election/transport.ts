@@ -31,11 +31,20 @@ export interface ElectionTransportOptions {
   logger: Logger;
   /** A reply later than this counts as none. */
   timeoutMs: number;
+  /** Count and log a request refused because its sender is not the pilot it names (control guard). */
+  refuse?: (peer: string, kind: string, reason: string) => void;
+}
+
+/** The depot a vote request, renewal or release speaks for: its pilot id is `<peer id>/<copy>/<incarnation>`. */
+export function senderOf(msg: ElectionRequest): string {
+  const pilot = msg.type === 'vote-request' ? msg.candidate : msg.holder;
+  const slash = pilot.indexOf('/');
+  return slash < 0 ? pilot : pilot.slice(0, slash);
 }
 
 export class ElectionTransport {
   private readonly log: Logger;
-  readonly counters = { served: 0, malformed: 0, sent: 0, failed: 0 };
+  readonly counters = { served: 0, malformed: 0, sent: 0, failed: 0, refused: 0 };
 
   constructor(private readonly opts: ElectionTransportOptions) {
     this.log = opts.logger.child({ component: 'election-transport' });
@@ -88,6 +97,15 @@ export class ElectionTransport {
         this.counters.malformed++;
         this.log.warn({ event: 'election-message-dropped', peer: connection.remotePeer.toString(), reason: decoded.ok ? 'not a request' : decoded.reason }, 'bad election request dropped');
         stream.abort(new Error('bad election request'));
+        return;
+      }
+      // Only the libp2p-authenticated sender may speak for its own pilots: a depot cannot ask for
+      // votes, renew or release a lease in another's name.
+      const from = connection.remotePeer.toString();
+      if (senderOf(decoded.value) !== from) {
+        this.counters.refused++;
+        this.opts.refuse?.(from, `election.${decoded.value.type}`, `a ${decoded.value.type} naming pilot ${senderOf(decoded.value).slice(0, 64)} sent by another depot`);
+        stream.abort(new Error('election request in another depot\'s name'));
         return;
       }
       this.counters.served++;

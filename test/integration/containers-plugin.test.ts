@@ -68,6 +68,8 @@ describe('containers plugin in a depot', () => {
     const b = await startDepot('depot-b');
     const a = await startDepot('depot-a', [`${b.depot.node.getMultiaddrs()[0]!.toString()}`]);
     await a.depot.node.dial(b.depot.node.getMultiaddrs()[0]!);
+    // No pilots here: B is told A holds svc's lease in term 2 (what B's voter would say).
+    b.depot.components.control.guard.setAuthority({ holder: async (s) => (s === 'svc' ? { peer: a.depot.peerId, term: 2 } : undefined) });
 
     const port = await freePort();
     const src = join(b.dir, 'src');

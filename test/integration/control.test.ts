@@ -17,6 +17,8 @@ import { ControlServer } from '../../depot/control/server.ts';
 import { ControlClient } from '../../depot/control/client.ts';
 import { registerContainerControl } from '../../depot/containers/control-methods.ts';
 import { registerImageQueries } from '../../depot/images/status-methods.ts';
+import { ControlGuard } from '../../depot/control/guard.ts';
+import { Registry } from 'prom-client';
 import { tcpOpen } from '../../shared/tcp-probe.ts';
 import { freePort } from '../../lab/loopback/ports.ts';
 
@@ -27,6 +29,10 @@ import { freePort } from '../../lab/loopback/ports.ts';
 let root: string;
 let a: NavigatorNode;
 let b: NavigatorNode;
+/** A third depot with the swarm key that holds no lease: every changing call from it is refused. */
+let c: NavigatorNode;
+let guard: ControlGuard;
+const registry = new Registry();
 let store: ImageStore;
 let containers: ContainerManager;
 let server: ControlServer;
@@ -76,7 +82,8 @@ beforeAll(async () => {
   });
 
   const swarmKey = makeSwarmKey();
-  [a, b] = await Promise.all([
+  [a, b, c] = await Promise.all([
+    createNode({ swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] }),
     createNode({ swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] }),
     createNode({ swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] }),
   ]);
@@ -84,22 +91,26 @@ beforeAll(async () => {
   await containers.start();
   server = new ControlServer({ node: b, logger: silentLogger() });
   registerImageQueries(server, store);
-  registerContainerControl(server, containers);
+  // A holds the lease of every service here, in term 4 (as B's voter would say).
+  guard = new ControlGuard({ logger: silentLogger(), registry });
+  guard.setAuthority({ holder: async () => ({ peer: a.peerId.toString(), term: 4 }) });
+  registerContainerControl(server, containers, guard);
   await server.start();
   client = new ControlClient({ node: a, timeoutMs: 30_000 });
   await a.dial(b.getMultiaddrs()[0]!);
+  await c.dial(b.getMultiaddrs()[0]!);
 }, 60_000);
 
 afterAll(async () => {
   await containers?.stopAll({ timeoutMs: 0 });
   await containers?.stop();
   await server?.stop();
-  await Promise.allSettled([a?.stop(), b?.stop()]);
+  await Promise.allSettled([a?.stop(), b?.stop(), c?.stop()]);
   await rm(root, { recursive: true, force: true });
 });
 
 describe('control protocol', () => {
-  it('starts, inspects, execs in and stops a process container on another depot', async () => {
+  it('starts, inspects and stops a process container on another depot; nothing runs a program a peer names', async () => {
     const started = await client.call<ContainerStatus>(b.peerId, 'container.start', {
       id: 'web-1',
       service: 'web',
@@ -121,9 +132,9 @@ describe('control protocol', () => {
     const all = await client.call<ContainerStatus[]>(b.peerId, 'container.status', {});
     expect(all.map((c) => c.id)).toEqual(['web-1']);
 
-    const ex = await client.call<{ exitCode: number; stdout: string }>(b.peerId, 'container.exec', { id: 'web-1', cmd: 'cat', args: ['container.yaml'] });
-    expect(ex.exitCode).toBe(0);
-    expect(ex.stdout).toContain('name: web');
+    // There is no exec over the network, not even for the lease holder.
+    const ex = await caught(client.call(b.peerId, 'container.exec', { id: 'web-1', cmd: 'cat', args: ['container.yaml'] }));
+    expect(ex.code).toBe('UNKNOWN_METHOD');
 
     // The heartbeat view: schema-valid reports with the state.
     const reports = containers.reports();
@@ -139,8 +150,30 @@ describe('control protocol', () => {
     expect(containers.reports()[0]!.state).toBe('stopped');
 
     // Started again from the same folder (no second clone).
-    const again = await client.call<ContainerStatus>(b.peerId, 'container.start', { id: 'web-1', service: 'web', image: imageId, spec: { driver: 'process' } });
+    const again = await client.call<ContainerStatus>(b.peerId, 'container.start', { id: 'web-1', service: 'web', image: imageId, spec: { driver: 'process' }, term: 4 });
     expect(again.state).toBe('running');
+  });
+
+  it('serves container.start/stop only to the lease holder in its term; refusals are counted and never crash', async () => {
+    const attacker = new ControlClient({ node: c, timeoutMs: 10_000 });
+    const start = { id: 'web-2', service: 'web', image: imageId, spec: { driver: 'process' }, role: 'primary', term: 4 };
+    const e1 = await caught(attacker.call(b.peerId, 'container.start', start));
+    expect(e1.code).toBe('UNAUTHORIZED');
+    expect(e1.message).toContain('only to the depot holding its lease');
+    expect((await caught(attacker.call(b.peerId, 'container.stop', { id: 'web-1', timeoutMs: 0 }))).code).toBe('UNAUTHORIZED');
+    // The holder itself, with a stale or a missing term, is refused too.
+    const stale = await caught(client.call(b.peerId, 'container.start', { ...start, term: 3 }));
+    expect(stale.message).toContain('names term 3, but the lease is in term 4');
+    const { term: _t, ...noTerm } = start;
+    expect((await caught(client.call(b.peerId, 'container.start', noTerm))).message).toContain("must name the lease's term");
+    // A holder of one service cannot take over another service's container by its id.
+    const hijack = await caught(client.call(b.peerId, 'container.start', { ...start, id: 'web-1', service: 'other' }));
+    expect(hijack.code).toBe('CONFLICT');
+    expect(guard.counts()).toMatchObject({ 'container.start': 3, 'container.stop': 1 });
+    expect(await registry.getSingleMetricAsString('navigator_peer_refused_total')).toContain('navigator_peer_refused_total{kind="container.start"} 3');
+    // Nothing was created or stopped; the server still answers.
+    expect((await readdir(join(root, 'store', 'containers'))).sort()).toEqual(['web-1']);
+    expect((await client.call<ContainerStatus>(b.peerId, 'container.status', { id: 'web-1' })).state).toBe('running');
   });
 
   it('reports a container that dies on its own as failed', async () => {
@@ -213,11 +246,11 @@ describe('control protocol', () => {
   it('refuses a request naming a path outside the store', async () => {
     for (const manifest of ['../../../etc/passwd', '/etc/passwd', 'app/../../x.yaml']) {
       const err = await caught(
-        client.call(b.peerId, 'container.start', { id: 'evil', service: 'x', image: imageId, spec: { driver: 'process', manifest } }),
+        client.call(b.peerId, 'container.start', { id: 'evil', service: 'x', image: imageId, spec: { driver: 'process', manifest }, term: 4 }),
       );
       expect(err.code).toBe('PATH_OUTSIDE_STORE');
     }
-    const vmx = await caught(client.call(b.peerId, 'container.start', { id: 'evil', service: 'x', image: imageId, spec: { driver: 'vmrun', vmx: '../../../vm.vmx' } }));
+    const vmx = await caught(client.call(b.peerId, 'container.start', { id: 'evil', service: 'x', image: imageId, spec: { driver: 'vmrun', vmx: '../../../vm.vmx' }, term: 4 }));
     expect(vmx.code).toBe('PATH_OUTSIDE_STORE');
     for (const image of ['../../../etc', '/etc/passwd']) {
       const err = await caught(client.call(b.peerId, 'image.verify', { image }));
@@ -231,7 +264,7 @@ describe('control protocol', () => {
 
   it('times out a call that takes longer than the caller allows, and the depot stays usable', async () => {
     const err = await caught(
-      client.call(b.peerId, 'container.start', { id: 'slow-1', service: 'slow', image: slowImageId, spec: { driver: 'process' } }, { timeoutMs: 500 }),
+      client.call(b.peerId, 'container.start', { id: 'slow-1', service: 'slow', image: slowImageId, spec: { driver: 'process' }, term: 4 }, { timeoutMs: 500 }),
     );
     expect(err.code).toBe('TIMEOUT');
     // The start goes on at the depot and fails its health deadline there; the container is then failed, not running.

@@ -1,5 +1,5 @@
 import { describe, it, expect, afterEach } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as lp from 'it-length-prefixed';
@@ -46,17 +46,19 @@ describe('election transport and voters', () => {
     const b = await voterNode(key, mkdtempSync(join(tmpdir(), 'nav-voters-')), now);
     await b.node.dial(a.node.getMultiaddrs()[0]!);
     const voterId = a.node.peerId.toString();
+    // Pilot ids name their depot: `<peer id>/<copy>/<incarnation>`.
+    const cand1 = `${b.node.peerId}/cand-1/1`;
 
     // A fresh voter is quarantined for leaseMs (it may have lost a promise in a crash).
-    const early = await b.transport.request(voterId, request('cand-1', voterId, 1));
+    const early = await b.transport.request(voterId, request(cand1, voterId, 1));
     expect(early).toMatchObject({ type: 'vote-reply', granted: false, reason: 'promised' });
     clock += DEFAULT_ELECTION_CONFIG.leaseMs;
-    const granted = await b.transport.request(voterId, request('cand-1', voterId, 1));
+    const granted = await b.transport.request(voterId, request(cand1, voterId, 1));
     expect(granted).toMatchObject({ type: 'vote-reply', granted: true, voter: voterId, term: 1 });
     const onDisk = JSON.parse(readFileSync(join(dir, 'svc.json'), 'utf8'));
-    expect(onDisk).toMatchObject({ votedTerm: 1, promisedTo: 'cand-1' });
+    expect(onDisk).toMatchObject({ votedTerm: 1, promisedTo: cand1 });
     // Another candidate in a later term is refused while the promise runs.
-    expect(await b.transport.request(voterId, request('cand-2', voterId, 2))).toMatchObject({ granted: false, reason: 'promised' });
+    expect(await b.transport.request(voterId, request(`${b.node.peerId}/cand-2/1`, voterId, 2))).toMatchObject({ granted: false, reason: 'promised' });
 
     // The voter restarts: it reloads its vote and is silent for a lease even though time passed.
     const restarted = new Voters({ selfId: voterId, dir, cfg: DEFAULT_ELECTION_CONFIG, now, logger: silentLogger() });
@@ -86,9 +88,50 @@ describe('election transport and voters', () => {
     await b.node.dial(a.node.getMultiaddrs()[0]!);
     const voterId = a.node.peerId.toString();
     // The first valid request meets a voter still in its start-up quarantine; a lease later it votes.
-    expect(await b.transport.request(voterId, request('c', voterId, 1))).toMatchObject({ granted: false, reason: 'promised' });
+    const cand = `${b.node.peerId}/c/1`;
+    expect(await b.transport.request(voterId, request(cand, voterId, 1))).toMatchObject({ granted: false, reason: 'promised' });
     clock += DEFAULT_ELECTION_CONFIG.leaseMs;
-    expect(await b.transport.request(voterId, request('c', voterId, 1))).toMatchObject({ granted: true });
+    expect(await b.transport.request(voterId, request(cand, voterId, 1))).toMatchObject({ granted: true });
+  });
+
+  it("refuses vote requests, renewals and releases sent in another depot's name, and path names as services", async () => {
+    const key = makeSwarmKey();
+    const dir = mkdtempSync(join(tmpdir(), 'nav-voters-'));
+    cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
+    let clock = 9_000_000;
+    const refused: Array<{ peer: string; kind: string }> = [];
+    const node = await createNode({ swarmKey: key, listen: ['/ip4/127.0.0.1/tcp/0'] });
+    cleanup.push(() => node.stop());
+    const voters = new Voters({ selfId: node.peerId.toString(), dir, cfg: DEFAULT_ELECTION_CONFIG, now: () => clock, logger: silentLogger() });
+    await voters.start();
+    const a = new ElectionTransport({ node, voters, logger: silentLogger(), timeoutMs: 1000, refuse: (peer, kind) => refused.push({ peer, kind }) });
+    await a.start();
+    const honest = await voterNode(key, mkdtempSync(join(tmpdir(), 'nav-voters-')), () => clock);
+    const attacker = await voterNode(key, mkdtempSync(join(tmpdir(), 'nav-voters-')), () => clock);
+    for (const n of [honest, attacker]) await n.node.dial(node.getMultiaddrs()[0]!);
+    const voterId = node.peerId.toString();
+    const holder = `${honest.node.peerId}/svc-1/1`;
+    // The voter's start-up quarantine (a lease from its first request), then the grant.
+    expect(await honest.transport.request(voterId, request(holder, voterId, 1))).toMatchObject({ granted: false, reason: 'promised' });
+    clock += DEFAULT_ELECTION_CONFIG.leaseMs;
+    expect(await honest.transport.request(voterId, request(holder, voterId, 1))).toMatchObject({ granted: true });
+    // The attacker forges a release of the honest holder's lease, and a vote request in its name.
+    await attacker.transport.request(voterId, { type: 'lease-release', v: 1, service: 'svc', term: 1, holder });
+    expect(await attacker.transport.request(voterId, request(`${honest.node.peerId}/svc-9/1`, voterId, 2))).toBeUndefined();
+    expect(await attacker.transport.request(voterId, { type: 'lease-renew', v: 1, service: 'svc', term: 1, holder, seq: 2, view: initialView([voterId]) })).toBeUndefined();
+    await new Promise((r) => setTimeout(r, 200));
+    expect(a.counters.refused).toBe(3);
+    expect(refused.map((r) => r.kind).sort()).toEqual(['election.lease-release', 'election.lease-renew', 'election.vote-request']);
+    expect(new Set(refused.map((r) => r.peer))).toEqual(new Set([attacker.node.peerId.toString()]));
+    // The promise to the honest holder still stands: nobody else gets a vote while it runs.
+    expect(voters.snapshot()).toEqual([expect.objectContaining({ service: 'svc', votedTerm: 1, promisedTo: holder, promiseLeftMs: expect.any(Number) })]);
+    expect(voters.snapshot()[0]!.promiseLeftMs).toBeGreaterThan(0);
+    // A service name that would be a path is not even a valid message.
+    const evil = { ...request(`${attacker.node.peerId}/x/1`, voterId, 3), service: '../../etc/x' };
+    expect(await attacker.transport.request(voterId, evil as VoteRequest)).toBeUndefined();
+    await new Promise((r) => setTimeout(r, 100));
+    expect(a.counters.malformed).toBe(1);
+    expect(readdirSync(dir).sort()).toEqual(['svc.json']);
   });
 
   it('an unreachable voter is simply no reply', async () => {

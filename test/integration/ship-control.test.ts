@@ -89,6 +89,8 @@ beforeAll(async () => {
   const boot = [`${a.depot.node.getMultiaddrs()[0]!.toString()}`];
   b = await startNode('ship-b', sshdB.port, boot);
   c = await startNode('ship-c', sshdC.port, boot);
+  // No pilots run here: B and C are told that A holds svc's lease (term 1), as their voters would.
+  for (const n of [b, c]) n.depot.components.control.guard.setAuthority({ holder: async (s) => (s === 'svc' ? { peer: a.depot.peerId, term: 1 } : undefined) });
   shipping = new ImageShipping({ ship: a.config.ship, store: a.store, client: () => ({ call: (peer, method, params, opts) => a.depot.components.control.call(peer.toString(), method, params, opts) }), members: () => a.depot.membership.view(), logger: silentLogger() });
   a.depot.components.routes!.route('GET', '/api/transfers', () => ({ transfers: shipping.transfers() }));
 
@@ -124,9 +126,25 @@ describe('image shipping between depots', { timeout: 60_000 }, () => {
     expect(e1.message).toContain("manifest.files.0.path: path \"../../etc/cron.d/x\" contains '..'");
     expect((await failure(call('image.commit', { image: 'not-an-id' }))).message).toMatch(/image\.commit: image: must be 64 lowercase hex digits/);
     expect((await failure(call('image.abort', { image, extra: 1 }))).code).toBe('BAD_REQUEST');
+    // A commit of a receive A never prepared is refused (only the preparing depot may commit).
     const e4 = await failure(call('image.commit', { image }));
-    expect(e4.code).toBe('NOT_FOUND');
+    expect(e4.code).toBe('UNAUTHORIZED');
     expect(await readdir(join(b.config.store.dir, 'staging'))).toEqual([]);
+  });
+
+  it('image.prepare is served only to the lease holder of the image\'s service; refusals are counted in /metrics', async () => {
+    const manifest = await a.store.getManifest(image);
+    // B holds no lease: C refuses to receive from it.
+    await b.depot.node.dial(c.depot.node.getMultiaddrs()[0]!);
+    const fromB = await failure(b.depot.components.control.call(c.depot.peerId, 'image.prepare', { manifest }));
+    expect(fromB.code).toBe('UNAUTHORIZED');
+    expect(fromB.message).toContain('only to the depot holding its lease');
+    // A holds svc's lease, not that of a service named otherwise.
+    const other = await failure(a.depot.components.control.call(c.depot.peerId, 'image.prepare', { manifest: { ...manifest, name: 'other' } }));
+    expect(other.code).toBe('UNAUTHORIZED');
+    const metrics = await (await fetch(`http://127.0.0.1:${c.depot.httpPort}/metrics`)).text();
+    expect(metrics).toContain('navigator_peer_refused_total{kind="image.prepare"} 2');
+    expect(await readdir(join(c.config.store.dir, 'staging'))).toEqual([]);
   });
 
   it('a refused host key fails the transfer clearly and leaves no staging behind', async () => {

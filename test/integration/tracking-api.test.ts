@@ -9,7 +9,7 @@ import { Registry } from 'prom-client';
 import { HttpServer } from '../../web/server.ts';
 import { registerTrackingRoutes, type TrackingRoutes } from '../../web/tracking-routes.ts';
 import { registerTrackingMetrics } from '../../web/tracking-metrics.ts';
-import { adminHostAllows, tokenMatches } from '../../web/admin-routes.ts';
+import { adminHostAllows, hostHeaderAllowed, tokenMatches } from '../../web/admin-routes.ts';
 import type { DepotView, ServiceView } from '../../shared/api/tracking.ts';
 import { Journal } from '../../depot/journal/journal.ts';
 import { silentLogger } from '../../shared/logger.ts';
@@ -291,6 +291,28 @@ describe('tracking API', () => {
     expect((await call('POST', '/api/switchover', { headers: { ...json, authorization: `Basic ${TOKEN}` }, body })).status).toBe(401);
     expect((await call('POST', '/api/drain', { headers: { ...json, authorization: 'Bearer ' }, body: JSON.stringify({ host: 'ws-01' }) })).status).toBe(401);
     expect(calls).toEqual([]);
+  });
+
+  it('admin endpoints: 421 for a foreign Host header (DNS rebinding), even with the token; IP, localhost and this host\'s name pass', async () => {
+    const headers = { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` };
+    const body = JSON.stringify({ service: 'zabbix' });
+    for (const host of ['evil.example', 'evil.example:7480', 'attacker.localhost.evil.example']) {
+      const r = await call('POST', '/api/switchover', { headers: { ...headers, host }, body });
+      expect(r.status, host).toBe(421);
+      expect(r.json().error).toContain('is not this depot');
+    }
+    expect(calls).toEqual([]);
+    expect(hostHeaderAllowed('127.0.0.1:7480')).toBe(true);
+    expect(hostHeaderAllowed('[::1]:7480')).toBe(true);
+    expect(hostHeaderAllowed('localhost:7480')).toBe(true);
+    expect(hostHeaderAllowed('ws-07.lab.example:7480', ['ws-07.lab.example'])).toBe(true);
+    expect(hostHeaderAllowed('ws-07.lab.example:7480', ['ws-07'])).toBe(false);
+    expect(hostHeaderAllowed('ws-07', ['ws-07.lab.example'])).toBe(true);
+    expect(hostHeaderAllowed('ws-07.evil.example', ['ws-08'])).toBe(false);
+    expect(hostHeaderAllowed(undefined)).toBe(false);
+    // The same request with this host's address goes through.
+    expect((await call('POST', '/api/switchover', { headers: { ...headers, host: `127.0.0.1:${port}` }, body })).status).toBe(200);
+    calls.length = 0;
   });
 
   it('admin endpoints: refused from a host other than the admin host, even with the token', async () => {

@@ -1,6 +1,9 @@
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { FenceGuard } from '../../pilot/fence-guard.ts';
 import { silentLogger } from '../../shared/logger.ts';
 
@@ -79,5 +82,69 @@ describe('fence guard', () => {
     owner.kill('SIGKILL');
     const took = await waitUntil(async () => !(await held()), 5000);
     expect(took).toBeLessThan(3000);
+  });
+
+  it('is the only writer: adds the address only while the lease lies ahead, never after a fence', async () => {
+    await execa('ip', ['-n', ns, 'addr', 'del', ADDRESS, 'dev', 'svc0']);
+    const guard = new FenceGuard({ address: ADDRESS, iface: 'svc0', netns: ns, logger: silentLogger() });
+    await guard.prepare();
+    // Ready, but no lease yet: no add.
+    expect(await guard.add()).toBe(false);
+    expect(await held()).toBe(false);
+    guard.lease(400);
+    expect(await guard.add()).toBe(true);
+    expect(await held()).toBe(true);
+    // The lease runs out: the address goes, and a late add (a pilot waking from a pause) is refused.
+    await waitUntil(async () => !(await held()), 3000);
+    expect(await guard.add()).toBe(false);
+    expect(guard.armed).toBe(false);
+    expect(await held()).toBe(false);
+    await guard.release();
+  });
+
+  it('retries the delete until the address is gone, then stops the primary-only process groups', async () => {
+    // An `ip` that fails its first three `addr del` (a busy netlink, say).
+    const bin = await mkdtemp(join(tmpdir(), 'navfence-bin-'));
+    const realIp = (await execa('sh', ['-c', 'command -v ip'])).stdout.trim();
+    const counter = join(bin, 'count');
+    await writeFile(
+      join(bin, 'ip'),
+      `#!/bin/sh\ncase "$*" in *"addr del"*) n=$(cat ${counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${counter}; if [ $n -le 3 ]; then echo "RTNETLINK answers: Device or resource busy" >&2; exit 2; fi;; esac\nexec ${realIp} "$@"\n`,
+    );
+    await chmod(join(bin, 'ip'), 0o755);
+    // A primary-only process in its own process group, as the process driver starts them.
+    const primary = execa('sleep', ['600'], { detached: true, reject: false });
+    const pgids = join(bin, 'primary-pgids.json');
+    await writeFile(pgids, JSON.stringify([primary.pid]));
+    const savedPath = process.env.PATH;
+    process.env.PATH = `${bin}:${savedPath}`;
+    let fenced = false;
+    try {
+      const guard = new FenceGuard({ address: ADDRESS, iface: 'svc0', netns: ns, logger: silentLogger(), primaryPgidsFile: pgids, onFenced: () => (fenced = true) });
+      await guard.arm(200);
+      await waitUntil(async () => !(await held()), 5000);
+      await waitUntil(async () => fenced, 8000);
+      expect(Number((await execa('cat', [counter])).stdout)).toBeGreaterThanOrEqual(4);
+      const r = await primary;
+      expect(r.signal).toBe('SIGTERM');
+      await guard.release();
+    } finally {
+      process.env.PATH = savedPath;
+      primary.kill('SIGKILL');
+      await rm(bin, { recursive: true, force: true });
+    }
+  });
+
+  it('SIGTERM with a lease held fences; without one it just exits', async () => {
+    const idle = new FenceGuard({ address: ADDRESS, iface: 'svc0', netns: ns, logger: silentLogger() });
+    await idle.prepare();
+    process.kill(idle.pid!, 'SIGTERM');
+    await waitUntil(async () => idle.pid === undefined, 3000);
+    expect(await held()).toBe(true);
+    const guard = new FenceGuard({ address: ADDRESS, iface: 'svc0', netns: ns, logger: silentLogger() });
+    await guard.arm(60_000);
+    process.kill(guard.pid!, 'SIGTERM');
+    const took = await waitUntil(async () => !(await held()), 3000);
+    expect(took).toBeLessThan(2000);
   });
 });

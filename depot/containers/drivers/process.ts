@@ -1,5 +1,6 @@
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { writeFileDurable } from '../../../shared/durable-file.ts';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parse as parseYaml } from 'yaml';
@@ -75,7 +76,7 @@ export type ContainerManifestInput = z.input<typeof ContainerManifest>;
 
 const PIDS_FILE = '.navigator-pgids.json';
 /** Process groups of the primary-only commands, kept apart so a standby's health ignores them. */
-const PRIMARY_PIDS_FILE = '.navigator-primary-pgids.json';
+export const PRIMARY_PIDS_FILE = '.navigator-primary-pgids.json';
 
 async function readManifest(path: string): Promise<ContainerManifest> {
   let text: string;
@@ -282,7 +283,7 @@ export class ProcessDriver implements ContainerDriver {
       }
       child.unref();
       groups.push(child.pid);
-      await writeFile(join(this.ctx.dir, PRIMARY_PIDS_FILE), JSON.stringify(groups));
+      await writeFileDurable(join(this.ctx.dir, PRIMARY_PIDS_FILE), JSON.stringify(groups), { mode: 0o644 });
     }
     this.log.info({ event: 'primary-processes-started', groups, durationMs: Date.now() - started }, 'primary-only processes started');
   }
@@ -363,7 +364,7 @@ export class ProcessDriver implements ContainerDriver {
   }
 
   private async saveGroups(groups: number[]): Promise<void> {
-    await writeFile(join(this.ctx.dir, PIDS_FILE), JSON.stringify(groups));
+    await writeFileDurable(join(this.ctx.dir, PIDS_FILE), JSON.stringify(groups), { mode: 0o644 });
   }
 
   private async killGroups(groups: number[], graceMs: number): Promise<void> {
