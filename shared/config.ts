@@ -167,6 +167,24 @@ export const PilotSection = z
   })
   .strict();
 
+export const ElectionSection = z
+  .object({
+    voters: z
+      .number()
+      .int()
+      .min(1)
+      .max(63)
+      .refine((n) => n % 2 === 1, { message: 'must be odd (an even group survives no more losses than the odd one below it)' })
+      .default(5)
+      .describe('Size of the voter group of each service: only these depots vote and renew the lease, so its cost does not grow with the cluster; every depot when there are fewer (kept odd)'),
+    preferredVoters: z
+      .array(z.string().min(1).max(253))
+      .max(63)
+      .default([])
+      .describe('Host names of always-on machines preferred as voters (they rank first and displace other voters when alive)'),
+  })
+  .strict();
+
 export const ShipSection = z
   .object({
     sshPort: z.number().int().min(1).max(65535).default(22).describe("Port of this host's sshd; advertised in the heartbeat so senders write images shipped here to it"),
@@ -260,6 +278,7 @@ export const ConfigSchema = z
     log: LogSection.prefault({}),
     store: StoreSection.prefault({}),
     pilot: PilotSection.prefault({}),
+    election: ElectionSection.prefault({}),
     ship: ShipSection.prefault({}),
     containers: ContainersSection.prefault({}),
     dbsync: DbSyncSection.prefault({}),
