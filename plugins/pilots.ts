@@ -103,7 +103,7 @@ class Pilots implements PilotsPlugin {
       record,
       keepStandbys: (p) => keeper.keep(p),
     });
-    this.operations = new AdminOperations({ self, members, control, store: init.store, containers: init.containers, supervisor: this.supervisor, logger });
+    this.operations = new AdminOperations({ self, members, control, store: init.store, containers: init.containers, supervisor: this.supervisor, logger, group: { voters: this.election.voters, preferred: this.election.preferredVoters } });
   }
 
   pilots(): Pilot[] {

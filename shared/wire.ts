@@ -42,6 +42,10 @@ export const ContainerReport = z.object({
   image: shortText.default('').describe('Content id of the image the container runs'),
   lastSyncAt: nonNeg.optional().describe('Time (ms) of the last good DB sync into this copy'),
   syncFailing: z.boolean().default(false).describe('The last DB sync attempt failed'),
+  view: z
+    .lazy(() => ElectionView)
+    .optional()
+    .describe("The service's voter group as this copy knows it (a primary's is current): gossiped so every depot learns the group and the term"),
 });
 export type ContainerReport = z.infer<typeof ContainerReport>;
 

@@ -256,6 +256,14 @@ function learnView(state: PilotState, view: ElectionView | null): PilotState {
   return { ...state, view };
 }
 
+/** A view heard by gossip (another copy's heartbeat): adopted when its epoch is newer. Every view
+ * was made by some primary (R4), and a joint one still needs both majorities, so adopting it is
+ * as safe as learning it from a voter's reply. A primary keeps its own: it makes the views. */
+export function pilotLearnView(state: PilotState, view: ElectionView): PilotState {
+  if (state.role === 'primary') return state;
+  return learnView(state, view);
+}
+
 /** A reply from a voter (or the witness). */
 export function pilotReceive(state: PilotState, msg: VoteReply | LeaseAck, now: number, cfg: ElectionConfig): PilotStep {
   if (msg.service !== state.service) return { state, decisions: [] };
