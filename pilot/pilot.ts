@@ -235,7 +235,10 @@ export class Pilot {
         });
         break;
       case 'probe-witness':
-        // No witness responder is deployed: with two voters the pair needs each other (safe).
+        // The witness (`navigator witness` at pilot.witness) votes like a depot's voter.
+        void this.opts.transport.requestWitness(d.message).then((reply) => {
+          if (reply && (this.running || this.stopping)) this.apply(pilotReceive(this.state, reply, this.opts.now(), this.opts.cfg));
+        });
         break;
       case 'become-primary':
         this.effect(() => this.takeOver(d.term, d.leaseExpiry));

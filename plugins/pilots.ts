@@ -77,6 +77,7 @@ class Pilots implements PilotsPlugin {
       // A grant counts from its request's send time, so a late one still extends the lease as
       // long as it arrives within leaseMs − margin; later than that it is worthless.
       timeoutMs: Math.max(200, this.election.leaseMs - this.election.leaseSafetyMarginMs),
+      witness: config.pilot.witness,
     });
     this.shipping = new ImageShipping({
       ship: config.ship,

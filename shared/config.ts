@@ -138,7 +138,10 @@ export const PilotSection = z
     witness: z
       .string()
       .default('')
-      .describe('Address (host:port) of a witness responder that votes as a third voter when only two voters remain; a ping-only gateway cannot vote safely (see pilot/election/views.ts)'),
+      .refine((s) => s === '' || /^\/(ip4|ip6|dns4|dns6|dns)\/[^/]+\/tcp\/\d+\/p2p\/[A-Za-z0-9]+$/.test(s), {
+        message: 'must be the multiaddr `navigator witness` prints, e.g. /ip4/10.0.0.9/tcp/7490/p2p/12D3KooW…',
+      })
+      .describe('Multiaddr (with /p2p/ID) of a `navigator witness` that votes as a third voter when a service has only two voters; empty: no witness (a ping-only gateway cannot vote safely, see pilot/election/views.ts)'),
     standbys: z.number().int().min(0).max(8).default(1).describe('Standby copies kept for each service'),
     probeIntervalMs: ms(250, 'Interval of service health probes'),
     serviceProbeTimeoutMs: ms(300, "Timeout of one service probe (TCP connect to the service address) and of the standby's ping of the primary's depot; well under the lease, so a dead primary is noticed in one probe round"),

@@ -67,7 +67,10 @@ describe('election timing validation', () => {
   });
 
   it('reads the pilot section of the configuration (witness set ⇒ witness voter)', () => {
-    const c = electionConfigFrom(parseConfig({ pilot: { witness: '10.0.0.1' } }).pilot);
+    const witness = '/ip4/10.0.0.9/tcp/7490/p2p/12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo';
+    const c = electionConfigFrom(parseConfig({ pilot: { witness } }).pilot);
+    // Not the multiaddr `navigator witness` prints (a bare host, no peer id): refused by name.
+    expect(() => parseConfig({ pilot: { witness: '10.0.0.1:7490' } })).toThrow(/pilot\.witness: must be the multiaddr/);
     expect(c.leaseMs).toBe(1500);
     expect(c.witness).toBe(true);
     expect(electionConfigFrom(parseConfig({}).pilot).witness).toBe(false);
