@@ -73,6 +73,8 @@ export interface ClusterOptions {
   preStage?: boolean;
   /** Extra environment of every depot. */
   env?: Record<string, string>;
+  /** Start the depots this many at a time, as a lab boots (default: all at once). */
+  batch?: number;
 }
 
 export async function startCluster(lab: Lab, n: number, opts: ClusterOptions = {}): Promise<LabCluster> {
@@ -104,7 +106,8 @@ export async function startCluster(lab: Lab, n: number, opts: ClusterOptions = {
   }
   const address = lab.serviceAddress(0);
   const c: LabCluster = { lab, hosts, depots: new Map(), peerIds, swarmKeyFile, imageDir, address, ip: address.split('/')[0]!, env: opts.env ?? {} };
-  await Promise.all(hosts.map((h) => startDepot(c, h)));
+  const batch = opts.batch ?? hosts.length;
+  for (let i = 0; i < hosts.length; i += batch) await Promise.all(hosts.slice(i, i + batch).map((h) => startDepot(c, h)));
   await waitFor(async () => (await aliveSeenBy(c, hosts[0]!)) === hosts.length, 20_000, 'all depots alive');
   return c;
 }
