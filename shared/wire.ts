@@ -193,7 +193,8 @@ export { JournalFetchRequest, JournalFetchResponse } from './movement.ts';
 export const JOURNAL_PROTOCOL = '/navigator/journal/1';
 
 // ---- Election (pilot/election/): votes and leases, request/response between a pilot and the
-// voters (every depot, plus the witness when only two voters remain). Times in these messages
+// voters of the service's group (pilot/election/voter-group.ts), plus the witness when the group is
+// two. Times in these messages
 // are never compared across hosts except `syncTime` (a DB dump time stamped by the primary).
 
 const electionId = z.string().min(1).max(128);
