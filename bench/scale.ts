@@ -1,6 +1,6 @@
 // npm run bench:scale — what a lease costs as the cluster grows (issue 14).
 //
-// In-process run, 128 and 256 depots (--sizes): one process, one libp2p node per depot over the
+// In-process run, 32, 128 and 256 depots (--sizes): one process, one libp2p node per depot over the
 // libp2p memory transport (pnet + Noise + Yamux, as between real depots), each with the depot's
 // voter (pilot/election/voters.ts, its promises written with fsync) and election protocol
 // (pilot/election/transport.ts). One copy's pilot — the pure election code of pilot/election/
@@ -11,9 +11,10 @@
 // first group is the best-ranked depots, pilot/election/voter-group.ts) and, for comparison, with
 // every depot a voter (the behaviour before the group).
 //
-// Not measured here (null in the JSON line, see the README): the 32 depot processes in network
-// namespaces with power losses (primary_outage_ms_*, unrelated_outage_ms_max,
-// spurious_term_changes, split_brain_events, served_after_mass_shutdown), and the CPU-hog run.
+// Namespace run first (bench/scale-lab.ts, --lab-workstations 32, 0 skips it): depot processes
+// started --batch at a time, --primary-losses power losses of the primary's host and
+// --unrelated-losses of other hosts, then all but 3 off within a minute.
+// Not measured: the CPU-hog run (not built).
 //
 // Last stdout line: JSON.
 
@@ -31,12 +32,17 @@ import { initialView } from '../pilot/election/views.ts';
 import { initialGroup } from '../pilot/election/voter-group.ts';
 import { createPilot, nextWakeAt, pilotCampaign, pilotReceive, pilotTick, type PilotState, type PilotStep } from '../pilot/election/pilot-role.ts';
 import { monotonicNow } from '../pilot/supervisor.ts';
+import { scaleLab, summarize, type ScaleLabResult } from './scale-lab.ts';
 
 const { values } = parseArgs({
   options: {
-    sizes: { type: 'string', default: '128,256' },
+    sizes: { type: 'string', default: '32,128,256' },
     renewals: { type: 'string', default: '30' },
     voters: { type: 'string', default: String(DEFAULT_ELECTION_CONFIG.voters) },
+    'lab-workstations': { type: 'string', default: '32' },
+    'primary-losses': { type: 'string', default: '10' },
+    'unrelated-losses': { type: 'string', default: '10' },
+    batch: { type: 'string', default: '4' },
   },
 });
 const sizes = values.sizes.split(',').map(Number);
@@ -47,8 +53,10 @@ interface Run {
   mode: 'group' | 'every depot';
   groupSize: number;
   electedMs: number | null;
-  /** Requests the primary sent per renewal (mean over the run). */
-  sentPerRenewal: number;
+  /** Requests the primary sent per renewal (mean over the run); null if it never won. */
+  sentPerRenewal: number | null;
+  /** Vote requests per election round of the bootstrap campaign. */
+  sentPerVoteRound: number;
   /** Requests the voters served per renewal (mean), the primary's own voter included. */
   servedPerRenewal: number;
   renewRttMsP50: number;
@@ -91,6 +99,8 @@ async function run(n: number, mode: Run['mode']): Promise<Run> {
     let state: PilotState = createPilot({ id: `${ids[0]}/bench/1`, service: 'bench', view });
     let timer: NodeJS.Timeout | undefined;
     let renewSends = 0;
+    let voteSends = 0;
+    const voteRounds = new Set<number>();
     let renewRounds = 0;
     let lapses = 0;
     let electedAt: number | null = null;
@@ -106,6 +116,10 @@ async function run(n: number, mode: Run['mode']): Promise<Run> {
       state = step.state;
       for (const d of step.decisions) {
         if (d.kind === 'send') {
+          if (d.message.type === 'vote-request' && electedAt === null) {
+            voteSends++;
+            voteRounds.add(d.message.seq);
+          }
           if (d.message.type === 'lease-renew') {
             renewSends++;
             if (!sentAt.has(d.message.seq)) {
@@ -152,8 +166,9 @@ async function run(n: number, mode: Run['mode']): Promise<Run> {
       mode,
       groupSize: voterIds.length,
       electedMs: electedAt === null ? null : Math.round(electedAt - t0),
-      sentPerRenewal: Number((renewSends / rounds).toFixed(2)),
-      servedPerRenewal: Number(((servedBefore() - servedAtElection + localServed) / rounds).toFixed(2)),
+      sentPerRenewal: electedAt === null ? null : Number((renewSends / rounds).toFixed(2)),
+      sentPerVoteRound: Number((voteSends / Math.max(1, voteRounds.size)).toFixed(2)),
+      servedPerRenewal: electedAt === null ? 0 : Number(((servedBefore() - servedAtElection + localServed) / rounds).toFixed(2)),
       renewRttMsP50: Math.round(pct(rtts, 50)),
       renewRttMsMax: Math.round(Math.max(0, ...rtts)),
       lapses,
@@ -162,6 +177,13 @@ async function run(n: number, mode: Run['mode']): Promise<Run> {
     await Promise.all(nodes.map((x) => Promise.resolve(x.node.stop()).catch(() => undefined)));
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+// The namespace half first (it needs the machine quiet), then the in-process runs.
+const labN = Number(values['lab-workstations']);
+let lab: ScaleLabResult | undefined;
+if (labN > 0) {
+  lab = await scaleLab({ workstations: labN, primaryLosses: Number(values['primary-losses']), unrelatedLosses: Number(values['unrelated-losses']), batch: Number(values.batch) });
 }
 
 const results: Run[] = [];
@@ -174,28 +196,37 @@ for (const n of sizes) {
 }
 
 process.stdout.write(`\nLease cost per renewal, in process (libp2p memory transport, ${renewals} renewals, lease ${DEFAULT_ELECTION_CONFIG.leaseMs} ms, renew every ${Math.round(renewIntervalMs(DEFAULT_ELECTION_CONFIG))} ms)\n`);
-process.stdout.write(`${'depots'.padEnd(8)}${'voters'.padEnd(14)}${'sent/renewal'.padStart(14)}${'served/renewal'.padStart(16)}${'rtt p50'.padStart(10)}${'rtt max'.padStart(10)}${'lapses'.padStart(8)}\n`);
+process.stdout.write(`${'depots'.padEnd(8)}${'voters'.padEnd(14)}${'elected (ms)'.padStart(14)}${'votes/round'.padStart(13)}${'sent/renewal'.padStart(14)}${'served/renewal'.padStart(16)}${'rtt p50'.padStart(10)}${'rtt max'.padStart(10)}${'lapses'.padStart(8)}\n`);
 for (const r of results) {
+  const won = r.electedMs !== null;
   process.stdout.write(
-    `${String(r.depots).padEnd(8)}${`${r.mode === 'group' ? 'group of' : 'all'} ${r.groupSize}`.padEnd(14)}${String(r.sentPerRenewal).padStart(14)}${String(r.servedPerRenewal).padStart(16)}${String(r.renewRttMsP50).padStart(10)}${String(r.renewRttMsMax).padStart(10)}${String(r.lapses).padStart(8)}\n`,
+    `${String(r.depots).padEnd(8)}${`${r.mode === 'group' ? 'group of' : 'all'} ${r.groupSize}`.padEnd(14)}${(won ? String(r.electedMs) : 'never').padStart(14)}${String(r.sentPerVoteRound).padStart(13)}${String(r.sentPerRenewal ?? '-').padStart(14)}${(won ? String(r.servedPerRenewal) : '-').padStart(16)}${(won ? String(r.renewRttMsP50) : '-').padStart(10)}${(won ? String(r.renewRttMsMax) : '-').padStart(10)}${String(r.lapses).padStart(8)}\n`,
   );
 }
 const group = (n: number) => results.find((r) => r.depots === n && r.mode === 'group');
+if (lab) {
+  const sum = summarize(lab);
+  process.stdout.write(`\n${lab.workstations} depot processes in namespaces (started ${labN > 0 ? values.batch : '-'} at a time in ${lab.startMs} ms), echo service, 1 standby\n`);
+  process.stdout.write(`primary power losses: ${lab.primaryOutagesMs.length}, outage p50 ${sum.primary_outage_ms_p50} ms, p95 ${sum.primary_outage_ms_p95} ms (${lab.primaryOutagesMs.join(', ')})\n`);
+  process.stdout.write(`unrelated power losses: ${lab.unrelatedOutagesMs.length}, longest gap ${sum.unrelated_outage_ms_max} ms (${lab.unrelatedOutagesMs.join(', ')})\n`);
+  process.stdout.write(`spurious server changes ${lab.spuriousTermChanges}, split-brain moments ${lab.splitBrainEvents}, served after all but 3 off: ${lab.servedAfterMassShutdown} (survivors ${lab.survivors.join(', ')})\n`);
+}
 process.stdout.write(
   `${JSON.stringify({
-    workstations: null,
-    primary_outage_ms_p50: null,
-    primary_outage_ms_p95: null,
-    unrelated_outage_ms_max: null,
-    spurious_term_changes: null,
-    split_brain_events: null,
-    served_after_mass_shutdown: null,
-    lease_msgs_per_renewal: { 32: null, ...Object.fromEntries(sizes.map((n) => [n, group(n)?.sentPerRenewal ?? null])) },
+    workstations: lab?.workstations ?? null,
+    ...(lab ? summarize(lab) : { primary_outage_ms_p50: null, primary_outage_ms_p95: null, unrelated_outage_ms_max: null }),
+    spurious_term_changes: lab?.spuriousTermChanges ?? null,
+    split_brain_events: lab?.splitBrainEvents ?? null,
+    served_after_mass_shutdown: lab?.servedAfterMassShutdown ?? null,
+    // Measured in process (the same election code and transport as the depots in the lab run).
+    lease_msgs_per_renewal: Object.fromEntries(sizes.map((n) => [n, group(n)?.sentPerRenewal ?? null])),
+    // Before the group: every depot a voter (null: no primary within the run's time).
     lease_msgs_per_renewal_every_depot_voter: Object.fromEntries(sizes.map((n) => [n, results.find((r) => r.depots === n && r.mode === 'every depot')?.sentPerRenewal ?? null])),
+    elected_ms: Object.fromEntries(results.map((r) => [`${r.depots}/${r.mode === 'group' ? 'group' : 'all'}`, r.electedMs])),
     voters_served_per_renewal: Object.fromEntries(sizes.map((n) => [n, group(n)?.servedPerRenewal ?? null])),
     renew_rtt_ms_p50: Object.fromEntries(sizes.map((n) => [n, group(n)?.renewRttMsP50 ?? null])),
     lease_lapses: results.reduce((a, r) => a + r.lapses, 0),
-    in_process: { transport: 'memory', renewals, not_measured: ['32 depot processes in namespaces with power losses', 'CPU hog'] },
+    in_process: { transport: 'memory', renewals, not_measured: ['CPU hog', ...(lab ? [] : ['depot processes in namespaces'])] },
   })}\n`,
 );
 process.exit(0);

@@ -2,6 +2,8 @@ import { describe, it, expect } from 'vitest';
 import { groupSize, initialGroup, nextGroupChange, rankVoters, stabilityClass, type GroupSettings, type VoterCandidate } from '../../pilot/election/voter-group.ts';
 import { majority } from '../../pilot/election/views.ts';
 import { mulberry32 } from '../helpers/election-sim.ts';
+import { RestartHistory, voterObservations } from '../../pilot/cluster-view.ts';
+import type { DepotComponents } from '../../depot/components.ts';
 
 // The voter group (pilot/election/voter-group.ts): ranking, size, one change at a time. The
 // property runs drive a made-up cluster with a fake clock (depots start, restart, leave, die) and
@@ -229,5 +231,30 @@ describe('group maintenance over a cluster driven by a fake clock (seeded)', () 
       }
     }
     expect(failures.slice(0, 5)).toEqual([]);
+  });
+});
+
+describe('voter observations from the membership view (pilot/cluster-view.ts)', () => {
+  it('session = min(depot process age, host uptime); restarts counted within the hour; copies of the service; dead reported by the alive', () => {
+    const hb = (over: object) => ({ sentAt: 10_000_000, incarnation: 10_000_000 - 600_000, uptimeS: 86_400, containers: [] as Array<{ service: string }>, ...over });
+    let view = [
+      { peerId: 'a', name: 'ws-a', state: 'alive', incarnation: 1, heartbeat: hb({ containers: [{ service: 'zabbix' }] }) },
+      { peerId: 'b', name: 'ws-b', state: 'alive', incarnation: 1, heartbeat: hb({ uptimeS: 30 }) },
+      { peerId: 'c', name: 'ws-c', state: 'dead', incarnation: 1, heartbeat: undefined },
+    ];
+    const members = { view: () => view } as unknown as DepotComponents['members'];
+    const history = new RestartHistory(3_600_000);
+    const obs = voterObservations(members, 'zabbix', history, 0);
+    expect(obs).toEqual([
+      { peer: 'a', state: 'alive', host: 'ws-a', sessionS: 600, restarts: 0, holdsCopy: true },
+      { peer: 'b', state: 'alive', host: 'ws-b', sessionS: 30, restarts: 0, holdsCopy: false },
+      { peer: 'c', state: 'dead', host: 'ws-c', sessionS: 0, restarts: 0, holdsCopy: false, deadReportedBy: ['a', 'b'] },
+    ]);
+    // b restarts (a new incarnation), twice; the first restart leaves the window after an hour.
+    view = view.map((m) => (m.peerId === 'b' ? { ...m, incarnation: 2 } : m));
+    expect(voterObservations(members, 'zabbix', history, 1000).find((o) => o.peer === 'b')!.restarts).toBe(1);
+    view = view.map((m) => (m.peerId === 'b' ? { ...m, incarnation: 3 } : m));
+    expect(voterObservations(members, 'zabbix', history, 2_000_000).find((o) => o.peer === 'b')!.restarts).toBe(2);
+    expect(voterObservations(members, 'zabbix', history, 3_601_001).find((o) => o.peer === 'b')!.restarts).toBe(1);
   });
 });
