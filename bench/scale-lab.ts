@@ -3,6 +3,8 @@
 // the client namespace and the ARP watcher on the LAN. Then: power losses of the primary's host
 // (each host comes back after a while), power losses of unrelated hosts (neither copy's host),
 // and finally all but 3 hosts off within a minute, three of four cleanly (the evening shutdown).
+import { availableParallelism } from 'node:os';
+import { execa } from 'execa';
 import { Lab } from '../lab/lab.ts';
 import { Prober } from '../lab/prober.ts';
 import { ArpWatch } from '../lab/arp-watch.ts';
@@ -11,6 +13,8 @@ import { bootstrap, observer, placement, serviceView, startCluster, startDepot, 
 
 export interface ScaleLabResult {
   workstations: number;
+  /** CPU hog run: seconds, hog processes, server changes and longest gap while it ran (null: not run). */
+  cpuHog: { seconds: number; hogs: number; termChanges: number; longestGapMs: number } | null;
   startMs: number;
   primaryOutagesMs: number[];
   unrelatedOutagesMs: number[];
@@ -25,7 +29,15 @@ export interface ScaleLabResult {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const log = (s: string) => void process.stderr.write(`${s}\n`);
 
-export async function scaleLab(opts: { workstations: number; primaryLosses: number; unrelatedLosses: number; batch: number }): Promise<ScaleLabResult> {
+/** A busy loop at normal priority on every core (a student's job on a lab PC), for `seconds`. */
+async function cpuHog(seconds: number): Promise<number> {
+  const n = availableParallelism();
+  const code = `const end = Date.now() + ${seconds * 1000}; let x = 0; while (Date.now() < end) { x = (x * 31 + 7) % 1000003; }`;
+  await Promise.all(Array.from({ length: n }, () => execa(process.execPath, ['-e', code], { reject: false })));
+  return n;
+}
+
+export async function scaleLab(opts: { workstations: number; primaryLosses: number; unrelatedLosses: number; batch: number; cpuHogS?: number }): Promise<ScaleLabResult> {
   const lab = await Lab.create({ workstations: opts.workstations });
   try {
     const t0 = Date.now();
@@ -44,6 +56,19 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
         const p = await placement(c, observer(c, []));
         return p.primary !== undefined && p.standbys.length >= 1;
       };
+      let hog: ScaleLabResult['cpuHog'] = null;
+      if (opts.cpuHogS) {
+        await waitFor(protectedNow, 120_000, 'protection before the CPU hog');
+        const termBefore = (await placement(c, observer(c, []))).term;
+        const th = Date.now();
+        const hogs = await cpuHog(opts.cpuHogS);
+        const longestGapMs = Math.round(prober.outage(th, Date.now()).outageMs);
+        // A term change shows as a new term (a re-election of the same host included).
+        await sleep(2000);
+        const termChanges = (await placement(c, observer(c, []))).term - termBefore;
+        hog = { seconds: opts.cpuHogS, hogs, termChanges, longestGapMs };
+        log(`CPU hog: ${hogs} busy loops for ${opts.cpuHogS} s: ${termChanges} term changes, longest gap ${longestGapMs} ms`);
+      }
       for (let i = 1; i <= opts.primaryLosses; i++) {
         await waitFor(protectedNow, 120_000, `protection before primary loss ${i}`);
         await sleep(2000);
@@ -108,6 +133,7 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
       const served = last.recovered && last.outageMs < 2000;
       return {
         workstations: opts.workstations,
+        cpuHog: hog,
         startMs,
         primaryOutagesMs,
         unrelatedOutagesMs,

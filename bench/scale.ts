@@ -14,7 +14,8 @@
 // Namespace run first (bench/scale-lab.ts, --lab-workstations 32, 0 skips it): depot processes
 // started --batch at a time, --primary-losses power losses of the primary's host and
 // --unrelated-losses of other hosts, then all but 3 off within a minute.
-// Not measured: the CPU-hog run (not built).
+// --cpu-hog-s N (default 0: off): before the losses, a busy loop at normal priority on every core
+// for N s (the issue asks 300), counting term changes and the longest gap meanwhile.
 //
 // Last stdout line: JSON.
 
@@ -43,6 +44,7 @@ const { values } = parseArgs({
     'primary-losses': { type: 'string', default: '10' },
     'unrelated-losses': { type: 'string', default: '10' },
     batch: { type: 'string', default: '4' },
+    'cpu-hog-s': { type: 'string', default: '0' },
   },
 });
 const sizes = values.sizes.split(',').map(Number);
@@ -183,7 +185,7 @@ async function run(n: number, mode: Run['mode']): Promise<Run> {
 const labN = Number(values['lab-workstations']);
 let lab: ScaleLabResult | undefined;
 if (labN > 0) {
-  lab = await scaleLab({ workstations: labN, primaryLosses: Number(values['primary-losses']), unrelatedLosses: Number(values['unrelated-losses']), batch: Number(values.batch) });
+  lab = await scaleLab({ workstations: labN, primaryLosses: Number(values['primary-losses']), unrelatedLosses: Number(values['unrelated-losses']), batch: Number(values.batch), cpuHogS: Number(values['cpu-hog-s']) });
 }
 
 const results: Run[] = [];
@@ -209,6 +211,7 @@ if (lab) {
   process.stdout.write(`\n${lab.workstations} depot processes in namespaces (started ${labN > 0 ? values.batch : '-'} at a time in ${lab.startMs} ms), echo service, 1 standby\n`);
   process.stdout.write(`primary power losses: ${lab.primaryOutagesMs.length}, outage p50 ${sum.primary_outage_ms_p50} ms, p95 ${sum.primary_outage_ms_p95} ms (${lab.primaryOutagesMs.join(', ')})\n`);
   process.stdout.write(`unrelated power losses: ${lab.unrelatedOutagesMs.length}, longest gap ${sum.unrelated_outage_ms_max} ms (${lab.unrelatedOutagesMs.join(', ')})\n`);
+  if (lab.cpuHog) process.stdout.write(`CPU hog: ${lab.cpuHog.hogs} busy loops (nice 0) for ${lab.cpuHog.seconds} s: ${lab.cpuHog.termChanges} term changes, longest gap ${lab.cpuHog.longestGapMs} ms\n`);
   process.stdout.write(`spurious server changes ${lab.spuriousTermChanges}, split-brain moments ${lab.splitBrainEvents}, served after all but 3 off: ${lab.servedAfterMassShutdown} (survivors ${lab.survivors.join(', ')})\n`);
 }
 process.stdout.write(
@@ -226,7 +229,8 @@ process.stdout.write(
     voters_served_per_renewal: Object.fromEntries(sizes.map((n) => [n, group(n)?.servedPerRenewal ?? null])),
     renew_rtt_ms_p50: Object.fromEntries(sizes.map((n) => [n, group(n)?.renewRttMsP50 ?? null])),
     lease_lapses: results.reduce((a, r) => a + r.lapses, 0),
-    in_process: { transport: 'memory', renewals, not_measured: ['CPU hog', ...(lab ? [] : ['depot processes in namespaces'])] },
+    cpu_hog: lab?.cpuHog ? { seconds: lab.cpuHog.seconds, busy_loops: lab.cpuHog.hogs, term_changes: lab.cpuHog.termChanges, longest_gap_ms: lab.cpuHog.longestGapMs } : null,
+    in_process: { transport: 'memory', renewals },
   })}\n`,
 );
 process.exit(0);
