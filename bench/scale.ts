@@ -47,7 +47,7 @@ const { values } = parseArgs({
     'cpu-hog-s': { type: 'string', default: '0' },
   },
 });
-const sizes = values.sizes.split(',').map(Number);
+const sizes = values.sizes.split(',').map(Number).filter((n) => n > 0);
 const renewals = Number(values.renewals);
 
 interface Run {
