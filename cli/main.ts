@@ -11,6 +11,7 @@ import { registerHistory } from './commands/history.ts';
 import { registerDemo } from './commands/demo.ts';
 import { registerAlerts } from './commands/alerts.ts';
 import { registerTrust } from './commands/trust.ts';
+import { registerWitness } from './commands/witness.ts';
 
 // The `navigator` command. Each command lives in cli/commands/<name>.ts and registers itself
 // here; this file only composes them and turns errors into one clear line and an exit code.
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   registerAlerts(program);
   registerDemo(program);
   registerTrust(program);
+  registerWitness(program);
   return program;
 }
 

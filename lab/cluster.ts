@@ -33,6 +33,8 @@ export interface LabCluster {
   ip: string;
   /** Extra environment of every depot (configuration as NAVIGATOR__section__field). */
   env?: Record<string, string>;
+  /** How long a depot may take to start (default 30 s; benchmarks with many depots wait longer). */
+  startTimeoutMs?: number;
 }
 
 /** The `navigator depot run` command line of one lab host (also used by the Zabbix lab). */
@@ -58,13 +60,13 @@ export function depotArgs(c: Pick<LabCluster, 'lab' | 'hosts' | 'peerIds' | 'swa
 }
 
 /** Start (or restart) the depot of one host. */
-export async function startDepot(c: LabCluster, host: string, opts: { swarmKeyFile?: string } = {}): Promise<LabProcess> {
+export async function startDepot(c: LabCluster, host: string, opts: { swarmKeyFile?: string; startTimeoutMs?: number } = {}): Promise<LabProcess> {
   const p = c.lab.spawn(host, depotArgs(c, host, opts.swarmKeyFile), {
     name: 'depot',
     env: { ...DEPOT_ENV, NAVIGATOR__http__adminToken: ADMIN_TOKEN, ECHO_NAME: host, NAVIGATOR_LOG_LEVEL: 'info', ...c.env },
   });
   c.depots.set(host, p);
-  await p.waitForLine(/"event":"depot-started"/, 30_000);
+  await p.waitForLine(/"event":"depot-started"/, opts.startTimeoutMs ?? c.startTimeoutMs ?? 30_000);
   return p;
 }
 
@@ -75,6 +77,10 @@ export interface ClusterOptions {
   env?: Record<string, string>;
   /** Give the echo image a primary-only process (its command line carries PRIMARY_ONLY_MARKER). */
   primaryOnly?: boolean;
+  /** Start the depots this many at a time, as a lab boots (default: all at once). */
+  batch?: number;
+  /** How long each depot may take to start (default 30 s). */
+  startTimeoutMs?: number;
 }
 
 /** In the command line of the echo image's primary-only process (ClusterOptions.primaryOnly). */
@@ -109,9 +115,10 @@ export async function startCluster(lab: Lab, n: number, opts: ClusterOptions = {
     await store.stop();
   }
   const address = lab.serviceAddress(0);
-  const c: LabCluster = { lab, hosts, depots: new Map(), peerIds, swarmKeyFile, imageDir, address, ip: address.split('/')[0]!, env: opts.env ?? {} };
-  await Promise.all(hosts.map((h) => startDepot(c, h)));
-  await waitFor(async () => (await aliveSeenBy(c, hosts[0]!)) === hosts.length, 20_000, 'all depots alive');
+  const c: LabCluster = { lab, hosts, depots: new Map(), peerIds, swarmKeyFile, imageDir, address, ip: address.split('/')[0]!, env: opts.env ?? {}, ...(opts.startTimeoutMs ? { startTimeoutMs: opts.startTimeoutMs } : {}) };
+  const batch = opts.batch ?? hosts.length;
+  for (let i = 0; i < hosts.length; i += batch) await Promise.all(hosts.slice(i, i + batch).map((h) => startDepot(c, h)));
+  await waitFor(async () => (await aliveSeenBy(c, hosts[0]!)) === hosts.length, Math.max(20_000, c.startTimeoutMs ?? 0), 'all depots alive');
   return c;
 }
 

@@ -9,7 +9,9 @@ import type { DepotComponents } from '../depot/components.ts';
 import type { ContainerManager } from '../depot/containers/manager.ts';
 import type { ImageStore } from '../depot/images/catalog.ts';
 import { initialView } from './election/views.ts';
-import { copiesOf } from './cluster-view.ts';
+import { RestartHistory, copiesOf, voterObservations } from './cluster-view.ts';
+import { initialGroup, type GroupSettings } from './election/voter-group.ts';
+import { groupCandidates } from './election/pilot-role.ts';
 import { PilotAssignment, ServiceSpec, type ServiceSpecInput } from './service-spec.ts';
 import type { PilotSupervisor } from './supervisor.ts';
 
@@ -41,6 +43,8 @@ export interface AdminOperationsOptions {
   containers: ContainerManager;
   supervisor: PilotSupervisor;
   logger: Logger;
+  /** Voter group size and preferred hosts (config section election). */
+  group: GroupSettings;
 }
 
 export class AdminOperations {
@@ -81,11 +85,10 @@ export class AdminOperations {
     const parsed = ServiceSpec.parse(spec);
     const container = `${req.service}-${randomBytes(3).toString('hex')}`;
     await this.opts.containers.startContainer({ id: container, service: req.service, image, spec: parsed.container, role: 'standby', term: 0 });
-    const voters = members
-      .view()
-      .filter((m) => m.state === 'alive')
-      .map((m) => m.peerId);
-    const assignment: PilotAssignment = { spec: parsed, container, view: initialView(voters.length ? voters : [self.peerId]), term: 0, campaign: true };
+    // The first voter group: the best-ranked alive depots (pilot/election/voter-group.ts).
+    const candidates = groupCandidates(voterObservations(members, req.service, new RestartHistory(), Date.now()));
+    const voters = initialGroup(candidates, this.opts.group, self.peerId);
+    const assignment: PilotAssignment = { spec: parsed, container, view: initialView(voters), term: 0, campaign: true };
     await supervisor.assign(assignment);
     this.log.info({ event: 'bootstrap', service: req.service, image, container, voters: voters.length, durationMs: Date.now() - t0 }, `bootstrapped ${req.service}`);
     return { image, container };

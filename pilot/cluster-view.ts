@@ -48,20 +48,58 @@ export function candidatesOf(members: DepotComponents['members']): PlacementCand
     });
 }
 
+/** Restarts seen per depot (new incarnations after the first), for the voter ranking's stability. */
+export class RestartHistory {
+  private readonly seen = new Map<string, { incarnation: number; restarts: number[] }>();
+  constructor(private readonly windowMs = 3_600_000) {}
+
+  /** Record the depot's incarnation seen at local time `now`; returns its restarts within the window. */
+  observe(peer: string, incarnation: number, now: number): number {
+    let h = this.seen.get(peer);
+    if (!h) this.seen.set(peer, (h = { incarnation, restarts: [] }));
+    if (incarnation > h.incarnation) {
+      h.incarnation = incarnation;
+      h.restarts.push(now);
+    }
+    h.restarts = h.restarts.filter((t) => now - t < this.windowMs);
+    return h.restarts.length;
+  }
+}
+
+/**
+ * Every known depot as the voter ranking sees it (pilot/election/voter-group.ts): its state, how
+ * long its session has run (the shorter of depot process age and host uptime, both from its own
+ * heartbeat), restarts seen lately, and whether it holds a copy of `service`.
+ */
+export function voterObservations(members: DepotComponents['members'], service: string, history: RestartHistory, now: number): MemberObservation[] {
+  const view = members.view();
+  const alive = view.filter((o) => o.state === 'alive').map((o) => o.peerId);
+  return view.map((m): MemberObservation => {
+    const hb = m.heartbeat;
+    const sessionS = hb ? Math.max(0, Math.min(hb.uptimeS, (hb.sentAt - hb.incarnation) / 1000)) : 0;
+    return {
+      peer: m.peerId,
+      state: m.state,
+      host: m.name,
+      sessionS,
+      restarts: history.observe(m.peerId, m.incarnation, now),
+      holdsCopy: (hb?.containers ?? []).some((c) => c.service === service),
+      // Crash removal needs a majority of the view to judge the depot dead; each depot
+      // judges for itself from the same heartbeats and probes, so a dead verdict here
+      // stands for all alive voters (view changes stay safe through joint consensus).
+      ...(m.state === 'dead' ? { deadReportedBy: alive } : {}),
+    };
+  });
+}
+
 /** What a Pilot needs to know about the cluster. */
 export function clusterView(c: ClusterComponents): ClusterView {
+  const history = new RestartHistory();
   return {
     selfId: c.self.peerId,
     selfName: c.self.name,
     copies: (service) => copiesOf(c.members, service),
-    observations: () => {
-      // Crash removal needs a majority of the view to judge the depot dead; each depot
-      // judges for itself from the same heartbeats and probes, so a dead verdict here
-      // stands for all alive voters (view changes stay safe through joint consensus).
-      const view = c.members.view();
-      const alive = view.filter((o) => o.state === 'alive').map((o) => o.peerId);
-      return view.map((m): MemberObservation => ({ peer: m.peerId, state: m.state, ...(m.state === 'dead' ? { deadReportedBy: alive } : {}) }));
-    },
+    observations: (service) => voterObservations(c.members, service, history, Date.now()),
     ping: (peerId, timeoutMs) => c.reach.ping(peerId, timeoutMs),
     beat: () => c.heartbeat.beat(),
   };

@@ -7,7 +7,7 @@ import type { MemberState } from '../shared/member-state.ts';
 import type { ContainerManager } from '../depot/containers/manager.ts';
 import { tcpOpen } from '../shared/tcp-probe.ts';
 import type { MemberObservation } from './election/views.ts';
-import { createPilot, leaseValid, nextWakeAt, pilotCampaign, pilotObserveMembership, pilotObserveTerm, pilotProbe, pilotReceive, pilotResign, pilotSetSyncTime, pilotTick, type PilotDecision, type PilotState, type PilotStep } from './election/pilot-role.ts';
+import { createPilot, leaseValid, nextWakeAt, pilotCampaign, pilotLearnView, pilotObserveMembership, pilotObserveTerm, pilotProbe, pilotReceive, pilotResign, pilotSetSyncTime, pilotTick, type PilotDecision, type PilotState, type PilotStep } from './election/pilot-role.ts';
 import { type ElectionConfig } from './election/settings.ts';
 import type { ElectionTransport } from './election/transport.ts';
 import { ServiceAddress } from './address.ts';
@@ -41,8 +41,8 @@ export interface ClusterView {
   selfName: string;
   /** Every copy of `service` reported in heartbeats (this depot's included). */
   copies(service: string): CopyView[];
-  /** Membership observations for the primary's view changes. */
-  observations(): MemberObservation[];
+  /** Membership observations for the primary's changes of the voter group of `service`. */
+  observations(service: string): MemberObservation[];
   /** Is the depot `peerId` reachable right now (libp2p ping within timeoutMs)? */
   ping(peerId: string, timeoutMs: number): Promise<boolean>;
   /** Send a heartbeat now so the others learn a role change at once. */
@@ -163,6 +163,7 @@ export class Pilot {
       this.log.info({ event: 'copy-restarted', previousState: status.state, durationMs: Math.round(this.opts.now() - t0) }, 'copy started again as standby');
     }
     await this.opts.containers.setRole(this.container, 'standby', this.term).catch(() => undefined);
+    this.opts.containers.setView(this.container, this.state.view);
     this.opts.cluster.beat();
     this.log.info({ event: 'pilot-started', id: this.opts.id, term: this.term, voters: this.state.view.voters.length }, 'pilot started as standby');
     await this.guard.prepare();
@@ -212,9 +213,22 @@ export class Pilot {
   }
 
   private apply(step: PilotStep): void {
+    const before = this.state.view;
     this.state = step.state;
     for (const d of step.decisions) this.execute(d);
+    if (this.state.view !== before) this.viewMoved();
     this.schedule();
+  }
+
+  /** The voter group changed (made here, or learned): tell the others by heartbeat, keep it for a restart. */
+  private viewMoved(): void {
+    const view = this.state.view;
+    this.opts.containers.setView(this.container, view);
+    if (this.state.role !== 'primary') {
+      this.log.info({ event: 'view-learned', epoch: view.epoch, voters: view.voters.length, joint: Boolean(view.prev) }, 'newer voter group learned');
+      void this.opts.persist({ ...this.opts.assignment, view, term: this.term, campaign: false });
+    }
+    this.opts.cluster.beat();
   }
 
   private schedule(): void {
@@ -234,7 +248,10 @@ export class Pilot {
         });
         break;
       case 'probe-witness':
-        // No witness responder is deployed: with two voters the pair needs each other (safe).
+        // The witness (`navigator witness` at pilot.witness) votes like a depot's voter.
+        void this.opts.transport.requestWitness(d.message).then((reply) => {
+          if (reply && (this.running || this.stopping)) this.apply(pilotReceive(this.state, reply, this.opts.now(), this.opts.cfg));
+        });
         break;
       case 'become-primary':
         this.effect(() => this.takeOver(d.term, d.leaseExpiry));
@@ -249,7 +266,17 @@ export class Pilot {
         this.effect(() => this.restartInPlace(d.term));
         break;
       case 'view-changed':
-        this.log.info({ event: 'view-changed', voters: d.view.voters.length, joint: Boolean(d.view.prev), committed: d.committed, epoch: d.view.epoch }, 'voter set changing');
+        this.log.info(
+          {
+            event: 'view-changed',
+            voters: d.view.voters.length,
+            joint: Boolean(d.view.prev),
+            committed: d.committed,
+            epoch: d.view.epoch,
+            ...(d.change ? { change: d.change.kind, peer: d.change.peer, reason: d.change.reason } : {}),
+          },
+          d.change ? `voter group changing: ${d.change.reason}` : 'voter group change committed',
+        );
         void this.opts.persist({ ...this.opts.assignment, view: d.view, term: this.term, campaign: false });
         break;
     }
@@ -330,6 +357,14 @@ export class Pilot {
       const copies = this.opts.cluster.copies(this.spec.name);
       const own = copies.find((c) => c.peerId === this.opts.cluster.selfId && c.report.id === this.container);
       if (own?.report.lastSyncAt !== undefined) this.state = pilotSetSyncTime(this.state, own.report.lastSyncAt);
+      // The voter group by gossip: a newer view reported by any copy (the primary's first of all).
+      for (const c of copies) {
+        if (c.report.view && this.state.role !== 'primary') {
+          const before = this.state.view;
+          this.state = pilotLearnView(this.state, c.report.view);
+          if (this.state.view !== before) this.viewMoved();
+        }
+      }
       // A primary elsewhere with a higher term: we must not serve (demote at once).
       for (const c of copies) {
         if (c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive') {
@@ -356,7 +391,7 @@ export class Pilot {
           this.lastReassert = this.opts.now();
           await this.address.reassert().catch((err: unknown) => this.log.warn({ event: 'reassert-failed', err: errorMessage(err) }, 'address re-assert failed'));
         }
-        this.apply(pilotObserveMembership(this.state, this.opts.cluster.observations(), this.opts.now(), this.opts.cfg));
+        this.apply(pilotObserveMembership(this.state, this.opts.cluster.observations(this.spec.name), this.opts.now(), this.opts.cfg));
         if (this.opts.db) {
           const targets = copies
             .filter((c) => c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive' && c.report.role === 'standby' && c.report.state === 'running' && c.address)

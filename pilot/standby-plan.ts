@@ -77,10 +77,16 @@ export function planStandbys(input: StandbyPlanInput): StandbyPlan {
   const have = healthy.length + pending;
   if (have > service.standbys && pending === 0) {
     if (input.quiet) return { recentlyPlaced, decision: { kind: 'wait', reason: `quiet hours (${input.quiet}): the surplus standby is retired later` } };
+    // Retire only what is surplus among RUNNING standbys: a copy still starting (a rebooted host
+    // bringing its old copy back) may never come up, and retiring the running one for it leaves
+    // the service unprotected meanwhile (seen in bench:failover: "service not protected before the
+    // trial" 2 s after the view showed a running standby). So wait until the extra one runs.
+    const running = healthy.filter((c) => c.report.state === 'running');
+    if (running.length <= service.standbys) return { recentlyPlaced, decision: { kind: 'wait', reason: 'surplus standby still starting' } };
     // Retire one in the primary's group first, else the one with the oldest DB sync, so the freshest copies stay.
     const byAge = (list: CopyView[]) => list.filter((c) => c.report.state === 'running').sort((a, b) => (a.report.lastSyncAt ?? 0) - (b.report.lastSyncAt ?? 0))[0];
-    const extra = byAge(misplaced) ?? byAge(healthy);
-    return { recentlyPlaced, decision: extra ? { kind: 'retire', copy: extra } : { kind: 'wait', reason: 'surplus standby still starting' } };
+    const extra = byAge(misplaced) ?? byAge(healthy)!;
+    return { recentlyPlaced, decision: { kind: 'retire', copy: extra } };
   }
   const repair = have >= service.standbys && misplaced.length > 0 && pending === 0;
   if (have >= service.standbys && !repair) return { recentlyPlaced, decision: { kind: 'prestage' } };

@@ -80,7 +80,7 @@ class Pilots implements PilotsPlugin {
     private readonly c: PilotsComponents,
   ) {
     const { config, logger, self, members, control } = c;
-    this.election = electionConfigFrom(config.pilot, init.election ?? {});
+    this.election = electionConfigFrom(config.pilot, init.election ?? {}, config.election);
     this.voters = new Voters({ selfId: self.peerId, dir: join(config.node.dataDir, 'voters'), cfg: this.election, now: monotonicNow, logger });
     this.transport = new ElectionTransport({
       node: c.node,
@@ -90,6 +90,7 @@ class Pilots implements PilotsPlugin {
       // long as it arrives within leaseMs − margin; later than that it is worthless.
       timeoutMs: Math.max(200, this.election.leaseMs - this.election.leaseSafetyMarginMs),
       refuse: (peer, kind, reason) => void control.guard.refuse(peer, kind, reason),
+      witness: config.pilot.witness,
     });
     this.shipping = new ImageShipping({
       ship: config.ship,
@@ -126,7 +127,7 @@ class Pilots implements PilotsPlugin {
           .filter((m) => m.peerId !== self.peerId)
           .flatMap((m) => (m.heartbeat?.containers ?? []).filter((c) => c.service === service && c.role === 'primary').map((c) => ({ peer: m.peerId, term: c.term }))),
     });
-    this.operations = new AdminOperations({ self, members, control, store: init.store, containers: init.containers, supervisor: this.supervisor, logger });
+    this.operations = new AdminOperations({ self, members, control, store: init.store, containers: init.containers, supervisor: this.supervisor, logger, group: { voters: this.election.voters, preferred: this.election.preferredVoters } });
   }
 
   pilots(): Pilot[] {

@@ -80,7 +80,7 @@ class Tracking implements TrackingPlugin {
   }
 
   services(): ServiceView[] {
-    const rows = this.c.members.view().map((v) => ({ name: v.name, state: v.state, containers: v.heartbeat?.containers ?? [] }));
+    const rows = this.c.members.view().map((v) => ({ name: v.name, peerId: v.peerId, state: v.state, containers: v.heartbeat?.containers ?? [] }));
     return buildServiceViews(rows, this.journal.all());
   }
 

@@ -155,7 +155,10 @@ export const PilotSection = z
     witness: z
       .string()
       .default('')
-      .describe('Address (host:port) of a witness responder that votes as a third voter when only two voters remain; a ping-only gateway cannot vote safely (see pilot/election/views.ts)'),
+      .refine((s) => s === '' || /^\/(ip4|ip6|dns4|dns6|dns)\/[^/]+\/tcp\/\d+\/p2p\/[A-Za-z0-9]+$/.test(s), {
+        message: 'must be the multiaddr `navigator witness` prints, e.g. /ip4/10.0.0.9/tcp/7490/p2p/12D3KooW…',
+      })
+      .describe('Multiaddr (with /p2p/ID) of a `navigator witness` that votes as a third voter when a service has only two voters; empty: no witness (a ping-only gateway cannot vote safely, see pilot/election/views.ts)'),
     standbys: z.number().int().min(0).max(8).default(1).describe('Standby copies kept for each service'),
     probeIntervalMs: ms(250, 'Interval of service health probes'),
     serviceProbeTimeoutMs: ms(300, "Timeout of one service probe (TCP connect to the service address) and of the standby's ping of the primary's depot; well under the lease, so a dead primary is noticed in one probe round"),
@@ -181,6 +184,24 @@ export const PilotSection = z
       .min(1)
       .default([1000, 2000, 5000, 10_000, 30_000])
       .describe('Waits before restarting a pilot that failed, one per attempt in a row (the last repeats)'),
+  })
+  .strict();
+
+export const ElectionSection = z
+  .object({
+    voters: z
+      .number()
+      .int()
+      .min(1)
+      .max(63)
+      .refine((n) => n % 2 === 1, { message: 'must be odd (an even group survives no more losses than the odd one below it)' })
+      .default(5)
+      .describe('Size of the voter group of each service: only these depots vote and renew the lease, so its cost does not grow with the cluster; every depot when there are fewer (kept odd)'),
+    preferredVoters: z
+      .array(z.string().min(1).max(253))
+      .max(63)
+      .default([])
+      .describe('Host names of always-on machines preferred as voters (they rank first and displace other voters when alive)'),
   })
   .strict();
 
@@ -297,6 +318,7 @@ export const ConfigSchema = z
     log: LogSection.prefault({}),
     store: StoreSection.prefault({}),
     pilot: PilotSection.prefault({}),
+    election: ElectionSection.prefault({}),
     ship: ShipSection.prefault({}),
     containers: ContainersSection.prefault({}),
     dbsync: DbSyncSection.prefault({}),

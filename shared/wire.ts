@@ -43,6 +43,10 @@ export const ContainerReport = z.object({
   image: shortText.default('').describe('Content id of the image the container runs'),
   lastSyncAt: nonNeg.optional().describe('Time (ms) of the last good DB sync into this copy'),
   syncFailing: z.boolean().default(false).describe('The last DB sync attempt failed'),
+  view: z
+    .lazy(() => ElectionView)
+    .optional()
+    .describe("The service's voter group as this copy knows it (a primary's is current): gossiped so every depot learns the group and the term"),
 });
 export type ContainerReport = z.infer<typeof ContainerReport>;
 
@@ -195,7 +199,8 @@ export { JournalFetchRequest, JournalFetchResponse } from './movement.ts';
 export const JOURNAL_PROTOCOL = '/navigator/journal/1';
 
 // ---- Election (pilot/election/): votes and leases, request/response between a pilot and the
-// voters (every depot, plus the witness when only two voters remain). Times in these messages
+// voters of the service's group (pilot/election/voter-group.ts), plus the witness when the group is
+// two. Times in these messages
 // are never compared across hosts except `syncTime` (a DB dump time stamped by the primary).
 
 const electionId = z.string().min(1).max(128);

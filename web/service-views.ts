@@ -44,6 +44,22 @@ export function buildServiceViews(depots: readonly DepotContainers[], records: r
       });
     }
   }
+  // The voter group: the newest view any copy reports, peer ids shown as host names.
+  const names = new Map(depots.filter((d) => d.peerId).map((d) => [d.peerId!, d.name]));
+  const name = (peer: string) => names.get(peer) ?? peer;
+  for (const d of depots) {
+    if (d.state === 'dead' || d.state === 'left') continue;
+    for (const raw of d.containers) {
+      const c = raw as { service?: unknown; view?: { epoch?: unknown; voters?: unknown; prev?: unknown } };
+      const view = c.view;
+      if (typeof c.service !== 'string' || !view || !Array.isArray(view.epoch) || !Array.isArray(view.voters)) continue;
+      const epoch: [number, number] = [Number(view.epoch[0]) || 0, Number(view.epoch[1]) || 0];
+      const v = get(c.service);
+      if (v.voters && (v.voters.epoch[0] > epoch[0] || (v.voters.epoch[0] === epoch[0] && v.voters.epoch[1] >= epoch[1]))) continue;
+      const hosts = (view.voters as unknown[]).map(String).map(name).sort(compareNames);
+      v.voters = { epoch, hosts, ...(Array.isArray(view.prev) ? { prev: (view.prev as unknown[]).map(String).map(name).sort(compareNames) } : {}) };
+    }
+  }
   for (const v of byService.values()) {
     v.address = lastPrimary.get(v.service)?.address ?? '';
     const order = { primary: 0, standby: 1, none: 2 } as const;

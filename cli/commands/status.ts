@@ -5,6 +5,7 @@ import type { DepotsResponse, DepotRow } from '../../shared/api/depots.ts';
 import { noColour, stdoutPainter, type Painter, type Style } from '../colour.ts';
 import { renderTable, type Cell } from '../table.ts';
 import { formatBar, formatBytes, formatEta, formatPercent, formatRate, fractionOf, paintBar } from '../progress.ts';
+import { buildServiceViews } from '../../web/service-views.ts';
 import { depotOf, fetchTransfers, imageNames, shortId, stagingNotShipped, type TransferRow } from '../transfers-api.ts';
 
 // `navigator status`: the cluster as one depot sees it, from its /api/depots (depots, the
@@ -158,6 +159,12 @@ export function formatTable(body: DepotsResponse, now = Date.now(), opts: Status
         : c.lastSyncAt !== null ? ago(now - c.lastSyncAt) : '-',
     ]);
     out.push('', ...renderTable(['SERVICE', 'ROLE', 'HOST', 'STATE', 'TERM', 'LAST SYNC'], copyRows, { paint }));
+  }
+  // The voter group of each service (the newest one a copy reports), one line per service.
+  for (const v of buildServiceViews(body.depots, [])) {
+    if (!v.voters) continue;
+    const joint = v.voters.prev ? ` ${paint('yellow', `(changing from ${v.voters.prev.join(', ')})`)}` : '';
+    out.push(`voters of ${v.service}: ${v.voters.hosts.join(', ')} [view ${v.voters.epoch.join('.')}, term ${v.term}]${joint}`);
   }
 
   const transfers = transferRows(body, opts.transfers ?? [], paint, ascii);

@@ -4,9 +4,9 @@ import { z } from 'zod';
 import type { Logger } from '../../shared/logger.ts';
 import { SystemClock, type Clock, type TimerHandle } from '../../shared/clock.ts';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
-import { Role, type ContainerReport } from '../../shared/wire.ts';
 import { SafeName } from '../../shared/names.ts';
 import { writeFileDurable } from '../../shared/durable-file.ts';
+import { Role, type ContainerReport, type ElectionView } from '../../shared/wire.ts';
 import { ContainerSpec, type ContainerDriver, type ContainerStateName, type DriverTiming, type ExecResult, type StopResult } from './drivers/driver.ts';
 import { createDriver, specPaths } from './drivers/factory.ts';
 import type { CgroupHost } from './cgroup-limits.ts';
@@ -69,6 +69,7 @@ interface Entry {
   lastError?: string;
   lastSyncAt?: number;
   syncFailing: boolean;
+  view?: ElectionView | undefined;
 }
 
 /** Saved in each container folder so a restarted depot knows its containers again. */
@@ -285,6 +286,12 @@ export class ContainerManager {
     e.syncFailing = failing;
   }
 
+  /** Record the service's voter group as this copy's pilot knows it (reported in the heartbeat). */
+  setView(id: string, view: ElectionView | undefined): void {
+    const e = this.entries.get(id);
+    if (e) e.view = view;
+  }
+
   /** For the heartbeat: every container with its last known state. Never throws, never waits. */
   reports(): ContainerReport[] {
     return [...this.entries.values()].slice(0, 64).map((e) => ({
@@ -297,6 +304,7 @@ export class ContainerManager {
       image: e.image.slice(0, 256),
       ...(e.lastSyncAt !== undefined ? { lastSyncAt: e.lastSyncAt } : {}),
       syncFailing: e.syncFailing,
+      ...(e.view ? { view: e.view } : {}),
     }));
   }
 

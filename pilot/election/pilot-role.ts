@@ -1,4 +1,5 @@
 import { renewIntervalMs, type ElectionConfig } from './settings.ts';
+import { nextGroupChange, type GroupChange, type VoterCandidate } from './voter-group.ts';
 import type { ElectionView, LeaseAck, LeaseRelease, LeaseRenew, VoteReply, VoteRequest } from '../../shared/wire.ts';
 import {
   WITNESS_ID,
@@ -9,7 +10,6 @@ import {
   leaseExpiryFrom,
   leaseSets,
   majority,
-  nextAgreedView,
   type Epoch,
   type MemberObservation,
 } from './views.ts';
@@ -32,7 +32,7 @@ export type PilotDecision =
   /** Stop serving now: drop the address, stop the service. */
   | { kind: 'fence'; term: number; reason: FenceReason }
   | { kind: 'restart-service'; term: number }
-  | { kind: 'view-changed'; view: ElectionView; committed: boolean };
+  | { kind: 'view-changed'; view: ElectionView; committed: boolean; change?: GroupChange };
 
 export interface PilotState {
   readonly id: string;
@@ -256,6 +256,14 @@ function learnView(state: PilotState, view: ElectionView | null): PilotState {
   return { ...state, view };
 }
 
+/** A view heard by gossip (another copy's heartbeat): adopted when its epoch is newer. Every view
+ * was made by some primary (R4), and a joint one still needs both majorities, so adopting it is
+ * as safe as learning it from a voter's reply. A primary keeps its own: it makes the views. */
+export function pilotLearnView(state: PilotState, view: ElectionView): PilotState {
+  if (state.role === 'primary') return state;
+  return learnView(state, view);
+}
+
 /** A reply from a voter (or the witness). */
 export function pilotReceive(state: PilotState, msg: VoteReply | LeaseAck, now: number, cfg: ElectionConfig): PilotStep {
   if (msg.service !== state.service) return { state, decisions: [] };
@@ -369,13 +377,19 @@ export function pilotSetSyncTime(state: PilotState, syncTime: number): PilotStat
   return { ...state, syncTime };
 }
 
-/** Membership news for the primary: may start one view change (see nextAgreedView). */
+/** Membership observations as the voter ranking's candidates (missing facts rank neutral). */
+export function groupCandidates(observations: readonly MemberObservation[]): VoterCandidate[] {
+  return observations.map((o) => ({ peer: o.peer, host: o.host ?? o.peer, state: o.state, sessionS: o.sessionS ?? 0, restarts: o.restarts ?? 0, holdsCopy: o.holdsCopy ?? false }));
+}
+
+/** Membership news for the primary: may start one change of the voter group (voter-group.ts). */
 export function pilotObserveMembership(state: PilotState, observations: MemberObservation[], now: number, cfg: ElectionConfig): PilotStep {
   void now;
   if (state.role !== 'primary' || state.view.prev || !state.viewSettled) return { state, decisions: [] };
-  const voters = nextAgreedView(state.view.voters, observations);
-  if (!voters) return { state, decisions: [] };
+  const dead = new Map(observations.map((o) => [o.peer, o.deadReportedBy ?? []]));
+  const change = nextGroupChange(state.view.voters, groupCandidates(observations), { voters: cfg.voters, preferred: cfg.preferredVoters }, (p) => dead.get(p) ?? []);
+  if (!change) return { state, decisions: [] };
   const n = state.view.epoch[0] === state.electionTerm ? (state.view.epoch[1] ?? 0) + 1 : 1;
-  const view: ElectionView = { epoch: [state.electionTerm, n], voters, prev: state.view.voters };
-  return { state: { ...state, view, viewSettled: false }, decisions: [{ kind: 'view-changed', view, committed: false }] };
+  const view: ElectionView = { epoch: [state.electionTerm, n], voters: change.voters, prev: state.view.voters };
+  return { state: { ...state, view, viewSettled: false }, decisions: [{ kind: 'view-changed', view, committed: false, change }] };
 }

@@ -1,5 +1,5 @@
 import { NavigatorError } from '../../shared/errors.ts';
-import { PilotSection, type Config } from '../../shared/config.ts';
+import { ElectionSection, PilotSection, type Config } from '../../shared/config.ts';
 
 // The election's settings, taken from config section `pilot` (where each field is described),
 // and the one place their safety rule is checked (rule R2 in pilot/election/views.ts).
@@ -27,6 +27,10 @@ export interface ElectionConfig {
   restartResetMs: number;
   /** A standby campaigns when the service has been down this long although its host answers. */
   serviceDownFailoverMs: number;
+  /** Target size of the voter group (config election.voters; odd). */
+  voters: number;
+  /** Host names preferred as voters (config election.preferredVoters). */
+  preferredVoters: readonly string[];
 }
 
 /** Smallest safety margin for which (R2) holds. */
@@ -59,14 +63,15 @@ export function validateElectionConfig(cfg: ElectionConfig): ElectionConfig {
     }
   }
   if (!(cfg.electionRetryMs > 0)) problems.push(`pilot.electionRetryMs must be positive`);
+  if (!(Number.isInteger(cfg.voters) && cfg.voters >= 1 && cfg.voters % 2 === 1)) problems.push(`election.voters must be an odd whole number >= 1 (got ${cfg.voters})`);
   if (problems.length) {
     throw new NavigatorError('CONFIG_INVALID', `invalid election timing:\n  ${problems.join('\n  ')}`, { problems });
   }
   return cfg;
 }
 
-/** Election settings from the pilot section of the configuration (validated). */
-export function electionConfigFrom(pilot: Config['pilot'], overrides: Partial<ElectionConfig> = {}): ElectionConfig {
+/** Election settings from the pilot and election sections of the configuration (validated). */
+export function electionConfigFrom(pilot: Config['pilot'], overrides: Partial<ElectionConfig> = {}, election: Config['election'] = ElectionSection.parse({})): ElectionConfig {
   return validateElectionConfig({
     leaseMs: pilot.leaseMs,
     leaseSafetyMarginMs: pilot.leaseSafetyMarginMs,
@@ -79,6 +84,8 @@ export function electionConfigFrom(pilot: Config['pilot'], overrides: Partial<El
     restartGraceMs: pilot.restartGraceMs,
     restartResetMs: pilot.restartResetMs,
     serviceDownFailoverMs: pilot.serviceDownFailoverMs,
+    voters: election.voters,
+    preferredVoters: election.preferredVoters,
     ...overrides,
   });
 }

@@ -1,5 +1,6 @@
 import type { IncomingStreamData, PeerId } from '@libp2p/interface';
 import { peerIdFromString } from '@libp2p/peer-id';
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import type { Logger } from '../../shared/logger.ts';
 import {
   ELECTION_PROTOCOL,
@@ -31,6 +32,8 @@ export interface ElectionTransportOptions {
   logger: Logger;
   /** A reply later than this counts as none. */
   timeoutMs: number;
+  /** Multiaddr of the witness (config pilot.witness), '' or absent: none. */
+  witness?: string;
   /** Count and log a request refused because its sender is not the pilot it names (control guard). */
   refuse?: (peer: string, kind: string, reason: string) => void;
 }
@@ -72,6 +75,17 @@ export class ElectionTransport {
     } catch {
       return undefined;
     }
+    return this.exchange(peer, msg);
+  }
+
+  /** Send a request to the witness (`navigator witness`, at config pilot.witness); undefined = no reply or none configured. */
+  async requestWitness(msg: ElectionRequest): Promise<ElectionReply | undefined> {
+    if (!this.opts.witness) return undefined;
+    this.counters.sent++;
+    return this.exchange(multiaddr(this.opts.witness), msg);
+  }
+
+  private async exchange(peer: PeerId | Multiaddr, msg: ElectionRequest): Promise<ElectionReply | undefined> {
     const signal = AbortSignal.timeout(this.opts.timeoutMs);
     try {
       const stream = await this.opts.node.dialProtocol(peer, ELECTION_PROTOCOL, { signal });

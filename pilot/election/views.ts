@@ -143,24 +143,9 @@ export interface MemberObservation {
   state: MemberState;
   /** Voters that currently judge this depot dead (crash removal needs a majority of the view). */
   deadReportedBy?: string[];
-}
-
-/**
- * The voter set the view should move to next, one member at a time (or null: nothing to do).
- * Order: a cleanly left voter (removed at once), then a voter a majority reported dead, then an
- * alive depot that is not a voter yet; lowest peer id first, so every primary decides alike.
- */
-export function nextAgreedView(voters: string[], observations: MemberObservation[]): string[] | null {
-  const current = new Set(voters);
-  const byPeer = [...observations].sort((a, b) => (a.peer < b.peer ? -1 : a.peer > b.peer ? 1 : 0));
-  if (current.size > 1) {
-    const left = byPeer.find((o) => o.state === 'left' && current.has(o.peer));
-    if (left) return voters.filter((v) => v !== left.peer);
-    const need = majority(current.size);
-    const dead = byPeer.find((o) => o.state === 'dead' && current.has(o.peer) && new Set((o.deadReportedBy ?? []).filter((r) => current.has(r))).size >= need);
-    if (dead) return voters.filter((v) => v !== dead.peer);
-  }
-  const join = byPeer.find((o) => o.state === 'alive' && !current.has(o.peer));
-  if (join) return [...voters, join.peer].sort();
-  return null;
+  /** For the voter ranking (voter-group.ts): host name, session length (s), restarts seen lately, holds a copy. */
+  host?: string;
+  sessionS?: number;
+  restarts?: number;
+  holdsCopy?: boolean;
 }

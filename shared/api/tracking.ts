@@ -24,6 +24,8 @@ export interface ServiceView {
   address: string;
   term: number;
   copies: CopyView[];
+  /** The voter group (newest view any copy reports): host names (peer ids of unknown depots), its epoch, and the old group while a change is joint. */
+  voters?: { epoch: [number, number]; hosts: string[]; prev?: string[] };
 }
 
 /** One depot as the page shows it; web/depot-api.ts DepotRow fits (transfers optional). */
@@ -48,6 +50,7 @@ export interface DepotView {
 /** What buildServiceViews needs of a depot: its name, state and the containers its heartbeat reports. */
 export interface DepotContainers {
   name: string;
+  peerId?: string;
   state: MemberState;
   containers: ReadonlyArray<unknown>;
 }

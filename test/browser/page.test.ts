@@ -128,6 +128,7 @@ beforeAll(async () => {
         { host: 'ws-01', role: 'primary', term: 3, state: 'running', since: start - 95 * MIN, lastSyncAt: null },
         { host: 'ws-02', role: 'standby', term: 3, state: 'running', since: start - 80 * MIN, lastSyncAt: start - 42_000 },
       ],
+      voters: { epoch: [3, 2], hosts: ['lab-pc-17', 'ws-01', 'ws-03'] },
     },
   ];
   depots = [
@@ -172,6 +173,8 @@ describe('tracking page in chromium', () => {
 
     await page.locator('#conn', { hasText: 'live' }).waitFor({ timeout: 5000 });
     await expect.poll(() => page.locator('[data-service="zabbix"] .primary-host').textContent()).toBe('ws-01');
+    // The voter group of the service.
+    await expect.poll(() => page.locator('[data-service="zabbix"] .voters-line').textContent()).toBe('Voters (3): lab-pc-17, ws-01, ws-03');
     await expect.poll(() => page.locator('#depots tbody tr[data-depot]').count()).toBe(4);
     expect(await page.locator('#depots tr[data-depot="ws-03"] .badge').textContent()).toBe('suspect');
     await expect.poll(() => page.locator('#movements tbody tr[data-id]').count()).toBe(5);

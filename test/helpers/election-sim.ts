@@ -2,9 +2,10 @@
 // network, used by test/unit/election-sim.test.ts. Everything is driven by one seeded PRNG, so a
 // failing seed replays exactly. Real time is the simulator's `t`; every host has its own clock
 // local = t·rate + offset with rate in [1−ρ, 1+ρ], and the election code only ever sees local time.
-import { WITNESS_ID, initialView, type MemberObservation } from '../../pilot/election/views.ts';
+import { WITNESS_ID, compareEpoch, initialView, type Epoch, type MemberObservation } from '../../pilot/election/views.ts';
 import { createVoter, voterObserveSync, voterReceive, type VoterDurable, type VoterState } from '../../pilot/election/voter-role.ts';
-import { createPilot, leaseValid, nextWakeAt, pilotCampaign, pilotObserveMembership, pilotObserveTerm, pilotProbe, pilotReceive, pilotSetSyncTime, pilotTick, type PilotDecision, type PilotState, type PilotStep } from '../../pilot/election/pilot-role.ts';
+import { initialGroup } from '../../pilot/election/voter-group.ts';
+import { createPilot, groupCandidates, leaseValid, nextWakeAt, pilotCampaign, pilotLearnView, pilotObserveMembership, pilotObserveTerm, pilotProbe, pilotReceive, pilotSetSyncTime, pilotTick, type PilotDecision, type PilotState, type PilotStep } from '../../pilot/election/pilot-role.ts';
 import { type ElectionConfig } from '../../pilot/election/settings.ts';
 import type { LeaseAck, LeaseRelease, LeaseRenew, VoteReply, VoteRequest } from '../../shared/wire.ts';
 
@@ -43,10 +44,16 @@ export interface SimFaults {
   restartMaxMs: number;
   /** Long delays hit only replies (requests arrive fast, answers are late). */
   slowRepliesOnly?: boolean;
+  /** Share of crashes that hit a member of the current voter group (else any depot). */
+  voterCrashBias?: number;
+  /** Some crashes take down this many voters of the group at once (a power strip); 0: never. */
+  massCrashEveryMs?: number;
 }
 
 export interface SimOptions {
   seed: number;
+  /** Depots (each runs a voter; only the group's votes count). The first view is the best-ranked
+   * cfg.voters of them, as at a bootstrap. */
   voters: number;
   pilots: number;
   durationMs: number;
@@ -57,6 +64,9 @@ export interface SimOptions {
   crashPrimaryAt?: number;
   /** At this real time every fault stops: hosts restart, the network heals, loss and long delays end. */
   healAt?: number;
+  /** At the heal, restart only a bare majority of each set of the newest voter group (and the
+   * copies' hosts); every other depot stays down. */
+  healBareMajority?: boolean;
   /** Receives one line per role change and vote reply, for replaying a failing seed. */
   trace?: (line: string) => void;
 }
@@ -67,6 +77,10 @@ export interface SimResult {
   elections: number;
   maxTerm: number;
   viewChanges: number;
+  /** Most election messages (requests) one renewal or vote round sent. */
+  maxRoundMessages: number;
+  /** Voters of the last view any primary held, and its epoch key. */
+  lastGroup: string[];
   /** Real ms from crashPrimaryAt until another pilot serves (undefined if never). */
   failoverMs?: number;
   /** Real ms from healAt until a pilot serves (0 if one already serves; undefined if never). */
@@ -157,7 +171,26 @@ export function runElectionSim(opts: SimOptions): SimResult {
   const local = (h: Host) => t * h.rate + h.offset;
   const toReal = (h: Host, localTime: number) => (localTime - h.offset) / h.rate;
 
-  const view0 = initialView(voterIds);
+  // Per depot: a session start (s before the run) and whether it holds a copy, for the ranking.
+  const sessionBase = new Map(voterIds.map((id) => [id, Math.floor(rnd() * 200_000)]));
+  const restarts = new Map<string, number>();
+  const upSince = new Map<string, number>();
+  const observation = (id: string): MemberObservation => {
+    const h = hosts.get(id)!;
+    return {
+      peer: id,
+      state: 'alive',
+      host: id,
+      sessionS: (h.incarnation ? 0 : (sessionBase.get(id) ?? 0)) + (t - (upSince.get(id) ?? 0)) / 1000,
+      restarts: restarts.get(id) ?? 0,
+      holdsCopy: voterIds.indexOf(id) < opts.pilots,
+    };
+  };
+  const view0 = initialView(initialGroup(groupCandidates(voterIds.map(observation)), { voters: cfg.voters, preferred: cfg.preferredVoters }, voterIds[0]!));
+  let lastGroup = view0.voters;
+  let lastGroupEpoch: Epoch = [0, 0];
+  let lastView = view0;
+  let maxRoundMessages = 0;
   const voters = new Map<string, VoterState>();
   const durable = new Map<string, VoterDurable>();
   const voterHost = (id: string) => (id === WITNESS_ID ? 'W' : id);
@@ -236,6 +269,14 @@ export function runElectionSim(opts: SimOptions): SimResult {
     const prevTerm = lastPilotTerm.get(before.id) ?? 0;
     if (step.state.term < prevTerm) violate(`pilot ${before.id} term went back ${prevTerm} -> ${step.state.term}`);
     lastPilotTerm.set(before.id, step.state.term);
+    let roundMessages = 0;
+    for (const d of step.decisions) if ((d.kind === 'send' || d.kind === 'probe-witness') && d.message.type !== 'lease-release') roundMessages++;
+    maxRoundMessages = Math.max(maxRoundMessages, roundMessages);
+    if (step.state.role === 'primary' && compareEpoch(step.state.view.epoch as Epoch, lastGroupEpoch) >= 0) {
+      lastGroupEpoch = step.state.view.epoch as Epoch;
+      lastGroup = step.state.view.voters;
+      lastView = step.state.view;
+    }
     if (opts.trace && step.state.role !== before.role) opts.trace(`${t.toFixed(1)} ${before.id} ${before.role} -> ${step.state.role} term ${step.state.electionTerm}`);
     maxTerm = Math.max(maxTerm, step.state.term);
     for (const d of step.decisions) handleDecision(i, d);
@@ -345,6 +386,8 @@ export function runElectionSim(opts: SimOptions): SimResult {
     h.up = true;
     h.left = false;
     h.incarnation++;
+    upSince.set(hostId, t);
+    restarts.set(hostId, (restarts.get(hostId) ?? 0) + 1);
     startVoter(hostId);
     for (const [i, slot] of pilots.entries()) {
       if (slot.host !== hostId) continue;
@@ -362,11 +405,27 @@ export function runElectionSim(opts: SimOptions): SimResult {
       const next = () => {
         at(t + -Math.log(1 - rnd()) * faults.crashEveryMs, () => {
           if (healed) return;
-          const ids = [...hosts.keys()];
+          const ids = rnd() < (faults.voterCrashBias ?? 0) ? lastGroup.map(voterHost) : [...hosts.keys()];
           const victim = ids[Math.floor(rnd() * ids.length)]!;
           const cleanly = faults.leaves && rnd() < 0.3;
           crash(victim, cleanly);
           at(t + faults.restartMinMs + rnd() * (faults.restartMaxMs - faults.restartMinMs), () => restart(victim));
+          next();
+        });
+      };
+      next();
+    }
+    if ((faults.massCrashEveryMs ?? 0) > 0) {
+      // A power strip: a majority of the current group goes down at once, and comes back later.
+      const next = () => {
+        at(t + -Math.log(1 - rnd()) * faults.massCrashEveryMs!, () => {
+          if (healed) return;
+          const group = lastGroup.map(voterHost).filter((id) => hosts.get(id)?.up);
+          const k = Math.floor(lastGroup.length / 2) + 1;
+          for (const victim of group.sort(() => rnd() - 0.5).slice(0, k)) {
+            crash(victim, false);
+            at(t + faults.restartMinMs + rnd() * (faults.restartMaxMs - faults.restartMinMs), () => restart(victim));
+          }
           next();
         });
       };
@@ -426,11 +485,13 @@ export function runElectionSim(opts: SimOptions): SimResult {
       }
       if (s.role === 'primary') {
         const term = s.electionTerm;
+        const view = s.view;
         for (const [j, other] of pilots.entries()) {
           if (other === slot) continue;
           send(slot.host, other.host, () => {
             const os = pilots[j]!.state;
-            if (os) apply(j, pilotObserveTerm(os, term, local(hosts.get(other.host)!), cfg));
+            // The heartbeat carries the term and the voter group (gossip).
+            if (os) apply(j, pilotObserveTerm(pilotLearnView(os, view), term, local(hosts.get(other.host)!), cfg));
           });
         }
         // DB sync to the standbys it reaches (dump time on the primary's clock; one shared clock
@@ -455,9 +516,10 @@ export function runElectionSim(opts: SimOptions): SimResult {
         const upVoters = voterIds.filter((v) => hosts.get(v)!.up);
         const obs: MemberObservation[] = voterIds.map((v) => {
           const vh = hosts.get(v)!;
-          if (vh.up) return { peer: v, state: 'alive' };
-          if (vh.left) return { peer: v, state: 'left' };
-          return t - vh.downSince > 2000 ? { peer: v, state: 'dead', deadReportedBy: upVoters } : { peer: v, state: 'suspect' };
+          const o = observation(v);
+          if (vh.up) return o;
+          if (vh.left) return { ...o, state: 'left' };
+          return t - vh.downSince > 2000 ? { ...o, state: 'dead', deadReportedBy: upVoters } : { ...o, state: 'suspect' };
         });
         if (!healed && rnd() < faults.wrongProbes * 5) {
           const k = Math.floor(rnd() * obs.length);
@@ -485,7 +547,19 @@ export function runElectionSim(opts: SimOptions): SimResult {
     at(opts.healAt, () => {
       healed = true;
       for (const h of hosts.values()) h.group = 0;
-      for (const id of hosts.keys()) restart(id);
+      if (opts.healBareMajority) {
+        const keep = new Set<string>(pilots.map((p) => p.host));
+        for (const set of [lastView.voters, ...(lastView.prev ? [lastView.prev] : [])]) {
+          const need = Math.floor(set.length / 2) + 1;
+          const ids = set.map(voterHost).sort();
+          for (const id of ids.slice(0, need)) keep.add(id);
+        }
+        if (cfg.witness) keep.add('W');
+        for (const id of hosts.keys()) {
+          if (keep.has(id)) restart(id);
+          else crash(id, false);
+        }
+      } else for (const id of hosts.keys()) restart(id);
     });
   }
   while (heap.size) {
@@ -503,6 +577,8 @@ export function runElectionSim(opts: SimOptions): SimResult {
     elections,
     maxTerm,
     viewChanges,
+    maxRoundMessages,
+    lastGroup,
     ...(failoverMs !== undefined ? { failoverMs } : {}),
     ...(recoveryMs !== undefined ? { recoveryMs } : {}),
   };

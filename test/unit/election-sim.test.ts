@@ -12,6 +12,8 @@ import { runElectionSim, type BrokenVariant, type SimFaults, type SimResult } fr
 // check at each event sees every overlap): never two pilots holding a valid lease by their own
 // clocks, never two serving (including the fence latency tail), no primary past its lease, terms
 // of successive primaries increasing, pilots' and voters' terms never going back.
+// The voter-group runs put 30–200 depots in one cluster with a group of 5 (crashes aimed at the
+// group, power-strip crashes of a majority of it, the group gossiped in heartbeats).
 
 const rho = DEFAULT_ELECTION_CONFIG.maxClockDriftRate;
 const minMargin = Math.ceil(minSafetyMarginMs(DEFAULT_ELECTION_CONFIG.leaseMs, rho, DEFAULT_ELECTION_CONFIG.fenceLatencyMs));
@@ -126,6 +128,56 @@ describe('election simulation', () => {
       times.push(r.recoveryMs!);
     }
     expect(Math.max(...times)).toBeLessThanOrEqual(bound);
+  });
+
+  // A voter group of 5 among 30–200 depots (pilot/election/voter-group.ts): only the group votes
+  // and renews, the group changes one member at a time through joint views as its members die,
+  // leave and come back, under splits, loss, delays and drift. Crashes aim at the group.
+  const groupFaults: SimFaults = { ...base, voterCrashBias: 0.7, crashEveryMs: 800, restartMinMs: 300, restartMaxMs: 4000, partitionEveryMs: 2000, massCrashEveryMs: 6000 };
+  const groupCfg = (seed: number): ElectionConfig => ({ ...config(seed, false), voters: 5 });
+  const depots = (seed: number) => 30 + ((seed * 7919) % 171);
+
+  it('a group of 5 among 30–200 depots: never two valid leases, requests per round bounded by the group', { timeout: 180_000 }, () => {
+    const failures: string[] = [];
+    let views = 0;
+    let elections = 0;
+    let maxMsgs = 0;
+    for (let seed = 1; seed <= 200; seed++) {
+      const r = runElectionSim({ seed, voters: depots(seed), pilots: 2 + (seed % 2), durationMs: 20_000, cfg: groupCfg(seed), faults: seed % 3 === 0 ? { ...PROFILES.chaos!, voterCrashBias: 0.7, massCrashEveryMs: 4000 } : groupFaults });
+      views += r.viewChanges;
+      elections += r.elections;
+      maxMsgs = Math.max(maxMsgs, r.maxRoundMessages);
+      if (r.violations.length) failures.push(`seed ${seed} (${depots(seed)} depots): ${r.violations.slice(0, 3).join('; ')}`);
+    }
+    expect(failures).toEqual([]);
+    // Exercised: replacements happened, elections happened; a round asks at most the group (a
+    // change removes before it adds, so even a joint view's union is 5).
+    expect(views).toBeGreaterThan(400);
+    expect(elections).toBeGreaterThan(500);
+    expect(maxMsgs).toBeGreaterThan(0);
+    expect(maxMsgs).toBeLessThanOrEqual(5);
+  });
+
+  it('the group runs can fail: without the promise rule they find two leases', { timeout: 60_000 }, () => {
+    let found: string | undefined;
+    for (let seed = 1; seed <= 100 && !found; seed++) {
+      const r = runElectionSim({ seed, voters: depots(seed), pilots: 3, durationMs: 10_000, cfg: groupCfg(seed), faults: groupFaults, broken: 'no-promise' });
+      if (r.violations.length) found = `seed ${seed}: ${r.violations[0]}`;
+    }
+    expect(found).toBeDefined();
+  });
+
+  it('a group of 5 among 30–200 depots: once only a bare majority of the last group is back (the rest stays down), a primary serves again', { timeout: 180_000 }, () => {
+    const cfg = DEFAULT_ELECTION_CONFIG;
+    // Restarted voters keep silent a lease, old promises run out within another, then rounds win.
+    const bound = (2 * cfg.leaseMs * (1 + rho)) / (1 - rho) + 1000;
+    const failures: string[] = [];
+    for (let seed = 1; seed <= 150; seed++) {
+      const r = runElectionSim({ seed, voters: depots(seed), pilots: 2 + (seed % 2), durationMs: 16_000, cfg: { ...cfg, voters: 5 }, faults: groupFaults, healAt: 8000, healBareMajority: true });
+      if (r.violations.length) failures.push(`seed ${seed}: ${r.violations.slice(0, 3).join('; ')}`);
+      else if (r.recoveryMs === undefined || r.recoveryMs > bound) failures.push(`seed ${seed} (${depots(seed)} depots): recovery ${r.recoveryMs ?? 'never'} ms (bound ${Math.round(bound)})`);
+    }
+    expect(failures).toEqual([]);
   });
 
   // The checker must be able to fail: each deliberately broken rule is caught.

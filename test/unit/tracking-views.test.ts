@@ -39,4 +39,19 @@ describe('buildServiceViews', () => {
     const v = buildServiceViews([{ name: 'ws-07', state: 'alive', containers: [{ service: 'zabbix', role: 'standby', term: 2, state: 'starting' }] }], records);
     expect(v.find((s) => s.service === 'zabbix')?.copies).toEqual([{ host: 'ws-07', role: 'standby', term: 2, state: 'starting', since: null, lastSyncAt: null, syncFailing: false }]);
   });
+
+  it('shows the newest voter group any live copy reports, peer ids as host names', () => {
+    const old = { epoch: [1, 0], voters: ['peer-1', 'peer-2', 'peer-3'] };
+    const joint = { epoch: [2, 1], voters: ['peer-1', 'peer-2', 'peer-4'], prev: ['peer-1', 'peer-2', 'peer-3'] };
+    const stale = { epoch: [9, 9], voters: ['peer-9'] };
+    const v = buildServiceViews(
+      [
+        { name: 'ws-01', peerId: 'peer-1', state: 'alive', containers: [{ service: 'zabbix', role: 'primary', term: 2, state: 'running', view: joint }] },
+        { name: 'ws-02', peerId: 'peer-2', state: 'alive', containers: [{ service: 'zabbix', role: 'standby', term: 1, state: 'running', view: old }] },
+        { name: 'ws-03', peerId: 'peer-3', state: 'dead', containers: [{ service: 'zabbix', role: 'standby', term: 1, state: 'running', view: stale }] },
+      ],
+      [],
+    );
+    expect(v[0]!.voters).toEqual({ epoch: [2, 1], hosts: ['peer-4', 'ws-01', 'ws-02'], prev: ['ws-01', 'ws-02', 'ws-03'] });
+  });
 });

@@ -145,6 +145,14 @@ function renderServices() {
           h('tbody', {}, rows),
         ),
       ),
+      s.voters
+        ? h(
+            'p',
+            { class: 'voters-line dim' },
+            `Voters (${s.voters.hosts.length}): ${s.voters.hosts.join(', ')}`,
+            s.voters.prev ? ` · changing from ${s.voters.prev.join(', ')}` : '',
+          )
+        : '',
     );
   });
   root.replaceChildren(...(cards.length ? cards : [h('p', { class: 'empty' }, 'No service is registered yet.')]));

@@ -1,0 +1,161 @@
+// bench:scale, the namespace half: N depot processes in the network-namespace lab (started in
+// batches, as a lab boots), the echo service bootstrapped with one standby, the 10 ms prober in
+// the client namespace and the ARP watcher on the LAN. Then: power losses of the primary's host
+// (each host comes back after a while), power losses of unrelated hosts (neither copy's host),
+// and finally all but 3 hosts off within a minute, three of four cleanly (the evening shutdown).
+import { availableParallelism } from 'node:os';
+import { execa } from 'execa';
+import { Lab } from '../lab/lab.ts';
+import { Prober } from '../lab/prober.ts';
+import { ArpWatch } from '../lab/arp-watch.ts';
+import { percentile } from '../lab/stats.ts';
+import { bootstrap, observer, placement, serviceView, startCluster, startDepot, waitFor, type LabCluster } from '../lab/cluster.ts';
+
+export interface ScaleLabResult {
+  workstations: number;
+  /** CPU hog run: seconds, hog processes, server changes and longest gap while it ran (null: not run). */
+  cpuHog: { seconds: number; hogs: number; termChanges: number; longestGapMs: number } | null;
+  startMs: number;
+  primaryOutagesMs: number[];
+  unrelatedOutagesMs: number[];
+  /** Changes of the answering server outside the primary-loss trials. */
+  spuriousTermChanges: number;
+  splitBrainEvents: number;
+  servedAfterMassShutdown: boolean;
+  survivors: string[];
+  groupAtShutdown: string[];
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const log = (s: string) => void process.stderr.write(`${s}\n`);
+
+/** A busy loop at normal priority on every core (a student's job on a lab PC), for `seconds`. */
+async function cpuHog(seconds: number): Promise<number> {
+  const n = availableParallelism();
+  const code = `const end = Date.now() + ${seconds * 1000}; let x = 0; while (Date.now() < end) { x = (x * 31 + 7) % 1000003; }`;
+  await Promise.all(Array.from({ length: n }, () => execa(process.execPath, ['-e', code], { reject: false })));
+  return n;
+}
+
+export async function scaleLab(opts: { workstations: number; primaryLosses: number; unrelatedLosses: number; batch: number; cpuHogS?: number }): Promise<ScaleLabResult> {
+  const lab = await Lab.create({ workstations: opts.workstations });
+  try {
+    const t0 = Date.now();
+    const c: LabCluster = await startCluster(lab, opts.workstations, { batch: opts.batch, startTimeoutMs: 120_000 });
+    const startMs = Date.now() - t0;
+    log(`${opts.workstations} depots started in batches of ${opts.batch} in ${startMs} ms`);
+    await bootstrap(c, 'w1', 1);
+    const prober = await Prober.start(lab, { target: c.ip, port: 7000 });
+    const arp = await ArpWatch.start(lab, { address: c.ip });
+    const primaryWindows: Array<[number, number]> = [];
+    const primaryOutagesMs: number[] = [];
+    const unrelatedOutagesMs: number[] = [];
+    try {
+      await prober.waitForServer('w1', 20_000);
+      const protectedNow = async () => {
+        const p = await placement(c, observer(c, []));
+        return p.primary !== undefined && p.standbys.length >= 1;
+      };
+      let hog: ScaleLabResult['cpuHog'] = null;
+      if (opts.cpuHogS) {
+        await waitFor(protectedNow, 120_000, 'protection before the CPU hog');
+        const termBefore = (await placement(c, observer(c, []))).term;
+        const th = Date.now();
+        const hogs = await cpuHog(opts.cpuHogS);
+        const longestGapMs = Math.round(prober.outage(th, Date.now()).outageMs);
+        // A term change shows as a new term (a re-election of the same host included).
+        await sleep(2000);
+        const termChanges = (await placement(c, observer(c, []))).term - termBefore;
+        hog = { seconds: opts.cpuHogS, hogs, termChanges, longestGapMs };
+        log(`CPU hog: ${hogs} busy loops for ${opts.cpuHogS} s: ${termChanges} term changes, longest gap ${longestGapMs} ms`);
+      }
+      for (let i = 1; i <= opts.primaryLosses; i++) {
+        await waitFor(protectedNow, 120_000, `protection before primary loss ${i}`);
+        await sleep(2000);
+        const before = await placement(c, observer(c, []));
+        if (!before.primary) throw new Error(`primary loss ${i}: no primary`);
+        await sleep(500 + Math.random() * 1000);
+        const t = Date.now();
+        await lab.powerOff(before.primary);
+        await prober.waitForServer(new RegExp(`^(?!${before.primary}$)`), 30_000);
+        const outage = prober.outage(t);
+        primaryOutagesMs.push(Math.round(outage.outageMs));
+        primaryWindows.push([t - 100, Date.now() + 1000]);
+        log(`primary loss ${i}: ${before.primary} outage ${Math.round(outage.outageMs)} ms`);
+        // The host comes back after a while (a reboot) and its depot restarts.
+        await sleep(3000);
+        await lab.powerOn(before.primary);
+        await startDepot(c, before.primary);
+      }
+      for (let i = 1; i <= opts.unrelatedLosses; i++) {
+        await waitFor(protectedNow, 120_000, `protection before unrelated loss ${i}`);
+        const p = await placement(c, observer(c, []));
+        const holders = new Set([p.primary, ...p.standbys]);
+        const pool = c.hosts.filter((h) => !holders.has(h) && c.depots.get(h)?.running);
+        const victim = pool[Math.floor(Math.random() * pool.length)]!;
+        const t = Date.now();
+        await lab.powerOff(victim);
+        // Watch the service for 10 s after the loss: it must not notice.
+        await sleep(10_000);
+        const outage = prober.outage(t, Date.now());
+        unrelatedOutagesMs.push(Math.round(outage.outageMs));
+        log(`unrelated loss ${i}: ${victim}, longest gap ${Math.round(outage.outageMs)} ms`);
+        await lab.powerOn(victim);
+        await startDepot(c, victim);
+      }
+      // Server changes (a term change that moved the service) outside the primary-loss trials.
+      const timeline = prober.serverTimeline();
+      let spurious = 0;
+      for (let k = 1; k < timeline.length; k++) {
+        const at = timeline[k]!.since;
+        if (!primaryWindows.some(([a, b]) => at >= a && at <= b)) spurious++;
+      }
+
+      // All but 3 off within a minute, three of four cleanly. The survivors: the primary's
+      // host, the standby's host and one voter of the group.
+      await waitFor(protectedNow, 120_000, 'protection before the mass shutdown');
+      await sleep(3000);
+      const p = await placement(c, observer(c, []));
+      const group = (await serviceView(c, p.primary!))?.voters?.hosts ?? [];
+      const survivors = [...new Set([p.primary!, ...p.standbys.slice(0, 1), ...group.filter((h) => h !== p.primary && !p.standbys.includes(h))])].slice(0, 3);
+      const victims = c.hosts.filter((h) => !survivors.includes(h)).sort(() => Math.random() - 0.5);
+      const tm = Date.now();
+      for (const [k, h] of victims.entries()) {
+        if (k % 4 === 3) await lab.powerOff(h);
+        else c.depots.get(h)?.kill('SIGTERM');
+        await sleep(60_000 / victims.length);
+      }
+      log(`mass shutdown: ${victims.length} hosts off in ${Date.now() - tm} ms; survivors ${survivors.join(', ')} (group was ${group.join(', ')})`);
+      // Served after the shutdown: answers within the last 5 s of a 30 s wait.
+      await sleep(30_000);
+      const end = Date.now();
+      const last = prober.outage(end - 5000, end);
+      const served = last.recovered && last.outageMs < 2000;
+      return {
+        workstations: opts.workstations,
+        cpuHog: hog,
+        startMs,
+        primaryOutagesMs,
+        unrelatedOutagesMs,
+        spuriousTermChanges: spurious,
+        splitBrainEvents: arp.splitBrainEvents(),
+        servedAfterMassShutdown: served,
+        survivors,
+        groupAtShutdown: group,
+      };
+    } finally {
+      await prober.stop();
+      await arp.stop();
+    }
+  } finally {
+    await lab.destroy();
+  }
+}
+
+export function summarize(r: ScaleLabResult) {
+  return {
+    primary_outage_ms_p50: r.primaryOutagesMs.length ? Math.round(percentile(r.primaryOutagesMs, 50)) : null,
+    primary_outage_ms_p95: r.primaryOutagesMs.length ? Math.round(percentile(r.primaryOutagesMs, 95)) : null,
+    unrelated_outage_ms_max: r.unrelatedOutagesMs.length ? Math.max(...r.unrelatedOutagesMs) : null,
+  };
+}
