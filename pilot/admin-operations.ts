@@ -12,6 +12,7 @@ import { initialView } from './election/views.ts';
 import { copiesOf } from './cluster-view.ts';
 import { PilotAssignment, ServiceSpec, type ServiceSpecInput } from './service-spec.ts';
 import type { PilotSupervisor } from './supervisor.ts';
+import type { CopyView } from './pilot.ts';
 
 // What an admin asks of the cluster through this depot: bootstrap a service (once), a planned
 // switchover of its primary, and draining every primary off a host. Each is a POST behind the
@@ -41,6 +42,26 @@ export interface AdminOperationsOptions {
   containers: ContainerManager;
   supervisor: PilotSupervisor;
   logger: Logger;
+}
+
+/**
+ * The most caught-up standby first: a healthy replica before a broken one, then the newest data
+ * (lastSyncAt: the last sync, or the newest primary heartbeat a replica holds), then the most
+ * transactions applied (GTID position).
+ */
+export function byFreshness(a: CopyView, b: CopyView): number {
+  const broken = (c: CopyView) => (c.report.replState === 'broken' || c.report.syncFailing ? 1 : 0);
+  return broken(a) - broken(b) || (b.report.lastSyncAt ?? 0) - (a.report.lastSyncAt ?? 0) || gtidTransactions(b.report.gtid) - gtidTransactions(a.report.gtid);
+}
+
+/** Transactions a GTID position stands for (sum of the sequence numbers over its domains). */
+export function gtidTransactions(gtid: string | undefined): number {
+  let n = 0;
+  for (const part of (gtid ?? '').split(',')) {
+    const m = /^\s*\d+-\d+-(\d+)\s*$/.exec(part);
+    if (m) n += Number(m[1]);
+  }
+  return n;
 }
 
 export class AdminOperations {
@@ -97,7 +118,7 @@ export class AdminOperations {
     const primary = copies.find((c) => c.report.role === 'primary');
     if (!primary) throw new NavigatorError('NOT_FOUND', `service ${args.service} has no primary now`);
     const standbys = copies.filter((c) => c.report.role === 'standby' && c.report.state === 'running');
-    const target = args.to ? standbys.find((c) => c.host === args.to || c.peerId === args.to) : standbys.sort((a, b) => (b.report.lastSyncAt ?? 0) - (a.report.lastSyncAt ?? 0))[0];
+    const target = args.to ? standbys.find((c) => c.host === args.to || c.peerId === args.to) : standbys.sort(byFreshness)[0];
     if (!target) throw new NavigatorError('NOT_FOUND', args.to ? `no running standby of ${args.service} on ${args.to}` : `service ${args.service} has no running standby`);
     // The primary stops writes, brings the standbys up to date and resigns; then the target stands.
     await this.opts.control.call(primary.peerId, 'pilot.resign', { service: args.service }, { timeoutMs: 120_000 });

@@ -334,7 +334,8 @@ export class Pilot {
           const targets = copies
             .filter((c) => c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive' && c.report.role === 'standby' && c.report.state === 'running' && c.address)
             .map((c) => ({ key: `${c.peerId}/${c.report.id}`, host: c.host, address: c.address! }));
-          await this.opts.db.setStandbys(targets);
+          await this.opts.db.setStandbys(targets, own?.address);
+          this.opts.containers.setReplication(this.container, this.opts.db.primaryReport());
         }
         if (this.opts.keepStandbys) await this.opts.keepStandbys(this);
         return;
@@ -351,9 +352,13 @@ export class Pilot {
       }
       if (this.opts.db && this.opts.now() - this.lastOwnSync > this.opts.timing.ownSyncReadMs) {
         this.lastOwnSync = this.opts.now();
-        const sync = await this.opts.db.ownSync(Date.now());
+        // Only the current term's primary may feed this copy (replicate modes).
+        const source = copies
+          .filter((c) => c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive')
+          .sort((a, b) => b.report.term - a.report.term)[0];
+        const sync = await this.opts.db.ownSync(Date.now(), source && source.report.term >= this.state.term ? source.address : undefined);
         if (sync) {
-          this.opts.containers.setSync(this.container, sync.lastSyncAt, sync.syncFailing);
+          this.opts.containers.setSync(this.container, sync.lastSyncAt, sync.syncFailing, sync.repl);
           if (sync.lastSyncAt !== undefined) this.state = pilotSetSyncTime(this.state, sync.lastSyncAt);
         }
       }

@@ -42,6 +42,10 @@ export const ContainerReport = z.object({
   image: shortText.default('').describe('Content id of the image the container runs'),
   lastSyncAt: nonNeg.optional().describe('Time (ms) of the last good DB sync into this copy'),
   syncFailing: z.boolean().default(false).describe('The last DB sync attempt failed'),
+  gtid: z.string().max(512).optional().describe('replicate/semisync: GTID position of the copy (a standby: transactions applied; the primary: its binlog)'),
+  replState: z.enum(['replicating', 'connecting', 'broken', 'stopped', 'seeding']).optional().describe("replicate/semisync: a standby's replication state"),
+  replReason: shortText.optional().describe('Why replication is broken or stopped'),
+  semisyncFallback: z.boolean().optional().describe('semisync: the primary fell back to async replication (no standby acknowledged in time)'),
 });
 export type ContainerReport = z.infer<typeof ContainerReport>;
 

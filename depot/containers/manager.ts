@@ -68,7 +68,11 @@ interface Entry {
   lastError?: string;
   lastSyncAt?: number;
   syncFailing: boolean;
+  repl?: ReplicationReport | undefined;
 }
+
+/** Replication fields of a copy's heartbeat report (replicate/semisync modes). */
+export type ReplicationReport = Pick<ContainerReport, 'gtid' | 'replState' | 'replReason' | 'semisyncFallback'>;
 
 /** Saved in each container folder so a restarted depot knows its containers again. */
 const META_FILE = '.navigator-container.json';
@@ -273,10 +277,16 @@ export class ContainerManager {
   }
 
   /** Record the last DB sync into this copy (reported in the heartbeat as the RPO). */
-  setSync(id: string, at: number | undefined, failing: boolean): void {
+  setSync(id: string, at: number | undefined, failing: boolean, repl?: ReplicationReport): void {
     const e = this.get(id);
     if (at !== undefined) e.lastSyncAt = at;
     e.syncFailing = failing;
+    if (repl !== undefined) e.repl = repl;
+  }
+
+  /** Replication fields of a copy (the primary's GTID position, a semisync fallback). */
+  setReplication(id: string, repl: ReplicationReport | undefined): void {
+    this.get(id).repl = repl;
   }
 
   /** For the heartbeat: every container with its last known state. Never throws, never waits. */
@@ -291,6 +301,10 @@ export class ContainerManager {
       image: e.image.slice(0, 256),
       ...(e.lastSyncAt !== undefined ? { lastSyncAt: e.lastSyncAt } : {}),
       syncFailing: e.syncFailing,
+      ...(e.repl?.gtid !== undefined ? { gtid: e.repl.gtid.slice(0, 512) } : {}),
+      ...(e.repl?.replState !== undefined ? { replState: e.repl.replState } : {}),
+      ...(e.repl?.replReason !== undefined ? { replReason: e.repl.replReason.slice(0, 256) } : {}),
+      ...(e.repl?.semisyncFallback !== undefined ? { semisyncFallback: e.repl.semisyncFallback } : {}),
     }));
   }
 

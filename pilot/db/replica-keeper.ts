@@ -161,7 +161,10 @@ export class ReplicaKeeper {
         return;
       }
       // Not (healthily) ours: a diverged old primary keeps what we lack — saved before anything.
-      const extra = extraGtids(st.gtidBinlogPos ? String(((await dst.query('SELECT @@GLOBAL.gtid_binlog_state AS s'))[0] as Array<{ s: string }>)[0]?.s ?? '') : '', String(srcPos?.bs ?? ''));
+      const [tb] = (await dst.query('SELECT @@GLOBAL.gtid_binlog_state AS s'))[0] as Array<{ s: string }>;
+      const targetState = String(tb?.s ?? '');
+      const extra = extraGtids(targetState, String(srcPos?.bs ?? ''));
+      this.log.debug({ event: 'replication.compare', targetState, sourceState: String(srcPos?.bs ?? ''), extra }, 'GTID comparison before re-pointing or seeding');
       if (extra.length > 0) {
         this.log.warn({ event: 'replication.diverged', extra, targetBinlogPos: st.gtidBinlogPos }, 'the standby holds transactions the primary lacks (a diverged old primary): saving them, then reseeding');
         if (this.opts.onDiverged) await this.opts.onDiverged({ target: this.label, targetEndpoint: this.target, extra, targetBinlogPos: st.gtidBinlogPos });

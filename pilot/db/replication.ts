@@ -67,8 +67,12 @@ export function gtidCovers(have: string, need: string): boolean {
 }
 
 /**
- * Transactions `mine` (a binlog state: one entry per domain-server) has that `theirs` (the new
- * primary's binlog state) lacks: per domain-server whose seq is higher here. Empty: not diverged.
+ * Transactions `mine` (a binlog state: the last seq per domain-server) has that `theirs` (the new
+ * primary's binlog state) lacks: per domain-server, the seqs above what `theirs` holds of that
+ * server. A server `theirs` never heard of counts from seq 1 (all of its transactions, as far as
+ * the binlog still has them) — except server_id 1, MariaDB's default: what a copy's server wrote
+ * before Navigator gave it its own id (its installation) is no data of the service.
+ * Empty: not diverged.
  */
 export function extraGtids(mine: string, theirs: string): Array<{ domain: number; server: number; fromSeq: number; toSeq: number }> {
   const parseState = (s: string) => {
@@ -81,22 +85,14 @@ export function extraGtids(mine: string, theirs: string): Array<{ domain: number
   };
   const a = parseState(mine);
   const b = parseState(theirs);
-  const maxSeqB = new Map<number, number>();
-  for (const [k, seq] of b) {
-    const d = Number(k.split('-')[0]);
-    maxSeqB.set(d, Math.max(maxSeqB.get(d) ?? 0, seq));
-  }
   const out: Array<{ domain: number; server: number; fromSeq: number; toSeq: number }> = [];
   for (const [k, seq] of a) {
     const [domain, server] = k.split('-').map(Number) as [number, number];
     const known = b.get(k);
     if (known !== undefined) {
       if (seq > known) out.push({ domain, server, fromSeq: known + 1, toSeq: seq });
-    } else if (seq > 0) {
-      // A server the other side never heard of: everything of it it wrote after the point the
-      // other side's history left it (seq numbers are per domain) is extra.
-      const base = Math.min(seq, maxSeqB.get(domain) ?? 0);
-      if (seq > base || !maxSeqB.has(domain)) out.push({ domain, server, fromSeq: base + 1, toSeq: seq });
+    } else if (server !== 1) {
+      out.push({ domain, server, fromSeq: 1, toSeq: seq });
     }
   }
   return out;
@@ -271,11 +267,11 @@ export async function promoteReplica(c: Connection, applyTimeoutMs: number): Pro
   await c.query('STOP SLAVE IO_THREAD');
   const st = await readReplicaStatus(c);
   let appliedAll = true;
-  if (st.gtidIoPos && st.sqlRunning === 'Yes') {
+  if (st.gtidIoPos && !gtidCovers(st.gtidSlavePos, st.gtidIoPos)) {
+    // Received but not applied yet: let the SQL thread apply the relay log (also when it was stopped).
+    if (st.sqlRunning !== 'Yes' && st.sqlErrno === 0) await c.query('START SLAVE SQL_THREAD');
     const [r] = await rows<{ w: number | null }>(c, 'SELECT MASTER_GTID_WAIT(?, ?) AS w', [st.gtidIoPos, Math.max(0.1, applyTimeoutMs / 1000)]);
     appliedAll = Number(r?.w) === 0;
-  } else if (st.gtidIoPos && !gtidCovers(st.gtidSlavePos, st.gtidIoPos)) {
-    appliedAll = false;
   }
   await c.query('STOP SLAVE');
   await c.query('RESET SLAVE ALL');
