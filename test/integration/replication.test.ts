@@ -231,4 +231,35 @@ describe('GTID replication between real MariaDB servers', { timeout: 120_000 }, 
     await kc.stop();
     await kb.stop();
   });
+
+  it('a standby whose binlog was purged before it caught up is detected as broken and reseeded', async () => {
+    // b is the primary now, c its replica.
+    await c.query('STOP SLAVE');
+    await b.query(`INSERT INTO ${DB}.hosts VALUES (3, 'while-c-was-away')`);
+    // The primary's dump thread for c may still hold the old binlog open (then it is not purged).
+    for (const t of await b.query<{ Id: number; Command: string }>('SHOW PROCESSLIST')) if (t.Command === 'Binlog Dump') await b.query(`KILL ${Number(t.Id)}`);
+    await b.query('FLUSH BINARY LOGS');
+    const [cur] = await b.query<{ File: string }>('SHOW MASTER STATUS');
+    // Retried: a binlog still needed by InnoDB's recovery (binlog checkpoint) is kept a moment.
+    await until('old binlogs purged', async () => {
+      await b.query(`PURGE BINARY LOGS TO '${cur!.File}'`);
+      return (await b.query('SHOW BINARY LOGS')).length === 1;
+    });
+    await c.query('START SLAVE');
+    const cc = await c.connect();
+    const st = await until('c to fail with 1236', async () => {
+      const s = await readReplicaStatus(cc);
+      return s.ioErrno === 1236 ? s : undefined;
+    });
+    await cc.end();
+    expect(st.ioError).toMatch(/purged|binlog|GTID/i);
+    const k = keeper(b, c);
+    await k.checkNow();
+    expect(k.status().lastSeed).toBeDefined();
+    expect(lines.join('')).toContain('"event":"replication.broken"');
+    await until('c holds the row again', async () => (await c.query<{ n: number }>(`SELECT COUNT(*) AS n FROM ${DB}.hosts WHERE id = 3`))[0]?.n === 1);
+    await k.checkNow();
+    expect(k.status().state).toBe('replicating');
+    await k.stop();
+  });
 });
