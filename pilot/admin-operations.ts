@@ -13,6 +13,7 @@ import { copiesOf } from './cluster-view.ts';
 import { PilotAssignment, ServiceSpec, type ServiceSpecInput } from './service-spec.ts';
 import type { PilotSupervisor } from './supervisor.ts';
 import type { CopyView } from './pilot.ts';
+import { gtidTransactions as gtidCount } from '../web/service-views.ts';
 
 // What an admin asks of the cluster through this depot: bootstrap a service (once), a planned
 // switchover of its primary, and draining every primary off a host. Each is a POST behind the
@@ -56,12 +57,7 @@ export function byFreshness(a: CopyView, b: CopyView): number {
 
 /** Transactions a GTID position stands for (sum of the sequence numbers over its domains). */
 export function gtidTransactions(gtid: string | undefined): number {
-  let n = 0;
-  for (const part of (gtid ?? '').split(',')) {
-    const m = /^\s*\d+-\d+-(\d+)\s*$/.exec(part);
-    if (m) n += Number(m[1]);
-  }
-  return n;
+  return gtidCount(gtid ?? '');
 }
 
 export class AdminOperations {

@@ -13,6 +13,18 @@ import { NavigatorError } from '../../shared/errors.ts';
 // primary (ReplicaKeeper runs only on a primary holding the lease, and a standby's pilot stops
 // replication from any other source: see checkSource()).
 
+/**
+ * Global privileges Navigator's database account needs in replicate/semisync mode (besides ALL on
+ * the service's database and on DB\_\_nav\_%): seeding (RELOAD, BINLOG MONITOR for the snapshot's
+ * position; BINLOG ADMIN to load without binary-logging it), driving replication (REPLICATION
+ * SLAVE ADMIN, REPLICATION MASTER ADMIN, SLAVE MONITOR), creating the replication account and
+ * granting it REPLICATION SLAVE (CREATE USER, REPLICATION SLAVE … WITH GRANT OPTION), read_only
+ * (READ_ONLY ADMIN), definers of the service's views and routines (SET USER). The replication
+ * account itself gets REPLICATION SLAVE only.
+ */
+export const NAVIGATOR_GLOBAL_GRANTS =
+  'RELOAD, PROCESS, BINLOG MONITOR, BINLOG ADMIN, REPLICATION SLAVE, REPLICATION SLAVE ADMIN, REPLICATION MASTER ADMIN, SLAVE MONITOR, CREATE USER, READ_ONLY ADMIN, SET USER';
+
 /** Names of Navigator's own schema beside the service's database (replicated with it). */
 export function replSchema(database: string): string {
   return `${database}__nav_repl`;
@@ -187,7 +199,6 @@ export interface PrimarySetup {
 export async function preparePrimary(c: Connection, o: PrimarySetup, label: string): Promise<void> {
   await checkBinlogSettings(c, label);
   await c.query('SET GLOBAL server_id = ?', [o.serverId]);
-  await c.query('SET GLOBAL gtid_strict_mode = 1');
   await c.query('SET SESSION sql_log_bin = 0');
   try {
     await c.query('CREATE USER IF NOT EXISTS ?@? IDENTIFIED BY ?', [o.replUser, '%', o.replPassword]);
@@ -247,7 +258,6 @@ export async function startReplicating(c: Connection, database: string, src: Sou
   await c.query('SET GLOBAL replicate_wild_do_table = ?', [replicateFilter(database)]);
   await c.query(`SET GLOBAL rpl_semi_sync_slave_enabled = ${o.semisync ? 1 : 0}`);
   await c.query('SET GLOBAL rpl_semi_sync_master_enabled = 0');
-  await c.query('SET GLOBAL gtid_strict_mode = 1');
   await c.query(
     'CHANGE MASTER TO MASTER_HOST = ?, MASTER_PORT = ?, MASTER_USER = ?, MASTER_PASSWORD = ?, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1, MASTER_HEARTBEAT_PERIOD = 1',
     [src.host, src.port, src.user, src.password],

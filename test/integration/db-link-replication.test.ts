@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import mysql from 'mysql2/promise';
 import { startMariaDb, type MariaDbServer } from '../../lab/loopback/mariadb.ts';
 import { DbLink, type OwnSyncFields } from '../../pilot/db/db-link.ts';
+import { NAVIGATOR_GLOBAL_GRANTS } from '../../pilot/db/replication.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { createLogger, silentLogger } from '../../shared/logger.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
@@ -37,7 +38,7 @@ function link(name: string, mode: 'replicate' | 'semisync'): DbLink {
   writeFileSync(join(dir, 'db-password'), `${PASSWORD}\n`, { mode: 0o600 });
   const dbsync = parseConfig({ dbsync: { mode, heartbeatMs: 100, replicaCheckMs: 300, retryBaseMs: 300, retryBackoffMaxMs: 2000, semisyncTimeoutMs: 10_000, catchUpTimeoutMs: 10_000 } }).dbsync;
   return new DbLink({
-    db: { database: DB, user: 'root', passwordFile: 'db-password', port: s.port },
+    db: { database: DB, user: 'nav', passwordFile: 'db-password', port: s.port },
     copyKey: `peer-${name}/copy-${name}`,
     containerDir: dir,
     dbsync,
@@ -52,6 +53,13 @@ const target = (name: string) => ({ key: `peer-${name}/copy-${name}`, host: name
 beforeAll(async () => {
   const started = await Promise.all(['a', 'b', 'c'].map((n) => startMariaDb({ name: `dblink-${n}`, password: PASSWORD, extraArgs: BINLOG })));
   ['a', 'b', 'c'].forEach((n, i) => (servers[n] = started[i]!));
+  // Navigator's account with exactly the documented grants (not root).
+  for (const s of started) {
+    await s.query("CREATE USER 'nav'@'127.0.0.1' IDENTIFIED BY ?", [PASSWORD]);
+    await s.query(`GRANT ALL PRIVILEGES ON \`${DB}\`.* TO 'nav'@'127.0.0.1'`);
+    await s.query(`GRANT ALL PRIVILEGES ON \`${DB}\\_\\_nav\\_%\`.* TO 'nav'@'127.0.0.1'`);
+    await s.query(`GRANT ${NAVIGATOR_GLOBAL_GRANTS} ON *.* TO 'nav'@'127.0.0.1' WITH GRANT OPTION`);
+  }
 }, 120_000);
 
 afterAll(async () => {

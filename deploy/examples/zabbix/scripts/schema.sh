@@ -24,10 +24,14 @@ done
 # Accounts (passwords travel on stdin, never on a command line). zabbix_server connects from
 # this host only; the sync account is used by the primary's pilot from other hosts too and needs
 # ALL on the database and on its __nav_* staging/history schemas (see pilot/dbsync.ts), SET USER
-# to recreate definers and READ_ONLY ADMIN for the final sync of a planned switchover.
-# LIKE pattern of DB__nav_staging, DB__nav_previous, DB__nav_sync (_ is a wildcard there).
+# to recreate definers and READ_ONLY ADMIN for the final sync of a planned switchover; for
+# replication (dbsync.mode replicate/semisync) the global privileges of NAVIGATOR_GLOBAL_GRANTS in
+# pilot/db/replication.ts (seeding, CHANGE MASTER, the replication account it creates with
+# REPLICATION SLAVE only). Not binary-logged: each copy sets up its own accounts.
+# LIKE pattern of DB__nav_staging, DB__nav_previous, DB__nav_sync, DB__nav_repl (_ is a wildcard there).
 nav_pattern=$(printf '%s__nav_%%' "$DB_NAME" | sed 's/_/\\_/g')
 db_admin <<SQL
+SET SESSION sql_log_bin = 0;
 CREATE USER IF NOT EXISTS '$DB_ZABBIX_USER'@'127.0.0.1' IDENTIFIED BY '$zbx_pw';
 CREATE USER IF NOT EXISTS '$DB_ZABBIX_USER'@'localhost' IDENTIFIED BY '$zbx_pw';
 ALTER USER '$DB_ZABBIX_USER'@'127.0.0.1' IDENTIFIED BY '$zbx_pw';
@@ -38,7 +42,7 @@ CREATE USER IF NOT EXISTS '$DB_SYNC_USER'@'%' IDENTIFIED BY '$sync_pw';
 ALTER USER '$DB_SYNC_USER'@'%' IDENTIFIED BY '$sync_pw';
 GRANT ALL PRIVILEGES ON \`$DB_NAME\`.* TO '$DB_SYNC_USER'@'%';
 GRANT ALL PRIVILEGES ON \`$nav_pattern\`.* TO '$DB_SYNC_USER'@'%';
-GRANT SET USER, READ_ONLY ADMIN, PROCESS ON *.* TO '$DB_SYNC_USER'@'%';
+GRANT RELOAD, PROCESS, BINLOG MONITOR, BINLOG ADMIN, REPLICATION SLAVE, REPLICATION SLAVE ADMIN, REPLICATION MASTER ADMIN, SLAVE MONITOR, CREATE USER, READ_ONLY ADMIN, SET USER ON *.* TO '$DB_SYNC_USER'@'%' WITH GRANT OPTION;
 SQL
 
 if [ -f "$SCHEMA_MARK" ]; then
