@@ -108,7 +108,7 @@ export class DbLink {
       if (this.syncs.has(t.key)) continue; // set up by a concurrent call meanwhile
       const sync = new DbSync({
         source: await this.endpoint('127.0.0.1'),
-        target: await this.endpoint(t.address),
+        target: { ...(await this.endpoint(t.address)), ...(t.port ? { port: t.port } : {}) },
         database: this.opts.db.database,
         logger: this.log.child({ standby: t.host }),
         settings: this.opts.dbsync,

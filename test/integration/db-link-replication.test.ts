@@ -30,13 +30,13 @@ const dirOf: Record<string, string> = {};
 let firstWinner = '';
 const movements: MovementRecord[] = [];
 
-function link(name: string, mode: 'replicate' | 'semisync'): DbLink {
+function link(name: string, mode: 'replicate' | 'semisync' | 'dump'): DbLink {
   const s = servers[name]!;
   const dir = mkdtempSync(join(tmpdir(), `navigator-dblink-${name}-`));
   dirs.push(dir);
   dirOf[name] = dir;
   writeFileSync(join(dir, 'db-password'), `${PASSWORD}\n`, { mode: 0o600 });
-  const dbsync = parseConfig({ dbsync: { mode, heartbeatMs: 100, replicaCheckMs: 300, retryBaseMs: 300, retryBackoffMaxMs: 2000, semisyncTimeoutMs: 10_000, catchUpTimeoutMs: 10_000 } }).dbsync;
+  const dbsync = parseConfig({ dbsync: { mode, syncIntervalMs: 600_000, heartbeatMs: 100, replicaCheckMs: 300, retryBaseMs: 300, retryBackoffMaxMs: 2000, semisyncTimeoutMs: 10_000, catchUpTimeoutMs: 10_000 } }).dbsync;
   return new DbLink({
     db: { database: DB, user: 'nav', passwordFile: 'db-password', port: s.port },
     copyKey: `peer-${name}/copy-${name}`,
@@ -53,13 +53,7 @@ const target = (name: string) => ({ key: `peer-${name}/copy-${name}`, host: name
 beforeAll(async () => {
   const started = await Promise.all(['a', 'b', 'c'].map((n) => startMariaDb({ name: `dblink-${n}`, password: PASSWORD, extraArgs: BINLOG })));
   ['a', 'b', 'c'].forEach((n, i) => (servers[n] = started[i]!));
-  // Navigator's account with exactly the documented grants (not root).
-  for (const s of started) {
-    await s.query("CREATE USER 'nav'@'127.0.0.1' IDENTIFIED BY ?", [PASSWORD]);
-    await s.query(`GRANT ALL PRIVILEGES ON \`${DB}\`.* TO 'nav'@'127.0.0.1'`);
-    await s.query(`GRANT ALL PRIVILEGES ON \`${DB}\\_\\_nav\\_%\`.* TO 'nav'@'127.0.0.1'`);
-    await s.query(`GRANT ${NAVIGATOR_GLOBAL_GRANTS} ON *.* TO 'nav'@'127.0.0.1' WITH GRANT OPTION`);
-  }
+  for (const s of started) await createNav(s);
 }, 120_000);
 
 afterAll(async () => {
@@ -67,6 +61,14 @@ afterAll(async () => {
   await Promise.all(Object.values(servers).map((s) => s.stop()));
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 }, 60_000);
+
+/** Navigator's account with exactly the documented grants (not root). */
+async function createNav(s: MariaDbServer): Promise<void> {
+  await s.query("CREATE USER 'nav'@'127.0.0.1' IDENTIFIED BY ?", [PASSWORD]);
+  await s.query(`GRANT ALL PRIVILEGES ON \`${DB}\`.* TO 'nav'@'127.0.0.1'`);
+  await s.query(`GRANT ALL PRIVILEGES ON \`${DB}\\_\\_nav\\_%\`.* TO 'nav'@'127.0.0.1'`);
+  await s.query(`GRANT ${NAVIGATOR_GLOBAL_GRANTS} ON *.* TO 'nav'@'127.0.0.1' WITH GRANT OPTION`);
+}
 
 async function until<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 30_000): Promise<T> {
   const end = Date.now() + ms;
@@ -231,5 +233,46 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
     const saved = readdirSync(dirOf[winner]!).filter((f) => f.startsWith(`diverged-${p}-`));
     expect(saved.length).toBe(1);
     expect(readFileSync(join(dirOf[winner]!, saved[0]!), 'utf8')).toContain('999999');
+
+    // Planned switchover under load (semisync): nothing acknowledged is lost.
+    await createApp(servers[winner]!);
+    const sw = writeLoad(servers[winner]!, 700_000);
+    await new Promise((r) => setTimeout(r, 1000));
+    const res = await links[winner]!.syncAllNow(true);
+    await links[winner]!.becomeStandby();
+    await sw.stop();
+    expect(res.caughtUp.length).toBeGreaterThanOrEqual(1);
+    const next = ['a', 'b', 'c'].find((n) => `127.0.0.1:${servers[n]!.port}` === res.caughtUp[0])!;
+    await links[next]!.becomePrimary('svc');
+    const onNext = await idsOn(servers[next]!);
+    expect(sw.acked.length).toBeGreaterThan(20);
+    expect(sw.acked.filter((w) => !onNext.has(w.id))).toEqual([]);
+  });
+
+  it('dump: a planned switchover under load (final sync with writes stopped) loses no acknowledged write', async () => {
+    for (const l of Object.values(links)) await l.stop();
+    const [d, e] = await Promise.all([startMariaDb({ name: 'dblink-d', password: PASSWORD }), startMariaDb({ name: 'dblink-e', password: PASSWORD })]);
+    servers.d = d;
+    servers.e = e;
+    for (const s of [d, e]) {
+      await s.query(`CREATE DATABASE ${DB}`);
+      await s.query(`CREATE TABLE ${DB}.history (id INT PRIMARY KEY, at_ms BIGINT NOT NULL)`);
+      await createApp(s);
+      await createNav(s);
+    }
+    links.d = link('d', 'dump');
+    links.e = link('e', 'dump');
+    await links.d.becomePrimary('svc');
+    await links.d.setStandbys([target('e')]);
+    await until('first sync into e', async () => (await links.e!.ownSync(Date.now()))?.lastSyncAt !== undefined);
+    const load = writeLoad(d, 1);
+    await new Promise((r) => setTimeout(r, 1000));
+    await links.d.syncAllNow(true);
+    await links.d.becomeStandby();
+    await load.stop();
+    await links.e.becomePrimary('svc');
+    const onE = await idsOn(e);
+    expect(load.acked.length).toBeGreaterThan(20);
+    expect(load.acked.filter((w) => !onE.has(w.id))).toEqual([]);
   });
 });
