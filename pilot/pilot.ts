@@ -254,8 +254,10 @@ export class Pilot {
     if (this.state.role !== 'primary' || this.state.electionTerm !== term || !leaseValid(this.state, this.opts.now())) return;
     await this.address.take();
     this.lastReassert = this.opts.now();
-    await this.opts.containers.setRole(this.container, 'primary', term);
+    // The database first (replicate: apply what was received, stop replicating, writable), so
+    // the service's primary-only processes start on a promoted, writable copy.
     await this.opts.db?.becomePrimary(this.spec.name);
+    await this.opts.containers.setRole(this.container, 'primary', term);
     this.serving = true;
     const takeover = Math.round(this.opts.now() - t0);
     this.opts.cluster.beat();

@@ -106,8 +106,12 @@ export async function seedFromSnapshot(o: SeedOptions): Promise<SeedResult> {
     const loadErr = scrub(errorLines(String(l.stderr ?? '')));
     const how = (r: Result, name: string, err: string) => `${name} ${r.timedOut ? `timed out after ${o.timeoutMs} ms` : r.signal ? `was killed by ${r.signal}` : `exited with code ${r.exitCode}`}${err ? `: ${err}` : ''}`;
     if (o.signal?.aborted) throw new NavigatorError('SYNC_FAILED', 'seed aborted (stopping)');
+    // The cause, not the consequence: a load that died (standby down, refused statement) made us
+    // stop the dump, so its error comes first when the stream broke.
+    const loadFailed = l.failed || /\berror\b/i.test(loadErr);
+    if (loadFailed && streamError) throw new NavigatorError('SYNC_FAILED', `seed load failed: ${how(l, bins.client, loadErr)}`);
     if (d.failed || /\berror\b/i.test(dumpErr)) throw new NavigatorError('SYNC_FAILED', `seed dump failed: ${how(d, bins.dump, dumpErr)}`);
-    if (l.failed || /\berror\b/i.test(loadErr)) throw new NavigatorError('SYNC_FAILED', `seed load failed: ${how(l, bins.client, loadErr)}`);
+    if (loadFailed) throw new NavigatorError('SYNC_FAILED', `seed load failed: ${how(l, bins.client, loadErr)}`);
     if (streamError) throw new NavigatorError('SYNC_FAILED', `seed stream failed: ${scrub(errorMessage(streamError))}`);
     if (scanner.gtid === undefined) throw new NavigatorError('SYNC_FAILED', 'the seed dump carried no GTID position (is log-bin on at the primary?)');
     return { method: 'mysqldump', gtid: scanner.gtid, bytes: scanner.bytes, durationMs: Math.round(performance.now() - t0) };

@@ -20,7 +20,8 @@ import type { MovementRecord } from '../../shared/movement.ts';
 //   - the old primary comes back diverged: its extra transactions are saved to a file and
 //     recorded as a movement, and it is reseeded.
 
-const BINLOG = ['--log-bin=mysql-bin', '--log-slave-updates', '--binlog-format=ROW'];
+// As deploy/examples/zabbix/db/my.cnf: triggers (Zabbix has some) are created by the seed's load.
+const BINLOG = ['--log-bin=mysql-bin', '--log-slave-updates', '--binlog-format=ROW', '--log-bin-trust-function-creators=1'];
 const PASSWORD = `s3cr"et\\pw ${Date.now()}`;
 const DB = 'svc';
 const servers: Record<string, MariaDbServer> = {};
@@ -131,6 +132,8 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
     const a = servers.a!;
     await a.query(`CREATE DATABASE ${DB}`);
     await a.query(`CREATE TABLE ${DB}.history (id INT PRIMARY KEY, at_ms BIGINT NOT NULL)`);
+    await a.query(`CREATE TABLE ${DB}.hosts (name VARCHAR(40) NOT NULL, name_upper VARCHAR(40) NOT NULL DEFAULT '')`);
+    await a.query(`CREATE TRIGGER ${DB}.hosts_upper BEFORE INSERT ON ${DB}.hosts FOR EACH ROW SET NEW.name_upper = UPPER(NEW.name)`);
     await createApp(a);
     await links.a!.becomePrimary('svc');
     await links.a!.setStandbys([target('b'), target('c')], '127.0.0.1');
@@ -140,7 +143,8 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
         return f?.repl?.replState === 'replicating' && f.lastSyncAt !== undefined && Date.now() - f.lastSyncAt < 1000;
       });
     }
-    // The app account exists on the standbys too (it replicated? no: only svc.* does) — create it where needed later.
+    // The trigger came with the seed (loaded by Navigator's account, which has no SUPER).
+    expect((await servers.b!.query<{ n: number }>("SELECT COUNT(*) AS n FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = ? AND TRIGGER_NAME = 'hosts_upper'", [DB]))[0]?.n).toBe(1);
 
     // Planned switchover a -> b under a write load.
     let load = writeLoad(a, 1);
