@@ -336,7 +336,7 @@ export class Pilot {
           const targets = copies
             .filter((c) => c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive' && c.report.role === 'standby' && c.report.state === 'running' && c.address)
             .map((c) => ({ key: `${c.peerId}/${c.report.id}`, host: c.host, address: c.address! }));
-          await this.opts.db.setStandbys(targets, own?.address);
+          await this.opts.db.setStandbys(targets, own?.address, () => this.state.role === 'primary' && leaseValid(this.state, this.opts.now()));
           this.opts.containers.setReplication(this.container, this.opts.db.primaryReport());
         }
         if (this.opts.keepStandbys) await this.opts.keepStandbys(this);

@@ -59,6 +59,8 @@ export class DbLink {
   private semisyncFellBack: boolean | undefined;
   private primaryGtid: string | undefined;
   private service: string | undefined;
+  /** Only the current term's primary (holding its lease) touches standbys (set by the pilot). */
+  private mayAct: (() => boolean) | undefined;
   private recorder: MovementRecorder | undefined;
   private readonly log: Logger;
   private password: string | undefined;
@@ -92,7 +94,8 @@ export class DbLink {
    * Primary: keep every standby in `targets` in step (one DbSync, or one ReplicaKeeper, each);
    * stop the others. `selfAddress`: where standbys reach this primary's server (replicate modes).
    */
-  async setStandbys(targets: StandbyTarget[], selfAddress?: string): Promise<void> {
+  async setStandbys(targets: StandbyTarget[], selfAddress?: string, mayAct?: () => boolean): Promise<void> {
+    if (mayAct) this.mayAct = mayAct;
     if (this.replicating) return this.setReplicas(targets, selfAddress);
     const want = new Map(targets.map((t) => [t.key, t]));
     for (const [key, sync] of this.syncs) {
@@ -153,6 +156,7 @@ export class DbLink {
         logger: this.log.child({ standby: t.host }),
         settings: this.opts.dbsync,
         onDiverged: (info) => this.saveDiverged(t.host, info),
+        mayAct: () => this.mayAct?.() ?? true,
       });
       this.keepers.set(t.key, keeper);
       keeper.start();

@@ -62,6 +62,11 @@ export interface ReplicaKeeperOptions {
   logger: Logger;
   clock?: Clock;
   settings?: Partial<ReturnType<typeof DbSyncSection.parse>>;
+  /**
+   * Checked before each round: false when this copy no longer holds the primary's lease (a paused
+   * or isolated old primary waking up before its pilot noticed): it then touches no standby.
+   */
+  mayAct?: () => boolean;
   /** A diverged old primary: save its extra transactions (before it is reseeded). */
   onDiverged?: (info: DivergedInfo) => Promise<void>;
 }
@@ -131,6 +136,10 @@ export class ReplicaKeeper {
   }
 
   private async check(signal: AbortSignal, forceSeed: boolean): Promise<void> {
+    if (this.opts.mayAct && !this.opts.mayAct()) {
+      this.log.debug({ event: 'replication.not_primary' }, 'not holding the lease: leaving the standby alone');
+      return;
+    }
     let src: Connection | undefined;
     let dst: Connection | undefined;
     try {

@@ -262,4 +262,29 @@ describe('GTID replication between real MariaDB servers', { timeout: 120_000 }, 
     expect(k.status().state).toBe('replicating');
     await k.stop();
   });
+
+  it('a keeper whose copy no longer holds the lease leaves standbys alone', async () => {
+    // a (the old primary, not a replica) would be seeded by b's keeper, unless b may not act.
+    let mayAct = false;
+    const k = new ReplicaKeeper({
+      source: ep(b),
+      sourceAddress: '127.0.0.1',
+      target: ep(a),
+      targetServerId: serverIdFor(`copy-${a.port}`),
+      database: DB,
+      semisync: false,
+      logger,
+      mayAct: () => mayAct,
+    });
+    await k.checkNow();
+    expect(k.status().lastSeed).toBeUndefined();
+    const ac = await a.connect();
+    expect((await readReplicaStatus(ac)).configured).toBe(false);
+    mayAct = true;
+    await k.checkNow();
+    expect(k.status().lastSeed).toBeDefined();
+    expect((await readReplicaStatus(ac)).configured).toBe(true);
+    await ac.end();
+    await k.stop();
+  });
 });
