@@ -42,6 +42,8 @@ export async function writeDemoImage(dir: string, mode: 'netns' | 'loopback'): P
   const password = randomBytes(18).toString('base64url');
   await writeFile(join(dir, PASSWORD_FILE), `${password}\n`, { mode: 0o600 });
   const sql = [
+    // Each copy sets itself up at every start: not binary-logged (standbys replicate the primary).
+    'SET SESSION sql_log_bin = 0;',
     `CREATE USER IF NOT EXISTS '${DB_USER}'@'%' IDENTIFIED BY '${password}';`,
     `CREATE USER IF NOT EXISTS '${DB_USER}'@'localhost' IDENTIFIED BY '${password}';`,
     `GRANT ALL PRIVILEGES ON *.* TO '${DB_USER}'@'%' WITH GRANT OPTION;`,

@@ -14,6 +14,8 @@ import { initialGroup, type GroupSettings } from './election/voter-group.ts';
 import { groupCandidates } from './election/pilot-role.ts';
 import { PilotAssignment, ServiceSpec, type ServiceSpecInput } from './service-spec.ts';
 import type { PilotSupervisor } from './supervisor.ts';
+import type { CopyView } from './pilot.ts';
+import { gtidTransactions as gtidCount } from '../web/service-views.ts';
 
 // What an admin asks of the cluster through this depot: bootstrap a service (once), a planned
 // switchover of its primary, and draining every primary off a host. Each is a POST behind the
@@ -45,6 +47,21 @@ export interface AdminOperationsOptions {
   logger: Logger;
   /** Voter group size and preferred hosts (config section election). */
   group: GroupSettings;
+}
+
+/**
+ * The most caught-up standby first: a healthy replica before a broken one, then the newest data
+ * (lastSyncAt: the last sync, or the newest primary heartbeat a replica holds), then the most
+ * transactions applied (GTID position).
+ */
+export function byFreshness(a: CopyView, b: CopyView): number {
+  const broken = (c: CopyView) => (c.report.replState === 'broken' || c.report.syncFailing ? 1 : 0);
+  return broken(a) - broken(b) || (b.report.lastSyncAt ?? 0) - (a.report.lastSyncAt ?? 0) || gtidTransactions(b.report.gtid) - gtidTransactions(a.report.gtid);
+}
+
+/** Transactions a GTID position stands for (sum of the sequence numbers over its domains). */
+export function gtidTransactions(gtid: string | undefined): number {
+  return gtidCount(gtid ?? '');
 }
 
 export class AdminOperations {
@@ -100,7 +117,7 @@ export class AdminOperations {
     const primary = copies.find((c) => c.report.role === 'primary');
     if (!primary) throw new NavigatorError('NOT_FOUND', `service ${args.service} has no primary now`);
     const standbys = copies.filter((c) => c.report.role === 'standby' && c.report.state === 'running');
-    const target = args.to ? standbys.find((c) => c.host === args.to || c.peerId === args.to) : standbys.sort((a, b) => (b.report.lastSyncAt ?? 0) - (a.report.lastSyncAt ?? 0))[0];
+    const target = args.to ? standbys.find((c) => c.host === args.to || c.peerId === args.to) : standbys.sort(byFreshness)[0];
     if (!target) throw new NavigatorError('NOT_FOUND', args.to ? `no running standby of ${args.service} on ${args.to}` : `service ${args.service} has no running standby`);
     // Only the primary's own depot may move it (pilot.resign and pilot.campaign are served to the
     // lease holder alone): a switchover asked elsewhere names the host to ask instead.

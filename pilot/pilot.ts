@@ -300,8 +300,11 @@ export class Pilot {
     }
     await this.address.take();
     this.lastReassert = this.opts.now();
-    await this.opts.containers.setRole(this.container, 'primary', term);
+    // The database first (replicate: apply what was received, stop replicating, writable; the
+    // term fence raised so no older primary's sync lands), so the service's primary-only
+    // processes start on a promoted, writable copy.
     await this.opts.db?.becomePrimary(this.spec.name, term);
+    await this.opts.containers.setRole(this.container, 'primary', term);
     this.serving = true;
     const takeover = Math.round(this.opts.now() - t0);
     this.opts.cluster.beat();
@@ -398,7 +401,8 @@ export class Pilot {
             // The database goes only to copies this primary knows, never to a mere claim.
             .filter((c) => this.opts.trustsCopy?.(this, c) ?? true)
             .map((c) => ({ key: `${c.peerId}/${c.report.id}`, host: c.host, address: c.address! }));
-          await this.opts.db.setStandbys(targets);
+          await this.opts.db.setStandbys(targets, own?.address, () => this.state.role === 'primary' && leaseValid(this.state, this.opts.now()));
+          this.opts.containers.setReplication(this.container, this.opts.db.primaryReport());
         }
         if (this.opts.keepStandbys) await this.opts.keepStandbys(this);
         return;
@@ -415,9 +419,13 @@ export class Pilot {
       }
       if (this.opts.db && this.opts.now() - this.lastOwnSync > this.opts.timing.ownSyncReadMs) {
         this.lastOwnSync = this.opts.now();
-        const sync = await this.opts.db.ownSync(Date.now());
+        // Only the current term's primary may feed this copy (replicate modes).
+        const source = copies
+          .filter((c) => c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive')
+          .sort((a, b) => b.report.term - a.report.term)[0];
+        const sync = await this.opts.db.ownSync(Date.now(), source && source.report.term >= this.state.term ? source.address : undefined);
         if (sync) {
-          this.opts.containers.setSync(this.container, sync.lastSyncAt, sync.syncFailing);
+          this.opts.containers.setSync(this.container, sync.lastSyncAt, sync.syncFailing, sync.repl);
           if (sync.lastSyncAt !== undefined) this.state = pilotSetSyncTime(this.state, sync.lastSyncAt);
         }
       }

@@ -130,6 +130,7 @@ export class PilotSupervisor {
       db: a.spec.database
         ? new DbLink({
             db: a.spec.database,
+            copyKey: `${o.self.peerId}/${a.container}`,
             containerDir: join(o.containers.root, a.container),
             dbsync: o.config.dbsync,
             journal: o.journal,

@@ -294,6 +294,22 @@ export const ContainersSection = z
 
 export const DbSyncSection = z
   .object({
+    mode: z
+      .enum(['replicate', 'semisync', 'dump'])
+      .default('replicate')
+      .describe(
+        "How standbys' databases follow the primary's: replicate (MariaDB GTID replication, seeded by a consistent dump; the copy's server needs log-bin and log-slave-updates), semisync (the same, and a commit is acknowledged once a standby has it; MariaDB falls back to async after semisyncTimeoutMs without an answer), dump (a full mysqldump every syncIntervalMs, for databases that cannot replicate)",
+      ),
+    heartbeatMs: ms(250, 'replicate/semisync: the primary writes its clock into DB__nav_repl.beat this often; a standby reports the newest value it holds as its freshness (lastSyncAt), so the RPO is known to this precision'),
+    replicaCheckMs: ms(2000, "replicate/semisync: the primary checks each standby's replication this often (seeds, re-points or reseeds it as needed, with retryBaseMs/retryBackoffMaxMs backoff after a failure)"),
+    catchUpTimeoutMs: ms(30_000, 'replicate/semisync: at a planned hand-over (switchover, drain, clean stop) the primary stops writes and waits this long for the standbys to hold every transaction; when none does in time, writes resume and the hand-over fails'),
+    promoteApplyTimeoutMs: ms(10_000, 'replicate/semisync: a standby being promoted waits this long to apply what it already received before it stops replicating'),
+    semisyncTimeoutMs: ms(1000, 'semisync: a commit waits this long for a standby to acknowledge it before MariaDB falls back to async replication (rpl_semi_sync_master_timeout)'),
+    replicationUser: z
+      .string()
+      .regex(/^[A-Za-z0-9_]{1,32}$/)
+      .default('navigator_repl')
+      .describe("Account standbys replicate with (created on the primary with REPLICATION SLAVE only; its password is derived from the service database's password and only ever travels in SQL over the client connection)"),
     syncIntervalMs: ms(60_000, 'Interval between mysqldump syncs from primary to standbys'),
     retryBackoffMaxMs: ms(300_000, 'Longest wait between retries of a failing sync'),
     retryBaseMs: ms(5_000, 'Wait before the first retry of a failed sync; doubles after each further failure up to retryBackoffMaxMs'),

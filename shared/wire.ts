@@ -47,6 +47,10 @@ export const ContainerReport = z.object({
     .lazy(() => ElectionView)
     .optional()
     .describe("The service's voter group as this copy knows it (a primary's is current): gossiped so every depot learns the group and the term"),
+  gtid: z.string().max(512).optional().describe('replicate/semisync: GTID position of the copy (a standby: transactions applied; the primary: its binlog)'),
+  replState: z.enum(['replicating', 'connecting', 'broken', 'stopped', 'seeding']).optional().describe("replicate/semisync: a standby's replication state"),
+  replReason: shortText.optional().describe('Why replication is broken or stopped'),
+  semisyncFallback: z.boolean().optional().describe('semisync: the primary fell back to async replication (no standby acknowledged in time)'),
 });
 export type ContainerReport = z.infer<typeof ContainerReport>;
 

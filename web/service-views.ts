@@ -24,10 +24,22 @@ export function buildServiceViews(depots: readonly DepotContainers[], records: r
     const v = get(r.service);
     v.term = Math.max(v.term, r.term);
   }
+  const gtids = new Map<ServiceView['copies'][number], string>();
   for (const d of depots) {
     if (d.state === 'dead' || d.state === 'left') continue;
     for (const raw of d.containers) {
-      const c = raw as { service?: unknown; role?: unknown; term?: unknown; state?: unknown; lastSyncAt?: unknown; syncFailing?: unknown };
+      const c = raw as {
+        service?: unknown;
+        role?: unknown;
+        term?: unknown;
+        state?: unknown;
+        lastSyncAt?: unknown;
+        syncFailing?: unknown;
+        gtid?: unknown;
+        replState?: unknown;
+        replReason?: unknown;
+        semisyncFallback?: unknown;
+      };
       if (typeof c.service !== 'string') continue;
       const role = c.role === 'primary' || c.role === 'standby' ? c.role : 'none';
       const term = typeof c.term === 'number' ? c.term : 0;
@@ -41,7 +53,20 @@ export function buildServiceViews(depots: readonly DepotContainers[], records: r
         since: lastRole.get(`${c.service}\u0000${d.name}\u0000${role}`)?.time ?? null,
         lastSyncAt: role === 'standby' && typeof c.lastSyncAt === 'number' ? c.lastSyncAt : null,
         syncFailing: c.syncFailing === true,
+        ...(typeof c.replState === 'string' ? { replState: c.replState } : {}),
+        ...(typeof c.replReason === 'string' ? { replReason: c.replReason } : {}),
+        ...(c.semisyncFallback === true ? { semisyncFallback: true } : {}),
       });
+      if (typeof c.gtid === 'string') gtids.set(v.copies[v.copies.length - 1]!, c.gtid);
+    }
+  }
+  // Transactions each standby is behind: the primary's GTID position minus its own.
+  for (const v of byService.values()) {
+    const primary = v.copies.filter((c) => c.role === 'primary').sort((a, b) => b.term - a.term)[0];
+    const pg = primary ? gtids.get(primary) : undefined;
+    for (const c of v.copies) {
+      const g = gtids.get(c);
+      if (c.role === 'standby' && g !== undefined) c.lagTx = pg !== undefined ? Math.max(0, gtidTransactions(pg) - gtidTransactions(g)) : null;
     }
   }
   // The voter group: the newest view any copy reports, peer ids shown as host names.
@@ -68,3 +93,13 @@ export function buildServiceViews(depots: readonly DepotContainers[], records: r
   return [...byService.values()].sort((a, b) => compareNames(a.service, b.service));
 }
 
+
+/** Transactions a GTID position stands for (sum of the sequence numbers over its domains). */
+export function gtidTransactions(gtid: string): number {
+  let n = 0;
+  for (const part of gtid.split(',')) {
+    const m = /^\s*\d+-\d+-(\d+)\s*$/.exec(part);
+    if (m) n += Number(m[1]);
+  }
+  return n;
+}

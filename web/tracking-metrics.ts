@@ -35,7 +35,7 @@ export function registerTrackingMetrics(registry: Registry, opts: { journal: Pic
   });
   new Gauge({
     name: 'navigator_sync_age_seconds',
-    help: 'Age of the last good DB sync of each standby (the RPO)',
+    help: "Age of each standby's data: its last good DB sync (dump), or the newest primary heartbeat it holds (replicate/semisync) — the RPO in seconds",
     labelNames: ['service', 'host'] as const,
     registers: [registry],
     collect() {
@@ -46,6 +46,36 @@ export function registerTrackingMetrics(registry: Registry, opts: { journal: Pic
           if (c.role === 'standby' && c.lastSyncAt !== null) this.set({ service: s.service, host: c.host }, Math.max(0, (t - c.lastSyncAt) / 1000));
         }
       }
+    },
+  });
+  new Gauge({
+    name: 'navigator_replication_lag_transactions',
+    help: "Transactions each standby's database is behind the primary's (replicate/semisync; GTID positions)",
+    labelNames: ['service', 'host'] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const s of opts.services()) for (const c of s.copies) if (c.role === 'standby' && typeof c.lagTx === 'number') this.set({ service: s.service, host: c.host }, c.lagTx);
+    },
+  });
+  new Gauge({
+    name: 'navigator_replication_broken',
+    help: "1 while a standby's replication is broken (it is reseeded automatically), else 0 (replicate/semisync)",
+    labelNames: ['service', 'host'] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const s of opts.services()) for (const c of s.copies) if (c.role === 'standby' && c.replState !== undefined) this.set({ service: s.service, host: c.host }, c.replState === 'broken' ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'navigator_semisync_fallback',
+    help: 'semisync: 1 while the primary has fallen back to async replication (commits do not wait for a standby)',
+    labelNames: ['service', 'host'] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const s of opts.services()) for (const c of s.copies) if (c.role === 'primary' && c.semisyncFallback !== undefined) this.set({ service: s.service, host: c.host }, c.semisyncFallback ? 1 : 0);
     },
   });
   const transferBytes = new Counter({ name: 'navigator_transfer_bytes_total', help: 'Bytes of image transfers', labelNames: ['direction'] as const, registers: [registry] });

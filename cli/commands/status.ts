@@ -4,6 +4,7 @@ import { getDepotJson, type BodyCheck } from '../depot-http.ts';
 import type { DepotsResponse, DepotRow } from '../../shared/api/depots.ts';
 import { noColour, stdoutPainter, type Painter, type Style } from '../colour.ts';
 import { renderTable, type Cell } from '../table.ts';
+import { gtidTransactions } from '../../web/service-views.ts';
 import { formatBar, formatBytes, formatEta, formatPercent, formatRate, fractionOf, paintBar } from '../progress.ts';
 import { buildServiceViews } from '../../web/service-views.ts';
 import { depotOf, fetchTransfers, imageNames, shortId, stagingNotShipped, type TransferRow } from '../transfers-api.ts';
@@ -54,6 +55,22 @@ interface CopyRow {
   term: number;
   lastSyncAt: number | null;
   syncFailing: boolean;
+  /** replicate/semisync: GTID position, replication state, why broken. */
+  gtid?: string;
+  replState?: string;
+  replReason?: string;
+  semisyncFallback?: boolean;
+  /** Standby: transactions behind the primary (GTID), when both positions are known. */
+  lagTx?: number;
+}
+
+/** A replica's lag: age of the newest primary heartbeat it holds, transactions behind, state. */
+export function replicationCell(c: CopyRow, now: number): Cell {
+  const age = c.lastSyncAt !== null ? Math.max(0, now - c.lastSyncAt) : undefined;
+  const lag = `${age === undefined ? '-' : age < 1000 ? `${Math.round(age)} ms` : `${(age / 1000).toFixed(1)} s`}${c.lagTx !== undefined ? ` / ${c.lagTx} tx` : ''}`;
+  if (c.replState === 'broken') return { text: `broken, reseeding (${c.replReason ?? 'unknown'}); ${lag}`, style: 'red' };
+  if (c.replState !== 'replicating') return { text: `${c.replState}${c.replReason ? ` (${c.replReason})` : ''}; ${lag}`, style: 'yellow' };
+  return lag;
 }
 
 /** Copies on depots that are alive or suspect (a dead depot's last heartbeat is stale). */
@@ -62,7 +79,18 @@ export function copiesOf(depots: readonly DepotRow[]): CopyRow[] {
   for (const d of depots) {
     if (d.state === 'dead' || d.state === 'left') continue;
     for (const raw of d.containers) {
-      const c = (raw ?? {}) as { service?: unknown; role?: unknown; state?: unknown; term?: unknown; lastSyncAt?: unknown; syncFailing?: unknown };
+      const c = (raw ?? {}) as {
+        service?: unknown;
+        role?: unknown;
+        state?: unknown;
+        term?: unknown;
+        lastSyncAt?: unknown;
+        syncFailing?: unknown;
+        gtid?: unknown;
+        replState?: unknown;
+        replReason?: unknown;
+        semisyncFallback?: unknown;
+      };
       if (typeof c.service !== 'string') continue;
       out.push({
         service: c.service,
@@ -72,8 +100,16 @@ export function copiesOf(depots: readonly DepotRow[]): CopyRow[] {
         term: typeof c.term === 'number' ? c.term : 0,
         lastSyncAt: typeof c.lastSyncAt === 'number' ? c.lastSyncAt : null,
         syncFailing: c.syncFailing === true,
+        ...(typeof c.gtid === 'string' ? { gtid: c.gtid } : {}),
+        ...(typeof c.replState === 'string' ? { replState: c.replState } : {}),
+        ...(typeof c.replReason === 'string' ? { replReason: c.replReason } : {}),
+        ...(c.semisyncFallback === true ? { semisyncFallback: true } : {}),
       });
     }
+  }
+  for (const c of out) {
+    const primary = out.filter((p) => p.service === c.service && p.role === 'primary' && p.gtid !== undefined).sort((a, b) => b.term - a.term)[0];
+    if (c.role === 'standby' && c.gtid !== undefined && primary) c.lagTx = Math.max(0, gtidTransactions(primary.gtid!) - gtidTransactions(c.gtid));
   }
   const order: Record<string, number> = { primary: 0, standby: 1 };
   return out.sort((a, b) => a.service.localeCompare(b.service) || (order[a.role] ?? 2) - (order[b.role] ?? 2) || a.host.localeCompare(b.host));
@@ -154,11 +190,11 @@ export function formatTable(body: DepotsResponse, now = Date.now(), opts: Status
       c.role === 'primary' ? { text: c.host, style: 'bold' } : c.host,
       { text: c.state, style: CONTAINER_STYLE[c.state] },
       String(c.term),
-      c.syncFailing
+      c.replState !== undefined ? replicationCell(c, now) : c.syncFailing
         ? { text: `failing${c.lastSyncAt !== null ? ` (last good ${ago(now - c.lastSyncAt)})` : ''}`, style: 'red' }
-        : c.lastSyncAt !== null ? ago(now - c.lastSyncAt) : '-',
+        : c.lastSyncAt !== null ? ago(now - c.lastSyncAt) : c.semisyncFallback ? { text: 'semisync fell back to async', style: 'yellow' } : '-',
     ]);
-    out.push('', ...renderTable(['SERVICE', 'ROLE', 'HOST', 'STATE', 'TERM', 'LAST SYNC'], copyRows, { paint }));
+    out.push('', ...renderTable(['SERVICE', 'ROLE', 'HOST', 'STATE', 'TERM', 'LAST SYNC / LAG'], copyRows, { paint }));
   }
   // The voter group of each service (the newest one a copy reports), one line per service.
   for (const v of buildServiceViews(body.depots, [])) {

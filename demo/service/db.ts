@@ -68,6 +68,10 @@ async function run(): Promise<void> {
       '--innodb-buffer-pool-size=16M',
       '--innodb-log-file-size=16M',
       '--performance-schema=OFF',
+      // dbsync.mode replicate (the default): standbys are GTID replicas (Navigator sets server_id).
+      '--log-bin=mysql-bin',
+      '--log-slave-updates',
+      '--binlog-format=ROW',
     ],
     { stdio: 'inherit', reject: false },
   );

@@ -70,7 +70,11 @@ interface Entry {
   lastSyncAt?: number;
   syncFailing: boolean;
   view?: ElectionView | undefined;
+  repl?: ReplicationReport | undefined;
 }
+
+/** Replication fields of a copy's heartbeat report (replicate/semisync modes). */
+export type ReplicationReport = Pick<ContainerReport, 'gtid' | 'replState' | 'replReason' | 'semisyncFallback'>;
 
 /** Saved in each container folder so a restarted depot knows its containers again. */
 const META_FILE = '.navigator-container.json';
@@ -280,10 +284,16 @@ export class ContainerManager {
   }
 
   /** Record the last DB sync into this copy (reported in the heartbeat as the RPO). */
-  setSync(id: string, at: number | undefined, failing: boolean): void {
+  setSync(id: string, at: number | undefined, failing: boolean, repl?: ReplicationReport): void {
     const e = this.get(id);
     if (at !== undefined) e.lastSyncAt = at;
     e.syncFailing = failing;
+    if (repl !== undefined) e.repl = repl;
+  }
+
+  /** Replication fields of a copy (the primary's GTID position, a semisync fallback). */
+  setReplication(id: string, repl: ReplicationReport | undefined): void {
+    this.get(id).repl = repl;
   }
 
   /** Record the service's voter group as this copy's pilot knows it (reported in the heartbeat). */
@@ -305,6 +315,10 @@ export class ContainerManager {
       ...(e.lastSyncAt !== undefined ? { lastSyncAt: e.lastSyncAt } : {}),
       syncFailing: e.syncFailing,
       ...(e.view ? { view: e.view } : {}),
+      ...(e.repl?.gtid !== undefined ? { gtid: e.repl.gtid.slice(0, 512) } : {}),
+      ...(e.repl?.replState !== undefined ? { replState: e.repl.replState } : {}),
+      ...(e.repl?.replReason !== undefined ? { replReason: e.repl.replReason.slice(0, 256) } : {}),
+      ...(e.repl?.semisyncFallback !== undefined ? { semisyncFallback: e.repl.semisyncFallback } : {}),
     }));
   }
 

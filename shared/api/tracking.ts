@@ -16,6 +16,13 @@ export interface CopyView {
   /** Last good DB sync into this copy (ms); the RPO is its age. Null for the primary or never synced. */
   lastSyncAt: number | null;
   syncFailing?: boolean;
+  /** replicate/semisync, standby: transactions it is behind the primary (GTID), null if unknown. */
+  lagTx?: number | null;
+  /** replicate/semisync, standby: replication state and why it is broken or stopped. */
+  replState?: string;
+  replReason?: string;
+  /** semisync, primary: fell back to async (no standby acknowledged in time). */
+  semisyncFallback?: boolean;
 }
 
 export interface ServiceView {

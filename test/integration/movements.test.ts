@@ -149,7 +149,7 @@ describe('DbLink', () => {
     const link = new DbLink({
       db: { database: 'zabbix', user: db.user, passwordFile: 'db.password', port: db.port },
       containerDir,
-      dbsync: parseConfig({}).dbsync,
+      dbsync: parseConfig({ dbsync: { mode: 'dump' } }).dbsync,
       journal,
       publish: async () => undefined,
       logger: log,

@@ -21,10 +21,12 @@ import {
 // active check every second: system.localtime, whose value is the agent's clock) and a
 // zabbix_sender loop feeding a trapper item with a sequence number every 200 ms. The host and
 // both items are created in the primary's Zabbix database by SQL (no frontend here). The
-// primary's pilot syncs the database to the standby every 2 s (mysqldump, atomic swap); then
-// the primary's host loses power. Checked afterwards, in the new primary's database: the agent's
-// and the sender's new values arrive, host and items are there, every value acknowledged up to
-// the last sync is there, and the failover is in navigator_movements and on the tracking page.
+// standby's database is a GTID replica of the primary's (dbsync.mode replicate, the default:
+// seeded by the primary's pilot, then replicating); then the primary's host loses power. Checked
+// afterwards, in the new primary's database: the agent's and the sender's new values arrive, host
+// and items are there, every value acknowledged more than 2 s before the cut is there (Zabbix's
+// history syncer stores a value up to a second after it acknowledged it; replication adds the
+// rest), and the failover is in navigator_movements and on the tracking page.
 // Printed: the outage seen by the agent and by the sender, and the RPO observed.
 
 const SYNC_INTERVAL_MS = 2000;
@@ -76,7 +78,7 @@ describe('Zabbix through a primary power loss', () => {
     await waitFor(async () => (await count(c, 'w1', agentItem)) >= 3, 60_000, 'the agent\'s values in the primary\'s history');
     step('agent values arriving at the primary');
 
-    // A sync that holds agent values: its snapshot is younger than now.
+    // A standby copy that holds agent values (replicate: the newest primary heartbeat it holds is younger than now).
     const valuesAt = Date.now();
     await waitFor(async () => {
       const p = await zabbixPlacement(c, 'w1');
@@ -123,6 +125,9 @@ describe('Zabbix through a primary power loss', () => {
     const mustHave = ackedBefore.filter((r) => r.end < lastSyncAt - 2000);
     expect(mustHave.length).toBeGreaterThan(0);
     expect(mustHave.filter((r) => !present.has(r.seq)).map((r) => r.seq)).toEqual([]);
+    // Replication: not just what a sync held, but everything acknowledged 2 s before the cut.
+    const mustHaveReplicated = ackedBefore.filter((r) => r.end < cutAt - 2000);
+    expect(mustHaveReplicated.filter((r) => !present.has(r.seq)).map((r) => r.seq)).toEqual([]);
     const lost = ackedBefore.filter((r) => !present.has(r.seq));
     const newestKept = ackedBefore.filter((r) => present.has(r.seq)).at(-1)!;
     const lastAcked = ackedBefore.at(-1)!;

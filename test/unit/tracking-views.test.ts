@@ -54,4 +54,20 @@ describe('buildServiceViews', () => {
     );
     expect(v[0]!.voters).toEqual({ epoch: [2, 1], hosts: ['peer-4', 'ws-01', 'ws-02'], prev: ['ws-01', 'ws-02', 'ws-03'] });
   });
+
+  it('replicate/semisync: each standby\'s lag in transactions from the GTID positions, its replication state, a semisync fallback', () => {
+    const v = buildServiceViews(
+      [
+        { name: 'ws-02', state: 'alive', containers: [{ service: 'zabbix', role: 'primary', term: 2, state: 'running', gtid: '0-7-120', semisyncFallback: true }] },
+        { name: 'ws-03', state: 'alive', containers: [{ service: 'zabbix', role: 'standby', term: 2, state: 'running', lastSyncAt: 3900, gtid: '0-7-117', replState: 'replicating' }] },
+        { name: 'ws-04', state: 'alive', containers: [{ service: 'zabbix', role: 'standby', term: 2, state: 'running', gtid: '0-7-3', replState: 'broken', replReason: 'error 1236' }] },
+      ],
+      records,
+    );
+    expect(v.find((s) => s.service === 'zabbix')?.copies).toEqual([
+      { host: 'ws-02', role: 'primary', term: 2, state: 'running', since: 3000, lastSyncAt: null, syncFailing: false, semisyncFallback: true },
+      { host: 'ws-03', role: 'standby', term: 2, state: 'running', since: 4000, lastSyncAt: 3900, syncFailing: false, replState: 'replicating', lagTx: 3 },
+      { host: 'ws-04', role: 'standby', term: 2, state: 'running', since: null, lastSyncAt: null, syncFailing: false, replState: 'broken', replReason: 'error 1236', lagTx: 117 },
+    ]);
+  });
 });

@@ -113,10 +113,34 @@ function renderServices() {
     const copies = [...s.copies].sort((a, b) => rank(a) - rank(b) || b.term - a.term || a.host.localeCompare(b.host));
     const primary = copies[0] && copies[0].role === 'primary' ? copies[0] : undefined;
     const rows = copies.map((c) => {
+      // replicate/semisync: the age of the newest primary heartbeat the standby holds, the
+      // transactions it is behind, and its replication state; dump: the age of its last sync.
+      const lagAge = (at) => {
+        const age = Math.max(0, now() - at);
+        return age < 1000 ? `${Math.round(age)} ms` : fmtDuration(age);
+      };
+      const replicaBits = (c) => [
+        typeof c.lagTx === 'number' ? h('span', { class: 'dim', 'data-lag-tx': String(c.lagTx) }, ` · ${c.lagTx} tx behind`) : '',
+        c.replState === 'broken' ? ' ' : '',
+        c.replState === 'broken' ? h('span', { class: 'badge b-failed', title: c.replReason || '' }, 'replication broken: reseeding') : '',
+        c.replState === 'seeding' || c.replState === 'connecting' || c.replState === 'stopped' ? ' ' : '',
+        c.replState === 'seeding' || c.replState === 'connecting' || c.replState === 'stopped' ? h('span', { class: 'badge b-stale', title: c.replReason || '' }, c.replState) : '',
+      ];
       const rpo =
         c.role === 'standby'
-          ? [c.lastSyncAt === null ? badge('never', 'b-stale') : h('span', { title: fmtTime(c.lastSyncAt) }, fmtAgo(c.lastSyncAt)), c.syncFailing ? ' ' : '', c.syncFailing ? badge('sync failing', 'b-failed') : '']
-          : h('span', { class: 'dim' }, 'source');
+          ? [
+              c.lastSyncAt === null
+                ? badge('never', 'b-stale')
+                : h('span', { title: fmtTime(c.lastSyncAt) }, c.replState !== undefined ? lagAge(c.lastSyncAt) : fmtAgo(c.lastSyncAt)),
+              ...(c.replState !== undefined ? replicaBits(c) : []),
+              c.syncFailing && c.replState === undefined ? ' ' : '',
+              c.syncFailing && c.replState === undefined ? badge('sync failing', 'b-failed') : '',
+            ]
+          : [
+              h('span', { class: 'dim' }, 'source'),
+              c.semisyncFallback ? ' ' : '',
+              c.semisyncFallback ? h('span', { class: 'badge b-stale', title: 'semi-synchronous replication fell back to async: no standby acknowledged a commit in time, so a crash now may lose acknowledged writes' }, 'semisync fell back to async') : '',
+            ];
       return h(
         'tr',
         { 'data-host': c.host, 'data-role': c.role },

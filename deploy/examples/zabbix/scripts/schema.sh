@@ -24,10 +24,14 @@ done
 # Accounts (passwords travel on stdin, never on a command line). zabbix_server connects from
 # this host only; the sync account is used by the primary's pilot from other hosts too and needs
 # ALL on the database and on its __nav_* staging/history schemas (see pilot/dbsync.ts), SET USER
-# to recreate definers and READ_ONLY ADMIN for the final sync of a planned switchover.
-# LIKE pattern of DB__nav_staging, DB__nav_previous, DB__nav_sync (_ is a wildcard there).
+# to recreate definers and READ_ONLY ADMIN for the final sync of a planned switchover; for
+# replication (dbsync.mode replicate/semisync) the global privileges of NAVIGATOR_GLOBAL_GRANTS in
+# pilot/db/replication.ts (seeding, CHANGE MASTER, the replication account it creates with
+# REPLICATION SLAVE only). Not binary-logged: each copy sets up its own accounts.
+# LIKE pattern of DB__nav_staging, DB__nav_previous, DB__nav_sync, DB__nav_repl (_ is a wildcard there).
 nav_pattern=$(printf '%s__nav_%%' "$DB_NAME" | sed 's/_/\\_/g')
 db_admin <<SQL
+SET SESSION sql_log_bin = 0;
 CREATE USER IF NOT EXISTS '$DB_ZABBIX_USER'@'127.0.0.1' IDENTIFIED BY '$zbx_pw';
 CREATE USER IF NOT EXISTS '$DB_ZABBIX_USER'@'localhost' IDENTIFIED BY '$zbx_pw';
 ALTER USER '$DB_ZABBIX_USER'@'127.0.0.1' IDENTIFIED BY '$zbx_pw';
@@ -38,7 +42,7 @@ CREATE USER IF NOT EXISTS '$DB_SYNC_USER'@'%' IDENTIFIED BY '$sync_pw';
 ALTER USER '$DB_SYNC_USER'@'%' IDENTIFIED BY '$sync_pw';
 GRANT ALL PRIVILEGES ON \`$DB_NAME\`.* TO '$DB_SYNC_USER'@'%';
 GRANT ALL PRIVILEGES ON \`$nav_pattern\`.* TO '$DB_SYNC_USER'@'%';
-GRANT SET USER, READ_ONLY ADMIN, PROCESS ON *.* TO '$DB_SYNC_USER'@'%';
+GRANT RELOAD, PROCESS, BINLOG MONITOR, BINLOG ADMIN, REPLICATION SLAVE, REPLICATION SLAVE ADMIN, REPLICATION MASTER ADMIN, SLAVE MONITOR, CREATE USER, READ_ONLY ADMIN, SET USER ON *.* TO '$DB_SYNC_USER'@'%' WITH GRANT OPTION;
 SQL
 
 if [ -f "$SCHEMA_MARK" ]; then
@@ -47,19 +51,19 @@ if [ -f "$SCHEMA_MARK" ]; then
 fi
 t0=$SECONDS
 log "loading the Zabbix schema into $DB_NAME"
-db_admin -e "DROP DATABASE IF EXISTS \`$DB_NAME\`; CREATE DATABASE \`$DB_NAME\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin; SET GLOBAL log_bin_trust_function_creators = 1;"
+# Not binary-logged: a standby gets the primary's database by its seed, not by replaying this.
+db_admin -e "SET SESSION sql_log_bin = 0; DROP DATABASE IF EXISTS \`$DB_NAME\`; CREATE DATABASE \`$DB_NAME\` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin;"
 # Faster than loading the files as they are, same result: the schema with each table's indexes
 # and foreign keys folded into its CREATE TABLE (fold-schema.awk), the data as multi-row INSERTs
 # (join-inserts.awk), foreign keys not checked during the load (as mysqldump's output does).
 here=$(dirname "$0")
 load() {
-  db_admin --batch --init-command='SET SESSION foreign_key_checks = 0, unique_checks = 0' "$DB_NAME"
+  db_admin --batch --init-command='SET SESSION foreign_key_checks = 0, unique_checks = 0, sql_log_bin = 0' "$DB_NAME"
 }
 zcat "$SCHEMA_DIR/schema.sql.gz" >"$MYSQL_TMP/schema.sql"
 awk -f "$here/fold-schema.awk" "$MYSQL_TMP/schema.sql" "$MYSQL_TMP/schema.sql" | load || die "loading schema.sql.gz failed"
 rm -f "$MYSQL_TMP/schema.sql"
 zcat "$SCHEMA_DIR/images.sql.gz" | load || die "loading images.sql.gz failed"
 zcat "$SCHEMA_DIR/data.sql.gz" | awk -f "$here/join-inserts.awk" | load || die "loading data.sql.gz failed"
-db_admin -e 'SET GLOBAL log_bin_trust_function_creators = 0;'
 touch "$SCHEMA_MARK"
 log "schema loaded in $((SECONDS - t0)) s"
