@@ -6,6 +6,7 @@ import mysql from 'mysql2/promise';
 import { startMariaDb, type MariaDbServer } from '../../lab/loopback/mariadb.ts';
 import { DbLink, type OwnSyncFields } from '../../pilot/db/db-link.ts';
 import { NAVIGATOR_GLOBAL_GRANTS } from '../../pilot/db/replication.ts';
+import { FENCE_SCHEMA } from '../../pilot/db/term-fence.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { createLogger, silentLogger } from '../../shared/logger.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
@@ -68,6 +69,7 @@ async function createNav(s: MariaDbServer): Promise<void> {
   await s.query("CREATE USER 'nav'@'127.0.0.1' IDENTIFIED BY ?", [PASSWORD]);
   await s.query(`GRANT ALL PRIVILEGES ON \`${DB}\`.* TO 'nav'@'127.0.0.1'`);
   await s.query(`GRANT ALL PRIVILEGES ON \`${DB}\\_\\_nav\\_%\`.* TO 'nav'@'127.0.0.1'`);
+  await s.query(`GRANT ALL PRIVILEGES ON \`${FENCE_SCHEMA}\`.* TO 'nav'@'127.0.0.1'`);
   await s.query(`GRANT ${NAVIGATOR_GLOBAL_GRANTS} ON *.* TO 'nav'@'127.0.0.1' WITH GRANT OPTION`);
 }
 
@@ -135,7 +137,7 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
     await a.query(`CREATE TABLE ${DB}.hosts (name VARCHAR(40) NOT NULL, name_upper VARCHAR(40) NOT NULL DEFAULT '')`);
     await a.query(`CREATE TRIGGER ${DB}.hosts_upper BEFORE INSERT ON ${DB}.hosts FOR EACH ROW SET NEW.name_upper = UPPER(NEW.name)`);
     await createApp(a);
-    await links.a!.becomePrimary('svc');
+    await links.a!.becomePrimary('svc', 1);
     await links.a!.setStandbys([target('b'), target('c')], '127.0.0.1');
     for (const n of ['b', 'c']) {
       await until(`${n} replicating`, async () => {
@@ -154,7 +156,7 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
     await links.a!.becomeStandby();
     await load.stop();
     expect(load.acked.length).toBeGreaterThan(20);
-    await links.b!.becomePrimary('svc');
+    await links.b!.becomePrimary('svc', 2);
     const onB = await idsOn(servers.b!);
     expect(load.acked.filter((w) => !onB.has(w.id))).toEqual([]);
     // b now keeps a (old primary, not diverged) and c (re-pointed) as replicas.
@@ -176,7 +178,7 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
     fresh.sort((x, y) => (y.f.lastSyncAt ?? 0) - (x.f.lastSyncAt ?? 0));
     const winner = fresh[0]!.name;
     firstWinner = winner;
-    await links[winner]!.becomePrimary('svc');
+    await links[winner]!.becomePrimary('svc', 3);
     const have = await idsOn(servers[winner]!);
     const lost = load.acked.filter((w) => !have.has(w.id));
     expect(load.acked.length).toBeGreaterThan(50);
@@ -192,7 +194,7 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
     const p = firstWinner;
     const standbys = ['a', 'b', 'c'].filter((n) => n !== p);
     for (const n of ['a', 'b', 'c']) links[n] = link(n, 'semisync');
-    await links[p]!.becomePrimary('svc');
+    await links[p]!.becomePrimary('svc', 4);
     await createApp(servers[p]!);
     await links[p]!.setStandbys(standbys.map(target), '127.0.0.1');
     for (const n of standbys) {
@@ -217,7 +219,7 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
     fresh.sort((x, y) => (y.f.lastSyncAt ?? 0) - (x.f.lastSyncAt ?? 0) || count(y.f.repl?.gtid) - count(x.f.repl?.gtid));
     const winner = fresh[0]!.name;
     const other = fresh[1]!.name;
-    await links[winner]!.becomePrimary('svc');
+    await links[winner]!.becomePrimary('svc', 5);
     const have = await idsOn(servers[winner]!);
     expect(load.acked.length).toBeGreaterThan(50);
     expect(load.acked.filter((w) => !have.has(w.id))).toEqual([]);
@@ -247,7 +249,7 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
     await sw.stop();
     expect(res.caughtUp.length).toBeGreaterThanOrEqual(1);
     const next = ['a', 'b', 'c'].find((n) => `127.0.0.1:${servers[n]!.port}` === res.caughtUp[0])!;
-    await links[next]!.becomePrimary('svc');
+    await links[next]!.becomePrimary('svc', 6);
     const onNext = await idsOn(servers[next]!);
     expect(sw.acked.length).toBeGreaterThan(20);
     expect(sw.acked.filter((w) => !onNext.has(w.id))).toEqual([]);
@@ -266,7 +268,7 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
     }
     links.d = link('d', 'dump');
     links.e = link('e', 'dump');
-    await links.d.becomePrimary('svc');
+    await links.d.becomePrimary('svc', 1);
     await links.d.setStandbys([target('e')]);
     await until('first sync into e', async () => (await links.e!.ownSync(Date.now()))?.lastSyncAt !== undefined);
     const load = writeLoad(d, 1);
@@ -274,7 +276,7 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
     await links.d.syncAllNow(true);
     await links.d.becomeStandby();
     await load.stop();
-    await links.e.becomePrimary('svc');
+    await links.e.becomePrimary('svc', 2);
     const onE = await idsOn(e);
     expect(load.acked.length).toBeGreaterThan(20);
     expect(load.acked.filter((w) => !onE.has(w.id))).toEqual([]);

@@ -42,13 +42,14 @@ async function startWitness(keyFile: string, dataDir: string): Promise<{ proc: R
 
 const vote = (candidate: string, term: number): VoteRequest => ({ type: 'vote-request', v: 1, service: 'svc', term, candidate, syncTime: 0, seq: 1, view: initialView(['peer-a', 'peer-b']) });
 
-async function client(swarmKey: Uint8Array, witness: string): Promise<ElectionTransport> {
+/** A depot's election transport, and the pilot id of a copy on it (election messages must name their sender). */
+async function client(swarmKey: Uint8Array, witness: string): Promise<ElectionTransport & { pilot: (copy: string) => string }> {
   const node = await createNode({ swarmKey, listen: ['/ip4/127.0.0.1/tcp/0'] });
   cleanup.push(() => node.stop());
   const dir = mkdtempSync(join(tmpdir(), 'nav-witness-client-'));
   cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
   const voters = new Voters({ selfId: node.peerId.toString(), dir, cfg: DEFAULT_ELECTION_CONFIG, now: () => performance.now(), logger: silentLogger() });
-  return new ElectionTransport({ node, voters, logger: silentLogger(), timeoutMs: 1000, witness });
+  return Object.assign(new ElectionTransport({ node, voters, logger: silentLogger(), timeoutMs: 1000, witness }), { pilot: (copy: string) => `${node.peerId.toString()}/${copy}/1` });
 }
 
 describe('navigator witness', () => {
@@ -61,16 +62,17 @@ describe('navigator witness', () => {
     const w = await startWitness(keyFile, dataDir);
     expect(w.address).toMatch(/^\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/\w+$/);
     const t = await client(await readSwarmKey(keyFile), w.address);
+    const cand1 = t.pilot('cand-1');
 
     // Just started: it may have forgotten a promise, so it keeps quiet for a lease.
-    expect(await t.requestWitness(vote('cand-1', 1))).toMatchObject({ type: 'vote-reply', voter: WITNESS_ID, granted: false, reason: 'promised' });
+    expect(await t.requestWitness(vote(cand1, 1))).toMatchObject({ type: 'vote-reply', voter: WITNESS_ID, granted: false, reason: 'promised' });
     await new Promise((r) => setTimeout(r, DEFAULT_ELECTION_CONFIG.leaseMs + 100));
-    expect(await t.requestWitness(vote('cand-1', 1))).toMatchObject({ voter: WITNESS_ID, granted: true, term: 1 });
-    const renew: LeaseRenew = { type: 'lease-renew', v: 1, service: 'svc', term: 1, holder: 'cand-1', seq: 2, view: initialView(['peer-a', 'peer-b']) };
+    expect(await t.requestWitness(vote(cand1, 1))).toMatchObject({ voter: WITNESS_ID, granted: true, term: 1 });
+    const renew: LeaseRenew = { type: 'lease-renew', v: 1, service: 'svc', term: 1, holder: cand1, seq: 2, view: initialView(['peer-a', 'peer-b']) };
     expect(await t.requestWitness(renew)).toMatchObject({ type: 'lease-ack', voter: WITNESS_ID, granted: true });
     // The other side of a partition asks too: refused while the promise to cand-1 runs.
-    expect(await t.requestWitness(vote('cand-2', 2))).toMatchObject({ granted: false, reason: 'promised' });
-    expect(JSON.parse(readFileSync(join(dataDir, 'witness-votes', 'svc.json'), 'utf8'))).toMatchObject({ votedTerm: 1, promisedTo: 'cand-1' });
+    expect(await t.requestWitness(vote(t.pilot('cand-2'), 2))).toMatchObject({ granted: false, reason: 'promised' });
+    expect(JSON.parse(readFileSync(join(dataDir, 'witness-votes', 'svc.json'), 'utf8'))).toMatchObject({ votedTerm: 1, promisedTo: cand1 });
 
     // Power loss and restart: the same identity, and the vote it made is remembered.
     w.proc.kill('SIGKILL');
@@ -78,11 +80,11 @@ describe('navigator witness', () => {
     const again = await startWitness(keyFile, dataDir);
     expect(again.address.split('/p2p/')[1]).toBe(w.address.split('/p2p/')[1]);
     const t2 = await client(await readSwarmKey(keyFile), again.address);
-    expect(await t2.requestWitness(vote('cand-2', 1))).toMatchObject({ granted: false, reason: 'voted-other' });
+    expect(await t2.requestWitness(vote(t2.pilot('cand-2'), 1))).toMatchObject({ granted: false, reason: 'voted-other' });
     // Quiet for a lease from its first request after the restart, then free to vote again.
-    expect(await t2.requestWitness(vote('cand-2', 2))).toMatchObject({ granted: false, reason: 'promised' });
+    expect(await t2.requestWitness(vote(t2.pilot('cand-2'), 2))).toMatchObject({ granted: false, reason: 'promised' });
     await new Promise((r) => setTimeout(r, DEFAULT_ELECTION_CONFIG.leaseMs + 100));
-    expect(await t2.requestWitness(vote('cand-2', 2))).toMatchObject({ granted: true, votedTerm: 2 });
+    expect(await t2.requestWitness(vote(t2.pilot('cand-2'), 2))).toMatchObject({ granted: true, votedTerm: 2 });
   });
 
   it('a node without the swarm key gets no vote', { timeout: 30_000 }, async () => {
@@ -94,7 +96,7 @@ describe('navigator witness', () => {
     const otherKey = join(dir, 'other.key');
     await writeSwarmKey(otherKey);
     const t = await client(await readSwarmKey(otherKey), w.address);
-    expect(await t.requestWitness(vote('cand-1', 1))).toBeUndefined();
+    expect(await t.requestWitness(vote(t.pilot('cand-1'), 1))).toBeUndefined();
     expect(t.counters.failed).toBe(1);
   });
 });
