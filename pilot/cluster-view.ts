@@ -1,6 +1,7 @@
 import type { DepotComponents } from '../depot/components.ts';
 import type { MemberObservation } from './election/views.ts';
-import type { PlacementCandidate } from './placement.ts';
+import { expectedRemainingMs, type PlacementCandidate } from './placement.ts';
+import type { HeartbeatMessage } from '../shared/wire.ts';
 import { hostAddressOf } from '../depot/host-address.ts';
 import { sessionsFromSummary } from '../depot/sessions/session-history.ts';
 import type { ClusterView, CopyView } from './pilot.ts';
@@ -84,12 +85,19 @@ export function voterObservations(members: DepotComponents['members'], service: 
       sessionS,
       restarts: history.observe(m.peerId, m.incarnation, now),
       holdsCopy: (hb?.containers ?? []).some((c) => c.service === service),
+      ...remainingOf(hb, now),
       // Crash removal needs a majority of the view to judge the depot dead; each depot
       // judges for itself from the same heartbeats and probes, so a dead verdict here
       // stands for all alive voters (view changes stay safe through joint consensus).
       ...(m.state === 'dead' ? { deadReportedBy: alive } : {}),
     };
   });
+}
+
+/** The host's expected remaining time on, from the sessions in its heartbeat (`now`: wall clock). */
+function remainingOf(hb: HeartbeatMessage | undefined, now: number): { remainingS?: number } {
+  const ms = expectedRemainingMs(sessionsFromSummary(hb?.sessions ?? []), now);
+  return ms === undefined ? {} : { remainingS: Math.round(ms / 1000) };
 }
 
 /** What a Pilot needs to know about the cluster. */

@@ -379,7 +379,7 @@ export function pilotSetSyncTime(state: PilotState, syncTime: number): PilotStat
 
 /** Membership observations as the voter ranking's candidates (missing facts rank neutral). */
 export function groupCandidates(observations: readonly MemberObservation[]): VoterCandidate[] {
-  return observations.map((o) => ({ peer: o.peer, host: o.host ?? o.peer, state: o.state, sessionS: o.sessionS ?? 0, restarts: o.restarts ?? 0, holdsCopy: o.holdsCopy ?? false }));
+  return observations.map((o) => ({ peer: o.peer, host: o.host ?? o.peer, state: o.state, sessionS: o.sessionS ?? 0, restarts: o.restarts ?? 0, holdsCopy: o.holdsCopy ?? false, remainingS: o.remainingS }));
 }
 
 /** Membership news for the primary: may start one change of the voter group (voter-group.ts). */

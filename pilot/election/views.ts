@@ -148,4 +148,6 @@ export interface MemberObservation {
   sessionS?: number;
   restarts?: number;
   holdsCopy?: boolean;
+  /** Expected remaining time the host stays on, from its past sessions (s); absent: no history. */
+  remainingS?: number;
 }

@@ -10,12 +10,15 @@ import { majority } from './views.ts';
 //
 // THE RANKING (explainable: every voter gets the reasons of its place), lower key first:
 //   1. admin-preferred host (election.preferredVoters: always-on machines);
-//   2. stability class, from the time the depot's current session has run (min of depot process
+//   2. outlook, from the host's past sessions at this time of day (depot/sessions, gossiped in
+//      heartbeats): usually off within the hour < no history, or 1–8 h more < usually on 8 h or
+//      more (a lab PC that goes off at 18:00 ranks low at 17:30, one left on at night high);
+//   3. stability class, from the time the depot's current session has run (min of depot process
 //      age and host uptime) and the restarts seen lately; classes, not seconds, so the order does
 //      not churn as clocks advance;
-//   3. spread: a host that holds no copy of the service before one that does (losing a copy's host
+//   4. spread: a host that holds no copy of the service before one that does (losing a copy's host
 //      must not also cost a vote);
-//   4. the peer id (stable tie break: every primary ranks alike).
+//   5. the peer id (stable tie break: every primary ranks alike).
 // Only alive depots rank. The group is never reshuffled for rank alone (a healthy voter stays), with
 // one exception: an alive preferred host that is not a voter displaces the lowest non-preferred
 // voter.
@@ -31,6 +34,8 @@ export interface VoterCandidate {
   restarts: number;
   /** The depot hosts a copy of the service. */
   holdsCopy: boolean;
+  /** How long the host is expected to stay on from now, from its past sessions at this time of day (s); absent: no history. */
+  remainingS?: number | undefined;
 }
 
 export interface GroupSettings {
@@ -45,9 +50,22 @@ export interface RankedVoter {
   host: string;
   rank: number;
   preferred: boolean;
+  outlook: number;
   stability: number;
   holdsCopy: boolean;
   reasons: string[];
+}
+
+/** Outlook class 0..2 (higher stays on longer): <1 h expected, unknown or 1–8 h, ≥8 h. */
+export function outlookClass(c: Pick<VoterCandidate, 'remainingS'>): number {
+  if (c.remainingS === undefined) return 1;
+  return c.remainingS < 3600 ? 0 : c.remainingS < 8 * 3600 ? 1 : 2;
+}
+
+function outlookLabel(c: VoterCandidate): string | undefined {
+  if (c.remainingS === undefined) return undefined;
+  if (c.remainingS < 3600) return c.remainingS === 0 ? 'usually off at this hour' : 'usually off within the hour';
+  return c.remainingS < 8 * 3600 ? `usually on ${Math.floor(c.remainingS / 3600)} h more` : 'usually on 8 h or more';
 }
 
 /** Stability classes: [minimum session (s), label]. The last one whose minimum is met counts. */
@@ -77,10 +95,11 @@ export function rankVoters(candidates: readonly VoterCandidate[], settings: Pick
   const preferred = new Set(settings.preferred);
   const rows = candidates
     .filter((c) => c.state === 'alive')
-    .map((c) => ({ c, preferred: preferred.has(c.host), stability: stabilityClass(c) }));
+    .map((c) => ({ c, preferred: preferred.has(c.host), outlook: outlookClass(c), stability: stabilityClass(c) }));
   rows.sort(
     (a, b) =>
       Number(b.preferred) - Number(a.preferred) ||
+      b.outlook - a.outlook ||
       b.stability - a.stability ||
       Number(a.c.holdsCopy) - Number(b.c.holdsCopy) ||
       (a.c.peer < b.c.peer ? -1 : a.c.peer > b.c.peer ? 1 : 0),
@@ -90,9 +109,10 @@ export function rankVoters(candidates: readonly VoterCandidate[], settings: Pick
     host: r.c.host,
     rank: i + 1,
     preferred: r.preferred,
+    outlook: r.outlook,
     stability: r.stability,
     holdsCopy: r.c.holdsCopy,
-    reasons: [...(r.preferred ? ['preferred host'] : []), stabilityLabel(r.c), r.c.holdsCopy ? 'holds a copy' : 'holds no copy'],
+    reasons: [...(r.preferred ? ['preferred host'] : []), ...(outlookLabel(r.c) ? [outlookLabel(r.c)!] : []), stabilityLabel(r.c), r.c.holdsCopy ? 'holds a copy' : 'holds no copy'],
   }));
 }
 

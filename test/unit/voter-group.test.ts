@@ -36,6 +36,27 @@ describe('voter ranking', () => {
     expect(ranked[3]!.reasons).toEqual(['up ≥ 1 h, 2 restarts lately', 'holds no copy']);
   });
 
+  it("outlook from the hosts' past sessions comes before stability: a PC that goes off at 18:00 ranks low at 17:30, one left on at night high", () => {
+    const ranked = rankVoters(
+      [
+        cand('evening', { sessionS: 90_000, remainingS: 1800 }),
+        cand('unknown', { sessionS: 7200 }),
+        cand('night', { sessionS: 700, remainingS: 15 * 3600 }),
+        cand('off', { sessionS: 7200, remainingS: 0 }),
+        cand('day', { sessionS: 7200, remainingS: 3 * 3600 }),
+      ],
+      { preferred: [] },
+    );
+    expect(ranked.map((r) => r.peer)).toEqual(['night', 'day', 'unknown', 'evening', 'off']);
+    expect(ranked[0]!.reasons).toEqual(['usually on 8 h or more', 'up ≥ 10 min', 'holds no copy']);
+    expect(ranked[1]!.reasons).toEqual(['usually on 3 h more', 'up ≥ 1 h', 'holds no copy']);
+    expect(ranked[3]!.reasons).toEqual(['usually off within the hour', 'up ≥ 1 day', 'holds no copy']);
+    expect(ranked[4]!.reasons[0]).toBe('usually off at this hour');
+    // A replacement voter is the host that will stay on.
+    const change = nextGroupChange(['unknown', 'evening'], [cand('unknown'), cand('evening', { remainingS: 600 }), cand('night', { remainingS: 40_000 }), cand('day', { remainingS: 4 * 3600 })], { voters: 3, preferred: [] });
+    expect(change).toMatchObject({ kind: 'add', peer: 'night' });
+  });
+
   it('stability classes step at 1 min, 10 min, 1 h, 1 day; each recent restart costs a class', () => {
     const at = (sessionS: number, restarts = 0) => stabilityClass({ sessionS, restarts });
     expect([0, 59, 60, 599, 600, 3599, 3600, 86_399, 86_400, 10 ** 7].map((s) => at(s))).toEqual([0, 0, 1, 1, 2, 2, 3, 3, 4, 4]);
@@ -256,5 +277,17 @@ describe('voter observations from the membership view (pilot/cluster-view.ts)', 
     view = view.map((m) => (m.peerId === 'b' ? { ...m, incarnation: 3 } : m));
     expect(voterObservations(members, 'zabbix', history, 2_000_000).find((o) => o.peer === 'b')!.restarts).toBe(2);
     expect(voterObservations(members, 'zabbix', history, 3_601_001).find((o) => o.peer === 'b')!.restarts).toBe(1);
+  });
+
+  it("the host's expected time on, from the past sessions in its heartbeat, at the wall-clock time asked", () => {
+    const MIN = 60_000;
+    const day0 = Date.UTC(2026, 10, 2);
+    // Ten past days on 8:00–18:00, as the heartbeat carries them ([start minute, minutes]).
+    const sessions = Array.from({ length: 10 }, (_, d) => [(day0 + d * 86_400_000 + 8 * 3_600_000) / MIN, 600]);
+    const view = [{ peerId: 'a', name: 'ws-a', state: 'alive', incarnation: 1, heartbeat: { sentAt: 0, incarnation: 0, uptimeS: 1, containers: [], sessions } }];
+    const members = { view: () => view } as unknown as DepotComponents['members'];
+    const at1730 = day0 + 10 * 86_400_000 + 17.5 * 3_600_000;
+    expect(voterObservations(members, 'zabbix', new RestartHistory(), at1730)[0]!.remainingS).toBe(1800);
+    expect(voterObservations(members, 'zabbix', new RestartHistory(), at1730 + 3 * 3_600_000)[0]!.remainingS).toBe(0);
   });
 });
