@@ -1,5 +1,6 @@
 import type { DepotRow, DepotRowExtras, DepotsResponse } from '../shared/api/depots.ts';
 import { VERSION } from '../shared/version.ts';
+import { sessionsFromSummary } from './sessions/session-history.ts';
 import type { DepotSelf } from './components.ts';
 import type { MemberView, Membership } from './membership/membership.ts';
 
@@ -32,6 +33,7 @@ export function depotRow(v: MemberView, extras: DepotRowExtras = {}): DepotRow {
     sshPort: hb?.sshPort ?? null,
     sshHostKey: hb?.sshHostKey ?? null,
     hostKeyTrust: extras.hostKeyTrust ?? null,
+    sessions: sessionsFromSummary(hb?.sessions ?? []),
   };
 }
 

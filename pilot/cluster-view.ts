@@ -2,6 +2,7 @@ import type { DepotComponents } from '../depot/components.ts';
 import type { MemberObservation } from './election/views.ts';
 import type { PlacementCandidate } from './placement.ts';
 import { hostAddressOf } from '../depot/host-address.ts';
+import { sessionsFromSummary } from '../depot/sessions/session-history.ts';
 import type { ClusterView, CopyView } from './pilot.ts';
 
 // The cluster as the pilots see it, read from the membership view: every copy of a service that
@@ -42,6 +43,7 @@ export function candidatesOf(members: DepotComponents['members']): PlacementCand
         diskFreeBytes: hb.diskFreeBytes,
         images: hb.images,
         copies: hb.containers.map((c) => c.service),
+        history: sessionsFromSummary(hb.sessions ?? []),
       };
     });
 }

@@ -24,34 +24,35 @@ export interface HandOverOptions {
   sleep?: (ms: number) => Promise<void>;
 }
 
-/** Hand every primary on this depot over; resolves when done or out of time (never throws). */
-export async function handOverPrimaries(o: HandOverOptions): Promise<Array<{ service: string; to?: string; ok: boolean; durationMs: number }>> {
+/** Hand every primary on this depot over, all at once; resolves when done or out of time (never throws). */
+export async function handOverPrimaries(o: HandOverOptions): Promise<Array<{ service: string; to?: string | undefined; ok: boolean; durationMs: number }>> {
   const now = o.now ?? (() => performance.now());
   const sleep = o.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
   const log = o.logger.child({ component: 'pilots' });
   const deadline = now() + o.timeoutMs;
-  const results: Array<{ service: string; to?: string; ok: boolean; durationMs: number }> = [];
-  for (const service of o.primaries()) {
-    const t0 = now();
-    let to: string | undefined;
-    try {
-      const left = deadline - now();
-      if (left <= 0) throw new Error('no time left');
-      to = (await withTimeout(o.switchover(service), left, `hand-over of ${service} did not finish within ${o.timeoutMs} ms`)).to;
-      // Stay until the new primary is known, so this depot still votes in its election.
-      while (now() < deadline && !o.copies(service).some((c) => c.peerId !== o.selfId && c.depotState === 'alive' && c.report.role === 'primary')) await sleep(50);
-      const ok = now() < deadline;
-      results.push({ service, to, ok, durationMs: Math.round(now() - t0) });
-      log[ok ? 'info' : 'warn'](
-        { event: 'hand-over', service, to, ok, durationMs: Math.round(now() - t0) },
-        ok ? `handed ${service} over to ${to} before stopping` : `${service} handed to ${to}, but its new primary was not seen in time`,
-      );
-    } catch (err) {
-      results.push({ service, ok: false, durationMs: Math.round(now() - t0) });
-      log.warn({ event: 'hand-over-failed', service, err: errorMessage(err), durationMs: Math.round(now() - t0) }, `could not hand ${service} over before stopping: ${errorMessage(err)}`);
-    }
-  }
-  return results;
+  // All at once: each service is out for one hand-over, not for the sum of those before it.
+  return Promise.all(
+    o.primaries().map(async (service) => {
+      const t0 = now();
+      let to: string | undefined;
+      try {
+        const left = deadline - now();
+        if (left <= 0) throw new Error('no time left');
+        to = (await withTimeout(o.switchover(service), left, `hand-over of ${service} did not finish within ${o.timeoutMs} ms`)).to;
+        // Stay until the new primary is known, so this depot still votes in its election.
+        while (now() < deadline && !o.copies(service).some((c) => c.peerId !== o.selfId && c.depotState === 'alive' && c.report.role === 'primary')) await sleep(50);
+        const ok = now() < deadline;
+        log[ok ? 'info' : 'warn'](
+          { event: 'hand-over', service, to, ok, durationMs: Math.round(now() - t0) },
+          ok ? `handed ${service} over to ${to} before stopping` : `${service} handed to ${to}, but its new primary was not seen in time`,
+        );
+        return { service, to, ok, durationMs: Math.round(now() - t0) };
+      } catch (err) {
+        log.warn({ event: 'hand-over-failed', service, err: errorMessage(err), durationMs: Math.round(now() - t0) }, `could not hand ${service} over before stopping: ${errorMessage(err)}`);
+        return { service, ok: false, durationMs: Math.round(now() - t0) };
+      }
+    }),
+  );
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {

@@ -190,6 +190,11 @@ export function expectedRemainingMs(history: HostSession[] | undefined, now: num
   return remaining.length % 2 ? remaining[mid]! : (remaining[mid - 1]! + remaining[mid]!) / 2;
 }
 
+function pastSessions(history: HostSession[] | undefined): string {
+  const n = history?.length ?? 0;
+  return `${n} past session${n === 1 ? '' : 's'}`;
+}
+
 function score(c: PlacementCandidate, req: PlacementRequirements, now: number, weights: PlacementWeights): FactorScore[] {
   const load5 = c.load[1];
   const remaining = expectedRemainingMs(c.history, now);
@@ -204,8 +209,8 @@ function score(c: PlacementCandidate, req: PlacementRequirements, now: number, w
       remaining === undefined
         ? { value: 0.5, detail: 'no history' }
         : remaining === 0
-          ? { value: 0, detail: 'usually off at this hour' }
-          : { value: clamp01(remaining / (remaining + SESSION_HALF_MS)), detail: `expect ${formatDuration(remaining)} more` },
+          ? { value: 0, detail: `usually off at this hour (${pastSessions(c.history)})` }
+          : { value: clamp01(remaining / (remaining + SESSION_HALF_MS)), detail: `expect ${formatDuration(remaining)} more (${pastSessions(c.history)})` },
     image:
       req.image === undefined
         ? { value: 0, detail: 'image not given' }

@@ -5,6 +5,7 @@ import { Depot, type DepotOptions } from '../depot/depot.ts';
 import type { DepotComponents } from '../depot/components.ts';
 import { ImageStore } from '../depot/images/catalog.ts';
 import { ContainerManager } from '../depot/containers/manager.ts';
+import { CgroupHost, limitsFor } from '../depot/containers/cgroup-limits.ts';
 import { Journal } from '../depot/journal/journal.ts';
 import { electionConfigFrom, type ElectionConfig } from '../pilot/election/settings.ts';
 import { containersPlugin } from './containers.ts';
@@ -13,6 +14,7 @@ import { trackingPlugin, type TrackingPlugin } from './tracking.ts';
 import { pilotsPlugin, type PilotsPlugin } from './pilots.ts';
 import { alertsPlugin, type AlertsPlugin, type QuorumStatus } from './alerts.ts';
 import { sshTrustPlugin, type SshTrustPlugin } from './ssh-trust.ts';
+import { sessionsPlugin } from './sessions.ts';
 
 // The composition root of a workstation's depot as `navigator depot run` starts it: the depot
 // core plus, in start order, the image store, the containers, the SSH trust for image shipping,
@@ -71,6 +73,9 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     clock: opts.clock,
     statusIntervalMs: config.containers.statusIntervalMs,
     driverTiming: config.containers,
+    ...(config.containers.limitsEnabled
+      ? { limits: { host: new CgroupHost({ logger: log }), of: (service: string) => limitsFor(service, config.containers.limits, config.containers.serviceLimits) } }
+      : {}),
   }));
   const journal = new Journal({ path: join(config.node.dataDir, 'journal.jsonl'), logger: log, gapSlackMs: config.journal.gapSlackMs });
   const started = <T>(v: T | undefined, what: string): T => {
@@ -85,6 +90,7 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     ...opts,
     log: base,
     plugins: [
+      sessionsPlugin(),
       imagesPlugin({ store }),
       containersPlugin({ manager }),
       (c) => (trust = sshTrustPlugin()(c)),

@@ -96,6 +96,17 @@ export const JournalSection = z
   })
   .strict();
 
+export const SessionsSection = z
+  .object({
+    file: z.string().default('').describe("This host's recorded sessions (start, clean stop or loss); default <node.dataDir>/sessions.json"),
+    markMs: ms(60_000, 'While running, the last sign of life is written this often: after a power cut the session counts as ended at the last mark'),
+    rejoinMs: ms(300_000, 'A depot started again this soon after its last sign of life, on the same host boot, continues the session (a restart is not the end of the day)'),
+    keep: z.number().int().min(1).max(10_000).default(500).describe('Sessions kept in the file (oldest dropped first)'),
+    gossip: z.number().int().min(0).max(32).default(21).describe('Most recent ended sessions carried in the heartbeat for placement and voter ranking (0: none)'),
+    maxAgeMs: ms(28 * 24 * 3600_000, 'Sessions that ended longer ago than this are no longer gossiped'),
+  })
+  .strict();
+
 export const HttpSection = z
   .object({
     host: z.string().default('0.0.0.0').describe('Address the tracking page and read-only API listen on'),
@@ -226,6 +237,19 @@ export const ShipSection = z
   })
   .strict();
 
+const cpuWeight = z.number().int().min(1).max(10_000).describe("CPU share against the host's other work when the CPU is contended (systemd CPUWeight; a user's processes have 100): idle CPU is still the container's");
+const cpuMax = z.number().positive().max(4096).describe('Hard cap in CPUs (0.5 = half of one CPU), even when the host is idle; unset: none');
+const memoryMax = z.number().int().positive().describe('Hard memory cap in bytes (the container is killed by the kernel above it); unset: none');
+const ioWeight = z.number().int().min(1).max(10_000).describe("Disk IO share against the host's other work (systemd IOWeight; others have 100)");
+
+/** What a service container may take from the workstation it runs on (its own cgroup): the lab PC's user comes first. */
+export const ContainerLimits = z
+  .object({ cpuWeight: cpuWeight.default(10), cpuMax: cpuMax.optional(), memoryMax: memoryMax.optional(), ioWeight: ioWeight.default(10) })
+  .strict();
+/** A service's own limits: only the fields it sets replace the host's. */
+export const ServiceLimits = z.object({ cpuWeight: cpuWeight.optional(), cpuMax: cpuMax.optional(), memoryMax: memoryMax.optional(), ioWeight: ioWeight.optional() }).strict();
+export type ContainerLimits = z.infer<typeof ContainerLimits>;
+
 export const ContainersSection = z
   .object({
     statusIntervalMs: z
@@ -238,6 +262,12 @@ export const ContainersSection = z
     processTermRepeatMs: ms(1000, 'A process container without a stop command is sent SIGTERM again this often until it exits (a service still starting may ignore the first) or the stop deadline forces it'),
     qemuStartTimeoutMs: ms(15_000, 'Longest wait for a started QEMU to answer on its QMP socket'),
     vmrunCommandTimeoutMs: ms(120_000, 'Longest time one vmrun command may run when its caller sets no deadline of its own'),
+    limits: ContainerLimits.prefault({}).describe('Limits of every service container on this host (process driver: its own cgroup)'),
+    serviceLimits: z
+      .record(z.string().regex(/^[a-z0-9][a-z0-9-]{0,47}$/, 'a service name is 1-48 lower-case letters, digits or dashes'), ServiceLimits)
+      .default({})
+      .describe('Per service: fields that replace those of `limits` for its containers'),
+    limitsEnabled: z.boolean().default(true).describe('Put service containers in a cgroup of their own with the limits above (false: run them in the depot\'s)'),
   })
   .strict();
 
@@ -262,6 +292,7 @@ export const ConfigSchema = z
     connections: ConnectionsSection.prefault({}),
     control: ControlSection.prefault({}),
     journal: JournalSection.prefault({}),
+    sessions: SessionsSection.prefault({}),
     http: HttpSection.prefault({}),
     log: LogSection.prefault({}),
     store: StoreSection.prefault({}),
@@ -352,6 +383,7 @@ function resolveDerived(cfg: Config): Config {
     ...cfg,
     network: { ...cfg.network, identityFile: cfg.network.identityFile || `${cfg.node.dataDir}/identity.key` },
     store: { ...cfg.store, dir: cfg.store.dir || `${cfg.node.dataDir}/images` },
+    sessions: { ...cfg.sessions, file: cfg.sessions.file || `${cfg.node.dataDir}/sessions.json` },
     containers: { ...cfg.containers, statusIntervalMs: cfg.containers.statusIntervalMs || cfg.membership.heartbeatMs },
     ship: {
       ...cfg.ship,

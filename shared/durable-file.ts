@@ -17,13 +17,16 @@ export async function fsyncDir(dir: string): Promise<void> {
 }
 
 /** Replace `path` with `data` atomically and durably (tmp + fsync + rename + directory fsync). */
-export async function writeFileDurable(path: string, data: string | Uint8Array, opts: { mode?: number; exclusive?: boolean } = {}): Promise<void> {
+export async function writeFileDurable(path: string, data: string | Uint8Array, opts: { mode?: number; exclusive?: boolean; owner?: { uid: number; gid: number } } = {}): Promise<void> {
   const dir = dirname(path);
   const tmp = join(dir, `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
   const fh = await open(tmp, 'wx', opts.mode ?? 0o600);
   try {
     try {
       await fh.writeFile(data);
+      // The mode asked for, not what the umask leaves of it.
+      await fh.chmod(opts.mode ?? 0o600);
+      if (opts.owner) await fh.chown(opts.owner.uid, opts.owner.gid);
       await fh.sync();
     } finally {
       await fh.close();

@@ -83,6 +83,11 @@ export const HeartbeatMessage = z.object({
     .default([])
     .describe('Images being received: bytes on disk so far of total (staging folders written to lately)'),
   containers: z.array(ContainerReport).max(64).default([]),
+  sessions: z
+    .array(z.tuple([z.number().int().nonnegative(), z.number().int().positive()]))
+    .max(32)
+    .optional()
+    .describe("The host's recent ended sessions, newest last: [start minute since the epoch, length in minutes] (depot/sessions); placement and voter ranking read the time of day from them"),
   version: shortText,
 });
 export type HeartbeatMessage = z.infer<typeof HeartbeatMessage>;

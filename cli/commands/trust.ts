@@ -51,12 +51,12 @@ export function registerTrust(program: Command): void {
     .action(async (who: string, opts: { config: string }) => {
       const file = await pinsFile(opts.config);
       const { forgetPins } = await import('../../depot/ssh-trust/host-key-pins.ts');
-      const { writeFileAtomic } = await import('../../depot/ssh-trust/ssh-keys.ts');
+      const { writeFileDurable } = await import('../../shared/durable-file.ts');
       const { pins, removed } = forgetPins(await readPins(file), who);
       if (removed.length === 0) throw new NavigatorError('NOT_FOUND', `no host key pinned for ${who} in ${file} (\`navigator trust list\` shows the pins)`);
       // Keep the file the depot's: root running this must not leave it unreadable to the depot.
       const st = await stat(file);
-      await writeFileAtomic(file, `${JSON.stringify(pins, null, 1)}\n`, 0o640, { uid: st.uid, gid: st.gid });
+      await writeFileDurable(file, `${JSON.stringify(pins, null, 1)}\n`, { mode: 0o640, owner: { uid: st.uid, gid: st.gid } });
       process.stdout.write(`forgot the host key of ${who} (${removed.join(', ')}); the depot pins what it announces next\n`);
     });
 }

@@ -9,6 +9,8 @@ import { SafeName } from '../../shared/names.ts';
 import { writeFileDurable } from '../../shared/durable-file.ts';
 import { ContainerSpec, type ContainerDriver, type ContainerStateName, type DriverTiming, type ExecResult, type StopResult } from './drivers/driver.ts';
 import { createDriver, specPaths } from './drivers/factory.ts';
+import type { CgroupHost } from './cgroup-limits.ts';
+import type { ContainerLimits } from '../../shared/config.ts';
 import { insideDir } from './drivers/paths.ts';
 
 // The containers this depot hosts. Each one runs in its own folder under `root`, a
@@ -95,6 +97,8 @@ export interface ContainerManagerOptions {
   driverTiming?: DriverTiming;
   /** Called on every state change, e.g. to send a heartbeat at once. */
   onChange?: (status: ContainerStatus) => void;
+  /** Cgroup limits of a service's containers (config containers.limits/serviceLimits); none: run in the depot's cgroup. */
+  limits?: { host: CgroupHost; of: (service: string) => ContainerLimits };
 }
 
 export class ContainerManager {
@@ -336,7 +340,9 @@ export class ContainerManager {
   }
 
   private makeEntry(id: string, service: string, image: string, spec: ContainerSpec, dir: string): Entry {
-    const driver = createDriver(spec, { id, dir, logger: this.opts.logger, vmrunPath: this.opts.vmrunPath, qemuPath: this.opts.qemuPath, timing: this.opts.driverTiming });
+    const limits = this.opts.limits;
+    const cgroup = limits ? { enter: () => limits.host.enter(id, limits.of(service)), leave: () => limits.host.leave(id) } : undefined;
+    const driver = createDriver(spec, { id, dir, logger: this.opts.logger, vmrunPath: this.opts.vmrunPath, qemuPath: this.opts.qemuPath, timing: this.opts.driverTiming, ...(cgroup ? { cgroup } : {}) });
     return {
       id,
       service,

@@ -23,6 +23,8 @@ export interface HeartbeatContent {
   /** sshd host key fingerprint and SFTP public key (the SSH trust part); the last provider that sets them wins. */
   sshHostKey?: string;
   sshKey?: string;
+  /** The host's past sessions, compact (the sessions plugin); the last provider that sets them wins. */
+  sessions?: Array<[number, number]>;
 }
 
 /** Returns the part of the heartbeat content a plugin knows about; lists are concatenated. */
@@ -133,6 +135,7 @@ export class HeartbeatPublisher {
         if (contribution.sshPort !== undefined) content.sshPort = contribution.sshPort;
         if (contribution.sshHostKey !== undefined) content.sshHostKey = contribution.sshHostKey;
         if (contribution.sshKey !== undefined) content.sshKey = contribution.sshKey;
+        if (contribution.sessions !== undefined) content.sessions = contribution.sessions;
       } catch (err) {
         o.log.warn({ event: 'heartbeat-provider-failed', err: (err as Error).message }, 'heartbeat content provider failed');
       }
@@ -163,6 +166,7 @@ export class HeartbeatPublisher {
       images: content.images,
       staging: content.staging,
       containers: content.containers,
+      ...(content.sessions?.length ? { sessions: content.sessions } : {}),
       version: VERSION,
     };
   }

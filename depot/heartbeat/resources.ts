@@ -70,7 +70,7 @@ let kernelBootTime: number | undefined;
  * Host boot time (ms). The kernel's `btime` never changes; now − uptime would wobble by a few
  * ms on every sample, and a heartbeat whose content "changed" is gossiped at once.
  */
-function bootTimeMs(): number {
+export function bootTimeMs(): number {
   if (kernelBootTime === undefined) {
     try {
       const m = /^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'));

@@ -1,5 +1,6 @@
 import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import { writeFileDurable } from '../../shared/durable-file.ts';
 import { dirname } from 'node:path';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 
@@ -108,25 +109,6 @@ export function publicKeyOfPrivate(text: string, source: string): string {
   return publicKeyLine(blob);
 }
 
-/** Write a file atomically (temp file, fsync, rename) with `mode`, optionally owned by uid:gid. */
-export async function writeFileAtomic(path: string, data: string | Buffer, mode: number, owner?: { uid: number; gid: number }): Promise<void> {
-  const tmp = `${path}.tmp-${process.pid}-${randomBytes(3).toString('hex')}`;
-  const fh = await open(tmp, 'wx', mode);
-  try {
-    await fh.writeFile(data);
-    // The file's mode, not the process umask's remainder of it.
-    await fh.chmod(mode);
-    if (owner) await fh.chown(owner.uid, owner.gid);
-    await fh.sync();
-  } catch (err) {
-    await fh.close().catch(() => undefined);
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  await fh.close();
-  await rename(tmp, path);
-}
-
 /**
  * The depot's SFTP key at `path` (made, 0600, if missing; with `owner` when run by the installer as
  * root): its public key line. A file that exists but is not such a key is an error, never replaced.
@@ -143,8 +125,8 @@ export async function loadOrCreateSshKey(path: string, owner?: { uid: number; gi
   if (text !== undefined) return { publicKey: publicKeyOfPrivate(text, path), created: false };
   const pair = makeSshKeyPair();
   await mkdir(dirname(path), { recursive: true, mode: 0o750 });
-  await writeFileAtomic(path, pair.privateKey, 0o600, owner);
-  await writeFileAtomic(`${path}.pub`, `${pair.publicKey} navigator\n`, 0o644, owner);
+  await writeFileDurable(path, pair.privateKey, { mode: 0o600, ...(owner ? { owner } : {}) });
+  await writeFileDurable(`${path}.pub`, `${pair.publicKey} navigator\n`, { mode: 0o644, ...(owner ? { owner } : {}) });
   return { publicKey: pair.publicKey, created: true };
 }
 

@@ -4,7 +4,8 @@ import type { Logger } from '../../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import type { MemberDirectory } from '../components.ts';
 import type { MemberView } from '../membership/membership.ts';
-import { hostKeyFingerprint, loadOrCreateSshKey, writeFileAtomic } from './ssh-keys.ts';
+import { hostKeyFingerprint, loadOrCreateSshKey } from './ssh-keys.ts';
+import { writeFileDurable } from '../../shared/durable-file.ts';
 import { keyCount, renderAuthorizedKeys } from './authorized-keys.ts';
 import { PinFile, emptyPins, hostKeyState, observeAnnounced, type HostKeyState } from './host-key-pins.ts';
 
@@ -123,7 +124,7 @@ export class SshTrust {
     this.writing = this.writing.then(async () => {
       if (this.written !== text) return; // a newer text is queued behind this one
       try {
-        await writeFileAtomic(this.opts.authorizedKeysFile, text, 0o640);
+        await writeFileDurable(this.opts.authorizedKeysFile, text, { mode: 0o640 });
         this.log.info({ event: 'ssh-authorized-keys', keys: keyCount(text), file: this.opts.authorizedKeysFile }, `receive account accepts ${keyCount(text)} depot key(s)`);
       } catch (err) {
         this.written = undefined; // try again at the next change
@@ -164,7 +165,7 @@ export class SshTrust {
     const file = join(this.opts.dir, PINS_FILE);
     this.pinsWriting = this.pinsWriting.then(async () => {
       try {
-        await writeFileAtomic(file, text, 0o640);
+        await writeFileDurable(file, text, { mode: 0o640 });
         this.pinsMtime = (await stat(file)).mtimeMs;
       } catch (err) {
         this.log.error({ event: 'ssh-pins-save-failed', file, err: errorMessage(err) }, 'could not save host key pins');

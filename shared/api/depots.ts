@@ -33,6 +33,8 @@ export interface DepotRow {
   sshHostKey: string | null;
   /** Whether this depot trusts that host key (see DepotHostKey). */
   hostKeyTrust: DepotHostKey | null;
+  /** The host's recent ended sessions from its heartbeat (placement's time-of-day factor). */
+  sessions?: Array<{ startMs: number; endMs: number }>;
 }
 
 /** How this depot judges another depot's sshd host key, pinned from its signed heartbeats. */

@@ -13,6 +13,8 @@ import { ProcessDriver, type ContainerManifestInput } from '../../depot/containe
 import { tcpOpen } from '../../shared/tcp-probe.ts';
 import { alive, groupMembers } from '../../depot/containers/drivers/proc.ts';
 import { freePort } from '../../lab/loopback/ports.ts';
+import { CgroupHost } from '../../depot/containers/cgroup-limits.ts';
+import { ContainersSection } from '../../shared/config.ts';
 
 // The process driver with real services: a private mariadbd as the container (its data folder
 // initialised by a one-shot start step), and a small TCP server inside a network namespace.
@@ -187,6 +189,36 @@ describe('process driver', () => {
     expect(r.stdout.trim().split('\n')).toHaveLength(1); // only lo
     expect(await d.stop({ timeoutMs: 5000 })).toEqual({ forced: false });
     expect(await d.status()).toBe('stopped');
+  });
+  it('runs a container in its own cgroup with the configured limits; its children are born inside; the cgroup goes with it', async () => {
+    const host = new CgroupHost({ logger: silentLogger() });
+    const limits = ContainersSection.parse({ limits: { cpuWeight: 10, cpuMax: 0.5, memoryMax: 256 * 1024 * 1024 } }).limits;
+    const port = await freePort();
+    const id = `limited-${randomBytes(3).toString('hex')}`;
+    const dir = join(root, id);
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'container.yaml'), toYaml({ name: id, start: [{ argv: serverArgv('127.0.0.1', port) }], health: { tcp: { host: '127.0.0.1', port } } }));
+    const d = createDriver(ProcessSpec.parse({ driver: 'process' }), { id, dir, logger: silentLogger(), cgroup: { enter: () => host.enter(id, limits), leave: () => host.leave(id) } }) as ProcessDriver;
+    drivers.push(d);
+    await d.start();
+    const dirs = (await host.dirs(id))!;
+    const pgid = JSON.parse(await readFile(join(dir, '.navigator-pgids.json'), 'utf8'))[0] as number;
+    const members = groupMembers(pgid);
+    expect(members.length).toBeGreaterThanOrEqual(2); // the server and the sleep it forked
+    const cpuDir = dirs.v2 ?? dirs.cpu!;
+    const inside = (await readFile(join(cpuDir, 'cgroup.procs'), 'utf8')).trim().split('\n').map(Number);
+    for (const pid of members) expect(inside).toContain(pid);
+    if (dirs.v2) {
+      expect((await readFile(join(dirs.v2, 'cpu.weight'), 'utf8')).trim()).toBe('10');
+      expect((await readFile(join(dirs.v2, 'cpu.max'), 'utf8')).trim()).toBe('50000 100000');
+      expect((await readFile(join(dirs.v2, 'memory.max'), 'utf8')).trim()).toBe(String(256 * 1024 * 1024));
+    } else {
+      expect((await readFile(join(dirs.cpu!, 'cpu.shares'), 'utf8')).trim()).toBe('102');
+      expect((await readFile(join(dirs.cpu!, 'cpu.cfs_quota_us'), 'utf8')).trim()).toBe('50000');
+      expect((await readFile(join(dirs.memory!, 'memory.limit_in_bytes'), 'utf8')).trim()).toBe(String(256 * 1024 * 1024));
+    }
+    expect(await d.stop({ timeoutMs: 5000 })).toEqual({ forced: false });
+    await expect(stat(cpuDir)).rejects.toThrow(/ENOENT/);
   });
 });
 

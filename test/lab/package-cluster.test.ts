@@ -138,13 +138,16 @@ describe('a lab cluster installed from the package', () => {
       return d?.state === 'alive' && d.version === newer.version && s.primary !== undefined && s.primary !== 'w1' && s.standbys.includes('w1') && s.standbys.length === 2;
     }, 60_000, 'w1 back on the new version as a standby of echo2');
     await new Promise((r) => setTimeout(r, 1000));
-    const gaps = prober.gaps(tUp, Date.now(), 100);
-    expect(gaps.length, `gaps over 100 ms: ${JSON.stringify(gaps)}`).toBeLessThanOrEqual(1);
+    // Gaps of a few hundred ms are the prober's own stalls when the machine is loaded (the nspawn
+    // machines, the prober and the test share two cores); an outage is longer than that.
+    const gaps = prober.gaps(tUp, Date.now(), 500);
+    expect(gaps.length, `gaps over 500 ms: ${JSON.stringify(gaps)}`).toBeLessThanOrEqual(1);
     const worst = Math.max(0, ...gaps.map((g) => g.gapMs));
     expect(worst).toBeLessThan(FAILOVER_MS);
-    expect((await w1.depotEvents()).find((e) => e.event === 'hand-over' && e.service === 'echo2')).toMatchObject({ ok: true });
+    const handOver = (await w1.depotEvents()).filter((e) => (e.event === 'hand-over' || e.event === 'hand-over-failed') && e.service === 'echo2');
+    expect(handOver, `w1's hand-over events of echo2: ${JSON.stringify(handOver)}`).toMatchObject([{ event: 'hand-over', ok: true }]);
     console.log(
-      `cluster: three installs + discovery ${Math.round(installedMs)} ms; trust scenario ${Math.round(trustMs)} ms; upgrade (dpkg -i of ${newer.file} on the primary) ${upgradeMs} ms; prober gaps over 100 ms: ${gaps.map((g) => Math.round(g.gapMs)).join(', ') || 'none'}`,
+      `cluster: three installs + discovery ${Math.round(installedMs)} ms; trust scenario ${Math.round(trustMs)} ms; upgrade (dpkg -i of ${newer.file} on the primary) ${upgradeMs} ms; prober gaps over 500 ms: ${gaps.map((g) => Math.round(g.gapMs)).join(', ') || 'none'}`,
     );
   }, 600_000);
 });

@@ -97,6 +97,8 @@ export interface DriverContext {
   qemuPath?: string;
   /** Driver timing (config section `containers`; default: its defaults). */
   timing?: DriverTiming;
+  /** The container's own cgroup (process driver): enter returns the cgroup.procs files to join, [] for none. */
+  cgroup?: { enter(): Promise<string[]>; leave(): Promise<void> };
 }
 
 /** The drivers' knobs in config section `containers`. */

@@ -9,6 +9,7 @@ import type { Logger } from '../../../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../../../shared/errors.ts';
 import { driverTiming, type ContainerDriver, type ContainerStateName, type DriverContext, type DriverTiming, type ExecResult, type ProcessSpec, type StopOptions, type StopResult } from './driver.ts';
 import { insideDir } from './paths.ts';
+import { wrapCommand } from '../cgroup-limits.ts';
 import { tcpOpen } from '../../../shared/tcp-probe.ts';
 import { fileDescriptor, groupAlive, groupMembers } from './proc.ts';
 
@@ -104,6 +105,7 @@ export class ProcessDriver implements ContainerDriver {
   private readonly log: Logger;
   private readonly manifestPath: string;
   private readonly timing: DriverTiming;
+  private cgroupProcs: string[] = [];
 
   constructor(
     spec: ProcessSpec,
@@ -121,6 +123,7 @@ export class ProcessDriver implements ContainerDriver {
 
   async start(): Promise<void> {
     const m = await this.load();
+    await this.enterCgroup();
     const alive = (await this.groups()).filter(groupAlive);
     if (alive.length > 0) {
       if (await this.healthy(m)) return;
@@ -200,6 +203,7 @@ export class ProcessDriver implements ContainerDriver {
     const groups = (await this.groups()).filter(groupAlive);
     if (groups.length === 0) {
       await rm(join(this.ctx.dir, PIDS_FILE), { force: true });
+      await this.ctx.cgroup?.leave();
       return { forced: false };
     }
     const started = Date.now();
@@ -229,6 +233,7 @@ export class ProcessDriver implements ContainerDriver {
     }
     if (forced) await this.killGroups(groups, 0);
     await rm(join(this.ctx.dir, PIDS_FILE), { force: true });
+    await this.ctx.cgroup?.leave();
     this.log.info({ event: 'container-stopped', forced, durationMs: Date.now() - started }, 'process container stopped');
     return { forced };
   }
@@ -249,6 +254,7 @@ export class ProcessDriver implements ContainerDriver {
       return;
     }
     if (running.length > 0 || m.primary.length === 0) return;
+    await this.enterCgroup();
     const started = Date.now();
     const groups: number[] = [];
     for (const [i, c] of m.primary.entries()) {
@@ -337,7 +343,13 @@ export class ProcessDriver implements ContainerDriver {
     if (m.netns) full.unshift('ip', 'netns', 'exec', m.netns);
     const env: NodeJS.ProcessEnv = { ...process.env };
     for (const [k, v] of Object.entries(c.env)) env[k] = sub(v);
-    return { file: full[0]!, args: full.slice(1), cwd: c.cwd ? insideDir(this.ctx.dir, c.cwd, 'cwd') : this.ctx.dir, env };
+    const cmd = wrapCommand(this.cgroupProcs, full[0]!, full.slice(1));
+    return { file: cmd.file, args: cmd.args, cwd: c.cwd ? insideDir(this.ctx.dir, c.cwd, 'cwd') : this.ctx.dir, env };
+  }
+
+  /** The container's own cgroup with its limits (config containers.limits), joined by every command. */
+  private async enterCgroup(): Promise<void> {
+    this.cgroupProcs = (await this.ctx.cgroup?.enter()) ?? [];
   }
 
   private async groups(file = PIDS_FILE): Promise<number[]> {
