@@ -155,6 +155,9 @@ export async function placement(c: LabCluster, host: string): Promise<Placement>
 }
 
 export async function bootstrap(c: LabCluster, host: string, standbys: number): Promise<void> {
+  // The admin token from a file, as an admin would pass it (never on the command line).
+  const tokenFile = join(c.lab.dir, 'admin.token');
+  await writeFile(tokenFile, `${ADMIN_TOKEN}\n`, { mode: 0o600 });
   const r = await c.lab.exec(
     host,
     [
@@ -174,8 +177,8 @@ export async function bootstrap(c: LabCluster, host: string, standbys: number): 
       String(SERVICE_PORT),
       '--standbys',
       String(standbys),
-      '--token',
-      ADMIN_TOKEN,
+      '--token-file',
+      tokenFile,
       '--timeout',
       '60',
     ],

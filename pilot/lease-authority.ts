@@ -8,12 +8,12 @@ import { isSafeName } from '../shared/names.ts';
 //    with every voter of its view every leaseMs/3, so an active promise names the current holder
 //    and its term, and nothing a peer claims can change it.
 // 2. Otherwise (this depot does not vote for the service, or the promise ran out: the primary
-//    resigned for a switchover, or died), the highest-term primary claimed in the depots' signed
-//    heartbeats; the claim outlives the primary's resignation so the switchover target still
-//    knows whom to obey.
+//    resigned for a switchover, or died), whichever names the later term: the voter's last
+//    promise, or the highest-term primary claimed in the depots' signed heartbeats (a claim
+//    outlives the primary's resignation, so a switchover target still knows whom to obey).
 //
-// Either way, a holder whose term is below the term this depot's own copy knows is stale: no one
-// is served (fail closed).
+// Either way, a holder whose term is below the term this depot's own copy is primary in is stale:
+// no one is served (fail closed).
 
 /** The pilot ids of candidates and holders are `<peer id>/<container>/<incarnation>`. */
 export function peerOfPilot(pilotId: string): string {
@@ -26,14 +26,17 @@ export interface LeaseEvidence {
   voter?: { term: number; promisedTo: string | null; promiseLeftMs: number } | undefined;
   /** The highest-term primary claimed in a heartbeat. */
   claimed?: LeaseHolder | undefined;
-  /** The term this depot's own copy of the service knows (its pilot). */
+  /** The term this depot's own copy of the service is primary in, if it is. */
   localTerm?: number | undefined;
 }
 
 /** Pure: the holder the evidence names, or undefined when it names none (or a stale one). */
 export function leaseHolderFrom(e: LeaseEvidence): LeaseHolder | undefined {
-  const voter = e.voter && e.voter.promisedTo && e.voter.promiseLeftMs > 0 ? { peer: peerOfPilot(e.voter.promisedTo), term: e.voter.term } : undefined;
-  const holder = voter ?? e.claimed;
+  const voter = e.voter && e.voter.promisedTo ? { peer: peerOfPilot(e.voter.promisedTo), term: e.voter.term } : undefined;
+  // A running promise decides alone; a past one still names the holder of its term (a primary
+  // that resigned for a switchover), unless a heartbeat claims a later term.
+  const running = voter !== undefined && (e.voter?.promiseLeftMs ?? 0) > 0;
+  const holder = running ? voter : voter && (!e.claimed || e.claimed.term <= voter.term) ? voter : e.claimed;
   if (!holder || !holder.peer) return undefined;
   if (e.localTerm !== undefined && e.localTerm > holder.term) return undefined;
   return holder;
@@ -41,7 +44,7 @@ export function leaseHolderFrom(e: LeaseEvidence): LeaseHolder | undefined {
 
 export interface LeaseAuthorityOptions {
   voters: () => Array<{ service: string; votedTerm: number; promisedTo: string | null; promiseLeftMs: number }>;
-  /** The term of this depot's copy of `service`, if it hosts one. */
+  /** The term this depot's copy of `service` is primary in, if it is. */
   localTerm: (service: string) => number | undefined;
   /** Primary copies of `service` in the heartbeats held now (a heartbeat may predate the pilots' start). */
   current?: (service: string) => LeaseHolder[];

@@ -56,6 +56,7 @@ export class StandbyKeeper {
     const now = Date.now();
     const policy = o.policy ? servicePolicy(o.policy, spec.name) : undefined;
     const quiet = o.policy ? quietWindowAt(o.policy, now) : undefined;
+    this.knownFor(pilot);
     const plan = planStandbys({
       service: { ...spec, standbys: this.standbysOf(spec) },
       copies: copiesOf(o.members, spec.name).filter((c) => this.trusts(pilot, c)),
@@ -95,6 +96,17 @@ export class StandbyKeeper {
     }
   }
 
+  /** What this primary knows of its copies in its current term (made at its first look). */
+  private knownFor(pilot: Pilot): { term: number; since: number; atTakeover: Set<string>; placed: Set<string> } {
+    let k = this.known.get(pilot.spec.name);
+    if (!k || k.term !== pilot.term) {
+      const atTakeover = new Set(copiesOf(this.opts.members, pilot.spec.name).map((c) => copyKey(c.peerId, c.report.id)));
+      k = { term: pilot.term, since: Date.now(), atTakeover, placed: new Set() };
+      this.known.set(pilot.spec.name, k);
+    }
+    return k;
+  }
+
   /** A heartbeat from `peerId` reports these copies (every depot keeps this, primary or not). */
   observeCopies(peerId: string, containers: ReadonlyArray<{ id: string; service: string }>, now = Date.now()): void {
     for (const c of containers) {
@@ -111,12 +123,7 @@ export class StandbyKeeper {
   /** Is `copy` one this primary knows (heard of before it took over, or placed by it since)? */
   trusts(pilot: Pilot, copy: CopyView): boolean {
     if (copy.peerId === this.opts.self.peerId) return true;
-    let k = this.known.get(pilot.spec.name);
-    if (!k || k.term !== pilot.term) {
-      const atTakeover = new Set(copiesOf(this.opts.members, pilot.spec.name).map((c) => copyKey(c.peerId, c.report.id)));
-      k = { term: pilot.term, since: Date.now(), atTakeover, placed: new Set() };
-      this.known.set(pilot.spec.name, k);
-    }
+    const k = this.knownFor(pilot);
     const key = copyKey(copy.peerId, copy.report.id);
     if (k.placed.has(key) || k.atTakeover.has(key)) return true;
     const seen = this.firstSeen.get(pilot.spec.name)?.get(key);
@@ -197,7 +204,7 @@ export class StandbyKeeper {
     await control.call(peerId, 'container.start', { id: container, service: spec.name, image: spec.image, spec: spec.container, role: 'standby', term: pilot.term }, { timeoutMs: 120_000 });
     const assignment: PilotAssignment = { spec, container, view: pilot.view, term: pilot.term, campaign: false };
     await control.call(peerId, 'pilot.assign', assignment, { timeoutMs: 10_000 });
-    this.known.get(spec.name)?.placed.add(copyKey(peerId, container));
+    this.knownFor(pilot).placed.add(copyKey(peerId, container));
     this.recentlyPlaced.push({ service: spec.name, peerId, container, at: Date.now() });
     const boot = Date.now() - b0;
     this.log.info({ event: 'standby-placed', service: spec.name, host, container, shipMs: ship, bootMs: boot, durationMs: Date.now() - t0 }, `standby running on ${host}`);

@@ -120,7 +120,12 @@ class Pilots implements PilotsPlugin {
     });
     this.authority = new DepotLeaseAuthority({
       voters: () => this.voters.snapshot(),
-      localTerm: (service) => this.supervisor.pilotFor(service)?.term,
+      // Only a primary's own term says something about the lease: a standby's may have been
+      // raised by a candidacy that lost, which must not make it refuse the primary that won.
+      localTerm: (service) => {
+        const p = this.supervisor.pilotFor(service);
+        return p?.role === 'primary' ? p.term : undefined;
+      },
       current: (service) =>
         members
           .view()

@@ -1,9 +1,11 @@
 import type { Connection } from 'mysql2/promise';
 import { NavigatorError } from '../../shared/errors.ts';
+import { schemaNames } from './sync-history.ts';
 
 // The term fence of a copy's database, kept in the copy's own server: the highest election term
-// whose primary may write into it (navigator_fence.fence, one row per synced schema), guarded by a
-// named lock. Checked where the swap happens, on the target server, in the session that runs the
+// whose primary may write into it (table term_fence in the database's `DB__nav_sync` schema, which
+// the sync account may already write — see deploy/examples/zabbix/scripts/schema.sh), guarded by
+// a named lock. Checked where the swap happens, on the target server, in the session that runs the
 // RENAME:
 //
 //  - A sync's swap first takes the lock, reads the fence and goes on only if its primary's term
@@ -15,7 +17,6 @@ import { NavigatorError } from '../../shared/errors.ts';
 //    the lock. Its server then
 //    refuses every swap from a primary of a term below T.
 
-export const FENCE_SCHEMA = 'navigator_fence';
 /** dbsync.ts holds `nav-sync.<db>` on the target for a whole sync run. */
 export const SYNC_LOCK_PREFIX = 'nav-sync.';
 
@@ -26,19 +27,24 @@ export function fenceLockName(database: string): string {
   return `navigator_fence:${database}`.slice(0, 64);
 }
 
-async function ensureTable(conn: Connection): Promise<void> {
-  await conn.query(`CREATE DATABASE IF NOT EXISTS ${q(FENCE_SCHEMA)}`);
-  await conn.query(`CREATE TABLE IF NOT EXISTS ${q(FENCE_SCHEMA)}.fence (db VARCHAR(64) NOT NULL PRIMARY KEY, term BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB`);
+/** `DB__nav_sync`.term_fence: where the fence of `database` is kept. */
+function fenceTable(database: string): string {
+  return `${q(schemaNames(database).meta)}.term_fence`;
+}
+
+async function ensureTable(conn: Connection, database: string): Promise<void> {
+  await conn.query(`CREATE DATABASE IF NOT EXISTS ${q(schemaNames(database).meta)}`);
+  await conn.query(`CREATE TABLE IF NOT EXISTS ${fenceTable(database)} (id TINYINT UNSIGNED NOT NULL PRIMARY KEY, term BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB`);
 }
 
 async function raise(conn: Connection, database: string, term: number): Promise<void> {
-  await conn.query(`INSERT INTO ${q(FENCE_SCHEMA)}.fence (db, term) VALUES (?, ?) ON DUPLICATE KEY UPDATE term = GREATEST(term, VALUES(term))`, [database, term]);
+  await conn.query(`INSERT INTO ${fenceTable(database)} (id, term) VALUES (1, ?) ON DUPLICATE KEY UPDATE term = GREATEST(term, VALUES(term))`, [term]);
 }
 
 /** The fence of `database` on this server (0: none yet). */
 export async function readFence(conn: Connection, database: string): Promise<number> {
   try {
-    const [rows] = await conn.query(`SELECT term FROM ${q(FENCE_SCHEMA)}.fence WHERE db = ?`, [database]);
+    const [rows] = await conn.query(`SELECT term FROM ${fenceTable(database)} WHERE id = 1`);
     const r = (rows as Array<{ term: number | string }>)[0];
     return r ? Number(r.term) : 0;
   } catch (err) {
@@ -54,7 +60,7 @@ export async function readFence(conn: Connection, database: string): Promise<num
  */
 export async function holdTermFence(conn: Connection, database: string, term: number, lockWaitS: number): Promise<void> {
   if (!Number.isInteger(term) || term < 0) throw new NavigatorError('SYNC_FAILED', `fenced: the sync's copy is no longer primary; no swap into ${database}`, { stage: 'swap' });
-  await ensureTable(conn);
+  await ensureTable(conn, database);
   const [got] = await conn.query('SELECT GET_LOCK(?, ?) AS got', [fenceLockName(database), lockWaitS]);
   if (Number((got as Array<{ got: number | null }>)[0]?.got) !== 1) {
     throw new NavigatorError('SYNC_FAILED', `term fence of ${database}: lock not obtained within ${lockWaitS} s (a promotion or another swap holds it)`, { stage: 'swap' });
@@ -76,7 +82,7 @@ export async function releaseTermFence(conn: Connection, database: string): Prom
  * in-flight swap of an older primary), then raise the fence to `term`. Returns the sessions killed.
  */
 export async function raiseTermFence(conn: Connection, database: string, term: number, lockWaitS = 10): Promise<{ killed: number }> {
-  await ensureTable(conn);
+  await ensureTable(conn, database);
   const lock = fenceLockName(database);
   let killed = 0;
   const killHolder = async (name: string) => {

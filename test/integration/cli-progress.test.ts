@@ -4,6 +4,8 @@ import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { stripVTControlCharacters } from 'node:util';
 import { execa } from 'execa';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 
 // The CLI as a user runs it (bin/navigator.mjs under Node 22) against a small in-process HTTP
 // server with canned depot answers: `status` without a terminal prints no escape codes, with
@@ -229,7 +231,10 @@ describe('progress of drain and bootstrap when piped', () => {
       },
     });
     try {
-      const r = await cli(['drain', 'ws-1', '--api', s.url, '--token', 't0ken']);
+      // The token from a file (never on the command line, where `ps` shows it).
+      const tokenFile = join(mkdtempSync(join(tmpdir(), 'nav-token-')), 'admin.token');
+      writeFileSync(tokenFile, 't0ken\n', { mode: 0o600 });
+      const r = await cli(['drain', 'ws-1', '--api', s.url, '--token-file', tokenFile]);
       expect(r.stderr).toBe('');
       expect(r.exitCode).toBe(0);
       expect(r.stdout).not.toContain(ESC);

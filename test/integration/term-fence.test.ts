@@ -12,15 +12,29 @@ import { silentLogger } from '../../shared/logger.ts';
 let primary: MariaDbServer;
 let standby: MariaDbServer;
 
+// The sync account as deploy/examples/zabbix/scripts/schema.sh makes it: ALL on the database and
+// its DB__nav_* schemas, SET USER, READ_ONLY ADMIN and PROCESS — nothing else.
+const SYNC = { user: 'navsync', password: `sync-${Date.now()}` };
+
 beforeAll(async () => {
   [primary, standby] = await Promise.all([startMariaDb({ name: 'fence-p' }), startMariaDb({ name: 'fence-s' })]);
+  for (const s of [primary, standby]) {
+    await s.query(`CREATE USER '${SYNC.user}'@'%' IDENTIFIED BY '${SYNC.password}'`);
+    await s.query(`GRANT ALL PRIVILEGES ON \`app\`.* TO '${SYNC.user}'@'%'`);
+    await s.query(`GRANT ALL PRIVILEGES ON \`app\\_\\_nav\\_%\`.* TO '${SYNC.user}'@'%'`);
+    await s.query(`GRANT SET USER, READ_ONLY ADMIN, PROCESS ON *.* TO '${SYNC.user}'@'%'`);
+  }
 }, 120_000);
 
 afterAll(async () => {
   await Promise.all([primary?.stop(), standby?.stop()]);
 }, 60_000);
 
-const ep = (s: MariaDbServer) => ({ host: s.host, port: s.port, user: s.user, password: s.password });
+const ep = (s: MariaDbServer) => ({ host: s.host, port: s.port, user: SYNC.user, password: SYNC.password });
+async function syncConn(s: MariaDbServer) {
+  const { default: mysql } = await import('mysql2/promise');
+  return mysql.createConnection(ep(s));
+}
 const rows = async (s: MariaDbServer) => (await s.query<{ v: string }>('SELECT v FROM app.t ORDER BY id')).map((r) => r.v);
 
 describe('term fence of a copy\'s database', { timeout: 90_000 }, () => {
@@ -32,7 +46,8 @@ describe('term fence of a copy\'s database', { timeout: 90_000 }, () => {
     const sync = new DbSync({ source: ep(primary), target: ep(standby), database: 'app', logger: silentLogger(), term: () => term });
     await sync.syncNow();
     expect(await rows(standby)).toEqual(['term5']);
-    const conn = await standby.connect();
+    // The promotion runs as the sync account on the copy's own server, as DbLink does.
+    const conn = await syncConn(standby);
     try {
       expect(await readFence(conn, 'app')).toBe(5);
 
@@ -49,7 +64,7 @@ describe('term fence of a copy\'s database', { timeout: 90_000 }, () => {
       expect(await rows(standby)).toEqual(['term5', 'written-in-6']);
 
       // A swap in flight holds the fence lock; the promotion kills its session first.
-      const inflight = await standby.connect();
+      const inflight = await syncConn(standby);
       await holdTermFence(inflight, 'app', 6, 5);
       const r = await raiseTermFence(conn, 'app', 7);
       expect(r.killed).toBeGreaterThanOrEqual(1);

@@ -88,6 +88,10 @@ describe('lease authority (who holds a lease, as this depot knows it)', () => {
     expect(leaseHolderFrom({ voter, claimed: { peer: ATTACKER, term: 9 } })).toEqual({ peer: HOLDER, term: 5 });
     // The promise ran out (the holder resigned or died): the heartbeat claim counts.
     expect(leaseHolderFrom({ voter: { ...voter, promiseLeftMs: 0 }, claimed: { peer: HOLDER, term: 5 } })).toEqual({ peer: HOLDER, term: 5 });
+    // A released promise still names the holder of its term (switchover), unless a later term is claimed.
+    expect(leaseHolderFrom({ voter: { ...voter, promiseLeftMs: 0 } })).toEqual({ peer: HOLDER, term: 5 });
+    expect(leaseHolderFrom({ voter: { ...voter, promiseLeftMs: 0 }, claimed: { peer: ATTACKER, term: 4 } })).toEqual({ peer: HOLDER, term: 5 });
+    expect(leaseHolderFrom({ voter: { ...voter, promiseLeftMs: 0 }, claimed: { peer: ATTACKER, term: 6 } })).toEqual({ peer: ATTACKER, term: 6 });
     // This depot's own copy knows a later term: the holder is stale, nobody is served.
     expect(leaseHolderFrom({ voter, localTerm: 6 })).toBeUndefined();
     expect(leaseHolderFrom({})).toBeUndefined();
