@@ -6,7 +6,6 @@ import mysql from 'mysql2/promise';
 import { startMariaDb, type MariaDbServer } from '../../lab/loopback/mariadb.ts';
 import { DbLink, type OwnSyncFields } from '../../pilot/db/db-link.ts';
 import { NAVIGATOR_GLOBAL_GRANTS } from '../../pilot/db/replication.ts';
-import { FENCE_SCHEMA } from '../../pilot/db/term-fence.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { createLogger, silentLogger } from '../../shared/logger.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
@@ -69,7 +68,6 @@ async function createNav(s: MariaDbServer): Promise<void> {
   await s.query("CREATE USER 'nav'@'127.0.0.1' IDENTIFIED BY ?", [PASSWORD]);
   await s.query(`GRANT ALL PRIVILEGES ON \`${DB}\`.* TO 'nav'@'127.0.0.1'`);
   await s.query(`GRANT ALL PRIVILEGES ON \`${DB}\\_\\_nav\\_%\`.* TO 'nav'@'127.0.0.1'`);
-  await s.query(`GRANT ALL PRIVILEGES ON \`${FENCE_SCHEMA}\`.* TO 'nav'@'127.0.0.1'`);
   await s.query(`GRANT ${NAVIGATOR_GLOBAL_GRANTS} ON *.* TO 'nav'@'127.0.0.1' WITH GRANT OPTION`);
 }
 
