@@ -126,11 +126,13 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
         await sleep(60_000 / victims.length);
       }
       log(`mass shutdown: ${victims.length} hosts off in ${Date.now() - tm} ms; survivors ${survivors.join(', ')} (group was ${group.join(', ')})`);
-      // Served after the shutdown: answers within the last 5 s of a 30 s wait.
+      // Served after the shutdown: 30 s later, the prober gets an answer (its results arrive in
+      // batches, so wait for a fresh one rather than read the last seconds).
       await sleep(30_000);
-      const end = Date.now();
-      const last = prober.outage(end - 5000, end);
-      const served = last.recovered && last.outageMs < 2000;
+      const served = await prober.waitForServer(/./, 10_000).then(
+        () => true,
+        () => false,
+      );
       return {
         workstations: opts.workstations,
         cpuHog: hog,
