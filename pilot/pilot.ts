@@ -267,7 +267,7 @@ export class Pilot {
     this.lastReassert = this.opts.now();
     // The database first (replicate: apply what was received, stop replicating, writable), so
     // the service's primary-only processes start on a promoted, writable copy.
-    await this.opts.db?.becomePrimary(this.spec.name);
+    await this.opts.db?.becomePrimary(this.spec.name, term);
     await this.opts.containers.setRole(this.container, 'primary', term);
     this.serving = true;
     const takeover = Math.round(this.opts.now() - t0);

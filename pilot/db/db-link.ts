@@ -59,6 +59,7 @@ export class DbLink {
   private semisyncFellBack: boolean | undefined;
   private primaryGtid: string | undefined;
   private service: string | undefined;
+  private term = 0;
   /** Only the current term's primary (holding its lease) touches standbys (set by the pilot). */
   private mayAct: (() => boolean) | undefined;
   private recorder: MovementRecorder | undefined;
@@ -176,7 +177,7 @@ export class DbLink {
         role: 'standby',
         host,
         address: '',
-        term: 0,
+        term: this.term,
         failover: false,
         reason: `${host} held ${saved.transactions} transaction(s) the new primary lacks (GTIDs ${info.extra.map((e) => `${e.domain}-${e.server}-${e.fromSeq}..${e.toSeq}`).join(', ')}); saved to ${saved.file}, host reseeded`,
       })
@@ -309,8 +310,9 @@ export class DbLink {
   }
 
   /** Primary: movements go into navigator_movements; journaled ones it lacks are added. */
-  async becomePrimary(service: string): Promise<void> {
+  async becomePrimary(service: string, term = 0): Promise<void> {
     this.service = service;
+    this.term = term;
     // A copy that was a switchover's old primary was left read-only: the primary must write.
     let conn: Connection | undefined;
     try {
