@@ -288,7 +288,16 @@ export class Pilot {
     if (this.running) await this.guard.prepare();
     this.opts.cluster.beat();
     this.log.warn({ event: 'fenced', term, reason, durationMs: Math.round(this.opts.now() - t0) }, `stopped serving (${reason})`);
-    await this.opts.record({ event: 'demoted', role: 'standby', failover: false, reason: `fenced: ${reason}`, term, timings: { takeover: Math.round(this.opts.now() - t0) } });
+    // A stop after a hand-over that hit dbsync.catchUpTimeoutMs says so where the movement shows.
+    const catchUp = reason === 'resigned' ? this.opts.db?.lastCatchUpFailure : undefined;
+    await this.opts.record({
+      event: 'demoted',
+      role: 'standby',
+      failover: false,
+      reason: `fenced: ${reason}${catchUp ? ` without a completed hand-over (${catchUp})` : ''}`,
+      term,
+      timings: { takeover: Math.round(this.opts.now() - t0) },
+    });
   }
 
   private async restartInPlace(term: number): Promise<void> {

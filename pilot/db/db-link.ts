@@ -60,6 +60,7 @@ export class DbLink {
   private primaryGtid: string | undefined;
   private service: string | undefined;
   private term = 0;
+  private catchUpFailure: string | undefined;
   /** Only the current term's primary (holding its lease) touches standbys (set by the pilot). */
   private mayAct: (() => boolean) | undefined;
   private recorder: MovementRecorder | undefined;
@@ -223,12 +224,19 @@ export class DbLink {
       const behind = results.filter((r) => !r.ok).map((r) => r.target);
       this.log.info({ event: 'final-catch-up', gtid, caughtUp, behind }, `standbys holding every transaction (${gtid}): ${caughtUp.join(', ') || 'none'}`);
       if (caughtUp.length === 0) {
+        this.catchUpFailure = `the standbys did not catch up with ${gtid || 'the primary'} within dbsync.catchUpTimeoutMs (${this.opts.dbsync.catchUpTimeoutMs} ms)${behind.length ? `: ${behind.join(', ')} behind` : ''}`;
         throw new Error(`no standby applied the primary's last transactions (${gtid}) within dbsync.catchUpTimeoutMs (${this.opts.dbsync.catchUpTimeoutMs} ms)${behind.length ? `; behind: ${behind.join(', ')}` : ''}`);
       }
+      this.catchUpFailure = undefined;
       return { caughtUp, behind, gtid };
     } finally {
       await conn?.end().catch(() => undefined);
     }
+  }
+
+  /** Why the last planned hand-over could not bring a standby up to date (until one succeeds). */
+  get lastCatchUpFailure(): string | undefined {
+    return this.catchUpFailure;
   }
 
   async resumeWrites(): Promise<void> {
