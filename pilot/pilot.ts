@@ -190,12 +190,23 @@ export class Pilot {
   async resign(reason: string): Promise<void> {
     this.log.info({ event: 'resign', reason }, 'resigning');
     if (this.state.role === 'primary' && this.opts.db) {
-      // No data lost on a planned move: stop writes, bring every standby up to date, then go.
+      // No data lost on a planned move: the service's primary-only processes stop first (they
+      // store what they acknowledged — zabbix_server flushes its history cache — while the
+      // database still takes writes), then writes stop, every standby is brought up to date
+      // (dump: a final sync; replicate: the last GTID applied), then go. The probe leaves the
+      // stopped service alone meanwhile (not serving).
       const t0 = this.opts.now();
+      const term = this.state.electionTerm;
+      this.serving = false;
       try {
+        await this.opts.containers.setRole(this.container, 'standby', term);
         await this.opts.db.syncAllNow(true);
       } catch (err) {
         await this.opts.db.resumeWrites();
+        if (this.state.role === 'primary') {
+          await this.opts.containers.setRole(this.container, 'primary', term).catch(() => undefined);
+          this.serving = true;
+        }
         throw err;
       }
       this.log.info({ event: 'final-sync', durationMs: Math.round(this.opts.now() - t0) }, 'standbys up to date; handing over');
@@ -324,7 +335,16 @@ export class Pilot {
     if (this.running) await this.guard.prepare();
     this.opts.cluster.beat();
     this.log.warn({ event: 'fenced', term, reason, durationMs: Math.round(this.opts.now() - t0) }, `stopped serving (${reason})`);
-    await this.opts.record({ event: 'demoted', role: 'standby', failover: false, reason: `fenced: ${reason}`, term, timings: { takeover: Math.round(this.opts.now() - t0) } });
+    // A stop after a hand-over that hit dbsync.catchUpTimeoutMs says so where the movement shows.
+    const catchUp = reason === 'resigned' ? this.opts.db?.lastCatchUpFailure : undefined;
+    await this.opts.record({
+      event: 'demoted',
+      role: 'standby',
+      failover: false,
+      reason: `fenced: ${reason}${catchUp ? ` without a completed hand-over (${catchUp})` : ''}`,
+      term,
+      timings: { takeover: Math.round(this.opts.now() - t0) },
+    });
   }
 
   private async restartInPlace(term: number): Promise<void> {

@@ -12,6 +12,7 @@ export const ALERT_TYPES = [
   'unprotected',
   'sync-failing',
   'sync-lagging',
+  'semisync-fallback',
   'quorum-lost',
   'last-resort-recovery',
   'peer-refused',

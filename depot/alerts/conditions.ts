@@ -14,6 +14,10 @@ export interface CopyState {
   term: number;
   lastSyncAt?: number | undefined;
   syncFailing?: boolean | undefined;
+  /** replicate/semisync: why a standby's replication is broken or stopped. */
+  replReason?: string | undefined;
+  /** semisync, primary: fell back to async. */
+  semisyncFallback?: boolean | undefined;
 }
 
 /** A service and its copies on live (alive or suspect) depots. */
@@ -54,6 +58,7 @@ export const SEVERITY_OF: Record<AlertType, Severity> = {
   unprotected: 'warning',
   'sync-failing': 'warning',
   'sync-lagging': 'warning',
+  'semisync-fallback': 'warning',
   'peer-refused': 'warning',
   'image-verify-failed': 'warning',
 };
@@ -105,8 +110,8 @@ export function currentConditions(services: readonly ServiceState[], quorum: rea
           type: 'sync-failing',
           service: s.service,
           host: c.host,
-          summary: `database copy of ${s.service} into the standby on ${c.host} is failing`,
-          details: c.lastSyncAt !== undefined ? { lastGoodSync: new Date(c.lastSyncAt).toISOString() } : {},
+          summary: `database copy of ${s.service} into the standby on ${c.host} is failing${c.replReason ? ` (replication: ${c.replReason}; it is reseeded automatically)` : ''}`,
+          details: { ...(c.lastSyncAt !== undefined ? { lastGoodSync: new Date(c.lastSyncAt).toISOString() } : {}), ...(c.replReason ? { reason: c.replReason.slice(0, 500) } : {}) },
           afterMs: t.syncFailingAfterMs,
         });
       }
@@ -121,6 +126,20 @@ export function currentConditions(services: readonly ServiceState[], quorum: rea
           afterMs: 0,
         });
       }
+    }
+  }
+  for (const s of services) {
+    for (const c of s.copies) {
+      if (c.role !== 'primary' || !c.semisyncFallback) continue;
+      add({
+        key: `semisync-fallback/${s.service}/${c.host}`,
+        type: 'semisync-fallback',
+        service: s.service,
+        host: c.host,
+        summary: `semi-synchronous replication of ${s.service} on ${c.host} fell back to async: no standby acknowledged a commit within dbsync.semisyncTimeoutMs, so a crash of ${c.host} now may lose acknowledged writes`,
+        details: { primary: c.host },
+        afterMs: 0,
+      });
     }
   }
   const lost = new Map<string, QuorumReport>();

@@ -76,7 +76,16 @@ export function servicesFrom(view: readonly MemberView[], journalServices: Itera
     for (const c of m.heartbeat?.containers ?? []) {
       let s = byService.get(c.service);
       if (!s) byService.set(c.service, (s = { service: c.service, copies: [] }));
-      s.copies.push({ host: m.name, role: c.role, state: c.state, term: c.term, lastSyncAt: c.lastSyncAt, syncFailing: c.syncFailing });
+      s.copies.push({
+        host: m.name,
+        role: c.role,
+        state: c.state,
+        term: c.term,
+        lastSyncAt: c.lastSyncAt,
+        syncFailing: c.syncFailing,
+        ...(c.replReason !== undefined ? { replReason: c.replReason } : {}),
+        ...(c.semisyncFallback !== undefined ? { semisyncFallback: c.semisyncFallback } : {}),
+      });
     }
   }
   return [...byService.values()].sort((a, b) => (a.service < b.service ? -1 : 1));

@@ -59,6 +59,7 @@ export class DbLink {
   private semisyncFellBack: boolean | undefined;
   private primaryGtid: string | undefined;
   private service: string | undefined;
+  private catchUpFailure: string | undefined;
   /** Only the current term's primary (holding its lease) touches standbys (set by the pilot). */
   private mayAct: (() => boolean) | undefined;
   private recorder: MovementRecorder | undefined;
@@ -181,7 +182,7 @@ export class DbLink {
         role: 'standby',
         host,
         address: '',
-        term: 0,
+        term: Math.max(0, this.primaryTerm),
         failover: false,
         reason: `${host} held ${saved.transactions} transaction(s) the new primary lacks (GTIDs ${info.extra.map((e) => `${e.domain}-${e.server}-${e.fromSeq}..${e.toSeq}`).join(', ')}); saved to ${saved.file}, host reseeded`,
       })
@@ -227,12 +228,19 @@ export class DbLink {
       const behind = results.filter((r) => !r.ok).map((r) => r.target);
       this.log.info({ event: 'final-catch-up', gtid, caughtUp, behind }, `standbys holding every transaction (${gtid}): ${caughtUp.join(', ') || 'none'}`);
       if (caughtUp.length === 0) {
+        this.catchUpFailure = `the standbys did not catch up with ${gtid || 'the primary'} within dbsync.catchUpTimeoutMs (${this.opts.dbsync.catchUpTimeoutMs} ms)${behind.length ? `: ${behind.join(', ')} behind` : ''}`;
         throw new Error(`no standby applied the primary's last transactions (${gtid}) within dbsync.catchUpTimeoutMs (${this.opts.dbsync.catchUpTimeoutMs} ms)${behind.length ? `; behind: ${behind.join(', ')}` : ''}`);
       }
+      this.catchUpFailure = undefined;
       return { caughtUp, behind, gtid };
     } finally {
       await conn?.end().catch(() => undefined);
     }
+  }
+
+  /** Why the last planned hand-over could not bring a standby up to date (until one succeeds). */
+  get lastCatchUpFailure(): string | undefined {
+    return this.catchUpFailure;
   }
 
   async resumeWrites(): Promise<void> {
@@ -314,8 +322,8 @@ export class DbLink {
   }
 
   /** Primary: movements go into navigator_movements; journaled ones it lacks are added. */
-  async becomePrimary(service: string, term?: number): Promise<void> {
-    if (term !== undefined) this.primaryTerm = term;
+  async becomePrimary(service: string, term = 0): Promise<void> {
+    this.primaryTerm = term;
     this.service = service;
     // A copy that was a switchover's old primary was left read-only: the primary must write.
     let conn: Connection | undefined;

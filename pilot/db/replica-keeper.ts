@@ -159,6 +159,17 @@ export class ReplicaKeeper {
           await this.seed(dst, signal, broken);
           return;
         }
+        // A standby's server that restarted lost what Navigator set at run time: its own
+        // server_id (two replicas with one id push each other off the source) and read_only.
+        if (st.serverId !== this.opts.targetServerId || !st.readOnly) {
+          this.log.info({ event: 'replication.settings_restored', serverId: st.serverId, readOnly: st.readOnly }, 'standby server restarted: server_id and read_only set again');
+          await dst.query('SET GLOBAL read_only = 1');
+          if (st.serverId !== this.opts.targetServerId) {
+            await dst.query('STOP SLAVE');
+            await dst.query('SET GLOBAL server_id = ?', [this.opts.targetServerId]);
+            await dst.query('START SLAVE');
+          }
+        }
         if (st.ioRunning === 'No' || st.sqlRunning === 'No') {
           this.log.info({ event: 'replication.restarted', io: st.ioRunning, sql: st.sqlRunning }, 'standby replication was stopped: starting it');
           await dst.query('START SLAVE');

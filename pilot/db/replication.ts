@@ -129,6 +129,7 @@ export interface ReplicaStatus {
   /** @@gtid_binlog_pos of this server. */
   gtidBinlogPos: string;
   readOnly: boolean;
+  serverId: number;
 }
 
 async function rows<T>(c: Connection, sql: string, params?: unknown[]): Promise<T[]> {
@@ -138,7 +139,10 @@ async function rows<T>(c: Connection, sql: string, params?: unknown[]): Promise<
 
 export async function readReplicaStatus(c: Connection): Promise<ReplicaStatus> {
   const [st] = await rows<Record<string, unknown>>(c, 'SHOW SLAVE STATUS');
-  const [v] = await rows<{ sp: string; bp: string; ro: number }>(c, 'SELECT @@GLOBAL.gtid_slave_pos AS sp, @@GLOBAL.gtid_binlog_pos AS bp, @@GLOBAL.read_only AS ro');
+  const [v] = await rows<{ sp: string; bp: string; ro: number; sid: number }>(
+    c,
+    'SELECT @@GLOBAL.gtid_slave_pos AS sp, @@GLOBAL.gtid_binlog_pos AS bp, @@GLOBAL.read_only AS ro, @@GLOBAL.server_id AS sid',
+  );
   const s = (k: string) => (st && st[k] !== null && st[k] !== undefined ? String(st[k]) : '');
   return {
     configured: Boolean(st && s('Master_Host')),
@@ -155,6 +159,7 @@ export async function readReplicaStatus(c: Connection): Promise<ReplicaStatus> {
     gtidIoPos: s('Gtid_IO_Pos'),
     gtidBinlogPos: String(v?.bp ?? ''),
     readOnly: Number(v?.ro) === 1,
+    serverId: Number(v?.sid ?? 0),
   };
 }
 

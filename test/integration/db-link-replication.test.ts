@@ -136,6 +136,12 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
     await a.query(`CREATE TRIGGER ${DB}.hosts_upper BEFORE INSERT ON ${DB}.hosts FOR EACH ROW SET NEW.name_upper = UPPER(NEW.name)`);
     await createApp(a);
     await links.a!.becomePrimary('svc', 1);
+    // A hand-over with no standby that can catch up: bounded, says why, writes resume.
+    await links.a!.setStandbys([{ key: 'ghost/copy', host: 'ghost', address: '127.0.0.1', port: 1 }], '127.0.0.1');
+    await expect(links.a!.syncAllNow(true)).rejects.toThrow(/no standby applied the primary's last transactions/);
+    expect(links.a!.lastCatchUpFailure).toMatch(/did not catch up .* within dbsync.catchUpTimeoutMs \(10000 ms\): 127.0.0.1:1 behind/);
+    await links.a!.resumeWrites();
+    expect(Number((await a.query<{ ro: number }>('SELECT @@GLOBAL.read_only AS ro'))[0]!.ro)).toBe(0);
     await links.a!.setStandbys([target('b'), target('c')], '127.0.0.1');
     for (const n of ['b', 'c']) {
       await until(`${n} replicating`, async () => {

@@ -285,6 +285,16 @@ describe('GTID replication between real MariaDB servers', { timeout: 120_000 }, 
     expect(k.status().lastSeed).toBeDefined();
     expect((await readReplicaStatus(ac)).configured).toBe(true);
     await ac.end();
+    // The standby's server restarts: it comes back writable and with server_id 1 (run-time
+    // settings); the next check sets both again and it goes on replicating.
+    await a.restart();
+    const before = await a.query<{ ro: number; sid: number }>('SELECT @@GLOBAL.read_only AS ro, @@GLOBAL.server_id AS sid');
+    expect([Number(before[0]!.ro), Number(before[0]!.sid)]).toEqual([0, 1]);
+    await k.checkNow();
+    const after = await a.query<{ ro: number; sid: number }>('SELECT @@GLOBAL.read_only AS ro, @@GLOBAL.server_id AS sid');
+    expect([Number(after[0]!.ro), Number(after[0]!.sid)]).toEqual([1, serverIdFor(`copy-${a.port}`)]);
+    await b.query(`INSERT INTO ${DB}.hosts VALUES (4, 'after-restart')`);
+    await until('a follows after its restart', async () => (await a.query<{ n: number }>(`SELECT COUNT(*) AS n FROM ${DB}.hosts WHERE id = 4`))[0]?.n === 1);
     await k.stop();
   });
 });

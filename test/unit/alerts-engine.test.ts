@@ -245,6 +245,29 @@ describe('alert conditions and the sender', () => {
     expect(conds.map((c) => c.key)).toEqual(['service-down/a', 'unprotected/b', 'sync-failing/c/ws2', 'sync-lagging/c/ws2', 'quorum-lost/c']);
   });
 
+  it('replication: a broken replica names its reason; a semisync fallback is a warning of its own', () => {
+    const conds = currentConditions(
+      [
+        {
+          service: 'z',
+          copies: [
+            copy('ws1', 'primary', 'running', { semisyncFallback: true }),
+            copy('ws2', 'standby', 'running', { syncFailing: true, replReason: 'source cannot send what the replica needs (error 1236)', lastSyncAt: T0 - 1000 }),
+          ],
+        },
+      ],
+      [],
+      T0,
+      cfg,
+    );
+    expect(conds.map((c) => [c.key, c.severity])).toEqual([
+      ['sync-failing/z/ws2', 'warning'],
+      ['semisync-fallback/z/ws1', 'warning'],
+    ]);
+    expect(conds[0]!.summary).toMatch(/replication: source cannot send .*1236.*reseeded automatically/);
+    expect(conds[0]!.details.reason).toMatch(/1236/);
+  });
+
   it('the primary\'s depot sends; with no primary, the live depot with the lowest peer id', () => {
     const m = (peerId: string, state: 'alive' | 'dead', containers: Array<{ service: string; role: string; term: number }> = []) => ({ peerId, name: `n-${peerId}`, state, containers });
     expect(chooseSender([m('a', 'alive'), m('b', 'alive', [{ service: 'z', role: 'primary', term: 2 }]), m('c', 'alive', [{ service: 'z', role: 'standby', term: 2 }])])?.peerId).toBe('b');

@@ -78,6 +78,7 @@ describe('broken replica', () => {
     gtidIoPos: '0-5-1',
     gtidBinlogPos: '0-5-1',
     readOnly: true,
+    serverId: 7,
   };
   it('is told apart from one that is only connecting', () => {
     expect(brokenReason(base)).toBeUndefined();
