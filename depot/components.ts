@@ -93,6 +93,8 @@ export interface DepotComponents {
   routes: RouteTarget | undefined;
   heartbeat: HeartbeatContributions;
   depotInfo: DepotAnnotations;
+  /** Service addresses this host may hold: never announced as the depot's own (libp2p, heartbeat). */
+  serviceAddresses: ServiceAddresses;
   /** Prometheus registry of /metrics. */
   metrics: Registry;
   reach: Reachability;
@@ -101,6 +103,11 @@ export interface DepotComponents {
    * last-resort recovery): report them here; the alerts plugin gossips them and alerts once.
    */
   notices: Notices;
+}
+
+export interface ServiceAddresses {
+  /** A list (IPs without prefix) read whenever the depot's addresses are announced. */
+  provide(list: () => string[]): void;
 }
 
 /** A concern plugged into the depot: started in order after the core, stopped in reverse. */

@@ -78,6 +78,7 @@ export class Depot {
   private _components: DepotComponents | undefined;
   private readonly plugins: DepotPlugin[] = [];
   private readonly rowExtras: Array<(peerId: string) => DepotRowExtras> = [];
+  private readonly serviceAddressProviders: Array<() => string[]> = [];
   private tickTimer: TimerHandle | undefined;
   private addressCache: { at: number; list: string[] } | undefined;
   private state: DepotState = 'new';
@@ -179,6 +180,7 @@ export class Depot {
       mdns: cfg.network.mdns,
       mdnsIntervalMs: cfg.network.mdnsIntervalMs,
       maxConnections: cfg.network.maxConnections,
+      hideAddress: (ip) => this.isServiceAddress(ip),
       transport: this.opts.transport ?? 'tcp',
       gossip: {
         metricsRegister: this.metrics.gossipWire,
@@ -264,6 +266,7 @@ export class Depot {
       httpPort: () => this._http?.port,
       addresses: () => this.ownAddresses(node),
       onLocal: (hb) => membership.observeHeartbeat(hb, this.clock.now()),
+      hideAddress: (ip) => this.isServiceAddress(ip),
     }));
     this._components = {
       config: cfg,
@@ -292,6 +295,7 @@ export class Depot {
         contribute: (provider: HeartbeatContentProvider) => heartbeat.addContentProvider(provider),
         beat: () => void heartbeat.beat().catch(() => undefined),
       },
+      serviceAddresses: { provide: (list) => void this.serviceAddressProviders.push(list) },
       depotInfo: {
         add: (provider) => void this.rowExtras.push(provider),
         of: (peer) => this.extrasOf(peer),
@@ -300,6 +304,11 @@ export class Depot {
       reach: { ping: async (peer, timeoutMs) => (await prober.ping(peer, timeoutMs)) !== undefined },
       notices: this.notices,
     };
+  }
+
+  /** An address a pilot here may hold for a service (never announced as this depot's own). */
+  private isServiceAddress(ip: string): boolean {
+    return this.serviceAddressProviders.some((p) => p().includes(ip));
   }
 
   private extrasOf(peerId: string): DepotRowExtras {

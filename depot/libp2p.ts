@@ -1,3 +1,4 @@
+import type { Multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p, type Libp2p } from 'libp2p';
 import { tcp } from '@libp2p/tcp';
 import { memory } from '@libp2p/memory';
@@ -78,6 +79,8 @@ export interface CreateNodeOptions {
   gossip?: Partial<GossipsubOpts>;
   /** network.maxConnections (default: its default). */
   maxConnections?: number;
+  /** Addresses never to announce (identify, getMultiaddrs): the service addresses this host may hold. */
+  hideAddress?: (ip: string) => boolean;
 }
 
 export async function createNode(opts: CreateNodeOptions): Promise<NavigatorNode> {
@@ -88,7 +91,13 @@ export async function createNode(opts: CreateNodeOptions): Promise<NavigatorNode
 
   return createLibp2p({
     privateKey: opts.privateKey ?? (await generateKeyPair('Ed25519')),
-    addresses: { listen: opts.listen, announce: opts.announce ?? [] },
+    addresses: {
+      listen: opts.listen,
+      announce: opts.announce ?? [],
+      // A service address moves at every failover: a peer that reached this depot on it would
+      // lose the connection, without a word, when the address goes.
+      ...(opts.hideAddress ? { announceFilter: (addrs: Multiaddr[]) => addrs.filter((a) => !opts.hideAddress!(a.toOptions().host)) } : {}),
+    },
     transports: [opts.transport === 'memory' ? memory() : tcp()],
     connectionProtector: preSharedKey({ psk: opts.swarmKey }),
     connectionEncrypters: [noise()],

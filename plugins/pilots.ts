@@ -40,7 +40,7 @@ export interface PilotsInit {
   hostKeys?: { expectedHostKey(peerId: string, name: string): Promise<string> };
 }
 
-export type PilotsComponents = Pick<DepotComponents, 'config' | 'logger' | 'clock' | 'self' | 'node' | 'members' | 'gossip' | 'control' | 'routes' | 'heartbeat' | 'reach'>;
+export type PilotsComponents = Pick<DepotComponents, 'config' | 'logger' | 'clock' | 'self' | 'node' | 'members' | 'gossip' | 'control' | 'routes' | 'heartbeat' | 'reach' | 'serviceAddresses'>;
 
 export interface PilotsPlugin extends DepotPlugin {
   readonly operations: AdminOperations;
@@ -174,6 +174,8 @@ class Pilots implements PilotsPlugin {
 
   async start(): Promise<void> {
     const c = this.c;
+    // The address of every service with a copy here: it may come and go with the primary role.
+    c.serviceAddresses.provide(() => this.supervisor.pilots().map((p) => p.spec.address.split('/')[0]!));
     await this.voters.start();
     await this.transport.start();
     // Heartbeats heard before this start (the one asked for on connecting) count as well.

@@ -34,12 +34,32 @@ export class ControlClient {
     throw new NavigatorError(asCode(response.error.code), response.error.message, { ...(response.error.details ?? {}), remote: true, method });
   }
 
+  /**
+   * A stream on the existing connection, or on a new one: a connection whose other end went away
+   * without a word (the address it was reached on was removed, as a service address is at a
+   * hand-over; a cable pulled) takes streams that never open. So the first try gets a third of the
+   * time; if it times out, that connection is dropped and the peer dialled afresh.
+   */
+  private async openStream(peer: PeerId | Multiaddr, timeoutMs: number, signal: AbortSignal): Promise<Stream> {
+    const node = this.opts.node;
+    const firstMs = Math.max(500, Math.floor(timeoutMs / 3));
+    if (firstMs >= timeoutMs || !('toMultihash' in peer) || node.getConnections(peer).length === 0) return node.dialProtocol(peer, PROTOCOLS.control, { signal });
+    const first = AbortSignal.any([signal, AbortSignal.timeout(firstMs)]);
+    try {
+      return await node.dialProtocol(peer, PROTOCOLS.control, { signal: first });
+    } catch (err) {
+      if (signal.aborted || !first.aborted) throw err;
+      await node.hangUp(peer).catch(() => undefined);
+      return node.dialProtocol(peer, PROTOCOLS.control, { signal });
+    }
+  }
+
   /** Send raw bytes (tests: malformed frames) and read the response frame. */
   async exchange(peer: PeerId | Multiaddr, raw: Uint8Array, timeoutMs: number, what = 'request'): Promise<ControlResponse> {
     const signal = AbortSignal.timeout(timeoutMs);
     let stream: Stream;
     try {
-      stream = await this.opts.node.dialProtocol(peer, PROTOCOLS.control, { signal });
+      stream = await this.openStream(peer, timeoutMs, signal);
     } catch (err) {
       if (signal.aborted) throw new NavigatorError('TIMEOUT', `${what}: could not open a control stream within ${timeoutMs} ms`);
       throw new NavigatorError('PEER_UNREACHABLE', `${what}: cannot open a control stream: ${errorMessage(err)}`);

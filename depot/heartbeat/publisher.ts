@@ -52,6 +52,8 @@ export interface HeartbeatPublisherOptions {
   addresses: () => string[];
   /** Called with every heartbeat built, before it is published (the depot's own view). */
   onLocal?: (hb: HeartbeatMessage) => void;
+  /** Addresses of the host not to report (the service addresses it may hold). */
+  hideAddress?: (ip: string) => boolean;
   /** Host sampling, replaceable in tests. */
   sample?: (storeDir: string) => Promise<ResourceSample>;
 }
@@ -151,7 +153,7 @@ export class HeartbeatPublisher {
       incarnation: o.incarnation,
       sentAt: o.clock.now(),
       addresses: o.addresses().slice(0, 8),
-      hostAddresses: res.hostAddresses.slice(0, 8),
+      hostAddresses: res.hostAddresses.filter((a) => !o.hideAddress?.(a)).slice(0, 8),
       ...(httpPort !== undefined ? { httpPort } : {}),
       ...(content.sshPort !== undefined ? { sshPort: content.sshPort } : {}),
       ...(content.sshHostKey !== undefined ? { sshHostKey: content.sshHostKey } : {}),
