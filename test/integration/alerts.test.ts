@@ -172,6 +172,8 @@ describe('alerts on three real depots', () => {
     try {
       beat();
       await waitFor('a to send the alerts', async () => (await alertsOf(a.api)).sender.sending);
+      // b and c learn of a's primary from its heartbeat, which may reach them a moment later.
+      for (const n of [b, c]) await waitFor(`${n.depot.components.self.name} to see ws-a as the sender`, async () => (await alertsOf(n.api)).sender.name === 'ws-a');
       for (const n of [b, c]) expect((await alertsOf(n.api)).sender).toMatchObject({ name: 'ws-a', self: false, sending: false });
 
       // unprotected: the standby's copy fails, then runs again.
