@@ -82,6 +82,8 @@ export class ReplicaKeeper {
   private st: ReplicaKeeperStatus;
   /** Reseeds of a broken replica in a row (reset once it has replicated for retryBackoffMaxMs). */
   private reseeds = 0;
+  /** The diverged transactions last saved (not saved twice). */
+  private savedExtra: string | undefined;
 
   constructor(private readonly opts: ReplicaKeeperOptions) {
     this.source = MySqlEndpoint.parse(opts.source);
@@ -198,7 +200,12 @@ export class ReplicaKeeper {
       this.log.debug({ event: 'replication.compare', targetState, sourceState: String(srcPos?.bs ?? ''), extra }, 'GTID comparison before re-pointing or seeding');
       if (extra.length > 0) {
         this.log.warn({ event: 'replication.diverged', extra, targetBinlogPos: st.gtidBinlogPos }, 'the standby holds transactions the primary lacks (a diverged old primary): saving them, then reseeding');
-        if (this.opts.onDiverged) await this.opts.onDiverged({ target: this.label, targetEndpoint: this.target, extra, targetBinlogPos: st.gtidBinlogPos });
+        // Saved once: a reseed that failed and is retried finds the same transactions again.
+        const key = JSON.stringify(extra);
+        if (this.opts.onDiverged && this.savedExtra !== key) {
+          await this.opts.onDiverged({ target: this.label, targetEndpoint: this.target, extra, targetBinlogPos: st.gtidBinlogPos });
+          this.savedExtra = key;
+        }
         await this.seed(dst, signal, 'diverged');
         return;
       }
