@@ -4,7 +4,7 @@ import { SystemClock, type Clock } from '../../shared/clock.ts';
 import { DbSyncSection } from '../../shared/config.ts';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import { MySqlEndpoint, endpointLabel, type MySqlEndpointInput } from './mysql-credentials.ts';
-import { SyncLoop } from './sync-loop.ts';
+import { SyncLoop, retryDelayMs } from './sync-loop.ts';
 import { seedFromSnapshot, type SeedResult } from './seed.ts';
 import {
   brokenReason,
@@ -80,6 +80,10 @@ export class ReplicaKeeper {
   private readonly clock: Clock;
   private readonly label: string;
   private st: ReplicaKeeperStatus;
+  /** Reseeds of a broken replica in a row (reset once it has replicated for retryBackoffMaxMs). */
+  private reseeds = 0;
+  /** The diverged transactions last saved (not saved twice). */
+  private savedExtra: string | undefined;
 
   constructor(private readonly opts: ReplicaKeeperOptions) {
     this.source = MySqlEndpoint.parse(opts.source);
@@ -154,11 +158,20 @@ export class ReplicaKeeper {
         const broken = brokenReason(st);
         if (broken) {
           this.st.state = 'broken';
-          this.st.reason = broken;
-          this.log.warn({ event: 'replication.broken', reason: this.scrub(broken) }, 'standby replication broken: reseeding it');
+          this.st.reason = this.scrub(broken);
+          // A replica that breaks again soon after its reseed is reseeded with backoff (a full
+          // dump each replicaCheckMs would hammer both servers).
+          const wait = retryDelayMs(this.reseeds + 1, this.settings.retryBaseMs, this.settings.retryBackoffMaxMs);
+          const sinceSeed = this.st.lastSeed ? this.clock.now() - this.st.lastSeed.at : Number.POSITIVE_INFINITY;
+          if (this.reseeds > 0 && sinceSeed < wait) {
+            throw new NavigatorError('SYNC_FAILED', `replication broken again ${Math.round(sinceSeed / 1000)} s after its reseed (${broken}); next reseed in ${Math.round((wait - sinceSeed) / 1000)} s`);
+          }
+          this.reseeds++;
+          this.log.warn({ event: 'replication.broken', reason: this.scrub(broken), reseeds: this.reseeds }, 'standby replication broken: reseeding it');
           await this.seed(dst, signal, broken);
           return;
         }
+        if (this.reseeds > 0 && this.st.lastSeed && this.clock.now() - this.st.lastSeed.at > this.settings.retryBackoffMaxMs) this.reseeds = 0;
         // A standby's server that restarted lost what Navigator set at run time: its own
         // server_id (two replicas with one id push each other off the source) and read_only.
         if (st.serverId !== this.opts.targetServerId || !st.readOnly) {
@@ -187,7 +200,12 @@ export class ReplicaKeeper {
       this.log.debug({ event: 'replication.compare', targetState, sourceState: String(srcPos?.bs ?? ''), extra }, 'GTID comparison before re-pointing or seeding');
       if (extra.length > 0) {
         this.log.warn({ event: 'replication.diverged', extra, targetBinlogPos: st.gtidBinlogPos }, 'the standby holds transactions the primary lacks (a diverged old primary): saving them, then reseeding');
-        if (this.opts.onDiverged) await this.opts.onDiverged({ target: this.label, targetEndpoint: this.target, extra, targetBinlogPos: st.gtidBinlogPos });
+        // Saved once: a reseed that failed and is retried finds the same transactions again.
+        const key = JSON.stringify(extra);
+        if (this.opts.onDiverged && this.savedExtra !== key) {
+          await this.opts.onDiverged({ target: this.label, targetEndpoint: this.target, extra, targetBinlogPos: st.gtidBinlogPos });
+          this.savedExtra = key;
+        }
         await this.seed(dst, signal, 'diverged');
         return;
       }

@@ -149,6 +149,14 @@ describe('DbLink replication between three real MariaDB servers', { timeout: 180
         return f?.repl?.replState === 'replicating' && f.lastSyncAt !== undefined && Date.now() - f.lastSyncAt < 1000;
       });
     }
+    // A standby replicates only from the current term's primary as its pilot knows it: told
+    // that the primary is elsewhere, it stops (here the primary's keeper, which holds the lease,
+    // starts it again at its next check).
+    const refused = await links.c!.ownSync(Date.now(), '10.255.255.1');
+    expect(refused?.repl?.replState).toBe('stopped');
+    const cs = await servers.c!.query<{ Slave_IO_Running: string; Slave_SQL_Running: string }>('SHOW SLAVE STATUS');
+    expect([cs[0]!.Slave_IO_Running, cs[0]!.Slave_SQL_Running]).toEqual(['No', 'No']);
+    await until('c replicating again', async () => (await links.c!.ownSync(Date.now(), '127.0.0.1'))?.repl?.replState === 'replicating');
     // The trigger came with the seed (loaded by Navigator's account, which has no SUPER).
     expect((await servers.b!.query<{ n: number }>("SELECT COUNT(*) AS n FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = ? AND TRIGGER_NAME = 'hosts_upper'", [DB]))[0]?.n).toBe(1);
 

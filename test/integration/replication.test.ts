@@ -260,6 +260,40 @@ describe('GTID replication between real MariaDB servers', { timeout: 120_000 }, 
     await until('c holds the row again', async () => (await c.query<{ n: number }>(`SELECT COUNT(*) AS n FROM ${DB}.hosts WHERE id = 3`))[0]?.n === 1);
     await k.checkNow();
     expect(k.status().state).toBe('replicating');
+    // Broken again at once: not reseeded again before the backoff (retryBaseMs 200 ms doubles
+    // per reseed in a row; here the base is a minute).
+    const slow = new ReplicaKeeper({
+      source: ep(b),
+      sourceAddress: '127.0.0.1',
+      target: ep(c),
+      targetServerId: serverIdFor(`copy-${c.port}`),
+      database: DB,
+      semisync: false,
+      logger,
+      settings: { retryBaseMs: 60_000, retryBackoffMaxMs: 600_000 },
+    });
+    // A row written on the standby behind replication's back, then the same key on the primary:
+    // the replica's SQL thread stops on the duplicate (slave_exec_mode STRICT).
+    const clash = async (id: number) => {
+      await c.query('STOP SLAVE');
+      await c.query(`INSERT INTO ${DB}.hosts VALUES (${id}, 'on the standby')`);
+      await c.query('START SLAVE');
+      await b.query(`INSERT INTO ${DB}.hosts VALUES (${id}, 'on the primary')`);
+      const conn = await c.connect();
+      await until('c to stop on an SQL error', async () => (await readReplicaStatus(conn)).sqlErrno !== 0);
+      await conn.end();
+    };
+    await clash(100);
+    await slow.checkNow();
+    const firstSeed = slow.status().lastSeed;
+    expect(firstSeed).toBeDefined();
+    await clash(101);
+    await expect(slow.checkNow()).rejects.toThrow(/broken again \d+ s after its reseed .*next reseed in \d+ s/);
+    expect(slow.status().lastSeed).toBe(firstSeed);
+    expect(slow.status().state).toBe('broken');
+    expect(slow.status().reason).toMatch(/SQL thread error/);
+    await slow.stop();
+    await k.checkNow();
     await k.stop();
   });
 
