@@ -45,6 +45,8 @@ export type PilotsComponents = Pick<DepotComponents, 'config' | 'logger' | 'cloc
 export interface PilotsPlugin extends DepotPlugin {
   readonly operations: AdminOperations;
   pilots(): Pilot[];
+  /** The witness (pilot.witness) answered within the last `withinMs`. */
+  witnessAnswered(withinMs: number): boolean;
   placement(service: string): PlacementResult | undefined;
   policyResponse(): PolicyResponse;
 }
@@ -133,6 +135,11 @@ class Pilots implements PilotsPlugin {
           .flatMap((m) => (m.heartbeat?.containers ?? []).filter((c) => c.service === service && c.role === 'primary').map((c) => ({ peer: m.peerId, term: c.term }))),
     });
     this.operations = new AdminOperations({ self, members, control, store: init.store, containers: init.containers, supervisor: this.supervisor, logger, group: { voters: this.election.voters, preferred: this.election.preferredVoters } });
+  }
+
+  witnessAnswered(withinMs: number): boolean {
+    const at = this.transport.witnessHeardAt;
+    return at !== undefined && performance.now() - at <= withinMs;
   }
 
   pilots(): Pilot[] {

@@ -103,7 +103,7 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
           hostKeys: { expectedHostKey: (peerId, name) => started(trust, 'ssh-trust').trust.expectedHostKey(peerId, name) },
           ...(opts.election ? { election: opts.election } : {}),
         })(c)),
-      (c) => (alerts = alertsPlugin({ journal, quorum: () => quorumOf(pilots, c.members) })(c)),
+      (c) => (alerts = alertsPlugin({ journal, quorum: () => quorumOf(pilots, c.members, config.pilot) })(c)),
     ],
   });
   return {
@@ -118,13 +118,19 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
 }
 
 /** The voter quorum of each service whose pilot runs here: alive voters against a majority (of both sets while a change is joint). */
-function quorumOf(pilots: PilotsPlugin | undefined, members: DepotComponents['members']): QuorumStatus[] {
+export function quorumOf(pilots: PilotsPlugin | undefined, members: DepotComponents['members'], pilot: Pick<Config['pilot'], 'witness' | 'leaseMs'>): QuorumStatus[] {
   const alive = new Set(members.view().filter((m) => m.state === 'alive').map((m) => m.peerId));
   return (pilots?.pilots() ?? []).map((p) => {
     const sets = [p.view.voters, ...(p.view.prev ? [p.view.prev] : [])];
+    // Two depots and a witness (pilot.witness) vote as three; the witness counts while it answers.
+    const witness = pilot.witness ? (pilots!.witnessAnswered(3 * pilot.leaseMs) ? 1 : 0) : undefined;
     // The set with the least room to spare decides.
     const worst = sets
-      .map((voters) => ({ voters: voters.length, alive: voters.filter((v) => alive.has(v)).length, needed: Math.floor(voters.length / 2) + 1 }))
+      .map((voters) => {
+        const withWitness = voters.length === 2 && witness !== undefined;
+        const n = voters.length + (withWitness ? 1 : 0);
+        return { voters: n, alive: voters.filter((v) => alive.has(v)).length + (withWitness ? witness : 0), needed: Math.floor(n / 2) + 1 };
+      })
       .sort((a, b) => a.alive - a.needed - (b.alive - b.needed))[0]!;
     return { service: p.spec.name, ...worst };
   });

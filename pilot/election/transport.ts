@@ -82,8 +82,13 @@ export class ElectionTransport {
   async requestWitness(msg: ElectionRequest): Promise<ElectionReply | undefined> {
     if (!this.opts.witness) return undefined;
     this.counters.sent++;
-    return this.exchange(multiaddr(this.opts.witness), msg);
+    const reply = await this.exchange(multiaddr(this.opts.witness), msg);
+    if (reply) this.witnessHeardAt = performance.now();
+    return reply;
   }
+
+  /** Monotonic time (ms) the witness last answered, if ever (the quorum alert counts it as a live voter). */
+  witnessHeardAt: number | undefined;
 
   private async exchange(peer: PeerId | Multiaddr, msg: ElectionRequest): Promise<ElectionReply | undefined> {
     const signal = AbortSignal.timeout(this.opts.timeoutMs);
