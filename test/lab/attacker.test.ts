@@ -4,6 +4,7 @@ import { Lab } from '../../lab/lab.ts';
 import { Prober } from '../../lab/prober.ts';
 import { P2P_PORT, SERVICE, api, bootstrap, placement, startCluster, waitFor } from '../../lab/cluster.ts';
 import { REPO_ROOT } from '../../shared/repo-root.ts';
+import { PilotSection } from '../../shared/config.ts';
 import type { AttackPlan } from '../../lab/attacker.ts';
 
 // A compromised swarm member against a running lab cluster: a real libp2p node with the swarm
@@ -81,7 +82,10 @@ describe('attacker with the swarm key', () => {
       const copiesAfter = depotsAfter!.depots.filter((d) => c.hosts.includes(d.name)).flatMap((d) => d.containers.filter((x) => x.service === SERVICE).map((x) => `${d.name}/${x.id}/${x.role}`)).sort();
       expect(copiesAfter).toEqual(copiesBefore);
       expect(await c.lab.holders(c.ip)).toEqual(['w1']);
-      expect(prober.outage(t0).outageMs).toBeLessThan(500);
+      // No fence, no failover: a lost lease would show as a gap of a lease or more. Shorter gaps
+      // are the prober's stalls while the attacker (tsx compiling at its start) and the depots
+      // share the machine's two cores.
+      expect(prober.outage(t0).outageMs).toBeLessThan(PilotSection.parse({}).leaseMs);
       expect(prober.serverTimeline().filter((s) => s.since >= t0).every((s) => s.server === 'w1')).toBe(true);
     } finally {
       await prober.stop();
