@@ -93,24 +93,26 @@ async function startDepots(lab: Lab, hosts: string[], opts: ZabbixClusterOptions
   }
   const address = lab.serviceAddress(0);
   const c: ZabbixCluster = { lab, hosts, depots: new Map(), peerIds, swarmKeyFile, imageDir: image.dir, address, ip: address.split('/')[0]!, image, tmp, cleanup };
-  await Promise.all(
-    hosts.map(async (host) => {
-      const p = lab.spawn(host, depotArgv(c, host), {
-        name: 'depot',
-        env: {
-          ...DEPOT_ENV,
-          NAVIGATOR__http__adminToken: ADMIN_TOKEN,
-          NAVIGATOR__dbsync__syncIntervalMs: String(opts.syncIntervalMs),
-          NAVIGATOR_LOG_LEVEL: 'info',
-          TMPDIR: tmp,
-        },
-      });
-      c.depots.set(host, p);
-      await p.waitForLine(/"event":"depot-started"/, 30_000);
-    }),
-  );
+  await Promise.all(hosts.map((host) => startZabbixDepot(c, host, opts)));
   await waitFor(async () => (await aliveSeenBy(c, hosts[0]!)) === hosts.length, 20_000, 'all depots alive');
   return c;
+}
+
+/** Start (or, after a power-on, start again) `host`'s depot, as systemd would at boot. */
+export async function startZabbixDepot(c: ZabbixCluster, host: string, opts: ZabbixClusterOptions): Promise<LabProcess> {
+  const p = c.lab.spawn(host, depotArgv(c, host), {
+    name: 'depot',
+    env: {
+      ...DEPOT_ENV,
+      NAVIGATOR__http__adminToken: ADMIN_TOKEN,
+      NAVIGATOR__dbsync__syncIntervalMs: String(opts.syncIntervalMs),
+      NAVIGATOR_LOG_LEVEL: 'info',
+      TMPDIR: c.tmp,
+    },
+  });
+  c.depots.set(host, p);
+  await p.waitForLine(/"event":"depot-started"/, 30_000);
+  return p;
 }
 
 /** POST /api/bootstrap on `host`'s depot (from inside its namespace: the admin API is local only). */
