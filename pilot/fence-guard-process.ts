@@ -117,19 +117,30 @@ async function stopPrimaryProcesses(): Promise<number> {
   const alive: number[] = [];
   for (const g of groups) if (await groupAlive(g)) alive.push(g);
   groups = alive;
-  const signal = (s: NodeJS.Signals) => {
-    for (const g of groups) {
+  // Groups running in a container unit of their own (depot/containers/runner.ts, systemd) belong
+  // to the service user: this process may not signal them, systemd may (`systemctl kill`, allowed
+  // for navigator-ctr-*.service by the package's polkit rule).
+  const units = new Set<string>();
+  const own: number[] = [];
+  for (const g of groups) {
+    const unit = /\/(navigator-ctr-[A-Za-z0-9_.@-]+\.service)(?:\/|$)/m.exec(await readFile(`/proc/${g}/cgroup`, 'utf8').catch(() => ''))?.[1];
+    if (unit) units.add(unit);
+    else own.push(g);
+  }
+  const signal = async (s: NodeJS.Signals) => {
+    for (const g of own) {
       try {
         process.kill(-g, s);
       } catch {
         // gone already
       }
     }
+    if (units.size > 0) await execa('systemctl', ['kill', '--no-ask-password', `--signal=${s}`, '--kill-who=all', ...units], { reject: false, timeout: 5000 });
   };
-  signal('SIGTERM');
+  await signal('SIGTERM');
   const until = monoNow() + (cfg.primaryStopMs ?? 5000);
   while ((await anyAlive(groups)) && monoNow() < until) await sleep(50);
-  if (await anyAlive(groups)) signal('SIGKILL');
+  if (await anyAlive(groups)) await signal('SIGKILL');
   return groups.length;
 }
 

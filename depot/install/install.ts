@@ -82,7 +82,16 @@ export async function installDepot(o: InstallOptions): Promise<InstallResult> {
     root: { uid: 0, gid: 0 },
     depot: await must(root, l.depotUser),
     receive: await must(root, l.receiveUser),
+    service: await must(root, l.serviceUser),
   };
+  // The depot hands its containers' folders to the service user's group (runner.ts): it must be
+  // a member to chgrp them and to read what the containers write.
+  const groups = await readFile(under(root, '/etc/group'), 'utf8').catch(() => '');
+  const svcGroup = groups.split('\n').find((g) => g.startsWith(`${l.serviceUser}:`));
+  if (svcGroup && !(svcGroup.split(':')[3] ?? '').split(',').includes(l.depotUser)) {
+    await execa('usermod', ['--append', '--groups', l.serviceUser, ...(root !== '/' ? ['--prefix', root] : []), l.depotUser]);
+    log.info({ event: 'user-group-added', user: l.depotUser, group: l.serviceUser }, 'the depot user joined the service user group');
+  }
 
   for (const d of directories(l)) {
     const path = under(root, d.path);

@@ -18,13 +18,19 @@ describe('polkit rule', () => {
     const polkit = { Result: { YES: 'yes', NO: 'no', NOT_HANDLED: 'not-handled' }, addRule: (f: (a: unknown, s: unknown) => string) => rules.push(f) };
     new Function('polkit', renderPolkitRule(DEFAULT_LAYOUT))(polkit);
     expect(rules).toHaveLength(1);
-    const ask = (id: string, user: string, unit: string | undefined) => rules[0]!({ id, lookup: (k: string) => (k === 'unit' ? unit : undefined) }, { user });
-    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'navigator-container-echo-1a2b3c.service')).toBe('yes');
+    const ask = (id: string, user: string, unit: string | undefined, verb = unit === undefined ? undefined : 'kill') =>
+      rules[0]!({ id, lookup: (k: string) => (k === 'unit' ? unit : k === 'verb' ? verb : undefined) }, { user });
+    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'navigator-ctr-echo-1a2b3c-start0.service')).toBe('yes');
+    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'navigator-ctr-echo.service', 'stop')).toBe('yes');
     expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'ssh.service')).toBe('not-handled');
-    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', undefined)).toBe('not-handled');
-    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'navigator-container-x.service; rm')).toBe('not-handled');
-    expect(ask('org.freedesktop.systemd1.manage-units', 'someone', 'navigator-container-echo.service')).toBe('not-handled');
-    expect(ask('org.freedesktop.systemd1.manage-unit-files', 'navigator', 'navigator-container-echo.service')).toBe('not-handled');
+    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'navigator-depot.service', 'stop')).toBe('not-handled');
+    // StartTransientUnit on systemd 252: no unit name, no verb.
+    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', undefined)).toBe('yes');
+    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', undefined, 'start')).toBe('not-handled');
+    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'navigator-ctr-x.service; rm')).toBe('not-handled');
+    expect(ask('org.freedesktop.systemd1.manage-units', 'someone', 'navigator-ctr-echo.service')).toBe('not-handled');
+    expect(ask('org.freedesktop.systemd1.manage-units', 'someone', undefined)).toBe('not-handled');
+    expect(ask('org.freedesktop.systemd1.manage-unit-files', 'navigator', 'navigator-ctr-echo.service')).toBe('not-handled');
   });
 });
 

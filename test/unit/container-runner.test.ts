@@ -1,0 +1,102 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { chooseRunner, createRunner, limitProperties, lookupUser, minimalEnv, systemdRunArgs, unitName, unitOfPid } from '../../depot/containers/runner.ts';
+import { createLogger } from '../../shared/logger.ts';
+
+// How a service container's command is launched (depot/containers/runner.ts): the systemd-run
+// arguments, the unit name, the environment, and the direct runner's environment for real.
+
+const user = { name: 'navigator-svc', uid: 990, gid: 990, home: '/nonexistent' };
+
+describe('container runner', () => {
+  it('chooses systemd only when systemd is PID 1 and the service user exists, unless told', () => {
+    expect(chooseRunner('auto', { systemd: true, user: true })).toBe('systemd');
+    expect(chooseRunner('auto', { systemd: true, user: false })).toBe('direct');
+    expect(chooseRunner('auto', { systemd: false, user: true })).toBe('direct');
+    expect(chooseRunner('direct', { systemd: true, user: true })).toBe('direct');
+    expect(chooseRunner('systemd', { systemd: false, user: false })).toBe('systemd');
+  });
+
+  it('names units navigator-ctr-<container>-<step>.service with only unit-name characters', () => {
+    expect(unitName('echo-1a2b', 'start0')).toBe('navigator-ctr-echo-1a2b-start0.service');
+    expect(unitName('a b/c', 'x')).toBe('navigator-ctr-a_b_c-x.service');
+  });
+
+  it('turns the limits into unit properties', () => {
+    expect(limitProperties({ cpuWeight: 10, ioWeight: 20 })).toEqual(['CPUWeight=10', 'IOWeight=20']);
+    expect(limitProperties({ cpuWeight: 10, ioWeight: 20, cpuMax: 0.5, memoryMax: 268435456 })).toEqual(['CPUWeight=10', 'IOWeight=20', 'CPUQuota=50%', 'MemoryMax=268435456']);
+    expect(limitProperties(undefined)).toEqual([]);
+  });
+
+  it('gives a command PATH, HOME, LANG and its own env, never the depot environment', () => {
+    const env = minimalEnv({ MYSQL_HOME: '/x' }, '/nonexistent', { PATH: '/bin', LANG: 'de_DE.UTF-8', NAVIGATOR_ADMIN_TOKEN: 'secret', HOME: '/var/lib/navigator' });
+    expect(env).toEqual({ PATH: '/bin', HOME: '/nonexistent', LANG: 'de_DE.UTF-8', MYSQL_HOME: '/x' });
+  });
+
+  it('builds systemd-run arguments: the user, no capabilities, the limits, logs, then the command', () => {
+    const launch = { step: 'start0', file: '/usr/bin/node', args: ['echo.js', '--port', '7000'], cwd: '/srv/c', env: { A: '1' } };
+    const args = systemdRunArgs({ unit: 'navigator-ctr-c-start0.service', user, limits: { cpuWeight: 7, ioWeight: 9, memoryMax: 1 << 28 }, launch, logPath: '/srv/c/logs/start-0.log' });
+    expect(args.slice(args.indexOf('--'))).toEqual(['--', '/usr/bin/node', 'echo.js', '--port', '7000']);
+    for (const a of [
+      '--unit=navigator-ctr-c-start0.service',
+      '--collect',
+      '--service-type=exec',
+      '--working-directory=/srv/c',
+      '--property=User=navigator-svc',
+      '--property=CapabilityBoundingSet=',
+      '--property=NoNewPrivileges=yes',
+      '--property=CPUWeight=7',
+      '--property=IOWeight=9',
+      '--property=MemoryMax=268435456',
+      '--property=StandardOutput=append:/srv/c/logs/start-0.log',
+      '--setenv=HOME=/nonexistent',
+      '--setenv=A=1',
+    ])
+      expect(args, a).toContain(a);
+    expect(args).not.toContain('--wait');
+    const once = systemdRunArgs({ unit: 'u.service', user, launch, wait: { timeoutMs: 2500 } });
+    expect(once).toEqual(expect.arrayContaining(['--wait', '--pipe', '--property=RuntimeMaxSec=3s']));
+    expect(once.some((a) => a.startsWith('--property=StandardOutput'))).toBe(false);
+  });
+
+  it('finds the container unit of a process from its cgroup', () => {
+    const read = (text: string) => () => text;
+    expect(unitOfPid(5, read('0::/system.slice/navigator-ctr-echo-start0.service\n'))).toBe('navigator-ctr-echo-start0.service');
+    expect(unitOfPid(5, read('0::/system.slice/navigator-depot.service\n'))).toBeUndefined();
+    expect(unitOfPid(5, read('12:pids:/system.slice/navigator-ctr-x-primary0.service/sub\n0::/\n'))).toBe('navigator-ctr-x-primary0.service');
+    expect(unitOfPid(5, () => {
+      throw new Error('gone');
+    })).toBeUndefined();
+  });
+
+  it('looks users up in a passwd file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nav-runner-'));
+    try {
+      writeFileSync(join(dir, 'passwd'), 'root:x:0:0:root:/root:/bin/bash\nnavigator-svc:x:991:989:Navigator service containers:/nonexistent:/usr/sbin/nologin\n');
+      expect(lookupUser('navigator-svc', join(dir, 'passwd'))).toEqual({ name: 'navigator-svc', uid: 991, gid: 989, home: '/nonexistent' });
+      expect(lookupUser('nobody-here', join(dir, 'passwd'))).toBeUndefined();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('direct: a command sees only the minimal environment', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'nav-runner-'));
+    const before = process.env.NAVIGATOR_TEST_SECRET;
+    process.env.NAVIGATOR_TEST_SECRET = 'do-not-pass';
+    try {
+      const runner = createRunner({ kind: 'direct', id: 'c1', dir, logger: createLogger({ level: 'silent' }) });
+      await runner.prepare();
+      const r = await runner.run({ step: 'exec', file: 'env', args: [], cwd: dir, env: { OWN: 'yes' } }, { timeoutMs: 5000 });
+      expect(r.exitCode).toBe(0);
+      const names = r.stdout.split('\n').filter(Boolean).map((l) => l.split('=')[0]).sort();
+      expect(names).toEqual(['HOME', 'LANG', 'OWN', 'PATH']);
+    } finally {
+      if (before === undefined) delete process.env.NAVIGATOR_TEST_SECRET;
+      else process.env.NAVIGATOR_TEST_SECRET = before;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
