@@ -33,6 +33,8 @@ interface GuardConfig {
   retryMs?: number;
   /** SIGTERM grace of the primary-only processes before SIGKILL. */
   primaryStopMs?: number;
+  /** After our own SIGTERM with a lease held: wait this long for "release" before fencing (default 0). */
+  sigtermGraceMs?: number;
 }
 
 const cfg = JSON.parse(process.argv[2] ?? '{}') as GuardConfig;
@@ -204,7 +206,16 @@ rl.on('line', (line) => {
 });
 rl.on('close', () => void fence('pilot gone (stdin closed)'));
 // Stopped by the service manager: with a lease held, the address must not outlive the pilot.
-process.on('SIGTERM', () => (everLeased ? void fence('SIGTERM') : process.exit(0)));
+// systemctl stop signals the depot and this process together (KillMode=control-group); with a
+// grace the pilot may hand its service over and release us first. Its exit (stdin closed) and the
+// lease deadline fence at once meanwhile, and the grace ends well before systemd's SIGKILL.
+process.on('SIGTERM', () => {
+  if (!everLeased) process.exit(0);
+  const grace = cfg.sigtermGraceMs ?? 0;
+  if (grace <= 0) return void fence('SIGTERM');
+  log('sigterm', { graceMs: grace });
+  setTimeout(() => void fence('SIGTERM, not released within the grace'), grace);
+});
 
 setInterval(() => {
   if (everLeased && monoNow() > deadline) void fence('lease expired without renewal');

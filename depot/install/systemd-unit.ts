@@ -19,14 +19,16 @@ export interface UnitOptions {
 export const UNIT_NAME = 'navigator-depot.service';
 
 /**
- * Which processes `systemctl stop/restart` signals. The service containers' processes must
- * survive a restart of the depot (an upgrade is one). Until they run in units of their own
- * (issue 15's systemd runner: then `mixed`, the depot's own children only), they are children in
- * the depot's cgroup, and only `process` (SIGTERM to the depot alone) leaves them running; the
- * depot's own short-lived children (ip, arping, mysqldump) end with it or on their own, and the
- * fence guard drops the service address and exits when its pipe to the depot closes.
+ * Which processes `systemctl stop/restart` signals. The service containers run in units of their
+ * own (depot/containers/runner.ts, navigator-ctr-*.service), outside this unit's cgroup, so a
+ * stop or restart of the depot never reaches them. Everything in the depot's cgroup is its own:
+ * `control-group` sends SIGTERM to all of it (the depot hands its primaries over; the fence guard
+ * waits for the depot's release or exit, at most pilot.handOverMs + 5 s, then drops the address)
+ * and SIGKILL to whatever is left after TimeoutStopSec, so no child of an old depot outlives it.
+ * Not `mixed`: after a crash it would SIGKILL the fence guard at once, before it dropped the
+ * service address.
  */
-export const KILL_MODE = 'process';
+export const KILL_MODE = 'control-group';
 
 /**
  * Longest clean stop: a primary hands its service over to a standby first (pilot.handOverMs, a
