@@ -121,11 +121,11 @@ async function stopPrimaryProcesses(): Promise<number> {
   groups = alive;
   // Groups running in a container unit of their own (depot/containers/runner.ts, systemd) belong
   // to the service user: this process may not signal them, systemd may (`systemctl kill`, allowed
-  // for navigator-ctr-*.service by the package's polkit rule).
+  // for navigator-ctr@*.service by the package's polkit rule).
   const units = new Set<string>();
   const own: number[] = [];
   for (const g of groups) {
-    const unit = /\/(navigator-ctr-[A-Za-z0-9_.@-]+\.service)(?:\/|$)/m.exec(await readFile(`/proc/${g}/cgroup`, 'utf8').catch(() => ''))?.[1];
+    const unit = /\/(navigator-ctr(?:-once)?@[A-Za-z0-9_.:-]+\.service)(?:\/|$)/m.exec(await readFile(`/proc/${g}/cgroup`, 'utf8').catch(() => ''))?.[1];
     if (unit) units.add(unit);
     else own.push(g);
   }

@@ -292,7 +292,7 @@ export const ContainersSection = z
     runner: z
       .enum(['auto', 'systemd', 'direct'])
       .default('auto')
-      .describe('How process containers\' commands run. systemd: each in a transient unit navigator-ctr-<container>-<step>.service as `serviceUser`, limits as unit properties, outliving a depot restart; direct: children of the depot in a cgroup it writes (dropping to `serviceUser` when the depot is root). auto: systemd when systemd is PID 1 and `serviceUser` exists, else direct'),
+      .describe('How process containers\' commands run. systemd: each in a unit of its own, navigator-ctr@<container>:<step>.service (a template of the package: the service user, no capabilities), limits as unit properties, outliving a depot restart; direct: children of the depot in a cgroup it writes (dropping to `serviceUser` when the depot is root). auto: systemd when systemd is PID 1 and `serviceUser` exists, else direct'),
     serviceUser: z
       .string()
       .regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'a system user name')

@@ -1,5 +1,5 @@
 import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
-import { chmod, lchown, lstat, readdir } from 'node:fs/promises';
+import { chmod, lchown, lstat, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ContainerLimits } from '../../shared/config.ts';
 import { NavigatorError } from '../../shared/errors.ts';
@@ -9,16 +9,22 @@ import { alive, fileDescriptor } from './drivers/proc.ts';
 
 // The one place that decides how a service container's command is launched (issue 15, Isolate).
 //
-// - `systemd` (PID 1 is systemd and the service user exists): every command runs in a transient
-//   unit of its own, navigator-ctr-<container>-<step>.service, as the service user
-//   (navigator-svc), with no capabilities, a minimal environment and the container's limits as
-//   unit properties (CPUWeight, CPUQuota, MemoryMax, IOWeight). Services, not scopes: a scope runs
-//   as its caller (the depot) and only a service takes User=, which the depot, without
-//   CAP_SETUID, cannot do itself. The units are not in the depot's cgroup, so stopping or
-//   restarting the depot (KillMode=control-group) leaves them running; a restarted depot finds
-//   them by the process groups it wrote down (each unit's main process leads one: services run
-//   setsid). The depot, an unprivileged user, signals them through `systemctl kill` (polkit rule
-//   of the package: manage-units on navigator-ctr-*.service).
+// - `systemd` (PID 1 is systemd and the service user exists): every command runs in a unit of its
+//   own, an instance of the package's templates navigator-ctr@.service (long-running commands)
+//   and navigator-ctr-once@.service (one-shot steps: wait steps, stop, exec, health checks), named
+//   <container>:<step>. The templates fix User=navigator-svc, no capabilities and
+//   NoNewPrivileges; the depot writes the command line (an `env -i` with the minimal environment
+//   and the working folder, then the program) into the container folder, where the template's
+//   launcher reads it, and sets the container's limits on the instance (systemctl set-property
+//   --runtime: CPUWeight, CPUQuota, MemoryMax, IOWeight) before starting it. Named units, not
+//   transient ones (systemd-run): systemd 252 asks polkit about StartTransientUnit without a unit
+//   name, so a rule allowing it would let the depot's user start anything as root; for a named
+//   unit polkit sees the name and the rule allows navigator-ctr@*/navigator-ctr-once@* only, and
+//   what those run as is fixed by their files. Services, not scopes: a scope runs as its caller.
+//   The units are not in the depot's cgroup, so stopping or restarting the depot
+//   (KillMode=control-group) leaves them running; a restarted depot finds them by the process
+//   groups it wrote down (the main process of a service leads its own session and group). The
+//   depot, an unprivileged user, signals them through `systemctl kill`.
 // - `direct` (no systemd: the lab's network namespaces, tests, the demo): the commands are the
 //   depot's children, each long-running one the leader of its own process group, in the
 //   container's cgroup written by CgroupHost (wrapCommand). When the depot is root and the
@@ -79,11 +85,19 @@ export interface ContainerRunner {
   release(): Promise<void>;
 }
 
-export const UNIT_PREFIX = 'navigator-ctr-';
+/** The templates of the container units (depot/install/systemd-unit.ts renders them). */
+export const CTR_TEMPLATE = 'navigator-ctr';
+export const CTR_ONCE_TEMPLATE = 'navigator-ctr-once';
 
-/** Pure: the unit name of a container's step (systemd unit names allow [A-Za-z0-9:_.@-]; anything else becomes _). */
-export function unitName(containerId: string, step: string): string {
-  return `${UNIT_PREFIX}${`${containerId}-${step}`.replace(/[^A-Za-z0-9_.@-]/g, '_')}.service`;
+/** Pure: the instance name of a container's step (unit-name characters only; anything else becomes _). */
+export function unitInstance(containerId: string, step: string): string {
+  const clean = (x: string) => x.replace(/[^A-Za-z0-9_.-]/g, '_');
+  return `${clean(containerId)}:${clean(step)}`;
+}
+
+/** Pure: the unit of a container's step: navigator-ctr@<container>:<step>.service (or navigator-ctr-once@… for one-shot steps). */
+export function unitName(containerId: string, step: string, once = false): string {
+  return `${once ? CTR_ONCE_TEMPLATE : CTR_TEMPLATE}@${unitInstance(containerId, step)}.service`;
 }
 
 /** Pure: the environment of a container's command. */
@@ -105,39 +119,23 @@ export function limitProperties(limits: ContainerLimits | undefined): string[] {
   return out;
 }
 
+/** Pure: `systemctl set-property` values of the limits (unset ones reset to none). */
+export function limitSettings(limits: ContainerLimits): string[] {
+  return [`CPUWeight=${limits.cpuWeight}`, `IOWeight=${limits.ioWeight}`, `CPUQuota=${limits.cpuMax === undefined ? '' : `${Math.max(1, Math.round(limits.cpuMax * 100))}%`}`, `MemoryMax=${limits.memoryMax ?? 'infinity'}`];
+}
+
 /**
- * Pure: the systemd-run arguments of a command. `wait`: a one-shot run to completion with its
- * stdio passed through (--wait --pipe), bounded by RuntimeMaxSec; else a long-running service.
+ * Pure: what the template's launcher reads (NUL-separated): where stdout and stderr go, then the
+ * command, through `env -i -C cwd` so that it gets exactly the minimal environment and its folder.
  */
-export function systemdRunArgs(o: { unit: string; user: ServiceUser; limits?: ContainerLimits; launch: Launch; wait?: { timeoutMs: number }; logPath?: string }): string[] {
-  const env = minimalEnv(o.launch.env, o.user.home);
-  const props = [
-    `User=${o.user.name}`,
-    `Group=${o.user.name}`,
-    // Files it makes stay readable and writable for the depot (a member of its group).
-    'UMask=0007',
-    'NoNewPrivileges=yes',
-    'CapabilityBoundingSet=',
-    'AmbientCapabilities=',
-    'KillMode=control-group',
-    ...limitProperties(o.limits),
-  ];
-  if (o.wait) props.push(`RuntimeMaxSec=${Math.max(1, Math.ceil(o.wait.timeoutMs / 1000))}s`);
-  else if (o.logPath) props.push(`StandardOutput=append:${o.logPath}`, `StandardError=append:${o.logPath}`);
-  return [
-    `--unit=${o.unit}`,
-    '--quiet',
-    '--collect',
-    '--no-ask-password',
-    '--service-type=exec',
-    ...(o.wait ? ['--wait', '--pipe'] : []),
-    `--working-directory=${o.launch.cwd}`,
-    ...props.map((p) => `--property=${p}`),
-    ...Object.entries(env).map(([k, v]) => `--setenv=${k}=${v}`),
-    '--',
-    o.launch.file,
-    ...o.launch.args,
-  ];
+export function launchEntries(l: Launch, home: string, out: string, err: string): string[] {
+  if (l.file.includes('=')) throw new NavigatorError('BAD_REQUEST', `program ${JSON.stringify(l.file)}: a program name with "=" cannot be launched`);
+  for (const v of [l.file, ...l.args, l.cwd, out, err, ...Object.entries(l.env).flat()]) {
+    if (v.includes('\0')) throw new NavigatorError('BAD_REQUEST', `a command line of step ${l.step} contains a NUL byte`);
+  }
+  for (const k of Object.keys(l.env)) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new NavigatorError('BAD_REQUEST', `environment variable name ${JSON.stringify(k)} is not valid`);
+  const env = Object.entries(minimalEnv(l.env, home)).map(([k, v]) => `${k}=${v}`);
+  return [out, err, '/usr/bin/env', '-i', '-C', l.cwd, ...env, l.file, ...l.args];
 }
 
 /** The systemd service unit a process is in, from /proc/<pid>/cgroup; undefined when none of ours. */
@@ -149,7 +147,7 @@ export function unitOfPid(pid: number, read: (p: string) => string = (p) => read
     return undefined;
   }
   for (const line of text.split('\n')) {
-    const m = /\/(navigator-ctr-[A-Za-z0-9_.@-]+\.service)(?:\/|$)/.exec(line);
+    const m = /\/(navigator-ctr(?:-once)?@[A-Za-z0-9_.:-]+\.service)(?:\/|$)/.exec(line);
     if (m) return m[1];
   }
   return undefined;
@@ -217,8 +215,7 @@ export interface RunnerOptions {
   limits?: ContainerLimits;
   /** direct: the container's cgroup (CgroupHost). */
   cgroup?: { enter(): Promise<string[]>; leave(): Promise<void> };
-  /** systemd-run / systemctl binaries (tests). */
-  systemdRun?: string;
+  /** systemctl binary (tests). */
   systemctl?: string;
 }
 
@@ -303,24 +300,55 @@ function signalDirect(groups: readonly number[], signal: NodeJS.Signals): void {
   }
 }
 
+/** Where the launcher of a container's units finds their command lines: inside its folder. */
+export const RUN_DIR = '.navigator-run';
+
 class SystemdRunner implements ContainerRunner {
   readonly kind = 'systemd' as const;
   private seq = 0;
+  private readonly runDir: string;
 
-  constructor(private readonly o: RunnerOptions & { user: ServiceUser }) {}
+  constructor(private readonly o: RunnerOptions & { user: ServiceUser }) {
+    this.runDir = join(o.dir, RUN_DIR);
+  }
 
   async prepare(): Promise<void> {
+    await mkdir(this.runDir, { recursive: true });
     await grantFolder(this.o.dir, this.o.user.gid);
+  }
+
+  private systemctl(args: string[], timeoutMs = 30_000) {
+    return import('execa').then(({ execa }) => execa(this.o.systemctl ?? 'systemctl', ['--no-ask-password', ...args], { reject: false, stdin: 'ignore', timeout: timeoutMs }));
+  }
+
+  /** A file the unit (the service user) writes: made by the depot, in the service user's group. */
+  private async groupFile(path: string, truncate: boolean): Promise<void> {
+    closeSync(openSync(path, truncate ? 'w' : 'a', 0o660));
+    await lchown(path, process.getuid?.() ?? 0, this.o.user.gid).catch(() => undefined);
+    await chmod(path, 0o660);
+  }
+
+  /** Write the command line, the limits, then `systemctl start` the unit. */
+  private async launch(unit: string, step: string, l: Launch, out: string, err: string, limits: boolean): Promise<{ exitCode?: number; stderr: string; timedOut: boolean }> {
+    await mkdir(this.runDir, { recursive: true });
+    const argvPath = join(this.runDir, step);
+    await writeFile(argvPath, launchEntries(l, this.o.user.home, out, err).map((e) => `${e}\0`).join(''), { mode: 0o640 });
+    await lchown(argvPath, process.getuid?.() ?? 0, this.o.user.gid).catch(() => undefined);
+    // A unit of that name left failed by an earlier run would refuse to start.
+    await this.systemctl(['reset-failed', unit]);
+    if (limits && this.o.limits) {
+      const r = await this.systemctl(['set-property', '--runtime', unit, ...limitSettings(this.o.limits)]);
+      if (r.exitCode !== 0) throw new NavigatorError('COMMAND_FAILED', `systemctl set-property ${unit} failed (${r.exitCode}): ${String(r.stderr).trim().slice(0, 500)}`);
+    }
+    return this.systemctl(['start', unit], 0).then((r) => ({ exitCode: r.exitCode, stderr: String(r.stderr ?? ''), timedOut: false }));
   }
 
   async spawn(l: Launch, logPath: string): Promise<Spawned> {
     const unit = unitName(this.o.id, l.step);
-    const { execa } = await import('execa');
-    // A unit of that name left over (failed, not yet collected) would refuse the new one.
-    await execa(this.o.systemctl ?? 'systemctl', ['reset-failed', unit], { reject: false, stdin: 'ignore' });
-    const r = await execa(this.o.systemdRun ?? 'systemd-run', systemdRunArgs({ unit, user: this.o.user, limits: this.o.limits, launch: l, logPath }), { reject: false, stdin: 'ignore', timeout: 30_000 });
-    if (r.exitCode !== 0) throw new NavigatorError('COMMAND_FAILED', `systemd-run ${unit} (${l.file}) failed (${r.exitCode ?? r.signal}): ${String(r.stderr).trim().slice(0, 500)}`);
-    const show = await execa(this.o.systemctl ?? 'systemctl', ['show', '--property=MainPID', '--value', unit], { reject: false, stdin: 'ignore' });
+    await this.groupFile(logPath, false);
+    const r = await this.launch(unit, unitInstance(this.o.id, l.step).split(':')[1]!, l, logPath, logPath, true);
+    if (r.exitCode !== 0) throw new NavigatorError('COMMAND_FAILED', `systemctl start ${unit} (${l.file}) failed (${r.exitCode}): ${r.stderr.trim().slice(0, 500)}`);
+    const show = await this.systemctl(['show', '--property=MainPID', '--value', unit]);
     const pid = Number(String(show.stdout).trim());
     if (!(pid > 1)) throw new NavigatorError('COMMAND_FAILED', `${unit} (${l.file}) exited right after it started`);
     this.o.logger.info({ event: 'container-unit-started', container: this.o.id, unit, pid }, 'container command started in its own unit');
@@ -328,22 +356,39 @@ class SystemdRunner implements ContainerRunner {
   }
 
   async run(l: Launch, o: { timeoutMs: number; logPath?: string }): Promise<RunResult> {
-    const unit = unitName(this.o.id, `${l.step}-${process.pid}-${++this.seq}`);
+    const step = `${l.step}-${process.pid}-${++this.seq}`;
+    const unit = unitName(this.o.id, step, true);
+    const out = o.logPath ?? join(this.runDir, `${step}.out`);
+    const err = o.logPath ?? join(this.runDir, `${step}.err`);
+    await mkdir(this.runDir, { recursive: true });
+    for (const f of new Set([out, err])) await this.groupFile(f, !o.logPath);
     const { execa } = await import('execa');
-    const fd = o.logPath ? openSync(o.logPath, 'a') : undefined;
     try {
-      const out = fd === undefined ? {} : { stdout: fileDescriptor(fd), stderr: fileDescriptor(fd) };
-      const r = await execa(this.o.systemdRun ?? 'systemd-run', systemdRunArgs({ unit, user: this.o.user, limits: this.o.limits, launch: l, wait: { timeoutMs: o.timeoutMs } }), {
-        reject: false,
-        // RuntimeMaxSec ends the unit; this bounds systemd-run itself (then the unit is stopped).
-        timeout: o.timeoutMs + 5000,
-        stdin: 'ignore',
-        ...out,
-      });
-      if (r.timedOut) await execa(this.o.systemctl ?? 'systemctl', ['stop', unit], { reject: false, stdin: 'ignore' });
-      return { exitCode: r.exitCode, signal: r.signal, timedOut: r.timedOut, stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? ''), ...(r.exitCode === undefined && !r.timedOut ? { spawnError: (r as { code?: string }).code ?? 'spawn failed' } : {}) };
+      // Limits on the steps that do real work (start/primary wait steps), not on every health check.
+      const limited = /^(start|primary)/.test(l.step);
+      const started = this.launch(unit, step, l, out, err, limited);
+      const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), o.timeoutMs).unref());
+      const r = await Promise.race([started, timer]);
+      if (r === 'timeout') {
+        await this.systemctl(['stop', unit]);
+        await started.catch(() => undefined);
+        return { exitCode: undefined, timedOut: true, stdout: '', stderr: '' };
+      }
+      let exitCode = 0;
+      let signal: string | undefined;
+      if (r.exitCode !== 0) {
+        const show = await execa(this.o.systemctl ?? 'systemctl', ['show', '--property=ExecMainStatus', '--property=ExecMainCode', '--property=LoadState', unit], { reject: false, stdin: 'ignore' });
+        const f = Object.fromEntries(String(show.stdout).split('\n').map((x) => [x.slice(0, x.indexOf('=')), x.slice(x.indexOf('=') + 1)]));
+        if (f.LoadState !== 'loaded') return { exitCode: undefined, timedOut: false, stdout: '', stderr: r.stderr, spawnError: `systemctl start ${unit}: ${r.stderr.trim().slice(0, 300)}` };
+        exitCode = Number(f.ExecMainStatus) || 1;
+        // ExecMainCode 1 is CLD_EXITED; 2 and 3 are killed and dumped: ExecMainStatus is then the signal.
+        if (f.ExecMainCode === '2' || f.ExecMainCode === '3') signal = `signal ${f.ExecMainStatus}`;
+      }
+      const read = async (p: string) => (o.logPath ? '' : await readFile(p, 'utf8').catch(() => ''));
+      return { exitCode, signal, timedOut: false, stdout: await read(out), stderr: await read(err) };
     } finally {
-      if (fd !== undefined) closeSync(fd);
+      await this.systemctl(['reset-failed', unit]);
+      for (const f of [join(this.runDir, step), ...(o.logPath ? [] : [out, err])]) await rm(f, { force: true });
     }
   }
 
@@ -358,8 +403,7 @@ class SystemdRunner implements ContainerRunner {
     // Groups started before the runner existed (or by a root depot) are signalled directly.
     signalDirect(loose, signal);
     if (units.size === 0) return;
-    const { execa } = await import('execa');
-    const r = await execa(this.o.systemctl ?? 'systemctl', ['kill', '--no-ask-password', `--signal=${signal}`, '--kill-who=all', ...units], { reject: false, stdin: 'ignore' });
+    const r = await this.systemctl(['kill', `--signal=${signal}`, '--kill-who=all', ...units]);
     if (r.exitCode !== 0) this.o.logger.warn({ event: 'container-unit-kill-failed', container: this.o.id, units: [...units], signal, stderr: String(r.stderr).slice(0, 300) }, 'systemctl kill failed');
   }
 

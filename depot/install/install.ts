@@ -8,7 +8,7 @@ import { renderDefaultConfig } from '../../shared/config-file.ts';
 import { NavigatorError } from '../../shared/errors.ts';
 import { makeSwarmKey, readSwarmKey } from '../swarm-key.ts';
 import { loadOrCreateSshKey } from '../ssh-trust/ssh-keys.ts';
-import { renderUnit, UNIT_NAME } from './systemd-unit.ts';
+import { CTR_UNIT_NAMES, renderContainerUnit, renderUnit, UNIT_NAME } from './systemd-unit.ts';
 import { configOverrides, directories, sshKeyPath, swarmKeyPath, users, writablePaths, type InstallLayout, type Owner } from './layout.ts';
 import { POLKIT_RULE_PATH, SSHD_DROPIN_PATH, renderPolkitRule, renderSshdDropIn } from './system-files.ts';
 
@@ -140,6 +140,10 @@ export async function installDepot(o: InstallOptions): Promise<InstallResult> {
       writablePaths: writablePaths(l),
       systemdVersion: await systemdVersion(),
     }));
+    for (const name of CTR_UNIT_NAMES) {
+      await writeSystemFile(root, `/etc/systemd/system/${name}`, renderContainerUnit({ serviceUser: l.serviceUser, containersDir: join(l.storeDir, 'containers'), once: name.includes('-once@') }));
+      created.push(`/etc/systemd/system/${name}`);
+    }
     await writeSystemFile(root, SSHD_DROPIN_PATH, renderSshdDropIn(l));
     await writeSystemFile(root, POLKIT_RULE_PATH, renderPolkitRule(l));
     created.push(unitPath, SSHD_DROPIN_PATH, POLKIT_RULE_PATH);

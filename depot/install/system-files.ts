@@ -44,20 +44,18 @@ export function renderSshdDropIn(l: InstallLayout): string {
 }
 
 /**
- * Lets the depot's user manage the units its service containers run in
- * (navigator-ctr-*.service, depot/containers/runner.ts) and no other named unit: systemd passes
- * the unit name to polkit for stop/kill/reset-failed of a unit. StartTransientUnit (systemd-run)
- * is checked by systemd 252 with no unit name at all; that one request, with no name, is granted
- * too (polkit cannot tell which transient unit it is; see README, "What runs as which user").
+ * Lets the depot's user manage exactly the units its service containers run in (instances of
+ * navigator-ctr@.service and navigator-ctr-once@.service, depot/containers/runner.ts: start, stop,
+ * kill, reset-failed, set-property) and nothing else. systemd passes the unit name to polkit for
+ * these; a request without one (StartTransientUnit on systemd 252) is not granted.
  */
 export function renderPolkitRule(l: InstallLayout): string {
   return [
     `// Navigator: the depot (user ${l.depotUser}) manages its service containers' units, and no other.`,
     'polkit.addRule(function (action, subject) {',
     `  if (action.id !== "org.freedesktop.systemd1.manage-units" || subject.user !== "${l.depotUser}") return polkit.Result.NOT_HANDLED;`,
-    '  var unit = action.lookup("unit");',
-    '  if (unit === undefined && action.lookup("verb") === undefined) return polkit.Result.YES;',
-    '  if (/^navigator-ctr-[A-Za-z0-9_.@-]+\\.service$/.test(unit || "")) return polkit.Result.YES;',
+    '  var unit = action.lookup("unit") || "";',
+    '  if (/^navigator-ctr(-once)?@[A-Za-z0-9_.:-]+\\.service$/.test(unit)) return polkit.Result.YES;',
     '  return polkit.Result.NOT_HANDLED;',
     '});',
     '',

@@ -2,6 +2,7 @@
 // `systemd-analyze verify` in a test and reviewed by admins before install.
 
 import { DEPOT_ENV, depotArgv } from '../runtime-flags.ts';
+import { RUN_DIR } from '../containers/runner.ts';
 
 export interface UnitOptions {
   /** Absolute path of the Node 22 binary. */
@@ -20,7 +21,7 @@ export const UNIT_NAME = 'navigator-depot.service';
 
 /**
  * Which processes `systemctl stop/restart` signals. The service containers run in units of their
- * own (depot/containers/runner.ts, navigator-ctr-*.service), outside this unit's cgroup, so a
+ * own (depot/containers/runner.ts, navigator-ctr@*.service), outside this unit's cgroup, so a
  * stop or restart of the depot never reaches them. Everything in the depot's cgroup is its own:
  * `control-group` sends SIGTERM to all of it (the depot hands its primaries over; the fence guard
  * waits for the depot's release or exit, at most pilot.handOverMs + 5 s, then drops the address)
@@ -35,6 +36,42 @@ export const KILL_MODE = 'control-group';
  * final DB sync included), then the depot announces `left`.
  */
 export const STOP_TIMEOUT_S = 90;
+
+/** The templates of the service containers' units (depot/containers/runner.ts). */
+export const CTR_UNIT_NAMES = ['navigator-ctr@.service', 'navigator-ctr-once@.service'] as const;
+
+/**
+ * A service container's command, instance <container>:<step>: as the service user, with no
+ * capability and no way to gain one; the depot chooses what runs (the command line it wrote in
+ * the container's folder, read by the launcher below) but not as whom. `once`: a one-shot step
+ * (`systemctl start` returns when it ended); else a long-running command (returns once it runs).
+ */
+export function renderContainerUnit(o: { serviceUser: string; containersDir: string; once: boolean }): string {
+  // bash: the instance is <container>:<step>; the file holds NUL-separated entries: stdout file,
+  // stderr file, then the command ($$ and %% are systemd's escapes of $ and %).
+  const launcher = `'f="$$1/$\${2%%%%:*}/${RUN_DIR}/$\${2#*:}"; mapfile -d "" -t a < "$$f" && exec >>"$\${a[0]}" 2>>"$\${a[1]}" && exec "$\${a[@]:2}"'`;
+  return [
+    '[Unit]',
+    `Description=Navigator service container ${o.once ? 'step' : 'command'} %i`,
+    'Documentation=file:///usr/share/doc/navigator/README.md',
+    '',
+    '[Service]',
+    o.once ? 'Type=oneshot' : 'Type=exec',
+    ...(o.once ? ['TimeoutStartSec=infinity'] : ['CollectMode=inactive-or-failed']),
+    `User=${o.serviceUser}`,
+    `Group=${o.serviceUser}`,
+    `ExecStart=/bin/bash -c ${launcher} navigator-ctr ${o.containersDir} %i`,
+    // What it makes stays readable and writable for the depot (a member of its group).
+    'UMask=0007',
+    'NoNewPrivileges=yes',
+    'CapabilityBoundingSet=',
+    'AmbientCapabilities=',
+    'RestrictSUIDSGID=yes',
+    'KillMode=control-group',
+    'Restart=no',
+    '',
+  ].join('\n');
+}
 
 export function renderUnit(o: UnitOptions): string {
   const backoff =

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { chooseRunner, createRunner, limitProperties, lookupUser, minimalEnv, systemdRunArgs, unitName, unitOfPid } from '../../depot/containers/runner.ts';
+import { chooseRunner, createRunner, launchEntries, limitSettings, lookupUser, minimalEnv, unitName, unitOfPid } from '../../depot/containers/runner.ts';
 import { createLogger } from '../../shared/logger.ts';
 
 // How a service container's command is launched (depot/containers/runner.ts): the systemd-run
@@ -19,15 +19,15 @@ describe('container runner', () => {
     expect(chooseRunner('systemd', { systemd: false, user: false })).toBe('systemd');
   });
 
-  it('names units navigator-ctr-<container>-<step>.service with only unit-name characters', () => {
-    expect(unitName('echo-1a2b', 'start0')).toBe('navigator-ctr-echo-1a2b-start0.service');
-    expect(unitName('a b/c', 'x')).toBe('navigator-ctr-a_b_c-x.service');
+  it('names units after the templates: navigator-ctr@<container>:<step>.service', () => {
+    expect(unitName('echo-1a2b', 'start0')).toBe('navigator-ctr@echo-1a2b:start0.service');
+    expect(unitName('echo-1a2b', 'health-7-1', true)).toBe('navigator-ctr-once@echo-1a2b:health-7-1.service');
+    expect(unitName('a b/c@:', 'x')).toBe('navigator-ctr@a_b_c__:x.service');
   });
 
-  it('turns the limits into unit properties', () => {
-    expect(limitProperties({ cpuWeight: 10, ioWeight: 20 })).toEqual(['CPUWeight=10', 'IOWeight=20']);
-    expect(limitProperties({ cpuWeight: 10, ioWeight: 20, cpuMax: 0.5, memoryMax: 268435456 })).toEqual(['CPUWeight=10', 'IOWeight=20', 'CPUQuota=50%', 'MemoryMax=268435456']);
-    expect(limitProperties(undefined)).toEqual([]);
+  it('turns the limits into unit settings, unset ones back to none', () => {
+    expect(limitSettings({ cpuWeight: 10, ioWeight: 20 })).toEqual(['CPUWeight=10', 'IOWeight=20', 'CPUQuota=', 'MemoryMax=infinity']);
+    expect(limitSettings({ cpuWeight: 10, ioWeight: 20, cpuMax: 0.5, memoryMax: 268435456 })).toEqual(['CPUWeight=10', 'IOWeight=20', 'CPUQuota=50%', 'MemoryMax=268435456']);
   });
 
   it('gives a command PATH, HOME, LANG and its own env, never the depot environment', () => {
@@ -35,37 +35,23 @@ describe('container runner', () => {
     expect(env).toEqual({ PATH: '/bin', HOME: '/nonexistent', LANG: 'de_DE.UTF-8', MYSQL_HOME: '/x' });
   });
 
-  it('builds systemd-run arguments: the user, no capabilities, the limits, logs, then the command', () => {
-    const launch = { step: 'start0', file: '/usr/bin/node', args: ['echo.js', '--port', '7000'], cwd: '/srv/c', env: { A: '1' } };
-    const args = systemdRunArgs({ unit: 'navigator-ctr-c-start0.service', user, limits: { cpuWeight: 7, ioWeight: 9, memoryMax: 1 << 28 }, launch, logPath: '/srv/c/logs/start-0.log' });
-    expect(args.slice(args.indexOf('--'))).toEqual(['--', '/usr/bin/node', 'echo.js', '--port', '7000']);
-    for (const a of [
-      '--unit=navigator-ctr-c-start0.service',
-      '--collect',
-      '--service-type=exec',
-      '--working-directory=/srv/c',
-      '--property=User=navigator-svc',
-      '--property=CapabilityBoundingSet=',
-      '--property=NoNewPrivileges=yes',
-      '--property=CPUWeight=7',
-      '--property=IOWeight=9',
-      '--property=MemoryMax=268435456',
-      '--property=StandardOutput=append:/srv/c/logs/start-0.log',
-      '--setenv=HOME=/nonexistent',
-      '--setenv=A=1',
-    ])
-      expect(args, a).toContain(a);
-    expect(args).not.toContain('--wait');
-    const once = systemdRunArgs({ unit: 'u.service', user, launch, wait: { timeoutMs: 2500 } });
-    expect(once).toEqual(expect.arrayContaining(['--wait', '--pipe', '--property=RuntimeMaxSec=3s']));
-    expect(once.some((a) => a.startsWith('--property=StandardOutput'))).toBe(false);
+  it("writes the launcher's entries: output files, then env -i -C with the minimal environment, then the command", () => {
+    const launch = { step: 'start0', file: '/usr/bin/node', args: ['echo.js', '--port', '7000'], cwd: '/srv/c', env: { A: '1 2' } };
+    const e = launchEntries(launch, '/nonexistent', '/srv/c/logs/o', '/srv/c/logs/e');
+    expect(e.slice(0, 6)).toEqual(['/srv/c/logs/o', '/srv/c/logs/e', '/usr/bin/env', '-i', '-C', '/srv/c']);
+    expect(e.slice(-4)).toEqual(['/usr/bin/node', 'echo.js', '--port', '7000']);
+    expect(e.slice(6, -4).sort()).toEqual(['A=1 2', `HOME=/nonexistent`, `LANG=${process.env.LANG || 'C.UTF-8'}`, `PATH=${process.env.PATH}`].sort());
+    expect(() => launchEntries({ ...launch, file: 'X=1' }, '/', 'o', 'e')).toThrow(/"="/);
+    expect(() => launchEntries({ ...launch, args: ['a\0b'] }, '/', 'o', 'e')).toThrow(/NUL/);
+    expect(() => launchEntries({ ...launch, env: { 'A B': 'x' } }, '/', 'o', 'e')).toThrow(/not valid/);
   });
 
   it('finds the container unit of a process from its cgroup', () => {
     const read = (text: string) => () => text;
-    expect(unitOfPid(5, read('0::/system.slice/navigator-ctr-echo-start0.service\n'))).toBe('navigator-ctr-echo-start0.service');
+    expect(unitOfPid(5, read('0::/system.slice/system-navigator\\x2dctr.slice/navigator-ctr@echo:start0.service\n'))).toBe('navigator-ctr@echo:start0.service');
+    expect(unitOfPid(5, read('0::/system.slice/system-navigator\\x2dctr\\x2donce.slice/navigator-ctr-once@echo:health-1-2.service\n'))).toBe('navigator-ctr-once@echo:health-1-2.service');
     expect(unitOfPid(5, read('0::/system.slice/navigator-depot.service\n'))).toBeUndefined();
-    expect(unitOfPid(5, read('12:pids:/system.slice/navigator-ctr-x-primary0.service/sub\n0::/\n'))).toBe('navigator-ctr-x-primary0.service');
+    expect(unitOfPid(5, read('12:pids:/system.slice/navigator-ctr@x:primary0.service/sub\n0::/\n'))).toBe('navigator-ctr@x:primary0.service');
     expect(unitOfPid(5, () => {
       throw new Error('gone');
     })).toBeUndefined();
