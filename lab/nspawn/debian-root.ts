@@ -98,7 +98,7 @@ export async function ensureDebianRoot(log: (msg: string) => void = () => undefi
     const t = join(tmp, 'root');
     // polkitd fails debootstrap's base configuration (its postinst); apt in the finished root installs it.
     const apt = await execa('chroot', [t, 'sh', '-c', `apt-get update -qq && apt-get install -y -qq --no-install-recommends ${LATER_PACKAGES.join(' ')} && apt-get clean`], { reject: false, all: true, timeout: 600_000, env: { DEBIAN_FRONTEND: 'noninteractive' } });
-    if (apt.exitCode !== 0 || !existsSync(join(t, 'usr', 'libexec', 'polkitd'))) {
+    if (apt.exitCode !== 0 || !existsSync(join(t, 'usr', 'lib', 'polkit-1', 'polkitd'))) {
       await rm(tmp, { recursive: true, force: true });
       throw new NavigatorError('COMMAND_FAILED', `apt-get install ${LATER_PACKAGES.join(' ')} in the Debian root failed (${apt.exitCode}): ${String(apt.all).split('\n').slice(-15).join('\n')}`);
     }
