@@ -50,7 +50,7 @@ describe('the navigator package under systemd', () => {
     await w1.configure({ 'http.adminToken': 'lab-admin-token', 'containers.limits': { cpuWeight: 7, cpuMax: 1.5, memoryMax: 268435456, ioWeight: 9 } });
     await w1.systemctl('restart', 'navigator-depot.service');
     await waitFor(async () => (await w1.api<{ ok: boolean }>('/healthz'))?.ok === true, 30_000, 'the depot back after the config change');
-    await writeEchoImage(w1, '/srv/echo', 7000);
+    await writeEchoImage(w1, '/srv/echo', 7000, { oneShots: true });
     const ip = lab.serviceAddress(0).split('/')[0]!;
     await w1.exec(['navigator', 'pilot', 'bootstrap', '--service', 'echo', '--image', '/srv/echo', '--address', lab.serviceAddress(0), '--iface', 'eth0', '--port', '7000', '--standbys', '0', '--config', '/etc/navigator/navigator.yaml', '--timeout', '60'], { timeoutMs: 90_000 });
     await waitFor(async () => (await lab!.holders(ip)).join() === 'w1', 10_000, 'w1 to hold the service address');
@@ -59,10 +59,11 @@ describe('the navigator package under systemd', () => {
     expect(echo).toMatch(/^\d+$/);
 
     // Isolated: a unit of its own as navigator-svc, with the configured limits.
-    const ctrUnits = async () => (await w1.exec(['systemctl', 'list-units', '--all', '--plain', '--no-legend', 'navigator-ctr*'])).stdout.split('\n').filter(Boolean).map((l) => l.split(/\s+/)[0]!);
+    const ctrUnits = async () => (await w1.exec(['systemctl', 'list-units', '--all', '--plain', '--no-legend', 'navigator-ctr@*'])).stdout.split('\n').filter(Boolean).map((l) => l.split(/\s+/)[0]!);
     const [unit, ...more] = await ctrUnits();
     expect(more).toEqual([]);
-    expect(unit).toMatch(/^navigator-ctr@[A-Za-z0-9_.-]+:start0\.service$/);
+    // start0 is a one-shot step (navigator-ctr-once@, gone once done), start1 the echo server.
+    expect(unit).toMatch(/^navigator-ctr@[A-Za-z0-9_.-]+:start1\.service$/);
     const ctr = async (p: string) => (await w1.exec(['systemctl', 'show', '-p', p, '--value', unit!])).stdout.trim();
     expect(await ctr('MainPID')).toBe(echo);
     expect(await ctr('ActiveState')).toBe('active');
@@ -81,6 +82,13 @@ describe('the navigator package under systemd', () => {
     const env = (await readFile(w1.machine.path(`/proc/${echo}/environ`), 'utf8')).split('\0').filter(Boolean).map((e) => e.split('=')[0]!);
     expect(env).toEqual(expect.arrayContaining(['PATH', 'HOME', 'LANG']));
     for (const k of ['NODE_ENV', ...Object.keys(DEPOT_ENV)]) expect(env, k).not.toContain(k);
+    // The one-shot step ran as navigator-svc too, with only the minimal environment (its health
+    // checks are one-shot steps as well: the container became healthy through them).
+    const dataDir = `/var/lib/navigator-store/containers/${/@([^:]+):/.exec(unit!)![1]}/data`;
+    expect((await readFile(w1.machine.path(`${dataDir}/ran-as`), 'utf8')).trim()).toBe('navigator-svc');
+    const stepEnv = (await readFile(w1.machine.path(`${dataDir}/env`), 'utf8')).split('\n').filter(Boolean).map((l) => l.split('=')[0]!);
+    expect(stepEnv).toEqual(expect.arrayContaining(['PATH', 'HOME', 'LANG']));
+    for (const k of ['NODE_ENV', 'INVOCATION_ID', ...Object.keys(DEPOT_ENV)]) expect(stepEnv, k).not.toContain(k);
     // The swarm key, the depot's identity and SSH keys are out of its reach.
     for (const f of ['/etc/navigator/swarm.key', '/var/lib/navigator/identity.key', '/var/lib/navigator/ssh/id_ed25519']) {
       expect((await w1.exec(['test', '-s', f])).exitCode, `${f} exists`).toBe(0);
