@@ -54,10 +54,12 @@ export function renderContainerUnit(o: { serviceUser: string; containersDir: str
     '[Unit]',
     `Description=Navigator service container ${o.once ? 'step' : 'command'} %i`,
     'Documentation=file:///usr/share/doc/navigator/README.md',
+    // A one-shot step's unit stays when it failed, for its exit status; the depot resets it.
+    ...(o.once ? [] : ['CollectMode=inactive-or-failed']),
     '',
     '[Service]',
     o.once ? 'Type=oneshot' : 'Type=exec',
-    ...(o.once ? ['TimeoutStartSec=infinity'] : ['CollectMode=inactive-or-failed']),
+    ...(o.once ? ['TimeoutStartSec=infinity'] : []),
     `User=${o.serviceUser}`,
     `Group=${o.serviceUser}`,
     `ExecStart=/bin/bash -c ${launcher} navigator-ctr ${o.containersDir} %i`,

@@ -103,6 +103,15 @@ describe('depot install', () => {
     const verify = await execa('systemd-analyze', ['verify', check], { reject: false });
     expect(verify.stderr.split('\n').filter((l) => l.includes('navigator-depot'))).toEqual([]);
     expect(verify.exitCode).toBe(0);
+    // The service containers' unit templates, the same way.
+    for (const name of ['navigator-ctr@.service', 'navigator-ctr-once@.service']) {
+      const text = readFileSync(join(root, 'etc/systemd/system', name), 'utf8');
+      expect(text).toMatch(/^User=navtest-svc$/m);
+      writeFileSync(join(root, 'check', name), text.replace(/^(User|Group)=navtest-svc$/gm, '$1=daemon'));
+      const v = await execa('systemd-analyze', ['verify', join(root, 'check', name)], { reject: false });
+      expect(v.stderr.split('\n').filter((l) => l.includes('navigator-ctr')), name).toEqual([]);
+      expect(v.exitCode, name).toBe(0);
+    }
 
     // The drop-in, included the way Debian's sshd_config includes sshd_config.d/: the receive
     // account gets SFTP only, chrooted, keys from the depot's file; every other user keeps the
