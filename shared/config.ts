@@ -298,6 +298,11 @@ export const ContainersSection = z
       .regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'a system user name')
       .default('navigator-svc')
       .describe('System user the service containers run as (made by the package and `navigator depot install`); a depot without it runs them as itself'),
+    passEnv: z
+      .array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'an environment variable name'))
+      .max(64)
+      .default([])
+      .describe("Names of this depot's environment variables its service containers' commands also get (besides PATH, HOME, LANG and the manifest's env), e.g. a per-host value; none by default"),
   })
   .strict();
 

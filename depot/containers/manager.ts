@@ -106,7 +106,7 @@ export interface ContainerManagerOptions {
   /** Cgroup limits of a service's containers (config containers.limits/serviceLimits); none: run in the depot's cgroup. */
   limits?: { host: CgroupHost; of: (service: string) => ContainerLimits };
   /** How process containers' commands run (runner.ts): systemd units as `user`, or the depot's children (dropping to `user` when root). Default: direct, no user. */
-  isolation?: { kind: RunnerKind; user?: ServiceUser };
+  isolation?: { kind: RunnerKind; user?: ServiceUser; passEnv?: readonly string[] };
 }
 
 export class ContainerManager {
@@ -368,7 +368,7 @@ export class ContainerManager {
     const limits = this.opts.limits;
     const cgroup = limits ? { enter: () => limits.host.enter(id, limits.of(service)), leave: () => limits.host.leave(id) } : undefined;
     const iso = this.opts.isolation ?? { kind: 'direct' as const };
-    const runner = createRunner({ kind: iso.kind, id, dir, logger: this.opts.logger, ...(iso.user ? { user: iso.user } : {}), ...(limits ? { limits: limits.of(service) } : {}), ...(cgroup && iso.kind === 'direct' ? { cgroup } : {}) });
+    const runner = createRunner({ kind: iso.kind, id, dir, logger: this.opts.logger, ...(iso.passEnv ? { passEnv: iso.passEnv } : {}), ...(iso.user ? { user: iso.user } : {}), ...(limits ? { limits: limits.of(service) } : {}), ...(cgroup && iso.kind === 'direct' ? { cgroup } : {}) });
     const driver = createDriver(spec, { id, dir, logger: this.opts.logger, vmrunPath: this.opts.vmrunPath, qemuPath: this.opts.qemuPath, timing: this.opts.driverTiming, runner, ...(cgroup ? { cgroup } : {}) });
     return {
       id,

@@ -100,12 +100,14 @@ export function unitName(containerId: string, step: string, once = false): strin
   return `${once ? CTR_ONCE_TEMPLATE : CTR_TEMPLATE}@${unitInstance(containerId, step)}.service`;
 }
 
-/** Pure: the environment of a container's command. */
-export function minimalEnv(env: Record<string, string>, home: string, depotEnv: NodeJS.ProcessEnv = process.env): Record<string, string> {
+/** Pure: the environment of a container's command: PATH, HOME, LANG, the depot's variables named in `pass` (config containers.passEnv), the manifest's env. */
+export function minimalEnv(env: Record<string, string>, home: string, depotEnv: NodeJS.ProcessEnv = process.env, pass: readonly string[] = []): Record<string, string> {
+  const passed = Object.fromEntries(pass.filter((k) => depotEnv[k] !== undefined).map((k) => [k, depotEnv[k]!]));
   return {
     PATH: depotEnv.PATH || '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
     HOME: home,
     LANG: depotEnv.LANG || 'C.UTF-8',
+    ...passed,
     ...env,
   };
 }
@@ -128,13 +130,13 @@ export function limitSettings(limits: ContainerLimits): string[] {
  * Pure: what the template's launcher reads (NUL-separated): where stdout and stderr go, then the
  * command, through `env -i -C cwd` so that it gets exactly the minimal environment and its folder.
  */
-export function launchEntries(l: Launch, home: string, out: string, err: string): string[] {
+export function launchEntries(l: Launch, home: string, out: string, err: string, pass: readonly string[] = []): string[] {
   if (l.file.includes('=')) throw new NavigatorError('BAD_REQUEST', `program ${JSON.stringify(l.file)}: a program name with "=" cannot be launched`);
   for (const v of [l.file, ...l.args, l.cwd, out, err, ...Object.entries(l.env).flat()]) {
     if (v.includes('\0')) throw new NavigatorError('BAD_REQUEST', `a command line of step ${l.step} contains a NUL byte`);
   }
   for (const k of Object.keys(l.env)) if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k)) throw new NavigatorError('BAD_REQUEST', `environment variable name ${JSON.stringify(k)} is not valid`);
-  const env = Object.entries(minimalEnv(l.env, home)).map(([k, v]) => `${k}=${v}`);
+  const env = Object.entries(minimalEnv(l.env, home, process.env, pass)).map(([k, v]) => `${k}=${v}`);
   return [out, err, '/usr/bin/env', '-i', '-C', l.cwd, ...env, l.file, ...l.args];
 }
 
@@ -160,14 +162,14 @@ export function chooseRunner(setting: 'auto' | RunnerKind, host: { systemd: bool
 }
 
 /** The runner of this host's process containers (config containers.runner / serviceUser), logged once. */
-export function containerIsolation(c: { runner: 'auto' | RunnerKind; serviceUser: string }, log: Logger): { kind: RunnerKind; user?: ServiceUser } {
+export function containerIsolation(c: { runner: 'auto' | RunnerKind; serviceUser: string; passEnv: readonly string[] }, log: Logger): { kind: RunnerKind; user?: ServiceUser; passEnv: readonly string[] } {
   const user = lookupUser(c.serviceUser);
   const systemd = existsSync('/run/systemd/system');
   const kind = chooseRunner(c.runner, { systemd, user: user !== undefined });
   if (kind === 'systemd' && !user) throw new NavigatorError('BAD_REQUEST', `containers.runner is systemd but the service user ${c.serviceUser} does not exist (make it with \`navigator depot install\`)`);
   const drops = kind === 'systemd' || (user !== undefined && process.getuid?.() === 0);
   log.info({ event: 'container-runner', runner: kind, user: drops ? c.serviceUser : undefined, systemd }, `service containers run ${kind === 'systemd' ? 'in systemd units' : 'as children of the depot'}${drops ? ` as ${c.serviceUser}` : ' as the depot\'s user'}`);
-  return { kind, ...(user ? { user } : {}) };
+  return { kind, passEnv: c.passEnv, ...(user ? { user } : {}) };
 }
 
 /** The system user `name` from /etc/passwd, or undefined. */
@@ -213,6 +215,8 @@ export interface RunnerOptions {
   user?: ServiceUser;
   /** systemd: the unit properties; direct: enforced by `cgroup`. */
   limits?: ContainerLimits;
+  /** Names of the depot's environment variables passed on (config containers.passEnv). */
+  passEnv?: readonly string[];
   /** direct: the container's cgroup (CgroupHost). */
   cgroup?: { enter(): Promise<string[]>; leave(): Promise<void> };
   /** systemctl binary (tests). */
@@ -244,7 +248,7 @@ class DirectRunner implements ContainerRunner {
   private options(l: Launch) {
     const cmd = wrapCommand(this.procs, l.file, l.args);
     const home = this.drop?.home ?? process.env.HOME ?? '/';
-    return { cmd, opts: { cwd: l.cwd, env: minimalEnv(l.env, home), extendEnv: false, ...(this.drop ? { uid: this.drop.uid, gid: this.drop.gid } : {}) } };
+    return { cmd, opts: { cwd: l.cwd, env: minimalEnv(l.env, home, process.env, this.o.passEnv), extendEnv: false, ...(this.drop ? { uid: this.drop.uid, gid: this.drop.gid } : {}) } };
   }
 
   async spawn(l: Launch, logPath: string): Promise<Spawned> {
@@ -332,7 +336,7 @@ class SystemdRunner implements ContainerRunner {
   private async launch(unit: string, step: string, l: Launch, out: string, err: string, limits: boolean): Promise<{ exitCode?: number; stderr: string; timedOut: boolean }> {
     await mkdir(this.runDir, { recursive: true });
     const argvPath = join(this.runDir, step);
-    await writeFile(argvPath, launchEntries(l, this.o.user.home, out, err).map((e) => `${e}\0`).join(''), { mode: 0o640 });
+    await writeFile(argvPath, launchEntries(l, this.o.user.home, out, err, this.o.passEnv).map((e) => `${e}\0`).join(''), { mode: 0o640 });
     await lchown(argvPath, process.getuid?.() ?? 0, this.o.user.gid).catch(() => undefined);
     // A unit of that name left failed by an earlier run would refuse to start.
     await this.systemctl(['reset-failed', unit]);

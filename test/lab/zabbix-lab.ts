@@ -103,6 +103,7 @@ async function startDepots(lab: Lab, hosts: string[], opts: ZabbixClusterOptions
           NAVIGATOR__dbsync__syncIntervalMs: String(opts.syncIntervalMs),
           NAVIGATOR_LOG_LEVEL: 'info',
           TMPDIR: tmp,
+          NAVIGATOR__containers__passEnv: '[TMPDIR]',
         },
       });
       c.depots.set(host, p);

@@ -33,6 +33,8 @@ describe('container runner', () => {
   it('gives a command PATH, HOME, LANG and its own env, never the depot environment', () => {
     const env = minimalEnv({ MYSQL_HOME: '/x' }, '/nonexistent', { PATH: '/bin', LANG: 'de_DE.UTF-8', NAVIGATOR_ADMIN_TOKEN: 'secret', HOME: '/var/lib/navigator' });
     expect(env).toEqual({ PATH: '/bin', HOME: '/nonexistent', LANG: 'de_DE.UTF-8', MYSQL_HOME: '/x' });
+    // containers.passEnv names the depot's variables passed on; the manifest's env wins.
+    expect(minimalEnv({ A: 'manifest' }, '/h', { PATH: '/bin', ECHO_NAME: 'w1', A: 'depot', SECRET: 's' }, ['ECHO_NAME', 'A', 'MISSING'])).toEqual({ PATH: '/bin', HOME: '/h', LANG: 'C.UTF-8', ECHO_NAME: 'w1', A: 'manifest' });
   });
 
   it("writes the launcher's entries: output files, then env -i -C with the minimal environment, then the command", () => {
