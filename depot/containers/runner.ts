@@ -28,8 +28,8 @@ import { alive, fileDescriptor } from './drivers/proc.ts';
 // - `direct` (no systemd: the lab's network namespaces, tests, the demo): the commands are the
 //   depot's children, each long-running one the leader of its own process group, in the
 //   container's cgroup written by CgroupHost (wrapCommand). When the depot is root and the
-//   service user exists, they drop to it (setuid/setgid, no supplementary groups, so no
-//   capabilities either).
+//   service user exists, they drop to it (setpriv: its uid, gid and groups, every capability set
+//   cleared, the bounding set included, and no_new_privs).
 //
 // Either way a command gets only PATH, HOME (the service user's, or the depot's when it runs as
 // the depot), LANG and the manifest's own env: never the depot's environment.
@@ -246,9 +246,13 @@ class DirectRunner implements ContainerRunner {
   }
 
   private options(l: Launch) {
-    const cmd = wrapCommand(this.procs, l.file, l.args);
+    // Joins the cgroup first (as root: the cgroup files are root's), then drops: setpriv clears
+    // every capability set including the bounding set (a setuid change alone keeps that) and sets
+    // no_new_privs, as the systemd units do.
+    const [file, args] = this.drop ? ['setpriv', [...dropArgs(this.drop), '--', l.file, ...l.args]] : [l.file, l.args];
+    const cmd = wrapCommand(this.procs, file, args);
     const home = this.drop?.home ?? process.env.HOME ?? '/';
-    return { cmd, opts: { cwd: l.cwd, env: minimalEnv(l.env, home, process.env, this.o.passEnv), extendEnv: false, ...(this.drop ? { uid: this.drop.uid, gid: this.drop.gid } : {}) } };
+    return { cmd, opts: { cwd: l.cwd, env: minimalEnv(l.env, home, process.env, this.o.passEnv), extendEnv: false } };
   }
 
   async spawn(l: Launch, logPath: string): Promise<Spawned> {
@@ -292,6 +296,11 @@ class DirectRunner implements ContainerRunner {
   async release(): Promise<void> {
     await this.o.cgroup?.leave();
   }
+}
+
+/** Pure: setpriv's arguments to become `user` with no capability and no way to gain one. */
+export function dropArgs(user: ServiceUser): string[] {
+  return [`--reuid=${user.uid}`, `--regid=${user.gid}`, `--init-groups`, '--inh-caps=-all', '--ambient-caps=-all', '--bounding-set=-all', '--no-new-privs'];
 }
 
 function signalDirect(groups: readonly number[], signal: NodeJS.Signals): void {

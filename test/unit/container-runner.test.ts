@@ -70,6 +70,37 @@ describe('container runner', () => {
     }
   });
 
+  it('direct, depot as root: commands drop to the service user, in a folder handed to its group', async () => {
+    // `nobody` stands in for navigator-svc (a test must not make system users on the lab host).
+    const nobody = lookupUser('nobody')!;
+    expect(nobody).toBeDefined();
+    const dir = mkdtempSync(join(tmpdir(), 'nav-runner-'));
+    try {
+      writeFileSync(join(dir, 'secret-of-depot'), 'x', { mode: 0o600 });
+      const runner = createRunner({ kind: 'direct', id: 'c1', dir, logger: createLogger({ level: 'silent' }), user: nobody });
+      await runner.prepare();
+      const r = await runner.run({ step: 'exec', file: 'sh', args: ['-c', 'id -u; id -G; grep -E "^(Cap(Eff|Prm|Bnd|Amb)|NoNewPrivs)" /proc/self/status; touch made-by-container && echo wrote'], cwd: dir, env: {} }, { timeoutMs: 5000 });
+      expect(r.exitCode, r.stderr).toBe(0);
+      const [uid, groups, ...rest] = r.stdout.trim().split('\n');
+      if (process.getuid?.() === 0) {
+        expect(Number(uid)).toBe(nobody.uid);
+        expect(groups!.split(' ').map(Number)).toContain(nobody.gid);
+        expect(groups!.split(' ').map(Number)).not.toContain(0);
+        const caps = rest.filter((x) => x.startsWith('Cap'));
+        expect(caps).toHaveLength(4);
+        for (const l of caps) expect(l).toMatch(/:\s+0{16}$/);
+        expect(rest).toContain('NoNewPrivs:\t1');
+        // The folder was handed to its group, so it can write there.
+        expect(rest.at(-1)).toBe('wrote');
+      } else {
+        // Not root: nothing to drop, it runs as the depot's user.
+        expect(Number(uid)).toBe(process.getuid?.());
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('direct: a command sees only the minimal environment', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'nav-runner-'));
     const before = process.env.NAVIGATOR_TEST_SECRET;
