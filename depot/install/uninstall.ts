@@ -50,7 +50,7 @@ export async function uninstallDepot(o: UninstallOptions): Promise<string[]> {
 }
 
 /**
- * The service containers' processes outlive a depot restart (systemd-unit.ts KILL_MODE); once
+ * The service containers' processes outlive a depot restart (units of their own, runner.ts); once
  * the depot is removed nothing supervises them, so they are stopped too: SIGTERM, then SIGKILL
  * after 5 s. Only the package's own accounts are matched.
  */

@@ -139,6 +139,8 @@ describe('a lab cluster installed from the package', () => {
     const ip2 = lab.serviceAddress(1).split('/')[0]!;
     prober = await Prober.start(lab, { target: ip2, port: 7001 });
     await prober.waitForServer('w1', 10_000);
+    const w1Echo2 = await echo2Pids(w1);
+    expect(w1Echo2).toMatch(/^\d+$/);
     const tUp = Date.now();
     const up = await w1.install(newer.file);
     const upgradeMs = Date.now() - tUp;
@@ -148,6 +150,8 @@ describe('a lab cluster installed from the package', () => {
       const s = await services(w2, 'echo2');
       return d?.state === 'alive' && d.version === newer.version && s.primary !== undefined && s.primary !== 'w1' && s.standbys.includes('w1') && s.standbys.length === 2;
     }, 60_000, 'w1 back on the new version as a standby of echo2');
+    // The primary's depot stopped (hand-over) and started again: its copy's process is the same one, adopted.
+    expect(await echo2Pids(w1)).toBe(w1Echo2);
     await new Promise((r) => setTimeout(r, 1000));
     // Gaps of a few hundred ms are the prober's own stalls when the machine is loaded (the nspawn
     // machines, the prober and the test share two cores); an outage is longer than that.
