@@ -73,8 +73,12 @@ export interface RunResult {
 
 export interface ContainerRunner {
   readonly kind: RunnerKind;
-  /** Before the container's commands run: its cgroup (direct) and a folder the service user can use. */
-  prepare(): Promise<void>;
+  /**
+   * Before the container's commands run: its cgroup (direct) and, unless `folder` is false, its
+   * folder handed to the service user's group (a walk of the whole tree: done at start, not on
+   * the promotion path).
+   */
+  prepare(opts?: { folder?: boolean }): Promise<void>;
   /** A long-running command, its own process group; stdout/stderr appended to `logPath`. */
   spawn(l: Launch, logPath: string): Promise<Spawned>;
   /** A command run to completion (wait steps, stop command, exec, health). With `logPath`, its output goes there. */
@@ -240,9 +244,9 @@ class DirectRunner implements ContainerRunner {
     this.drop = o.user && process.getuid?.() === 0 ? o.user : undefined;
   }
 
-  async prepare(): Promise<void> {
+  async prepare(opts: { folder?: boolean } = {}): Promise<void> {
     this.procs = (await this.o.cgroup?.enter()) ?? [];
-    if (this.drop) await grantFolder(this.o.dir, this.drop.gid, 0);
+    if (this.drop && opts.folder !== false) await grantFolder(this.o.dir, this.drop.gid, 0);
   }
 
   private options(l: Launch) {
@@ -325,9 +329,9 @@ class SystemdRunner implements ContainerRunner {
     this.runDir = join(o.dir, RUN_DIR);
   }
 
-  async prepare(): Promise<void> {
+  async prepare(opts: { folder?: boolean } = {}): Promise<void> {
     await mkdir(this.runDir, { recursive: true });
-    await grantFolder(this.o.dir, this.o.user.gid);
+    if (opts.folder !== false) await grantFolder(this.o.dir, this.o.user.gid);
   }
 
   private systemctl(args: string[], timeoutMs = 30_000) {

@@ -234,7 +234,8 @@ export class ProcessDriver implements ContainerDriver {
     }
     if (running.length > 0 || m.primary.length === 0) return;
     await mkdir(join(this.ctx.dir, 'logs'), { recursive: true });
-    await this.runner.prepare();
+    // The folder was handed to the service user at start; a promotion does not walk it again.
+    await this.runner.prepare({ folder: false });
     const started = Date.now();
     const groups: number[] = [];
     for (const [i, c] of m.primary.entries()) {
