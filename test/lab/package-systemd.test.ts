@@ -12,7 +12,8 @@ import { DEPOT_ENV } from '../../depot/runtime-flags.ts';
 // container runs as navigator-svc in a unit of its own (navigator-ctr@*.service) with the
 // configured limits, no capability, none of the depot's environment, and cannot read the depot's
 // keys; kill -9 and `systemctl restart` of the depot (KillMode=control-group) leave its process
-// alone and the new depot adopts it.
+// alone and the new depot adopts it; its primary-only command (a unit of its own too) is stopped
+// by the unprivileged depot when it demotes.
 
 let lab: Lab | undefined;
 let hosts: PackageHost[] = [];
@@ -60,15 +61,18 @@ describe('the navigator package under systemd', () => {
 
     // Isolated: a unit of its own as navigator-svc, with the configured limits.
     const ctrUnits = async () => (await w1.exec(['systemctl', 'list-units', '--all', '--plain', '--no-legend', 'navigator-ctr@*'])).stdout.split('\n').filter(Boolean).map((l) => l.split(/\s+/)[0]!);
-    const [unit, ...more] = await ctrUnits();
-    expect(more).toEqual([]);
-    // start0 is a one-shot step (navigator-ctr-once@, gone once done), start1 the echo server.
+    // start0 is a one-shot step (navigator-ctr-once@, gone once done), start1 the echo server,
+    // primary0 the primary-only command.
+    await waitFor(async () => (await ctrUnits()).length === 2, 10_000, 'the primary-only command to start');
+    const [primaryUnit, unit] = await ctrUnits();
     expect(unit).toMatch(/^navigator-ctr@[A-Za-z0-9_.-]+:start1\.service$/);
+    expect(primaryUnit).toBe(unit!.replace(':start1.', ':primary0.'));
     const ctr = async (p: string) => (await w1.exec(['systemctl', 'show', '-p', p, '--value', unit!])).stdout.trim();
     expect(await ctr('MainPID')).toBe(echo);
     expect(await ctr('ActiveState')).toBe('active');
     expect(await ctr('User')).toBe('navigator-svc');
     expect(await ctr('ControlGroup')).toBe(`/system.slice/system-navigator\\x2dctr.slice/${unit}`);
+    expect((await w1.exec(['systemctl', 'show', '-p', 'User', '--value', primaryUnit!])).stdout.trim()).toBe('navigator-svc');
     expect(await ctr('CPUWeight')).toBe('7');
     expect(await ctr('IOWeight')).toBe('9');
     expect(await ctr('MemoryMax')).toBe('268435456');
@@ -109,7 +113,7 @@ describe('the navigator package under systemd', () => {
     expect(await w1.unitProperty('NRestarts')).toBe('1');
     expect(await echoPid()).toBe(echo);
     await waitFor(async () => (await lab!.holders(ip)).join() === 'w1', 20_000, 'the restarted depot to serve its copy again');
-    expect(await ctrUnits()).toEqual([unit]);
+    expect(await ctrUnits()).toContain(unit);
     expect(await ctr('MainPID')).toBe(echo);
 
     // systemctl restart: the depot stops cleanly and starts again; the container is the same process.
@@ -121,9 +125,9 @@ describe('the navigator package under systemd', () => {
     expect(await echoPid()).toBe(echo);
     await waitFor(async () => (await lab!.holders(ip)).join() === 'w1', 20_000, 'the copy serving after the restart');
     // Adopted, not started again: the same unit and process, and the new depot reports it running.
-    expect(await ctrUnits()).toEqual([unit]);
+    expect(await ctrUnits()).toContain(unit);
     expect(await ctr('MainPID')).toBe(echo);
-    expect((await w1.depotEvents()).filter((e) => e.event === 'container-unit-started')).toHaveLength(1);
+    expect((await w1.depotEvents()).filter((e) => e.event === 'container-unit-started' && e.unit === unit)).toHaveLength(1);
 
     // systemctl stop: clean (exit 0, no kill needed), `left` announced, the address dropped.
     const tStop = performance.now();
@@ -133,6 +137,10 @@ describe('the navigator package under systemd', () => {
     expect(await w1.unitProperty('Result')).toBe('success');
     expect(await w1.unitProperty('ExecMainStatus')).toBe('0');
     expect(await lab.holders(ip)).toEqual([]);
+    // Demoted on the way out: the primary-only command's unit is stopped (systemctl kill by the
+    // unprivileged depot, through the polkit rule); the container itself keeps running.
+    await waitFor(async () => (await ctrUnits()).join() === unit, 10_000, 'the primary-only unit to stop');
+    expect(await ctr('MainPID')).toBe(echo);
     expect((await w1.depotEvents()).filter((e) => e.event === 'depot-stopped').at(-1)).toMatchObject({ announced: true });
 
     // Remove: nothing of it keeps running.
