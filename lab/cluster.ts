@@ -63,7 +63,8 @@ export function depotArgs(c: Pick<LabCluster, 'lab' | 'hosts' | 'peerIds' | 'swa
 export async function startDepot(c: LabCluster, host: string, opts: { swarmKeyFile?: string; startTimeoutMs?: number } = {}): Promise<LabProcess> {
   const p = c.lab.spawn(host, depotArgs(c, host, opts.swarmKeyFile), {
     name: 'depot',
-    env: { ...DEPOT_ENV, NAVIGATOR__http__adminToken: ADMIN_TOKEN, ECHO_NAME: host, NAVIGATOR_LOG_LEVEL: 'info', ...c.env },
+    // The echo service answers with ECHO_NAME: containers get only the variables passEnv names.
+    env: { ...DEPOT_ENV, NAVIGATOR__http__adminToken: ADMIN_TOKEN, ECHO_NAME: host, NAVIGATOR__containers__passEnv: '[ECHO_NAME]', NAVIGATOR_LOG_LEVEL: 'info', ...c.env },
   });
   c.depots.set(host, p);
   await p.waitForLine(/"event":"depot-started"/, opts.startTimeoutMs ?? c.startTimeoutMs ?? 30_000);

@@ -33,6 +33,8 @@ interface GuardConfig {
   retryMs?: number;
   /** SIGTERM grace of the primary-only processes before SIGKILL. */
   primaryStopMs?: number;
+  /** After our own SIGTERM with a lease held: wait this long for "release" before fencing (default 0). */
+  sigtermGraceMs?: number;
 }
 
 const cfg = JSON.parse(process.argv[2] ?? '{}') as GuardConfig;
@@ -117,19 +119,30 @@ async function stopPrimaryProcesses(): Promise<number> {
   const alive: number[] = [];
   for (const g of groups) if (await groupAlive(g)) alive.push(g);
   groups = alive;
-  const signal = (s: NodeJS.Signals) => {
-    for (const g of groups) {
+  // Groups running in a container unit of their own (depot/containers/runner.ts, systemd) belong
+  // to the service user: this process may not signal them, systemd may (`systemctl kill`, allowed
+  // for navigator-ctr@*.service by the package's polkit rule).
+  const units = new Set<string>();
+  const own: number[] = [];
+  for (const g of groups) {
+    const unit = /\/(navigator-ctr(?:-once)?@[A-Za-z0-9_.:-]+\.service)(?:\/|$)/m.exec(await readFile(`/proc/${g}/cgroup`, 'utf8').catch(() => ''))?.[1];
+    if (unit) units.add(unit);
+    else own.push(g);
+  }
+  const signal = async (s: NodeJS.Signals) => {
+    for (const g of own) {
       try {
         process.kill(-g, s);
       } catch {
         // gone already
       }
     }
+    if (units.size > 0) await execa('systemctl', ['kill', '--no-ask-password', `--signal=${s}`, '--kill-who=all', ...units], { reject: false, timeout: 5000 });
   };
-  signal('SIGTERM');
+  await signal('SIGTERM');
   const until = monoNow() + (cfg.primaryStopMs ?? 5000);
   while ((await anyAlive(groups)) && monoNow() < until) await sleep(50);
-  if (await anyAlive(groups)) signal('SIGKILL');
+  if (await anyAlive(groups)) await signal('SIGKILL');
   return groups.length;
 }
 
@@ -193,7 +206,16 @@ rl.on('line', (line) => {
 });
 rl.on('close', () => void fence('pilot gone (stdin closed)'));
 // Stopped by the service manager: with a lease held, the address must not outlive the pilot.
-process.on('SIGTERM', () => (everLeased ? void fence('SIGTERM') : process.exit(0)));
+// systemctl stop signals the depot and this process together (KillMode=control-group); with a
+// grace the pilot may hand its service over and release us first. Its exit (stdin closed) and the
+// lease deadline fence at once meanwhile, and the grace ends well before systemd's SIGKILL.
+process.on('SIGTERM', () => {
+  if (!everLeased) process.exit(0);
+  const grace = cfg.sigtermGraceMs ?? 0;
+  if (grace <= 0) return void fence('SIGTERM');
+  log('sigterm', { graceMs: grace });
+  setTimeout(() => void fence('SIGTERM, not released within the grace'), grace);
+});
 
 setInterval(() => {
   if (everLeased && monoNow() > deadline) void fence('lease expired without renewal');

@@ -23,6 +23,12 @@ export interface FenceGuardOptions {
   onFenced?: () => void;
   /** Process groups of the copy's primary-only processes (process driver): stopped by a fence. */
   primaryPgidsFile?: string | undefined;
+  /**
+   * After SIGTERM with a lease held, wait this long for the pilot to release the guard (a clean
+   * stop hands over first) before fencing; the lease deadline and the pilot's exit still fence at
+   * once. Default 0: fence at SIGTERM.
+   */
+  sigtermGraceMs?: number;
   /** How long the guard may take to report itself running (default 2000 ms). */
   readyTimeoutMs?: number;
 }
@@ -72,6 +78,7 @@ export class FenceGuard {
       iface: this.opts.iface,
       ...(this.opts.netns ? { netns: this.opts.netns } : {}),
       ...(this.opts.primaryPgidsFile ? { primaryPgidsFile: this.opts.primaryPgidsFile } : {}),
+      ...(this.opts.sigtermGraceMs ? { sigtermGraceMs: this.opts.sigtermGraceMs } : {}),
     });
     // process.execPath is the Node 22 running the depot; the guard needs no tsx (type stripping).
     const child = execa(process.execPath, ['--no-warnings', GUARD, config], {

@@ -76,7 +76,7 @@ export interface PilotOptions {
   cluster: ClusterView;
   cfg: ElectionConfig;
   /** config section pilot: probe interval and timeout, address re-assert, copy restart, own sync reads. */
-  timing: Pick<Config['pilot'], 'probeIntervalMs' | 'serviceProbeTimeoutMs' | 'reassertMs' | 'copyRestartMs' | 'ownSyncReadMs'>;
+  timing: Pick<Config['pilot'], 'probeIntervalMs' | 'serviceProbeTimeoutMs' | 'reassertMs' | 'copyRestartMs' | 'ownSyncReadMs'> & Partial<Pick<Config['pilot'], 'handOverMs'>>;
   /** Monotonic local time. */
   now: () => number;
   logger: Logger;
@@ -121,6 +121,9 @@ export class Pilot {
       logger: this.log,
       // A fence stops what runs only on the primary (process driver: its process groups).
       primaryPgidsFile: a.spec.container.driver === 'process' ? join(opts.containers.root, a.container, PRIMARY_PIDS_FILE) : undefined,
+      // systemctl stop signals the depot and the guard together (KillMode=control-group): the
+      // depot hands its primary over within pilot.handOverMs and then releases the guard.
+      ...(opts.timing.handOverMs !== undefined ? { sigtermGraceMs: opts.timing.handOverMs + 5000 } : {}),
       // The guard's clock ran the lease out before ours did (a starved event loop): stop serving.
       onFenced: () => {
         if (this.state.role === 'primary') this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'lease-expired'));

@@ -6,6 +6,7 @@ import type { DepotComponents } from '../depot/components.ts';
 import { ImageStore } from '../depot/images/catalog.ts';
 import { ContainerManager } from '../depot/containers/manager.ts';
 import { CgroupHost, limitsFor } from '../depot/containers/cgroup-limits.ts';
+import { containerIsolation } from '../depot/containers/runner.ts';
 import { Journal } from '../depot/journal/journal.ts';
 import { electionConfigFrom, type ElectionConfig } from '../pilot/election/settings.ts';
 import { containersPlugin } from './containers.ts';
@@ -73,6 +74,7 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     clock: opts.clock,
     statusIntervalMs: config.containers.statusIntervalMs,
     driverTiming: config.containers,
+    isolation: containerIsolation(config.containers, log),
     ...(config.containers.limitsEnabled
       ? { limits: { host: new CgroupHost({ logger: log }), of: (service: string) => limitsFor(service, config.containers.limits, config.containers.serviceLimits) } }
       : {}),

@@ -289,6 +289,20 @@ export const ContainersSection = z
       .default({})
       .describe('Per service: fields that replace those of `limits` for its containers'),
     limitsEnabled: z.boolean().default(true).describe('Put service containers in a cgroup of their own with the limits above (false: run them in the depot\'s)'),
+    runner: z
+      .enum(['auto', 'systemd', 'direct'])
+      .default('auto')
+      .describe('How process containers\' commands run. systemd: each in a unit of its own, navigator-ctr@<container>:<step>.service (a template of the package: the service user, no capabilities), limits as unit properties, outliving a depot restart; direct: children of the depot in a cgroup it writes (dropping to `serviceUser` when the depot is root). auto: systemd when systemd is PID 1 and `serviceUser` exists, else direct'),
+    serviceUser: z
+      .string()
+      .regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'a system user name')
+      .default('navigator-svc')
+      .describe('System user the service containers run as (made by the package and `navigator depot install`); a depot without it runs them as itself'),
+    passEnv: z
+      .array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'an environment variable name'))
+      .max(64)
+      .default([])
+      .describe("Names of this depot's environment variables its service containers' commands also get (besides PATH, HOME, LANG and the manifest's env), e.g. a per-host value; none by default"),
   })
   .strict();
 

@@ -10,6 +10,7 @@ import { Role, type ContainerReport, type ElectionView } from '../../shared/wire
 import { ContainerSpec, type ContainerDriver, type ContainerStateName, type DriverTiming, type ExecResult, type StopResult } from './drivers/driver.ts';
 import { createDriver, specPaths } from './drivers/factory.ts';
 import type { CgroupHost } from './cgroup-limits.ts';
+import { createRunner, type RunnerKind, type ServiceUser } from './runner.ts';
 import type { ContainerLimits } from '../../shared/config.ts';
 import { insideDir } from './drivers/paths.ts';
 
@@ -104,6 +105,8 @@ export interface ContainerManagerOptions {
   onChange?: (status: ContainerStatus) => void;
   /** Cgroup limits of a service's containers (config containers.limits/serviceLimits); none: run in the depot's cgroup. */
   limits?: { host: CgroupHost; of: (service: string) => ContainerLimits };
+  /** How process containers' commands run (runner.ts): systemd units as `user`, or the depot's children (dropping to `user` when root). Default: direct, no user. */
+  isolation?: { kind: RunnerKind; user?: ServiceUser; passEnv?: readonly string[] };
 }
 
 export class ContainerManager {
@@ -364,7 +367,9 @@ export class ContainerManager {
   private makeEntry(id: string, service: string, image: string, spec: ContainerSpec, dir: string): Entry {
     const limits = this.opts.limits;
     const cgroup = limits ? { enter: () => limits.host.enter(id, limits.of(service)), leave: () => limits.host.leave(id) } : undefined;
-    const driver = createDriver(spec, { id, dir, logger: this.opts.logger, vmrunPath: this.opts.vmrunPath, qemuPath: this.opts.qemuPath, timing: this.opts.driverTiming, ...(cgroup ? { cgroup } : {}) });
+    const iso = this.opts.isolation ?? { kind: 'direct' as const };
+    const runner = createRunner({ kind: iso.kind, id, dir, logger: this.opts.logger, ...(iso.passEnv ? { passEnv: iso.passEnv } : {}), ...(iso.user ? { user: iso.user } : {}), ...(limits ? { limits: limits.of(service) } : {}), ...(cgroup && iso.kind === 'direct' ? { cgroup } : {}) });
+    const driver = createDriver(spec, { id, dir, logger: this.opts.logger, vmrunPath: this.opts.vmrunPath, qemuPath: this.opts.qemuPath, timing: this.opts.driverTiming, runner, ...(cgroup ? { cgroup } : {}) });
     return {
       id,
       service,

@@ -8,7 +8,7 @@ import { renderDefaultConfig } from '../../shared/config-file.ts';
 import { NavigatorError } from '../../shared/errors.ts';
 import { makeSwarmKey, readSwarmKey } from '../swarm-key.ts';
 import { loadOrCreateSshKey } from '../ssh-trust/ssh-keys.ts';
-import { renderUnit, UNIT_NAME } from './systemd-unit.ts';
+import { CTR_UNIT_NAMES, renderContainerUnit, renderUnit, UNIT_NAME } from './systemd-unit.ts';
 import { configOverrides, directories, sshKeyPath, swarmKeyPath, users, writablePaths, type InstallLayout, type Owner } from './layout.ts';
 import { POLKIT_RULE_PATH, SSHD_DROPIN_PATH, renderPolkitRule, renderSshdDropIn } from './system-files.ts';
 
@@ -82,7 +82,16 @@ export async function installDepot(o: InstallOptions): Promise<InstallResult> {
     root: { uid: 0, gid: 0 },
     depot: await must(root, l.depotUser),
     receive: await must(root, l.receiveUser),
+    service: await must(root, l.serviceUser),
   };
+  // The depot hands its containers' folders to the service user's group (runner.ts): it must be
+  // a member to chgrp them and to read what the containers write.
+  const groups = await readFile(under(root, '/etc/group'), 'utf8').catch(() => '');
+  const svcGroup = groups.split('\n').find((g) => g.startsWith(`${l.serviceUser}:`));
+  if (svcGroup && !(svcGroup.split(':')[3] ?? '').split(',').includes(l.depotUser)) {
+    await execa('usermod', ['--append', '--groups', l.serviceUser, ...(root !== '/' ? ['--prefix', root] : []), l.depotUser]);
+    log.info({ event: 'user-group-added', user: l.depotUser, group: l.serviceUser }, 'the depot user joined the service user group');
+  }
 
   for (const d of directories(l)) {
     const path = under(root, d.path);
@@ -131,6 +140,10 @@ export async function installDepot(o: InstallOptions): Promise<InstallResult> {
       writablePaths: writablePaths(l),
       systemdVersion: await systemdVersion(),
     }));
+    for (const name of CTR_UNIT_NAMES) {
+      await writeSystemFile(root, `/etc/systemd/system/${name}`, renderContainerUnit({ serviceUser: l.serviceUser, containersDir: join(l.storeDir, 'containers'), once: name.includes('-once@') }));
+      created.push(`/etc/systemd/system/${name}`);
+    }
     await writeSystemFile(root, SSHD_DROPIN_PATH, renderSshdDropIn(l));
     await writeSystemFile(root, POLKIT_RULE_PATH, renderPolkitRule(l));
     created.push(unitPath, SSHD_DROPIN_PATH, POLKIT_RULE_PATH);

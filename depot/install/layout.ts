@@ -9,7 +9,9 @@ import { dirname, join } from 'node:path';
 //   /var/lib/navigator             navigator      0750  node.dataDir: identity, journal, pilots, voters
 //   /var/lib/navigator/ssh         navigator      0750  SFTP key pair, authorized_keys, host key pins
 //   /var/lib/navigator-store       root:root      0755  store.dir, the receive account's chroot
-//     images, quarantine, spare, containers  navigator 0750
+//     images, quarantine, spare  navigator 0750
+//     containers                   navigator:navigator-svc 0750  (the depot gives each container's
+//                                  folder to the group navigator-svc; the depot is a member)
 //     staging                      navigator:navigator-recv 2750  (setgid: what the depot makes
 //                                  there belongs to the receive account's group, which may write
 //                                  the blocks the depot asked for and nothing else)
@@ -20,7 +22,7 @@ import { dirname, join } from 'node:path';
 export interface InstallLayout {
   /** The depot's user (and group). */
   depotUser: string;
-  /** Runs the service containers' processes (issue 15's runner). */
+  /** Runs the service containers' processes (depot/containers/runner.ts); the depot's user is a member of its group. */
   serviceUser: string;
   /** The SFTP receive-only account other depots log in as. */
   receiveUser: string;
@@ -41,7 +43,7 @@ export const DEFAULT_LAYOUT: InstallLayout = {
   storeDir: '/var/lib/navigator-store',
 };
 
-export type Owner = 'root' | 'depot' | 'receive';
+export type Owner = 'root' | 'depot' | 'receive' | 'service';
 
 export interface DirSpec {
   path: string;
@@ -98,7 +100,8 @@ export function directories(l: InstallLayout): DirSpec[] {
     store('images'),
     store('quarantine'),
     store('spare'),
-    store('containers'),
+    // The service user (group member of nothing else) must reach its container's folder.
+    store('containers', 'service'),
     store('staging', 'receive', 0o2750),
   ];
 }

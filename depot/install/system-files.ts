@@ -44,9 +44,10 @@ export function renderSshdDropIn(l: InstallLayout): string {
 }
 
 /**
- * Lets the depot's user manage exactly the units its service containers run in
- * (navigator-container-*.service, issue 15's systemd runner) and nothing else. systemd passes the
- * unit name to polkit for start/stop/restart of a named unit; a request without one is not granted.
+ * Lets the depot's user manage exactly the units its service containers run in (instances of
+ * navigator-ctr@.service and navigator-ctr-once@.service, depot/containers/runner.ts: start, stop,
+ * kill, reset-failed, set-property) and nothing else. systemd passes the unit name to polkit for
+ * these; a request without one (StartTransientUnit on systemd 252) is not granted.
  */
 export function renderPolkitRule(l: InstallLayout): string {
   return [
@@ -54,7 +55,7 @@ export function renderPolkitRule(l: InstallLayout): string {
     'polkit.addRule(function (action, subject) {',
     `  if (action.id !== "org.freedesktop.systemd1.manage-units" || subject.user !== "${l.depotUser}") return polkit.Result.NOT_HANDLED;`,
     '  var unit = action.lookup("unit") || "";',
-    '  if (/^navigator-container-[A-Za-z0-9_.@-]+\\.service$/.test(unit)) return polkit.Result.YES;',
+    '  if (/^navigator-ctr(-once)?@[A-Za-z0-9_.:-]+\\.service$/.test(unit)) return polkit.Result.YES;',
     '  return polkit.Result.NOT_HANDLED;',
     '});',
     '',

@@ -2,6 +2,7 @@
 // `systemd-analyze verify` in a test and reviewed by admins before install.
 
 import { DEPOT_ENV, depotArgv } from '../runtime-flags.ts';
+import { RUN_DIR } from '../containers/runner.ts';
 
 export interface UnitOptions {
   /** Absolute path of the Node 22 binary. */
@@ -19,20 +20,60 @@ export interface UnitOptions {
 export const UNIT_NAME = 'navigator-depot.service';
 
 /**
- * Which processes `systemctl stop/restart` signals. The service containers' processes must
- * survive a restart of the depot (an upgrade is one). Until they run in units of their own
- * (issue 15's systemd runner: then `mixed`, the depot's own children only), they are children in
- * the depot's cgroup, and only `process` (SIGTERM to the depot alone) leaves them running; the
- * depot's own short-lived children (ip, arping, mysqldump) end with it or on their own, and the
- * fence guard drops the service address and exits when its pipe to the depot closes.
+ * Which processes `systemctl stop/restart` signals. The service containers run in units of their
+ * own (depot/containers/runner.ts, navigator-ctr@*.service), outside this unit's cgroup, so a
+ * stop or restart of the depot never reaches them. Everything in the depot's cgroup is its own:
+ * `control-group` sends SIGTERM to all of it (the depot hands its primaries over; the fence guard
+ * waits for the depot's release or exit, at most pilot.handOverMs + 5 s, then drops the address)
+ * and SIGKILL to whatever is left after TimeoutStopSec, so no child of an old depot outlives it.
+ * Not `mixed`: after a crash it would SIGKILL the fence guard at once, before it dropped the
+ * service address.
  */
-export const KILL_MODE = 'process';
+export const KILL_MODE = 'control-group';
 
 /**
  * Longest clean stop: a primary hands its service over to a standby first (pilot.handOverMs, a
  * final DB sync included), then the depot announces `left`.
  */
 export const STOP_TIMEOUT_S = 90;
+
+/** The templates of the service containers' units (depot/containers/runner.ts). */
+export const CTR_UNIT_NAMES = ['navigator-ctr@.service', 'navigator-ctr-once@.service'] as const;
+
+/**
+ * A service container's command, instance <container>:<step>: as the service user, with no
+ * capability and no way to gain one; the depot chooses what runs (the command line it wrote in
+ * the container's folder, read by the launcher below) but not as whom. `once`: a one-shot step
+ * (`systemctl start` returns when it ended); else a long-running command (returns once it runs).
+ */
+export function renderContainerUnit(o: { serviceUser: string; containersDir: string; once: boolean }): string {
+  // bash: the instance is <container>:<step>; the file holds NUL-separated entries: stdout file,
+  // stderr file, then the command ($$ and %% are systemd's escapes of $ and %).
+  const launcher = `'f="$$1/$\${2%%%%:*}/${RUN_DIR}/$\${2#*:}"; mapfile -d "" -t a < "$$f" && exec >>"$\${a[0]}" 2>>"$\${a[1]}" && exec "$\${a[@]:2}"'`;
+  return [
+    '[Unit]',
+    `Description=Navigator service container ${o.once ? 'step' : 'command'} %i`,
+    'Documentation=file:///usr/share/doc/navigator/README.md',
+    // A one-shot step's unit stays when it failed, for its exit status; the depot resets it.
+    ...(o.once ? [] : ['CollectMode=inactive-or-failed']),
+    '',
+    '[Service]',
+    o.once ? 'Type=oneshot' : 'Type=exec',
+    ...(o.once ? ['TimeoutStartSec=infinity'] : []),
+    `User=${o.serviceUser}`,
+    `Group=${o.serviceUser}`,
+    `ExecStart=/bin/bash -c ${launcher} navigator-ctr ${o.containersDir} %i`,
+    // What it makes stays readable and writable for the depot (a member of its group).
+    'UMask=0007',
+    'NoNewPrivileges=yes',
+    'CapabilityBoundingSet=',
+    'AmbientCapabilities=',
+    'RestrictSUIDSGID=yes',
+    'KillMode=control-group',
+    'Restart=no',
+    '',
+  ].join('\n');
+}
 
 export function renderUnit(o: UnitOptions): string {
   const backoff =

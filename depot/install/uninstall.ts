@@ -1,7 +1,7 @@
 import { rm } from 'node:fs/promises';
 import { execa } from 'execa';
 import type { Logger } from '../../shared/logger.ts';
-import { UNIT_NAME } from './systemd-unit.ts';
+import { CTR_UNIT_NAMES, UNIT_NAME } from './systemd-unit.ts';
 import { authorizedKeysPath, purgedPaths, users, type InstallLayout } from './layout.ts';
 import { POLKIT_RULE_PATH, SSHD_DROPIN_PATH } from './system-files.ts';
 import { idsOf, under } from './install.ts';
@@ -27,7 +27,7 @@ export async function uninstallDepot(o: UninstallOptions): Promise<string[]> {
     await execa('systemctl', ['disable', '--now', UNIT_NAME], { reject: false });
     await stopLeftovers(l);
   }
-  for (const path of [`/etc/systemd/system/${UNIT_NAME}`, SSHD_DROPIN_PATH, POLKIT_RULE_PATH, authorizedKeysPath(l)]) {
+  for (const path of [`/etc/systemd/system/${UNIT_NAME}`, ...CTR_UNIT_NAMES.map((n) => `/etc/systemd/system/${n}`), SSHD_DROPIN_PATH, POLKIT_RULE_PATH, authorizedKeysPath(l)]) {
     if (await rm(under(root, path)).then(() => true, () => false)) removed.push(path);
   }
   if (root === '/') {
@@ -50,7 +50,7 @@ export async function uninstallDepot(o: UninstallOptions): Promise<string[]> {
 }
 
 /**
- * The service containers' processes outlive a depot restart (systemd-unit.ts KILL_MODE); once
+ * The service containers' processes outlive a depot restart (units of their own, runner.ts); once
  * the depot is removed nothing supervises them, so they are stopped too: SIGTERM, then SIGKILL
  * after 5 s. Only the package's own accounts are matched.
  */

@@ -18,6 +18,8 @@ import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 export const SUITE = 'bookworm';
 /** The navigator package's Depends (depot/install/debian/maintainer-scripts.ts) and what the tests use. */
 export const ROOT_PACKAGES = ['systemd', 'systemd-sysv', 'dbus', 'iproute2', 'iputils-arping', 'openssh-server', 'openssh-client', 'procps', 'libstdc++6', 'libgcc-s1', 'passwd', 'util-linux', 'init-system-helpers', 'curl'];
+/** Installed with apt once the root is made: the package depends on polkitd (its rule lets the depot start its containers' units). */
+export const LATER_PACKAGES = ['polkitd'];
 export const CACHE_DIR = '/var/tmp/navigator-nspawn';
 /** Bumped when what is done to the root after debootstrap changes (a new cached root is made). */
 const ROOT_REVISION = 2;
@@ -63,7 +65,7 @@ WantedBy=ssh.service
  */
 export async function ensureDebianRoot(log: (msg: string) => void = () => undefined): Promise<string> {
   const mirror = await aptMirror();
-  const key = createHash('sha256').update(`${SUITE}\n${mirror}\n${ROOT_PACKAGES.join(',')}\n${HOSTKEYS_UNIT}\n${ROOT_REVISION}`).digest('hex').slice(0, 12);
+  const key = createHash('sha256').update(`${SUITE}\n${mirror}\n${ROOT_PACKAGES.join(',')}\n${LATER_PACKAGES.join(',')}\n${HOSTKEYS_UNIT}\n${ROOT_REVISION}`).digest('hex').slice(0, 12);
   const dir = join(CACHE_DIR, `${SUITE}-${key}`);
   const root = join(dir, 'root');
   if (existsSync(join(root, 'etc', 'navigator-test-root'))) return root;
@@ -94,6 +96,12 @@ export async function ensureDebianRoot(log: (msg: string) => void = () => undefi
       throw new NavigatorError('COMMAND_FAILED', `debootstrap failed (${r.exitCode}): ${String(r.all).split('\n').slice(-15).join('\n')}`);
     }
     const t = join(tmp, 'root');
+    // polkitd fails debootstrap's base configuration (its postinst); apt in the finished root installs it.
+    const apt = await execa('chroot', [t, 'sh', '-c', `apt-get update -qq && apt-get install -y -qq --no-install-recommends ${LATER_PACKAGES.join(' ')} && apt-get clean`], { reject: false, all: true, timeout: 600_000, env: { DEBIAN_FRONTEND: 'noninteractive' } });
+    if (apt.exitCode !== 0 || !existsSync(join(t, 'usr', 'lib', 'polkit-1', 'polkitd'))) {
+      await rm(tmp, { recursive: true, force: true });
+      throw new NavigatorError('COMMAND_FAILED', `apt-get install ${LATER_PACKAGES.join(' ')} in the Debian root failed (${apt.exitCode}): ${String(apt.all).split('\n').slice(-15).join('\n')}`);
+    }
     // Host keys and identity are per machine.
     for (const f of await readdir(join(t, 'etc', 'ssh'))) if (f.startsWith('ssh_host_')) await rm(join(t, 'etc', 'ssh', f));
     await rm(join(t, 'etc', 'hostname'), { force: true });

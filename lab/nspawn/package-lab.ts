@@ -152,16 +152,22 @@ export async function sftpLogin(from: PackageHost, to: PackageHost): Promise<Mac
  * The lab's echo service as an image folder inside a machine, run by the package's Node (type
  * stripping: no tsx there); it answers with the host name. World-readable: the depot imports it.
  */
-export async function writeEchoImage(h: PackageHost, dir: string, port: number): Promise<void> {
+export async function writeEchoImage(h: PackageHost, dir: string, port: number, opts: { oneShots?: boolean } = {}): Promise<void> {
   await h.writeFile(`${dir}/echo-service.ts`, await readFile(join(REPO_ROOT, 'lab', 'echo-service.ts')));
+  // oneShots: a wait step that notes who it ran as, and a health check that is a command (both
+  // one-shot steps, in navigator-ctr-once@ units under systemd), and a primary-only command.
+  const probe = `require('net').connect(${port}, '127.0.0.1').on('connect', () => process.exit(0)).on('error', () => process.exit(1))`;
   await h.writeFile(
     `${dir}/container.yaml`,
     [
       'name: echo',
       'start:',
+      ...(opts.oneShots ? [`  - argv: [/bin/sh, -c, 'id -un > "$0/ran-as"; env > "$0/env"', '\${dataDir}']`, '    wait: true'] : []),
       `  - argv: [/usr/lib/navigator/bin/node, --no-warnings, "\${dir}/echo-service.ts", --port, "${port}"]`,
+      // A primary-only command: its own unit while this copy is primary.
+      ...(opts.oneShots ? ['primary:', '  - argv: [/bin/sleep, infinity]'] : []),
       'health:',
-      `  tcp: { host: 127.0.0.1, port: ${port} }`,
+      ...(opts.oneShots ? [`  command: [/usr/lib/navigator/bin/node, -e, ${JSON.stringify(probe)}]`] : [`  tcp: { host: 127.0.0.1, port: ${port} }`]),
       'startTimeoutMs: 20000',
       '',
     ].join('\n'),

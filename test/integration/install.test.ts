@@ -65,7 +65,11 @@ describe('depot install', () => {
     expect(owned('var/lib/navigator/ssh/id_ed25519')).toEqual({ ...depot, mode: 0o600 });
     // The store is the receive chroot: root's, and nobody else may write it; staging hands its group to the receive account.
     expect(owned('var/lib/navigator-store')).toEqual({ uid: 0, gid: 0, mode: 0o755 });
-    for (const d of ['images', 'quarantine', 'spare', 'containers']) expect(owned(`var/lib/navigator-store/${d}`)).toEqual({ ...depot, mode: 0o750 });
+    for (const d of ['images', 'quarantine', 'spare']) expect(owned(`var/lib/navigator-store/${d}`)).toEqual({ ...depot, mode: 0o750 });
+    // The service user reaches its containers' folders (runner.ts); the depot is in its group, to hand them over.
+    const svc = idOf('navtest-svc');
+    expect(owned('var/lib/navigator-store/containers')).toEqual({ uid: depot.uid, gid: svc.gid, mode: 0o750 });
+    expect(readFileSync(join(root, 'etc/group'), 'utf8')).toMatch(/^navtest-svc:x:\d+:navtest$/m);
     expect(owned('var/lib/navigator-store/staging')).toEqual({ uid: depot.uid, gid: recv.gid, mode: 0o2750 });
 
     const key = readFileSync(join(root, 'etc/navigator/swarm.key'), 'utf8');
@@ -99,6 +103,15 @@ describe('depot install', () => {
     const verify = await execa('systemd-analyze', ['verify', check], { reject: false });
     expect(verify.stderr.split('\n').filter((l) => l.includes('navigator-depot'))).toEqual([]);
     expect(verify.exitCode).toBe(0);
+    // The service containers' unit templates, the same way.
+    for (const name of ['navigator-ctr@.service', 'navigator-ctr-once@.service']) {
+      const text = readFileSync(join(root, 'etc/systemd/system', name), 'utf8');
+      expect(text).toMatch(/^User=navtest-svc$/m);
+      writeFileSync(join(root, 'check', name), text.replace(/^(User|Group)=navtest-svc$/gm, '$1=daemon'));
+      const v = await execa('systemd-analyze', ['verify', join(root, 'check', name)], { reject: false });
+      expect(v.stderr.split('\n').filter((l) => l.includes('navigator-ctr')), name).toEqual([]);
+      expect(v.exitCode, name).toBe(0);
+    }
 
     // The drop-in, included the way Debian's sshd_config includes sshd_config.d/: the receive
     // account gets SFTP only, chrooted, keys from the depot's file; every other user keeps the

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
@@ -146,5 +147,27 @@ describe('fence guard', () => {
     process.kill(guard.pid!, 'SIGTERM');
     const took = await waitUntil(async () => !(await held()), 3000);
     expect(took).toBeLessThan(2000);
+  });
+
+  it('with a SIGTERM grace (systemctl stop of the whole depot unit): a release in time leaves the address, else it fences when the grace ends', async () => {
+    // A clean stop: the pilot hands over and releases the guard within the grace.
+    const released = new FenceGuard({ address: ADDRESS, iface: 'svc0', netns: ns, logger: silentLogger(), sigtermGraceMs: 1500 });
+    await released.arm(60_000);
+    const pid = released.pid!;
+    process.kill(pid, 'SIGTERM');
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await held()).toBe(true);
+    await released.release();
+    expect(await waitUntil(async () => !existsSync(`/proc/${pid}`), 3000)).toBeGreaterThanOrEqual(0);
+    expect(await held()).toBe(true);
+    // No release: the address goes when the grace is over.
+    const stuck = new FenceGuard({ address: ADDRESS, iface: 'svc0', netns: ns, logger: silentLogger(), sigtermGraceMs: 1500 });
+    await stuck.arm(60_000);
+    const t0 = performance.now();
+    process.kill(stuck.pid!, 'SIGTERM');
+    await waitUntil(async () => !(await held()), 5000);
+    const took = performance.now() - t0;
+    expect(took).toBeGreaterThanOrEqual(1400);
+    expect(took).toBeLessThan(4000);
   });
 });

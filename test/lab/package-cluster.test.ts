@@ -16,7 +16,8 @@ import type { TransferInfo } from '../../shared/api/transfers.ts';
 // chrooted receive account); a host whose sshd host key changed is refused with a clear message
 // until its pin is forgotten; a depot that leaves loses SFTP access on the others; and
 // installing a newer package on the primary's host hands the service over with one gap no
-// longer than a failover, and the host rejoins as a standby.
+// longer than a failover, and the host rejoins as a standby. A restart of a standby's depot
+// leaves its copy's processes running.
 
 const FAILOVER_MS = 2500;
 
@@ -125,9 +126,21 @@ describe('a lab cluster installed from the package', () => {
     await writeEchoImage(w1, '/srv/echo2', 7001);
     await bootstrap(w1, 'echo2', '/srv/echo2', lab.serviceAddress(1), 7001, 2);
     await waitFor(async () => (await services(w2, 'echo2')).standbys.length === 2, 90_000, 'echo2 with a standby on each other host');
+    // A restart of a standby's depot leaves its copy's processes (navigator-svc, own units) running, and it serves as a standby again.
+    const sb = byName((await services(w1, 'echo2')).standbys[0]!);
+    const echo2Pids = async (h: PackageHost) => (await h.exec(['pgrep', '-u', 'navigator-svc', '-f', 'echo-service.ts --port 7001'], { reject: false })).stdout.trim();
+    const sbPid = await echo2Pids(sb);
+    expect(sbPid).toMatch(/^\d+$/);
+    const sbDepot = (await sb.unitProperty('MainPID')).trim();
+    expect((await sb.systemctl('restart', 'navigator-depot.service')).exitCode).toBe(0);
+    expect(await sb.unitProperty('MainPID')).not.toBe(sbDepot);
+    await waitFor(async () => (await sb.api<{ ok: boolean }>('/healthz'))?.ok === true && (await services(w1, 'echo2')).standbys.includes(sb.name), 60_000, `${sb.name}'s restarted depot to report its standby again`);
+    expect(await echo2Pids(sb)).toBe(sbPid);
     const ip2 = lab.serviceAddress(1).split('/')[0]!;
     prober = await Prober.start(lab, { target: ip2, port: 7001 });
     await prober.waitForServer('w1', 10_000);
+    const w1Echo2 = await echo2Pids(w1);
+    expect(w1Echo2).toMatch(/^\d+$/);
     const tUp = Date.now();
     const up = await w1.install(newer.file);
     const upgradeMs = Date.now() - tUp;
@@ -137,6 +150,8 @@ describe('a lab cluster installed from the package', () => {
       const s = await services(w2, 'echo2');
       return d?.state === 'alive' && d.version === newer.version && s.primary !== undefined && s.primary !== 'w1' && s.standbys.includes('w1') && s.standbys.length === 2;
     }, 60_000, 'w1 back on the new version as a standby of echo2');
+    // The primary's depot stopped (hand-over) and started again: its copy's process is the same one, adopted.
+    expect(await echo2Pids(w1)).toBe(w1Echo2);
     await new Promise((r) => setTimeout(r, 1000));
     // Gaps of a few hundred ms are the prober's own stalls when the machine is loaded (the nspawn
     // machines, the prober and the test share two cores); an outage is longer than that.

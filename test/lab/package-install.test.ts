@@ -77,6 +77,8 @@ describe('the navigator package installed without systemd', () => {
       ['./usr/lib/navigator/node_modules/ssh2/lib/protocol/crypto/build/Release/sshcrypto.node', '-rwxr-xr-x'],
       ['./usr/lib/navigator/node_modules/execa/package.json', '-rw-r--r--'],
       ['./lib/systemd/system/navigator-depot.service', '-rw-r--r--'],
+      ['./lib/systemd/system/navigator-ctr@.service', '-rw-r--r--'],
+      ['./lib/systemd/system/navigator-ctr-once@.service', '-rw-r--r--'],
       ['./etc/ssh/sshd_config.d/navigator.conf', '-rw-r--r--'],
       ['./usr/share/polkit-1/rules.d/50-navigator.rules', '-rw-r--r--'],
       ['./usr/share/doc/navigator/README.md', '-rw-r--r--'],

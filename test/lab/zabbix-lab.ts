@@ -108,6 +108,7 @@ export async function startZabbixDepot(c: ZabbixCluster, host: string, opts: Zab
       NAVIGATOR__dbsync__syncIntervalMs: String(opts.syncIntervalMs),
       NAVIGATOR_LOG_LEVEL: 'info',
       TMPDIR: c.tmp,
+      NAVIGATOR__containers__passEnv: '[TMPDIR]',
     },
   });
   c.depots.set(host, p);

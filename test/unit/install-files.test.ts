@@ -19,12 +19,15 @@ describe('polkit rule', () => {
     new Function('polkit', renderPolkitRule(DEFAULT_LAYOUT))(polkit);
     expect(rules).toHaveLength(1);
     const ask = (id: string, user: string, unit: string | undefined) => rules[0]!({ id, lookup: (k: string) => (k === 'unit' ? unit : undefined) }, { user });
-    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'navigator-container-echo-1a2b3c.service')).toBe('yes');
+    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'navigator-ctr@echo-1a2b3c:start0.service')).toBe('yes');
+    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'navigator-ctr-once@echo-1a2b3c:health-12-3.service')).toBe('yes');
     expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'ssh.service')).toBe('not-handled');
+    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'navigator-depot.service')).toBe('not-handled');
+    // StartTransientUnit (systemd-run) on systemd 252 names no unit: never granted.
     expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', undefined)).toBe('not-handled');
-    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'navigator-container-x.service; rm')).toBe('not-handled');
-    expect(ask('org.freedesktop.systemd1.manage-units', 'someone', 'navigator-container-echo.service')).toBe('not-handled');
-    expect(ask('org.freedesktop.systemd1.manage-unit-files', 'navigator', 'navigator-container-echo.service')).toBe('not-handled');
+    expect(ask('org.freedesktop.systemd1.manage-units', 'navigator', 'navigator-ctr@x.service; rm')).toBe('not-handled');
+    expect(ask('org.freedesktop.systemd1.manage-units', 'someone', 'navigator-ctr@echo:start0.service')).toBe('not-handled');
+    expect(ask('org.freedesktop.systemd1.manage-unit-files', 'navigator', 'navigator-ctr@echo:start0.service')).toBe('not-handled');
   });
 });
 

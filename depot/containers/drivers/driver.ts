@@ -1,3 +1,4 @@
+import type { ContainerRunner } from '../runner.ts';
 import { z } from 'zod';
 import type { Logger } from '../../../shared/logger.ts';
 import { ContainersSection, type Config } from '../../../shared/config.ts';
@@ -99,6 +100,8 @@ export interface DriverContext {
   timing?: DriverTiming;
   /** The container's own cgroup (process driver): enter returns the cgroup.procs files to join, [] for none. */
   cgroup?: { enter(): Promise<string[]>; leave(): Promise<void> };
+  /** How the process driver launches commands (../runner.ts); default: directly, in `cgroup`. */
+  runner?: ContainerRunner;
 }
 
 /** The drivers' knobs in config section `containers`. */

@@ -1,4 +1,3 @@
-import { closeSync, openSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { writeFileDurable } from '../../../shared/durable-file.ts';
 import { join } from 'node:path';
@@ -9,15 +8,17 @@ import type { Logger } from '../../../shared/logger.ts';
 import { NavigatorError, errorMessage } from '../../../shared/errors.ts';
 import { driverTiming, type ContainerDriver, type ContainerStateName, type DriverContext, type DriverTiming, type ExecResult, type ProcessSpec, type StopOptions, type StopResult } from './driver.ts';
 import { insideDir } from './paths.ts';
-import { wrapCommand } from '../cgroup-limits.ts';
+import { createRunner, type ContainerRunner, type Launch } from '../runner.ts';
 import { tcpOpen } from '../../../shared/tcp-probe.ts';
-import { fileDescriptor, groupAlive, groupMembers } from './proc.ts';
+import { groupAlive, groupMembers } from './proc.ts';
 
 // A service container made of ordinary host processes, described by container.yaml. Each start
 // command runs as the leader of its own process group (setsid), so stopping the container
 // signals the whole group, children included. With `netns`, every command, the health check and
 // exec run through `ip netns exec NS`. The group ids are written to a file in the container
-// folder so a restarted depot can still see and stop the container.
+// folder so a restarted depot can still see and stop the container. How a command is launched
+// (a transient systemd unit as the service user, or a child of the depot) is the runner's
+// choice (../runner.ts); this file only decides what runs when.
 // execa is imported where a command runs (here and in the other drivers and the image store):
 // most depots host no container, and an idle depot should not hold modules it does not use.
 
@@ -27,7 +28,7 @@ const argv = z.array(z.string().max(4096)).min(1).max(256);
 export const ProcessCommand = z
   .object({
     argv: argv.describe('Program and arguments; ${dir} and ${dataDir} are replaced by the container and data folders'),
-    env: z.record(z.string(), z.string().max(4096)).default({}).describe('Added to the depot environment'),
+    env: z.record(z.string(), z.string().max(4096)).default({}).describe('Environment of the command, besides PATH, HOME (the service user\'s) and LANG; the depot\'s own environment is never passed'),
     cwd: relPath.optional().describe('Working folder relative to the container folder (default: the container folder)'),
     wait: z.boolean().default(false).describe('A one-shot step (e.g. initialising the data folder): wait for it to exit 0 before the next command'),
   })
@@ -105,7 +106,7 @@ export class ProcessDriver implements ContainerDriver {
   private readonly log: Logger;
   private readonly manifestPath: string;
   private readonly timing: DriverTiming;
-  private cgroupProcs: string[] = [];
+  private readonly runner: ContainerRunner;
 
   constructor(
     spec: ProcessSpec,
@@ -114,6 +115,7 @@ export class ProcessDriver implements ContainerDriver {
     this.manifestPath = insideDir(ctx.dir, spec.manifest, 'manifest');
     this.log = ctx.logger.child({ component: 'process-driver', container: ctx.id });
     this.timing = driverTiming(ctx);
+    this.runner = ctx.runner ?? createRunner({ kind: 'direct', id: ctx.id, dir: ctx.dir, logger: ctx.logger, ...(ctx.cgroup ? { cgroup: ctx.cgroup } : {}) });
   }
 
   async load(): Promise<ContainerManifest> {
@@ -123,7 +125,6 @@ export class ProcessDriver implements ContainerDriver {
 
   async start(): Promise<void> {
     const m = await this.load();
-    await this.enterCgroup();
     const alive = (await this.groups()).filter(groupAlive);
     if (alive.length > 0) {
       if (await this.healthy(m)) return;
@@ -132,52 +133,32 @@ export class ProcessDriver implements ContainerDriver {
     const dataDir = insideDir(this.ctx.dir, m.dataDir, 'dataDir');
     await mkdir(dataDir, { recursive: true });
     await mkdir(join(this.ctx.dir, 'logs'), { recursive: true });
+    await this.runner.prepare();
     const started = Date.now();
     const groups: number[] = [];
-    const exits = new Map<number, number | undefined>();
+    const spawned: { exitCode(): number | null }[] = [];
     try {
       for (const [i, c] of m.start.entries()) {
-        const cmd = this.prepare(m, c);
+        const cmd = this.prepare(m, c, `start${i}`);
         const logPath = join(this.ctx.dir, 'logs', `start-${i}.log`);
-        const fd = openSync(logPath, 'a');
-        let child;
-        try {
-          const { execa } = await import('execa');
-          child = execa(cmd.file, cmd.args, {
-            cwd: cmd.cwd,
-            env: cmd.env,
-            detached: !c.wait,
-            cleanup: false,
-            reject: false,
-            stdin: 'ignore',
-            stdout: fileDescriptor(fd),
-            stderr: fileDescriptor(fd),
-          });
-        } finally {
-          closeSync(fd);
-        }
         if (c.wait) {
-          const r = await child;
+          const r = await this.runner.run(cmd, { timeoutMs: m.startTimeoutMs, logPath });
           if (r.exitCode !== 0) {
-            throw new NavigatorError('COMMAND_FAILED', `start step ${i} (${c.argv[0]}) exited with ${r.exitCode ?? r.signal ?? 'spawn failure'}: ${await tail(logPath)}`);
+            throw new NavigatorError('COMMAND_FAILED', `start step ${i} (${c.argv[0]}) exited with ${r.timedOut ? 'a timeout' : (r.exitCode ?? r.signal ?? r.spawnError ?? 'spawn failure')}: ${await tail(logPath)}`);
           }
           continue;
         }
-        const pid = child.pid;
-        if (pid === undefined) {
-          const r = await child;
-          throw new NavigatorError('COMMAND_FAILED', `cannot start ${c.argv[0]}: ${(r as { code?: string }).code ?? 'spawn failed'}`);
-        }
-        child.then((r) => exits.set(pid, r.exitCode ?? (r.signal ? -1 : undefined)));
-        child.unref();
-        groups.push(pid);
+        const child = await this.runner.spawn(cmd, logPath);
+        spawned.push(child);
+        groups.push(child.pid);
         await this.saveGroups(groups);
       }
       // Healthy before the deadline, or a start process died, or time is up.
       for (;;) {
-        for (const [i, pid] of groups.entries()) {
-          if (exits.has(pid)) {
-            throw new NavigatorError('COMMAND_FAILED', `start command ${i} exited (code ${exits.get(pid) ?? 'signal'}) before the container became healthy: ${await tail(join(this.ctx.dir, 'logs', `start-${i}.log`))}`);
+        for (const [i, child] of spawned.entries()) {
+          const code = child.exitCode();
+          if (code !== null) {
+            throw new NavigatorError('COMMAND_FAILED', `start command ${i} exited (code ${code < 0 ? 'signal' : code}) before the container became healthy: ${await tail(join(this.ctx.dir, 'logs', `start-${i}.log`))}`);
           }
         }
         if (await this.healthy(m)) break;
@@ -203,16 +184,14 @@ export class ProcessDriver implements ContainerDriver {
     const groups = (await this.groups()).filter(groupAlive);
     if (groups.length === 0) {
       await rm(join(this.ctx.dir, PIDS_FILE), { force: true });
-      await this.ctx.cgroup?.leave();
+      await this.runner.release();
       return { forced: false };
     }
     const started = Date.now();
     let forced = true;
     if (timeoutMs > 0) {
       if (m.stop) {
-        const cmd = this.prepare(m, m.stop);
-        const { execa } = await import('execa');
-        const r = await execa(cmd.file, cmd.args, { cwd: cmd.cwd, env: cmd.env, reject: false, timeout: timeoutMs, stdin: 'ignore' });
+        const r = await this.runner.run(this.prepare(m, m.stop, 'stop'), { timeoutMs });
         if (r.exitCode !== 0) this.log.warn({ event: 'stop-command-failed', exitCode: r.exitCode, stderr: String(r.stderr ?? '').slice(0, 500) }, 'stop command failed');
         forced = !(await waitGroupsGone(groups, Math.max(0, timeoutMs - (Date.now() - started))));
       } else {
@@ -220,7 +199,7 @@ export class ProcessDriver implements ContainerDriver {
         // can even hang on a SIGTERM that comes after its port opens but before it is ready
         // for connections: use a `banner` health check for it. The deadline then forces.)
         for (;;) {
-          signalGroups(groups, 'SIGTERM');
+          await this.runner.signal(groups, 'SIGTERM');
           const left = timeoutMs - (Date.now() - started);
           const repeatMs = this.timing.processTermRepeatMs;
           if (await waitGroupsGone(groups, Math.min(repeatMs, Math.max(0, left)))) {
@@ -233,7 +212,7 @@ export class ProcessDriver implements ContainerDriver {
     }
     if (forced) await this.killGroups(groups, 0);
     await rm(join(this.ctx.dir, PIDS_FILE), { force: true });
-    await this.ctx.cgroup?.leave();
+    await this.runner.release();
     this.log.info({ event: 'container-stopped', forced, durationMs: Date.now() - started }, 'process container stopped');
     return { forced };
   }
@@ -254,34 +233,29 @@ export class ProcessDriver implements ContainerDriver {
       return;
     }
     if (running.length > 0 || m.primary.length === 0) return;
-    await this.enterCgroup();
+    await mkdir(join(this.ctx.dir, 'logs'), { recursive: true });
+    // The folder was handed to the service user at start; a promotion does not walk it again.
+    await this.runner.prepare({ folder: false });
     const started = Date.now();
     const groups: number[] = [];
     for (const [i, c] of m.primary.entries()) {
-      const cmd = this.prepare(m, c);
+      const cmd = this.prepare(m, c, `primary${i}`);
       const logPath = join(this.ctx.dir, 'logs', `primary-${i}.log`);
-      await mkdir(join(this.ctx.dir, 'logs'), { recursive: true });
-      const fd = openSync(logPath, 'a');
-      let child;
-      try {
-        const { execa } = await import('execa');
-        child = execa(cmd.file, cmd.args, { cwd: cmd.cwd, env: cmd.env, detached: !c.wait, cleanup: false, reject: false, stdin: 'ignore', stdout: fileDescriptor(fd), stderr: fileDescriptor(fd) });
-      } finally {
-        closeSync(fd);
-      }
       if (c.wait) {
-        const r = await child;
+        const r = await this.runner.run(cmd, { timeoutMs: m.startTimeoutMs, logPath });
         if (r.exitCode !== 0) {
           await this.killGroups(groups, 0);
-          throw new NavigatorError('COMMAND_FAILED', `primary step ${i} (${c.argv[0]}) exited with ${r.exitCode ?? r.signal ?? 'spawn failure'}: ${await tail(logPath)}`);
+          throw new NavigatorError('COMMAND_FAILED', `primary step ${i} (${c.argv[0]}) exited with ${r.timedOut ? 'a timeout' : (r.exitCode ?? r.signal ?? r.spawnError ?? 'spawn failure')}: ${await tail(logPath)}`);
         }
         continue;
       }
-      if (child.pid === undefined) {
+      let child;
+      try {
+        child = await this.runner.spawn(cmd, logPath);
+      } catch (err) {
         await this.killGroups(groups, 0);
-        throw new NavigatorError('COMMAND_FAILED', `cannot start primary command ${c.argv[0]}`);
+        throw err;
       }
-      child.unref();
       groups.push(child.pid);
       await writeFileDurable(join(this.ctx.dir, PRIMARY_PIDS_FILE), JSON.stringify(groups), { mode: 0o644 });
     }
@@ -300,11 +274,9 @@ export class ProcessDriver implements ContainerDriver {
 
   async exec(cmd: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<ExecResult> {
     const m = await this.load();
-    const c = this.prepare(m, { argv: [cmd, ...args], env: {}, wait: true });
-    const { execa } = await import('execa');
-    const r = await execa(c.file, c.args, { cwd: c.cwd, env: c.env, reject: false, timeout: opts.timeoutMs ?? 30_000, stdin: 'ignore' });
+    const r = await this.runner.run(this.prepare(m, { argv: [cmd, ...args], env: {}, wait: true }, 'exec'), { timeoutMs: opts.timeoutMs ?? 30_000 });
     if (r.timedOut) throw new NavigatorError('TIMEOUT', `${cmd} did not finish within ${opts.timeoutMs ?? 30_000} ms`);
-    if (r.exitCode === undefined) throw new NavigatorError('COMMAND_FAILED', `cannot run ${cmd}: ${(r as { code?: string }).code ?? 'spawn failed'}`);
+    if (r.exitCode === undefined) throw new NavigatorError('COMMAND_FAILED', `cannot run ${cmd}: ${r.spawnError ?? r.signal ?? 'spawn failed'}`);
     return { exitCode: r.exitCode, stdout: String(r.stdout ?? ''), stderr: String(r.stderr ?? '') };
   }
 
@@ -330,26 +302,19 @@ export class ProcessDriver implements ContainerDriver {
       });
       return r.exitCode === 0;
     }
-    const c = this.prepare(m, { argv: m.health.command, env: {}, wait: true });
-    const { execa } = await import('execa');
-    const r = await execa(c.file, c.args, { cwd: c.cwd, env: c.env, reject: false, timeout: m.healthTimeoutMs, stdin: 'ignore' });
+    const r = await this.runner.run(this.prepare(m, { argv: m.health.command, env: {}, wait: true }, 'health'), { timeoutMs: m.healthTimeoutMs });
     return r.exitCode === 0;
   }
 
-  private prepare(m: ContainerManifest, c: ProcessCommand): { file: string; args: string[]; cwd: string; env: NodeJS.ProcessEnv } {
+  /** What one manifest command runs: ${dir}/${dataDir} replaced, inside the netns when there is one. */
+  private prepare(m: ContainerManifest, c: ProcessCommand, step: string): Launch {
     const dataDir = insideDir(this.ctx.dir, m.dataDir, 'dataDir');
     const sub = (s: string) => s.replaceAll('${dir}', this.ctx.dir).replaceAll('${dataDir}', dataDir);
     const full = c.argv.map(sub);
     if (m.netns) full.unshift('ip', 'netns', 'exec', m.netns);
-    const env: NodeJS.ProcessEnv = { ...process.env };
+    const env: Record<string, string> = {};
     for (const [k, v] of Object.entries(c.env)) env[k] = sub(v);
-    const cmd = wrapCommand(this.cgroupProcs, full[0]!, full.slice(1));
-    return { file: cmd.file, args: cmd.args, cwd: c.cwd ? insideDir(this.ctx.dir, c.cwd, 'cwd') : this.ctx.dir, env };
-  }
-
-  /** The container's own cgroup with its limits (config containers.limits), joined by every command. */
-  private async enterCgroup(): Promise<void> {
-    this.cgroupProcs = (await this.ctx.cgroup?.enter()) ?? [];
+    return { step, file: full[0]!, args: full.slice(1), cwd: c.cwd ? insideDir(this.ctx.dir, c.cwd, 'cwd') : this.ctx.dir, env };
   }
 
   private async groups(file = PIDS_FILE): Promise<number[]> {
@@ -369,22 +334,12 @@ export class ProcessDriver implements ContainerDriver {
 
   private async killGroups(groups: number[], graceMs: number): Promise<void> {
     if (graceMs > 0) {
-      signalGroups(groups, 'SIGTERM');
+      await this.runner.signal(groups, 'SIGTERM');
       if (await waitGroupsGone(groups, graceMs)) return;
     }
-    signalGroups(groups, 'SIGKILL');
+    await this.runner.signal(groups, 'SIGKILL');
     if (!(await waitGroupsGone(groups, 5000))) {
       throw new NavigatorError('DRIVER_FAILED', `container ${this.ctx.id}: processes of groups ${groups.join(', ')} survived SIGKILL`);
-    }
-  }
-}
-
-function signalGroups(groups: number[], signal: NodeJS.Signals): void {
-  for (const g of groups) {
-    try {
-      process.kill(-g, signal);
-    } catch {
-      // group already gone
     }
   }
 }

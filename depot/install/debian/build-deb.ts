@@ -8,7 +8,7 @@ import { REPO_ROOT } from '../../../shared/repo-root.ts';
 import { renderDefaultConfig } from '../../../shared/config-file.ts';
 import { ensureBuild } from '../../../bin/build.mjs';
 import { DEFAULT_LAYOUT, configOverrides, writablePaths } from '../layout.ts';
-import { UNIT_NAME, renderUnit } from '../systemd-unit.ts';
+import { CTR_UNIT_NAMES, UNIT_NAME, renderContainerUnit, renderUnit } from '../systemd-unit.ts';
 import { PACKAGE_POLKIT_PATH, SSHD_DROPIN_PATH, renderCliWrapper, renderPolkitRule, renderSshdDropIn } from '../system-files.ts';
 import { PREFIX, renderConffiles, renderControl, renderPostinst, renderPostrm, renderPrerm } from './maintainer-scripts.ts';
 import { RUNTIME_ROOTS, runtimeClosure, type Lockfile } from './runtime-modules.ts';
@@ -94,6 +94,9 @@ export async function buildDebianPackage(o: DebOptions): Promise<DebResult> {
         systemdVersion: TARGET_SYSTEMD,
       }),
     );
+    for (const name of CTR_UNIT_NAMES) {
+      await put(`/lib/systemd/system/${name}`, renderContainerUnit({ serviceUser: DEFAULT_LAYOUT.serviceUser, containersDir: join(DEFAULT_LAYOUT.storeDir, 'containers'), once: name.includes('-once@') }));
+    }
     await put(SSHD_DROPIN_PATH, renderSshdDropIn(DEFAULT_LAYOUT));
     await put(PACKAGE_POLKIT_PATH, renderPolkitRule(DEFAULT_LAYOUT));
     await put('/usr/share/navigator/navigator.yaml', renderDefaultConfig(configOverrides(DEFAULT_LAYOUT)));

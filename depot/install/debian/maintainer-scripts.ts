@@ -30,6 +30,8 @@ export const DEPENDS = [
   'openssh-server',
   'iproute2',
   'iputils-arping',
+  // The depot (an unprivileged user) starts its containers' units through polkit's rule.
+  'polkitd',
   'passwd',
   'procps',
   'util-linux',
