@@ -69,10 +69,13 @@ function ipArgs(args: string[]): string[] {
   return cfg.netns ? ['-n', cfg.netns, ...args] : args;
 }
 
-/** Is the address on the interface? A missing interface holds nothing. */
+/**
+ * Is the address on the interface? A missing interface holds nothing, nor does a network
+ * namespace that no longer exists (the lab's host was torn down: retrying would spin forever).
+ */
 async function held(): Promise<boolean | 'unknown'> {
   const r = await execa('ip', ipArgs(['-j', 'addr', 'show', 'dev', cfg.iface]), { reject: false, timeout: 5000 });
-  if (r.exitCode !== 0) return /does not exist|Cannot find device/i.test(r.stderr) ? false : 'unknown';
+  if (r.exitCode !== 0) return /does not exist|Cannot find device|Cannot open network namespace/i.test(r.stderr) ? false : 'unknown';
   try {
     const links = JSON.parse(r.stdout || '[]') as Array<{ addr_info?: Array<{ family?: string; local?: string; prefixlen?: number }> }>;
     return links.some((l) => (l.addr_info ?? []).some((a) => a.family === 'inet' && a.local === ip && a.prefixlen === prefix));
