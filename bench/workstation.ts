@@ -6,7 +6,7 @@
 //   3. beside a running service container that wants every CPU it can get (the worst case of a
 //      busy Zabbix server: one busy process per CPU), in the depot's cgroup (no limits),
 //   4. the same container in its own cgroup with the default limits (containers.limits: CPU
-//      weight 10 against the user's 100; depot/containers/cgroup-limits.ts).
+//      weight 5 against the user's 100; depot/containers/cgroup-limits.ts).
 // Each phase runs BENCH_SECONDS (default 10) and is repeated BENCH_ROUNDS times (default 2,
 // median kept). Prints a table and, as the last line, one JSON object. Needs root (cgroups).
 //
@@ -128,7 +128,7 @@ async function main(): Promise<void> {
     ['workload alone', out.alone_ops_s, '1.000'],
     ['beside an idle depot', out.with_idle_depot_ops_s, out.ratio_idle_depot.toFixed(3)],
     ['beside a busy service container, no limits', out.with_service_ops_s, out.ratio_unlimited.toFixed(3)],
-    ['beside it with containers.limits (weight 10)', out.with_service_limited_ops_s, out.ratio_limited.toFixed(3)],
+    ['beside it with containers.limits (weight 5)', out.with_service_limited_ops_s, out.ratio_limited.toFixed(3)],
   ];
   console.log(`workload: SHA-256 of 64 KiB blocks on ${CPUS} workers, ${SECONDS} s per phase, median of ${ROUNDS}`);
   console.log(`${'phase'.padEnd(48)} ${'ops/s'.padStart(8)}  ratio`);

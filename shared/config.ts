@@ -265,7 +265,7 @@ const ioWeight = z.number().int().min(1).max(10_000).describe("Disk IO share aga
 
 /** What a service container may take from the workstation it runs on (its own cgroup): the lab PC's user comes first. */
 export const ContainerLimits = z
-  .object({ cpuWeight: cpuWeight.default(10), cpuMax: cpuMax.optional(), memoryMax: memoryMax.optional(), ioWeight: ioWeight.default(10) })
+  .object({ cpuWeight: cpuWeight.default(5), cpuMax: cpuMax.optional(), memoryMax: memoryMax.optional(), ioWeight: ioWeight.default(10) })
   .strict();
 /** A service's own limits: only the fields it sets replace the host's. */
 export const ServiceLimits = z.object({ cpuWeight: cpuWeight.optional(), cpuMax: cpuMax.optional(), memoryMax: memoryMax.optional(), ioWeight: ioWeight.optional() }).strict();

@@ -10,7 +10,7 @@ const defaults = ContainersSection.parse({});
 
 describe('container limits', () => {
   it('defaults: a CPU and IO weight below a user process, no hard caps', () => {
-    expect(defaults.limits).toEqual({ cpuWeight: 10, ioWeight: 10 });
+    expect(defaults.limits).toEqual({ cpuWeight: 5, ioWeight: 10 });
     expect(defaults.limitsEnabled).toBe(true);
   });
 
