@@ -258,8 +258,11 @@ describe('GTID replication between real MariaDB servers', { timeout: 120_000 }, 
     expect(k.status().lastSeed).toBeDefined();
     expect(lines.join('')).toContain('"event":"replication.broken"');
     await until('c holds the row again', async () => (await c.query<{ n: number }>(`SELECT COUNT(*) AS n FROM ${DB}.hosts WHERE id = 3`))[0]?.n === 1);
-    await k.checkNow();
-    expect(k.status().state).toBe('replicating');
+    // The row comes with the seed; the replica's IO thread may still be connecting a moment later.
+    await until('c replicating again', async () => {
+      await k.checkNow();
+      return k.status().state === 'replicating';
+    });
     // Broken again at once: not reseeded again before the backoff (retryBaseMs 200 ms doubles
     // per reseed in a row; here the base is a minute).
     const slow = new ReplicaKeeper({
