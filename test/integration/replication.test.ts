@@ -93,10 +93,11 @@ describe('GTID replication between real MariaDB servers', { timeout: 120_000 }, 
   it('seeds a standby from a snapshot taken under load, then follows writes and DDL; no password in ps or logs', async () => {
     await a.query(`CREATE DATABASE ${DB}`);
     await a.query(`CREATE TABLE ${DB}.history (id INT PRIMARY KEY, v VARCHAR(64))`);
-    await a.query(`INSERT INTO ${DB}.history SELECT seq, CONCAT('v', seq) FROM ${DB}.seq_1_to_20000`);
-    written = 20000;
+    await a.query(`INSERT INTO ${DB}.history SELECT seq, CONCAT('v', seq) FROM ${DB}.seq_1_to_300000`);
+    written = 300000;
     await setupPrimary(a);
-    // A writer keeps inserting while the seed's snapshot is taken.
+    // Enough rows that the dump runs long enough for the ps poller to see it (the check that no
+    // password is in ps means something only then). A writer keeps inserting meanwhile.
     let writing = true;
     const writer = (async () => {
       const conn = await a.connect(DB);
