@@ -41,12 +41,14 @@ describe('voter group lab', () => {
     const standby = (await placement(c, 'w2')).standbys[0]!;
     await waitFor(async () => (await voters(c, 'w2')).length === 5, 30_000, 'a group of 5 voters');
     const group = await voters(c, 'w2');
-    // Spread: the group prefers hosts that hold no copy.
-    expect(group).not.toContain('w1');
-    expect(group).not.toContain(standby);
+    // Spread (hosts without a copy first) comes after stability in the ranking: a copy's host
+    // that has been up a class longer (the first batch) may still be in the group, so the two
+    // voters taken away are ones without a copy (unit tests check the order itself).
+    const others = group.filter((h) => h !== 'w1' && h !== standby);
+    expect(others.length).toBeGreaterThanOrEqual(3);
 
     // Two voters go: one stops cleanly (announces `left`), one loses power.
-    const [clean, lost] = group as [string, string];
+    const [clean, lost] = others as [string, string];
     const t0 = Date.now();
     c.depots.get(clean)!.kill('SIGTERM');
     await lab.powerOff(lost);
