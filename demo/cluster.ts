@@ -92,6 +92,9 @@ export class DemoCluster {
       },
       http: { host: this.net.mode === 'netns' ? '0.0.0.0' : h.ip, port: HTTP_PORT, adminHost: this.net.adminIp, adminToken: this.token },
       dbsync: { syncIntervalMs: SYNC_INTERVAL_MS },
+      // Containers get a minimal environment: the sample service reads these (and the demo's
+      // marker, by which --cleanup finds every process the demo started).
+      containers: { passEnv: [DEMO_ENV, HOST_ENV, 'NAVIGATOR_DEMO_DB_BIND', 'NAVIGATOR_DEMO_DB_HOST'] },
       log: { level: 'info' },
     };
   }
