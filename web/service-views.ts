@@ -1,6 +1,7 @@
 import { compareNames } from '../shared/order.ts';
 import type { MovementRecord } from '../shared/movement.ts';
 import type { DepotContainers, ServiceView } from '../shared/api/tracking.ts';
+import type { UncheckedContainerRow } from '../shared/api/depots.ts';
 
 /**
  * Where each copy of each service is now, from the depots' heartbeats (containers with role,
@@ -28,18 +29,7 @@ export function buildServiceViews(depots: readonly DepotContainers[], records: r
   for (const d of depots) {
     if (d.state === 'dead' || d.state === 'left') continue;
     for (const raw of d.containers) {
-      const c = raw as {
-        service?: unknown;
-        role?: unknown;
-        term?: unknown;
-        state?: unknown;
-        lastSyncAt?: unknown;
-        syncFailing?: unknown;
-        gtid?: unknown;
-        replState?: unknown;
-        replReason?: unknown;
-        semisyncFallback?: unknown;
-      };
+      const c = raw as UncheckedContainerRow;
       if (typeof c.service !== 'string') continue;
       const role = c.role === 'primary' || c.role === 'standby' ? c.role : 'none';
       const term = typeof c.term === 'number' ? c.term : 0;

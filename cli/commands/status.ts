@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { errorMessage } from '../../shared/errors.ts';
 import { getDepotJson, type BodyCheck } from '../depot-http.ts';
-import type { DepotsResponse, DepotRow } from '../../shared/api/depots.ts';
+import type { DepotsResponse, DepotRow, UncheckedContainerRow } from '../../shared/api/depots.ts';
 import { noColour, stdoutPainter, type Painter, type Style } from '../colour.ts';
 import { renderTable, type Cell } from '../table.ts';
 import { gtidTransactions } from '../../web/service-views.ts';
@@ -79,18 +79,7 @@ export function copiesOf(depots: readonly DepotRow[]): CopyRow[] {
   for (const d of depots) {
     if (d.state === 'dead' || d.state === 'left') continue;
     for (const raw of d.containers) {
-      const c = (raw ?? {}) as {
-        service?: unknown;
-        role?: unknown;
-        state?: unknown;
-        term?: unknown;
-        lastSyncAt?: unknown;
-        syncFailing?: unknown;
-        gtid?: unknown;
-        replState?: unknown;
-        replReason?: unknown;
-        semisyncFallback?: unknown;
-      };
+      const c = (raw ?? {}) as UncheckedContainerRow;
       if (typeof c.service !== 'string') continue;
       out.push({
         service: c.service,

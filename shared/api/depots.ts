@@ -37,6 +37,20 @@ export interface DepotRow {
   sessions?: Array<{ startMs: number; endMs: number }>;
 }
 
+/** A container report in a depot row as received (`containers: unknown[]`): every field still to check. */
+export interface UncheckedContainerRow {
+  service?: unknown;
+  role?: unknown;
+  state?: unknown;
+  term?: unknown;
+  lastSyncAt?: unknown;
+  syncFailing?: unknown;
+  gtid?: unknown;
+  replState?: unknown;
+  replReason?: unknown;
+  semisyncFallback?: unknown;
+}
+
 /** How this depot judges another depot's sshd host key, pinned from its signed heartbeats. */
 export type DepotHostKey =
   /** Pinned and announced alike: images are shipped to it when its sshd presents this key. */
