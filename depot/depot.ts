@@ -180,7 +180,7 @@ export class Depot {
       mdns: cfg.network.mdns,
       mdnsIntervalMs: cfg.network.mdnsIntervalMs,
       maxConnections: cfg.network.maxConnections,
-      hideAddress: (ip) => this.isServiceAddress(ip),
+      hiddenAddresses: () => this.serviceAddresses(),
       transport: this.opts.transport ?? 'tcp',
       gossip: {
         metricsRegister: this.metrics.gossipWire,
@@ -266,7 +266,7 @@ export class Depot {
       httpPort: () => this._http?.port,
       addresses: () => this.ownAddresses(node),
       onLocal: (hb) => membership.observeHeartbeat(hb, this.clock.now()),
-      hideAddress: (ip) => this.isServiceAddress(ip),
+      hiddenAddresses: () => this.serviceAddresses(),
     }));
     this._components = {
       config: cfg,
@@ -306,9 +306,9 @@ export class Depot {
     };
   }
 
-  /** An address a pilot here may hold for a service (never announced as this depot's own). */
-  private isServiceAddress(ip: string): boolean {
-    return this.serviceAddressProviders.some((p) => p().includes(ip));
+  /** Addresses pilots here may hold for a service (never announced as this depot's own). */
+  private serviceAddresses(): Set<string> {
+    return new Set(this.serviceAddressProviders.flatMap((p) => p()));
   }
 
   private extrasOf(peerId: string): DepotRowExtras {

@@ -80,7 +80,7 @@ export interface CreateNodeOptions {
   /** network.maxConnections (default: its default). */
   maxConnections?: number;
   /** Addresses never to announce (identify, getMultiaddrs): the service addresses this host may hold. */
-  hideAddress?: (ip: string) => boolean;
+  hiddenAddresses?: () => ReadonlySet<string>;
 }
 
 export async function createNode(opts: CreateNodeOptions): Promise<NavigatorNode> {
@@ -96,7 +96,14 @@ export async function createNode(opts: CreateNodeOptions): Promise<NavigatorNode
       announce: opts.announce ?? [],
       // A service address moves at every failover: a peer that reached this depot on it would
       // lose the connection, without a word, when the address goes.
-      ...(opts.hideAddress ? { announceFilter: (addrs: Multiaddr[]) => addrs.filter((a) => !opts.hideAddress!(a.toOptions().host)) } : {}),
+      ...(opts.hiddenAddresses
+        ? {
+            announceFilter: (addrs: Multiaddr[]) => {
+              const hidden = opts.hiddenAddresses!();
+              return addrs.filter((a) => !hidden.has(a.toOptions().host));
+            },
+          }
+        : {}),
     },
     transports: [opts.transport === 'memory' ? memory() : tcp()],
     connectionProtector: preSharedKey({ psk: opts.swarmKey }),

@@ -34,7 +34,8 @@ export interface QuorumReport {
   summary: string;
 }
 
-export interface Condition {
+/** What an alert is about: a lasting condition and a one-shot event alike. */
+export interface AlertSubject {
   key: string;
   type: AlertType;
   severity: Severity;
@@ -42,6 +43,9 @@ export interface Condition {
   host: string;
   summary: string;
   details: Record<string, string | number | boolean>;
+}
+
+export interface Condition extends AlertSubject {
   /** The condition must hold this long before it is an alert. */
   afterMs: number;
 }

@@ -1,6 +1,6 @@
 import type { AlertRecord, AlertType, Channel, ChannelStatus } from '../../shared/alert.ts';
 import { SEVERITIES, type AlertsConfig, type Severity } from '../../shared/config-alerts.ts';
-import type { ActiveCondition } from './conditions.ts';
+import type { ActiveCondition, AlertSubject } from './conditions.ts';
 
 // The alert engine: conditions and events in, alerts with ids and notifications out. No I/O and
 // no timers: every method takes `now`, so it runs the same under a fake clock in tests.
@@ -27,16 +27,9 @@ export type EngineSettings = Pick<
 };
 
 /** A one-shot event: a failover record, a notice. */
-export interface AlertEvent {
+export interface AlertEvent extends AlertSubject {
   /** Movement record id or notice id: the same event is never alerted twice. */
   id: string;
-  key: string;
-  type: AlertType;
-  severity: Severity;
-  service: string;
-  host: string;
-  summary: string;
-  details: Record<string, string | number | boolean>;
   at: number;
 }
 

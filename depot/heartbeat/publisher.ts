@@ -53,7 +53,7 @@ export interface HeartbeatPublisherOptions {
   /** Called with every heartbeat built, before it is published (the depot's own view). */
   onLocal?: (hb: HeartbeatMessage) => void;
   /** Addresses of the host not to report (the service addresses it may hold). */
-  hideAddress?: (ip: string) => boolean;
+  hiddenAddresses?: () => ReadonlySet<string>;
   /** Host sampling, replaceable in tests. */
   sample?: (storeDir: string) => Promise<ResourceSample>;
 }
@@ -123,6 +123,11 @@ export class HeartbeatPublisher {
     return this.inFlight;
   }
 
+  private visible(addresses: string[]): string[] {
+    const hidden = this.opts.hiddenAddresses?.();
+    return hidden?.size ? addresses.filter((a) => !hidden.has(a)) : addresses;
+  }
+
   /** A fresh sample of this depot's heartbeat (not yet checked against the schema). */
   async build(): Promise<HeartbeatMessage> {
     const o = this.opts;
@@ -153,7 +158,7 @@ export class HeartbeatPublisher {
       incarnation: o.incarnation,
       sentAt: o.clock.now(),
       addresses: o.addresses().slice(0, 8),
-      hostAddresses: res.hostAddresses.filter((a) => !o.hideAddress?.(a)).slice(0, 8),
+      hostAddresses: this.visible(res.hostAddresses).slice(0, 8),
       ...(httpPort !== undefined ? { httpPort } : {}),
       ...(content.sshPort !== undefined ? { sshPort: content.sshPort } : {}),
       ...(content.sshHostKey !== undefined ? { sshHostKey: content.sshHostKey } : {}),

@@ -36,6 +36,7 @@ export interface SessionLogOptions {
 
 export class SessionLog {
   private records: SessionRecord[] = [];
+  private summaryCache: { stamp: string; at: number; value: SessionSummary[] } | undefined;
   private timer: TimerHandle | undefined;
   private writing: Promise<void> = Promise.resolve();
   private readonly log: Logger;
@@ -75,7 +76,14 @@ export class SessionLog {
 
   /** What the heartbeat carries. */
   summary(): SessionSummary[] {
-    return summarizeSessions(this.records, this.o.clock.now(), { max: this.o.config.gossip, maxAgeMs: this.o.config.maxAgeMs });
+    // Asked at every heartbeat; it changes only when a session ends (or, for the age limit, slowly).
+    const now = this.o.clock.now();
+    const last = this.records.at(-1);
+    const stamp = `${this.records.length}:${last?.startMs}:${last?.endMs}`;
+    if (this.summaryCache?.stamp !== stamp || now - this.summaryCache.at >= this.o.config.markMs) {
+      this.summaryCache = { stamp, at: now, value: summarizeSessions(this.records, now, { max: this.o.config.gossip, maxAgeMs: this.o.config.maxAgeMs }) };
+    }
+    return this.summaryCache.value;
   }
 
   private async load(): Promise<SessionRecord[]> {

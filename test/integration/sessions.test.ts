@@ -9,6 +9,7 @@ import { candidatesOf } from '../../pilot/cluster-view.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import type { DepotsResponse } from '../../shared/api/depots.ts';
+import { waitFor } from '../../lab/loopback/depot-procs.ts';
 
 // Two real depots in one process (TCP on loopback) with the sessions plugin: one depot's
 // recorded sessions reach the other in its heartbeat (GET /api/depots, the placement
@@ -40,16 +41,6 @@ async function startDepot(name: string, dataDir: string, bootstrap: string[] = [
   return depot;
 }
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 describe('session history between depots', () => {
   it('reaches another depot in the heartbeat and survives a restart', async () => {
     const dirA = await mkdtemp(join(tmpdir(), 'nav-sess-a-'));
@@ -70,7 +61,7 @@ describe('session history between depots', () => {
       const row = res.depots.find((d) => d.name === 'sess-a' && d.state === 'alive');
       return row?.sessions?.length === n ? row : undefined;
     };
-    const row = await waitFor('B to see five sessions of A', () => rowOfA(5));
+    const row = await waitFor('B to see five sessions of A', () => rowOfA(5), 15_000);
     expect(row.sessions![0]!.startMs).toBe(Math.floor(day0 / 60_000) * 60_000);
     expect(row.sessions![0]!.endMs - row.sessions![0]!.startMs).toBeGreaterThanOrEqual(10 * HOUR);
     expect(row.sessions![0]!.endMs - row.sessions![0]!.startMs).toBeLessThanOrEqual(10 * HOUR + 60_000);
@@ -82,6 +73,6 @@ describe('session history between depots', () => {
     running.splice(running.indexOf(a), 1);
     await new Promise((r) => setTimeout(r, 20));
     a = await startDepot('sess-a', dirA, b.node.getMultiaddrs().map((m) => m.toString()));
-    await waitFor('B to see six sessions of A', () => rowOfA(6));
+    await waitFor('B to see six sessions of A', () => rowOfA(6), 15_000);
   }, 60_000);
 });
