@@ -245,6 +245,13 @@ export const VoteReply = z.object({
   seq: termNum,
   granted: z.boolean(),
   reason: rejectReason.optional(),
+  freeInMs: z
+    .number()
+    .int()
+    .nonnegative()
+    .max(3_600_000)
+    .optional()
+    .describe('With reason "promised": how long (voter\'s clock) until its promise to the lease holder runs out, so the candidate asks again then rather than at its next round'),
   votedTerm: termNum.describe('Highest term this voter has voted in'),
   view: ElectionView.nullable().describe('The voter\'s view after handling the request'),
 });

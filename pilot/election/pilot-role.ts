@@ -264,6 +264,18 @@ export function pilotLearnView(state: PilotState, view: ElectionView): PilotStat
   return learnView(state, view);
 }
 
+/** A voter refusing for its promise to the old holder tells how long the promise still runs: the
+ * next round goes out just after that (its clock may run up to ρ slower than ours), never sooner
+ * than a fifth of a round (a voter cannot make a candidate spin), never later than planned. */
+function retryWhenFree(state: PilotState, msg: VoteReply, now: number, cfg: ElectionConfig): number {
+  if (msg.reason !== 'promised' || msg.freeInMs === undefined) return state.roundDeadline;
+  const at = now + Math.max(cfg.electionRetryMs / 5, msg.freeInMs * (1 + cfg.maxClockDriftRate) + PROMISE_SLACK_MS);
+  return Math.min(state.roundDeadline, at);
+}
+
+/** Ask this long after a promise should have run out (timer and message handling latency). */
+const PROMISE_SLACK_MS = 5;
+
 /** A reply from a voter (or the witness). */
 export function pilotReceive(state: PilotState, msg: VoteReply | LeaseAck, now: number, cfg: ElectionConfig): PilotStep {
   if (msg.service !== state.service) return { state, decisions: [] };
@@ -272,7 +284,10 @@ export function pilotReceive(state: PilotState, msg: VoteReply | LeaseAck, now: 
     let s = state;
     if (msg.votedTerm > s.term) s = { ...s, term: msg.votedTerm };
     if (s.role !== 'candidate' || msg.term !== s.electionTerm) return { state: learnView(s, msg.view), decisions: [] };
-    if (!msg.granted) return { state: { ...learnView(s, msg.view), refused: true, split: s.split || msg.reason === 'voted-other' }, decisions: [] };
+    if (!msg.granted) {
+      const refused = { ...learnView(s, msg.view), refused: true, split: s.split || msg.reason === 'voted-other' };
+      return { state: { ...refused, roundDeadline: retryWhenFree(refused, msg, now, cfg) }, decisions: [] };
+    }
     const sentAt = s.sent[msg.seq];
     if (sentAt === undefined) return { state: s, decisions: [] };
     s = { ...s, acks: { ...s.acks, [msg.voter]: Math.max(s.acks[msg.voter] ?? Number.NEGATIVE_INFINITY, sentAt) } };

@@ -131,6 +131,9 @@ export function voterReceive(
     seq: msg.seq,
     granted: reason === undefined,
     ...(reason ? { reason } : {}),
+    // A refused candidate learns when the promise runs out: it asks again right then, not up to a
+    // round (electionRetryMs + jitter) later; that round was the tail of the failover time.
+    ...(reason === 'promised' && msg.type === 'vote-request' ? { freeInMs: Math.max(0, Math.ceil(state.promiseUntil - now)) } : {}),
     votedTerm: next.votedTerm,
     view: next.view,
   };

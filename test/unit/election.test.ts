@@ -303,6 +303,38 @@ describe('pilot', () => {
     expect(s2.role).toBe('candidate');
   });
 
+  it('a voter refusing for its promise says when it runs out; the candidate asks again just then (never sooner than a fifth of a round)', () => {
+    // Voter a promised p1 at t=1000 (a renewal): free at 1000 + leaseMs.
+    const t0 = 1000;
+    const renew: LeaseRenew = { type: 'lease-renew', v: 1, service: 's', term: 1, holder: 'p1', seq: 1, view };
+    let a = ask(ask(voter('a', t0), voteReq(), t0).v, renew, t0).v;
+    const c = pilotCampaign(createPilot({ id: 'p2', service: 's', view, term: 1 }), t0 + 200, cfg);
+    const req = sends(c.decisions)[0]!.message as VoteRequest;
+    const r = ask(a, req, t0 + 210);
+    a = r.v;
+    expect(r.reply).toMatchObject({ granted: false, reason: 'promised', freeInMs: cfg.leaseMs - 210 });
+    const s = pilotReceive(c.state, r.reply as VoteReply, t0 + 220, cfg).state;
+    const expected = t0 + 220 + (cfg.leaseMs - 210) * (1 + cfg.maxClockDriftRate) + 5;
+    // Later than a normal round here (the promise runs ~1.3 s): the round deadline stays the bound.
+    expect(s.roundDeadline).toBe(Math.min(c.state.roundDeadline, expected));
+    // Close to the end of the promise: the retry comes at its end, before the round's deadline.
+    const late = ask(a, { ...req, seq: 2 }, t0 + cfg.leaseMs - 40).reply as VoteReply;
+    expect(late.freeInMs).toBe(40);
+    const c2 = { ...c.state, sent: { ...c.state.sent, 2: t0 + cfg.leaseMs - 50 }, seq: 2, roundDeadline: t0 + cfg.leaseMs + 250 };
+    const s2 = pilotReceive(c2, late, t0 + cfg.leaseMs - 30, cfg).state;
+    expect(s2.roundDeadline).toBeCloseTo(t0 + cfg.leaseMs - 30 + 40 * (1 + cfg.maxClockDriftRate) + 5, 6);
+    expect(nextWakeAt(s2)).toBe(s2.roundDeadline);
+    // The retry at that time is granted.
+    const again = pilotTick(s2, s2.roundDeadline, cfg);
+    const req3 = sends(again.decisions)[0]!.message as VoteRequest;
+    expect(ask(a, req3, s2.roundDeadline).reply).toMatchObject({ granted: true });
+    // A voter cannot make a candidate spin: freeInMs 0 still waits a fifth of a round.
+    const zero = pilotReceive(c2, { ...late, freeInMs: 0 }, 5000, cfg).state;
+    expect(zero.roundDeadline).toBe(Math.min(c2.roundDeadline, 5000 + cfg.electionRetryMs / 5));
+    // Other refusals carry no hint and leave the round as it was.
+    expect(pilotReceive(c2, { ...late, reason: 'stale-sync', freeInMs: undefined }, 5000, cfg).state.roundDeadline).toBe(c2.roundDeadline);
+  });
+
   it('a split vote is given back and retried in a higher term after a pilot-specific backoff', () => {
     const p1 = pilotCampaign(createPilot({ id: 'p1', service: 's', view }), 0, cfg);
     const p2 = pilotCampaign(createPilot({ id: 'p2', service: 's', view }), 0, cfg);
