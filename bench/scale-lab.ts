@@ -17,6 +17,8 @@ export interface ScaleLabResult {
   cpuHog: { seconds: number; hogs: number; termChanges: number; longestGapMs: number } | null;
   startMs: number;
   primaryOutagesMs: number[];
+  /** The new primary's own account of each failover (its `became-primary` log event), where seen. */
+  primaryTimings: Array<{ detectMs: number; electMs: number; takeoverMs: number }>;
   unrelatedOutagesMs: number[];
   /** Changes of the answering server outside the primary-loss trials. */
   spuriousTermChanges: number;
@@ -37,6 +39,33 @@ async function cpuHog(seconds: number): Promise<number> {
   return n;
 }
 
+/**
+ * The first `became-primary` event any other running depot logs from now on: where a failover's
+ * time went (detection by the standby, the election, the takeover), as the new primary saw it.
+ */
+function becamePrimary(c: LabCluster, except: string): { first: (timeoutMs: number) => Promise<ScaleLabResult['primaryTimings'][number] | undefined> } {
+  let found: ScaleLabResult['primaryTimings'][number] | undefined;
+  const offs = [...c.depots].filter(([h, d]) => h !== except && d.running).map(([, d]) =>
+    d.onLine((line) => {
+      if (found || !line.includes('"became-primary"')) return;
+      try {
+        const e = JSON.parse(line) as { detectMs?: number; electMs?: number; takeoverMs?: number };
+        if (typeof e.electMs === 'number') found = { detectMs: e.detectMs ?? 0, electMs: e.electMs, takeoverMs: e.takeoverMs ?? 0 };
+      } catch {
+        // not a log line of ours
+      }
+    }),
+  );
+  return {
+    first: async (timeoutMs) => {
+      const end = Date.now() + timeoutMs;
+      while (!found && Date.now() < end) await sleep(100);
+      for (const off of offs) off();
+      return found;
+    },
+  };
+}
+
 export async function scaleLab(opts: { workstations: number; primaryLosses: number; unrelatedLosses: number; batch: number; cpuHogS?: number }): Promise<ScaleLabResult> {
   const lab = await Lab.create({ workstations: opts.workstations });
   try {
@@ -49,6 +78,7 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
     const arp = await ArpWatch.start(lab, { address: c.ip });
     const primaryWindows: Array<[number, number]> = [];
     const primaryOutagesMs: number[] = [];
+    const primaryTimings: ScaleLabResult['primaryTimings'] = [];
     const unrelatedOutagesMs: number[] = [];
     try {
       await prober.waitForServer('w1', 20_000);
@@ -75,13 +105,16 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
         const before = await placement(c, observer(c, []));
         if (!before.primary) throw new Error(`primary loss ${i}: no primary`);
         await sleep(500 + Math.random() * 1000);
+        const timing = becamePrimary(c, before.primary);
         const t = Date.now();
         await lab.powerOff(before.primary);
         await prober.waitForServer(new RegExp(`^(?!${before.primary}$)`), 30_000);
         const outage = prober.outage(t);
         primaryOutagesMs.push(Math.round(outage.outageMs));
         primaryWindows.push([t - 100, Date.now() + 1000]);
-        log(`primary loss ${i}: ${before.primary} outage ${Math.round(outage.outageMs)} ms`);
+        const seen = await timing.first(5000);
+        if (seen) primaryTimings.push(seen);
+        log(`primary loss ${i}: ${before.primary} outage ${Math.round(outage.outageMs)} ms${seen ? ` (new primary: detect ${seen.detectMs} ms, elect ${seen.electMs} ms, takeover ${seen.takeoverMs} ms)` : ''}`);
         // The host comes back after a while (a reboot) and its depot restarts.
         await sleep(3000);
         await lab.powerOn(before.primary);
@@ -138,6 +171,7 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
         cpuHog: hog,
         startMs,
         primaryOutagesMs,
+        primaryTimings,
         unrelatedOutagesMs,
         spuriousTermChanges: spurious,
         splitBrainEvents: arp.splitBrainEvents(),
@@ -159,5 +193,19 @@ export function summarize(r: ScaleLabResult) {
     primary_outage_ms_p50: r.primaryOutagesMs.length ? Math.round(percentile(r.primaryOutagesMs, 50)) : null,
     primary_outage_ms_p95: r.primaryOutagesMs.length ? Math.round(percentile(r.primaryOutagesMs, 95)) : null,
     unrelated_outage_ms_max: r.unrelatedOutagesMs.length ? Math.max(...r.unrelatedOutagesMs) : null,
+    ...timingSummary(r.primaryTimings),
+  };
+}
+
+/** p50/p95 of each part of the failover, from the new primaries' own events. */
+function timingSummary(t: ScaleLabResult['primaryTimings']) {
+  const pct = (xs: number[], q: number) => (xs.length ? Math.round(percentile(xs, q)) : null);
+  return {
+    failover_detect_ms_p50: pct(t.map((x) => x.detectMs), 50),
+    failover_detect_ms_p95: pct(t.map((x) => x.detectMs), 95),
+    failover_elect_ms_p50: pct(t.map((x) => x.electMs), 50),
+    failover_elect_ms_p95: pct(t.map((x) => x.electMs), 95),
+    failover_takeover_ms_p50: pct(t.map((x) => x.takeoverMs), 50),
+    failover_takeover_ms_p95: pct(t.map((x) => x.takeoverMs), 95),
   };
 }
