@@ -85,16 +85,24 @@ describe('nemesis', () => {
       return undefined;
     };
     let lastHealedAt = 0;
+    let lastSeen: DbPlacement | undefined;
     const healthy = async (): Promise<DbPlacement | undefined> => {
       const p = await view();
-      if (!p?.primary || p.standbys.length < STANDBYS) return undefined;
-      if (!p.standbys.every((s) => s.lastSyncAt !== null && Date.now() - s.lastSyncAt < FRESH_MS)) return undefined;
+      lastSeen = p;
+      if (!p?.primary) return undefined;
+      // Enough replicating standbys (a copy being placed or re-seeded does not count yet).
+      if (p.standbys.filter((s) => s.lastSyncAt !== null && Date.now() - s.lastSyncAt < FRESH_MS).length < STANDBYS) return undefined;
       if (writer && !writer.results.some((r) => r.ok && r.start > lastHealedAt && r.host === p.primary)) return undefined;
       return p;
     };
     const waitHealthy = async (what: string): Promise<DbPlacement> => {
       let p: DbPlacement | undefined;
-      await waitFor(async () => (p = await healthy()) !== undefined, RECOVER_MS, what);
+      try {
+        await waitFor(async () => (p = await healthy()) !== undefined, RECOVER_MS, what);
+      } catch (err) {
+        const acks = writer?.acked() ?? [];
+        throw new Error(`${(err as Error).message}; last view ${JSON.stringify(lastSeen)}, now ${Date.now()}, last acknowledged write ${JSON.stringify(acks.at(-1))}`);
+      }
       return p!;
     };
     await waitHealthy('a primary on w1 and a replicating standby');
