@@ -95,13 +95,18 @@ export function voterReceive(
   msg: VoteRequest | LeaseRenew | LeaseRelease,
   now: number,
   cfg: ElectionConfig,
+  wallNow?: number,
 ): { state: VoterState; decisions: VoterDecision[] } {
   if (msg.service !== state.service) return { state, decisions: [] };
   if (msg.type === 'lease-release') {
+    // A planned hand-over: the holder brought its standbys up to date before it let go, so its
+    // own writes no longer make anyone stale (see the lease-renew case below).
+    const syncs = { ...state.syncs };
+    delete syncs[msg.holder];
     if (state.promisedTo === msg.holder && state.votedTerm === msg.term && now < state.promiseUntil) {
-      return { state: { ...state, promiseUntil: now }, decisions: [] };
+      return { state: { ...state, syncs, promiseUntil: now }, decisions: [] };
     }
-    return { state, decisions: [] };
+    return { state: { ...state, syncs }, decisions: [] };
   }
   const pilot = msg.type === 'vote-request' ? msg.candidate : msg.holder;
   const promiseFree = now >= state.promiseUntil || state.promisedTo === pilot;
@@ -119,6 +124,14 @@ export function voterReceive(
   if (reason === undefined) {
     const view = !state.view || compareEpoch(msg.view.epoch as Epoch, state.view.epoch as Epoch) > 0 ? msg.view : state.view;
     next = { ...next, votedTerm: msg.term, promisedTo: pilot, promiseUntil: now + cfg.leaseMs, view };
+    // A primary renewing its lease is writing: its data is fresh up to about now. Counted like a
+    // standby's sync (minus a lease for its beat interval, replication lag and clock skew), so
+    // a candidate whose data predates this primary's term — an earlier primary back from a
+    // partition or a pause, say — is refused as stale-sync for syncInfoTtlMs after the last
+    // renewal, and cannot win over this primary's writes. A standby that followed this primary
+    // holds its beats (every dbsync.heartbeatMs) and passes; one lagging more than a lease waits
+    // out the TTL after a crash. A resigned primary's entry goes with its lease-release.
+    if (msg.type === 'lease-renew' && wallNow !== undefined) next = voterObserveSync(next, pilot, wallNow - cfg.leaseMs, now);
     if (next.votedTerm !== state.votedTerm || next.promisedTo !== state.promisedTo || next.view !== state.view) {
       decisions.push({ kind: 'persist', durable: { votedTerm: next.votedTerm, promisedTo: next.promisedTo, view: next.view } });
     }
