@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import type { Logger } from '../shared/logger.ts';
-import { NavigatorError } from '../shared/errors.ts';
+import { NavigatorError, errorMessage } from '../shared/errors.ts';
 import type { RouteTarget } from '../shared/api/routes.ts';
 import { DrainRequest, SwitchoverRequest } from '../shared/api/tracking.ts';
 import { registerAdminPost } from '../web/admin-routes.ts';
@@ -36,6 +36,13 @@ export const BootstrapRequest = z
   })
   .strict();
 export type BootstrapRequest = z.input<typeof BootstrapRequest>;
+
+/**
+ * How long a switchover whose campaign request was refused waits for the target to report itself
+ * primary in a newer term (it stood on its own): its election (a vote round) and takeover (address,
+ * primary-only processes), seconds on a loaded host, and a heartbeat to carry the news.
+ */
+const SWITCHOVER_WIN_WAIT_MS = 15_000;
 
 export interface AdminOperationsOptions {
   self: DepotComponents['self'];
@@ -128,9 +135,35 @@ export class AdminOperations {
     const term = own.term;
     // The primary stops writes, brings the standbys up to date and resigns; then the target stands.
     await this.opts.control.call(primary.peerId, 'pilot.resign', { service: args.service }, { timeoutMs: 120_000 });
-    await this.opts.control.call(target.peerId, 'pilot.campaign', { service: args.service, term }, { timeoutMs: 10_000 });
+    try {
+      await this.opts.control.call(target.peerId, 'pilot.campaign', { service: args.service, term }, { timeoutMs: 10_000 });
+    } catch (err) {
+      // The target may have stood for election on its own meanwhile: while this primary hands
+      // over (writes stopped, standbys caught up, then the fence), its service does not answer,
+      // and once its copy reports role standby the target sees "host up, no primary" and
+      // campaigns at once. Then the target holds the next term's lease and (rightly) refuses a
+      // campaign asked in the old term. The move still happened, after the same final catch-up:
+      // what counts is who is primary now.
+      const won = await this.primaryAfter(args.service, target.peerId, term, SWITCHOVER_WIN_WAIT_MS);
+      if (!won) throw err;
+      this.log.warn(
+        { event: 'switchover-raced', service: args.service, from: primary.host, to: target.host, term: won.term, err: errorMessage(err) },
+        `switchover ${primary.host} -> ${target.host}: the target stood for election on its own and won term ${won.term}`,
+      );
+    }
     this.log.info({ event: 'switchover', service: args.service, from: primary.host, to: target.host }, `switchover ${primary.host} -> ${target.host}`);
     return { from: primary.host, to: target.host };
+  }
+
+  /** Waits up to `waitMs` for `peerId`'s copy of `service` to report role primary in a term above `term`. */
+  private async primaryAfter(service: string, peerId: string, term: number, waitMs: number): Promise<{ term: number } | undefined> {
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const c = copiesOf(this.opts.members, service).find((x) => x.peerId === peerId && x.report.role === 'primary' && x.report.term > term);
+      if (c) return { term: c.report.term };
+      if (Date.now() >= deadline) return undefined;
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   /** Move every primary off `host` (its standbys are replaced once it leaves). */

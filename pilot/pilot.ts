@@ -197,12 +197,14 @@ export class Pilot {
       // store what they acknowledged — zabbix_server flushes its history cache — while the
       // database still takes writes), then writes stop, every standby is brought up to date
       // (dump: a final sync; replicate: the last GTID applied), then go. The probe leaves the
-      // stopped service alone meanwhile (not serving).
+      // stopped service alone meanwhile (not serving). The copy still reports role primary until
+      // the fence (it holds the lease until then): a standby that saw "host up, no primary copy"
+      // would stand for election on its own and race the switchover's campaign request.
       const t0 = this.opts.now();
       const term = this.state.electionTerm;
       this.serving = false;
       try {
-        await this.opts.containers.setRole(this.container, 'standby', term);
+        await this.opts.containers.stopPrimaryProcesses(this.container);
         await this.opts.db.syncAllNow(true);
       } catch (err) {
         await this.opts.db.resumeWrites();

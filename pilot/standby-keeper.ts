@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../shared/logger.ts';
 import type { Config } from '../shared/config.ts';
-import { NavigatorError, errorMessage } from '../shared/errors.ts';
+import { NavigatorError, errorMessage, isNavigatorError } from '../shared/errors.ts';
 import type { DepotComponents } from '../depot/components.ts';
 import type { ImageShipping } from '../ship/image-shipping.ts';
 import type { PrestageCandidate } from '../ship/prestage-plan.ts';
@@ -181,6 +181,24 @@ export class StandbyKeeper {
     }
   }
 
+  /** Best effort, a few tries: `pilot.retire` of a copy whose placement failed (NOT_FOUND: none was made). */
+  private async removeHalfPlaced(peerId: string, host: string, container: string): Promise<void> {
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      try {
+        await this.opts.control.call(peerId, 'pilot.retire', { container }, { timeoutMs: 30_000 });
+        this.log.info({ event: 'half-placed-removed', host, container }, `removed the copy ${container} of a failed placement on ${host}`);
+        return;
+      } catch (err) {
+        if (isNavigatorError(err, 'NOT_FOUND')) return;
+        if (attempt === 3) {
+          this.log.warn({ event: 'half-placed-remove-failed', host, container, err: errorMessage(err) }, `could not remove the copy ${container} of a failed placement on ${host}`);
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 1000 * attempt));
+      }
+    }
+  }
+
   private async createStandby(pilot: Pilot, peerId: string, host: string, replacing: boolean, ranking: PlacementResult, why: 'missing' | 'anti-affinity'): Promise<void> {
     const spec = pilot.spec;
     const control = this.opts.control;
@@ -201,9 +219,16 @@ export class StandbyKeeper {
     const ship = Date.now() - t0;
     const container = `${spec.name}-${randomBytes(3).toString('hex')}`;
     const b0 = Date.now();
-    await control.call(peerId, 'container.start', { id: container, service: spec.name, image: spec.image, spec: spec.container, role: 'standby', term: pilot.term }, { timeoutMs: 120_000 });
-    const assignment: PilotAssignment = { spec, container, view: pilot.view, term: pilot.term, campaign: false };
-    await control.call(peerId, 'pilot.assign', assignment, { timeoutMs: 10_000 });
+    try {
+      await control.call(peerId, 'container.start', { id: container, service: spec.name, image: spec.image, spec: spec.container, role: 'standby', term: pilot.term }, { timeoutMs: 120_000 });
+      const assignment: PilotAssignment = { spec, container, view: pilot.view, term: pilot.term, campaign: false };
+      await control.call(peerId, 'pilot.assign', assignment, { timeoutMs: 10_000 });
+    } catch (err) {
+      // A call can fail after the target acted on it (the stream broke before the reply): the
+      // copy may run there with no pilot, a copy no one syncs or retires. Remove it.
+      await this.removeHalfPlaced(peerId, host, container);
+      throw err;
+    }
     this.knownFor(pilot).placed.add(copyKey(peerId, container));
     this.recentlyPlaced.push({ service: spec.name, peerId, container, at: Date.now() });
     const boot = Date.now() - b0;

@@ -286,6 +286,14 @@ export class ContainerManager {
     await e.driver.setRole?.(role);
   }
 
+  /**
+   * Stop the copy's primary-only processes but keep reporting its role: a primary handing over
+   * (pilot resign) still holds its lease until its fence, and says so in its heartbeat.
+   */
+  async stopPrimaryProcesses(id: string): Promise<void> {
+    await this.get(id).driver.setRole?.('standby');
+  }
+
   /** Record the last DB sync into this copy (reported in the heartbeat as the RPO). */
   setSync(id: string, at: number | undefined, failing: boolean, repl?: ReplicationReport): void {
     const e = this.get(id);

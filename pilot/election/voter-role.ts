@@ -21,6 +21,11 @@ export interface VoterState extends VoterDurable {
   promiseUntil: number;
   /** Latest DB sync time heard per standby copy, with when it was heard (local). */
   syncs: Record<string, { syncTime: number; seenAt: number }>;
+  /**
+   * Primaries renewing their lease, per holder: the wall time of their latest renewal minus a
+   * lease (their data is that fresh at least), with when it was heard (local).
+   */
+  writers: Record<string, { syncTime: number; seenAt: number }>;
   /** Candidates that asked for a vote lately (local time of the request), for the tie break. */
   asked: Record<string, { syncTime: number; at: number }>;
 }
@@ -37,6 +42,7 @@ export function createVoter(opts: { id: string; service: string; now: number; cf
     view: opts.durable?.view ?? null,
     promiseUntil: opts.now + opts.cfg.leaseMs,
     syncs: {},
+    writers: {},
     asked: {},
   };
 }
@@ -52,13 +58,23 @@ export function voterForgetCopy(state: VoterState, copy: string): VoterState {
   return { ...state, syncs };
 }
 
-function freshestKnownSync(state: VoterState, except: string, now: number, cfg: ElectionConfig): number {
+function freshestKnownSync(state: VoterState, except: string, now: number, cfg: ElectionConfig, candidateSync: number): number {
   let best = Number.NEGATIVE_INFINITY;
-  for (const [copy, s] of Object.entries(state.syncs)) {
+  // A renewing primary's writes count only against candidates that report a sync time at all:
+  // a service without a database has none, and nothing to lose.
+  const entries = candidateSync > 0 ? [...Object.entries(state.syncs), ...Object.entries(state.writers ?? {})] : Object.entries(state.syncs);
+  for (const [copy, s] of entries) {
     if (copy === except || now - s.seenAt > cfg.syncInfoTtlMs) continue;
     best = Math.max(best, s.syncTime);
   }
   return best;
+}
+
+/** Writers heard within syncInfoTtlMs (older entries count for nothing; dropped so the map stays small). */
+function pruneWriters(writers: VoterState['writers'] | undefined, now: number, cfg: ElectionConfig): VoterState['writers'] {
+  const out: VoterState['writers'] = {};
+  for (const [id, w] of Object.entries(writers ?? {})) if (now - w.seenAt <= cfg.syncInfoTtlMs) out[id] = w;
+  return out;
 }
 
 type RejectReason = NonNullable<VoteReply['reason']>;
@@ -95,13 +111,18 @@ export function voterReceive(
   msg: VoteRequest | LeaseRenew | LeaseRelease,
   now: number,
   cfg: ElectionConfig,
+  wallNow?: number,
 ): { state: VoterState; decisions: VoterDecision[] } {
   if (msg.service !== state.service) return { state, decisions: [] };
   if (msg.type === 'lease-release') {
+    // A planned hand-over: the holder brought its standbys up to date before it let go, so its
+    // own writes no longer make anyone stale (see the lease-renew case below).
+    const writers = { ...state.writers };
+    delete writers[msg.holder];
     if (state.promisedTo === msg.holder && state.votedTerm === msg.term && now < state.promiseUntil) {
-      return { state: { ...state, promiseUntil: now }, decisions: [] };
+      return { state: { ...state, writers, promiseUntil: now }, decisions: [] };
     }
-    return { state, decisions: [] };
+    return { state: { ...state, writers }, decisions: [] };
   }
   const pilot = msg.type === 'vote-request' ? msg.candidate : msg.holder;
   const promiseFree = now >= state.promiseUntil || state.promisedTo === pilot;
@@ -110,7 +131,7 @@ export function voterReceive(
   else if (msg.term < state.votedTerm) reason = 'stale-term';
   else if (msg.term === state.votedTerm && state.promisedTo !== pilot) reason = 'voted-other';
   else if (msg.term > state.votedTerm && !promiseFree) reason = 'promised';
-  else if (msg.type === 'vote-request' && msg.term > state.votedTerm && msg.syncTime < freshestKnownSync(state, pilot, now, cfg)) reason = 'stale-sync';
+  else if (msg.type === 'vote-request' && msg.term > state.votedTerm && msg.syncTime < freshestKnownSync(state, pilot, now, cfg, msg.syncTime)) reason = 'stale-sync';
   else if (msg.type === 'vote-request' && msg.term > state.votedTerm && state.promisedTo !== pilot && preferOther(state, msg, now, cfg)) reason = 'prefer-other';
 
   let next = state;
@@ -119,6 +140,14 @@ export function voterReceive(
   if (reason === undefined) {
     const view = !state.view || compareEpoch(msg.view.epoch as Epoch, state.view.epoch as Epoch) > 0 ? msg.view : state.view;
     next = { ...next, votedTerm: msg.term, promisedTo: pilot, promiseUntil: now + cfg.leaseMs, view };
+    // A primary renewing its lease is writing: its data is fresh up to about now. Counted like a
+    // standby's sync (minus a lease for its beat interval, replication lag and clock skew), so
+    // a candidate whose data predates this primary's term — an earlier primary back from a
+    // partition or a pause, say — is refused as stale-sync for syncInfoTtlMs after the last
+    // renewal, and cannot win over this primary's writes. A standby that followed this primary
+    // holds its beats (every dbsync.heartbeatMs) and passes; one lagging more than a lease waits
+    // out the TTL after a crash. A resigned primary's entry goes with its lease-release.
+    if (msg.type === 'lease-renew' && wallNow !== undefined) next = { ...next, writers: { ...pruneWriters(next.writers, now, cfg), [pilot]: { syncTime: wallNow - cfg.leaseMs, seenAt: now } } };
     if (next.votedTerm !== state.votedTerm || next.promisedTo !== state.promisedTo || next.view !== state.view) {
       decisions.push({ kind: 'persist', durable: { votedTerm: next.votedTerm, promisedTo: next.promisedTo, view: next.view } });
     }

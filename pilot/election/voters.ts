@@ -41,7 +41,7 @@ export class Voters {
     // One request at a time: each step reads the state the previous one wrote.
     const run = this.queue.then(async () => {
       const state = await this.state(msg.service);
-      const step = voterReceive(state, msg, this.opts.now(), this.opts.cfg);
+      const step = voterReceive(state, msg, this.opts.now(), this.opts.cfg, Date.now());
       this.states.set(msg.service, step.state);
       let reply: VoteReply | LeaseAck | undefined;
       for (const d of step.decisions) {

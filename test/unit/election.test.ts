@@ -140,6 +140,29 @@ describe('voter', () => {
     expect(ask(restarted, voteReq({ term: 5, candidate: 'p2' }), 1000 + cfg.leaseMs).reply.granted).toBe(true);
   });
 
+  it('a renewing primary makes a candidate whose data predates its term stale (the nemesis case); its followers and a planned hand-over are not', () => {
+    // p2 won term 10 and renews at wall time 60_000 (local time 1000): it writes. p1, an earlier
+    // primary back from a partition, holds data up to wall time 48_000 and asks for term 12 once
+    // p2's lease lapsed (p2 under load): refused while p2's renewal is fresh (syncInfoTtlMs).
+    const renew: LeaseRenew = { type: 'lease-renew', v: 1, service: 's', term: 10, holder: 'p2', seq: 1, view };
+    let v = ask(voter('a'), voteReq({ term: 10, candidate: 'p2', syncTime: 46_000 }), 0).v;
+    v = voterReceive(v, renew, 1000, cfg, 60_000).state;
+    const lapsed = 1000 + cfg.leaseMs + 1;
+    expect(ask(v, voteReq({ term: 12, candidate: 'p1', syncTime: 48_000 }), lapsed).reply).toMatchObject({ granted: false, reason: 'stale-sync' });
+    // p2 itself may stand again; a standby that followed p2 (data within a lease of its last renewal) may win.
+    expect(ask(v, voteReq({ term: 11, candidate: 'p2', syncTime: 46_000 }), lapsed).reply.granted).toBe(true);
+    expect(ask(v, voteReq({ term: 11, candidate: 'p3', syncTime: 60_000 - cfg.leaseMs + 200 }), lapsed).reply.granted).toBe(true);
+    // After syncInfoTtlMs without renewal the entry no longer counts (a dead primary blocks no one for long).
+    expect(ask(v, voteReq({ term: 12, candidate: 'p1', syncTime: 48_000 }), 1000 + cfg.syncInfoTtlMs + 1).reply.granted).toBe(true);
+    // A planned hand-over (lease-release) removes it at once. Without a wall clock (the witness), nothing is recorded.
+    const released = voterReceive(v, { type: 'lease-release', v: 1, service: 's', term: 10, holder: 'p2' }, 1001, cfg).state;
+    expect(ask(released, voteReq({ term: 12, candidate: 'p1', syncTime: 48_000 }), lapsed).reply.granted).toBe(true);
+    const noClock = voterReceive(ask(voter('a'), voteReq({ term: 10, candidate: 'p2' }), 0).v, renew, 1000, cfg).state;
+    expect(noClock.writers).toEqual({});
+    // A service without a database (candidates report no sync time) is not held up by its primary's renewals.
+    expect(ask(v, voteReq({ term: 12, candidate: 'p1', syncTime: 0 }), lapsed).reply.granted).toBe(true);
+  });
+
   it('lets the holder release its promise early', () => {
     const { v } = ask(voter('a'), voteReq(), 0);
     const later = 4 * cfg.electionRetryMs + 1; // past the candidate tie-break window
