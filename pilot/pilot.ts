@@ -442,7 +442,11 @@ export class Pilot {
           await this.opts.containers.startContainer({ id: this.container, service: this.spec.name, spec: this.spec.container, role: 'standby', term: this.term });
         });
       }
-      if (this.opts.db && this.opts.now() - this.lastOwnSync > this.opts.timing.ownSyncReadMs) {
+      // A candidate reads its freshness every probe round: voters compare it with the last
+      // primary's renewals (voter-role.ts), so a reading up to ownSyncReadMs old could cost a
+      // healthy replica its votes until the renewals age out.
+      const ownSyncEveryMs = this.state.role === 'candidate' ? this.opts.timing.probeIntervalMs : this.opts.timing.ownSyncReadMs;
+      if (this.opts.db && this.opts.now() - this.lastOwnSync > ownSyncEveryMs) {
         this.lastOwnSync = this.opts.now();
         // Only the current term's primary may feed this copy (replicate modes).
         const source = copies

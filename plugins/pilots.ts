@@ -82,7 +82,7 @@ class Pilots implements PilotsPlugin {
     private readonly c: PilotsComponents,
   ) {
     const { config, logger, self, members, control } = c;
-    this.election = electionConfigFrom(config.pilot, init.election ?? {}, config.election);
+    this.election = electionConfigFrom(config.pilot, init.election ?? {}, config.election, config.dbsync);
     this.voters = new Voters({ selfId: self.peerId, dir: join(config.node.dataDir, 'voters'), cfg: this.election, now: monotonicNow, logger });
     this.transport = new ElectionTransport({
       node: c.node,

@@ -42,7 +42,7 @@ export interface WorkstationOptions extends Omit<DepotOptions, 'config' | 'plugi
 export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDepot {
   const { config } = opts;
   // Refuse unsafe election timing before anything starts (it is checked here and nowhere else).
-  electionConfigFrom(config.pilot, opts.election ?? {}, config.election);
+  electionConfigFrom(config.pilot, opts.election ?? {}, config.election, config.dbsync);
   // The same logger the depot core uses (every line of one depot carries its `depot` field).
   const base = opts.log ?? createLogger({ level: config.log.level });
   const log = base.child({ depot: config.node.name });

@@ -1,5 +1,5 @@
 import { NavigatorError } from '../../shared/errors.ts';
-import { ElectionSection, PilotSection, type Config } from '../../shared/config.ts';
+import { DbSyncSection, ElectionSection, PilotSection, type Config } from '../../shared/config.ts';
 
 // The election's settings, taken from config section `pilot` (where each field is described),
 // and the one place their safety rule is checked (rule R2 in pilot/election/views.ts).
@@ -19,6 +19,12 @@ export interface ElectionConfig {
   witness: boolean;
   /** Sync times heard from other copies count for the freshest-sync rule this long. */
   syncInfoTtlMs: number;
+  /**
+   * A primary renewing its lease counts as a copy this far behind its renewal's time for the
+   * freshest-sync rule (voter-role.ts): a lease (beat interval, replication lag, clock skew), and
+   * in dump mode also the sync interval (a standby there is always up to one interval behind).
+   */
+  writerLagMs: number;
   /** Restart the service in place once on a healthy host before failing over. */
   restartInPlace: boolean;
   /** After a restart in place, probe failures are ignored this long (the service is booting). */
@@ -71,7 +77,12 @@ export function validateElectionConfig(cfg: ElectionConfig): ElectionConfig {
 }
 
 /** Election settings from the pilot and election sections of the configuration (validated). */
-export function electionConfigFrom(pilot: Config['pilot'], overrides: Partial<ElectionConfig> = {}, election: Config['election'] = ElectionSection.parse({})): ElectionConfig {
+export function electionConfigFrom(
+  pilot: Config['pilot'],
+  overrides: Partial<ElectionConfig> = {},
+  election: Config['election'] = ElectionSection.parse({}),
+  dbsync: Pick<Config['dbsync'], 'mode' | 'syncIntervalMs'> = DbSyncSection.parse({}),
+): ElectionConfig {
   return validateElectionConfig({
     leaseMs: pilot.leaseMs,
     leaseSafetyMarginMs: pilot.leaseSafetyMarginMs,
@@ -80,6 +91,7 @@ export function electionConfigFrom(pilot: Config['pilot'], overrides: Partial<El
     electionRetryMs: pilot.electionRetryMs,
     witness: pilot.witness !== '',
     syncInfoTtlMs: pilot.syncInfoTtlMs,
+    writerLagMs: pilot.leaseMs + (dbsync.mode === 'dump' ? dbsync.syncIntervalMs : 0),
     restartInPlace: pilot.restartInPlace,
     restartGraceMs: pilot.restartGraceMs,
     restartResetMs: pilot.restartResetMs,

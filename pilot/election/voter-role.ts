@@ -141,13 +141,14 @@ export function voterReceive(
     const view = !state.view || compareEpoch(msg.view.epoch as Epoch, state.view.epoch as Epoch) > 0 ? msg.view : state.view;
     next = { ...next, votedTerm: msg.term, promisedTo: pilot, promiseUntil: now + cfg.leaseMs, view };
     // A primary renewing its lease is writing: its data is fresh up to about now. Counted like a
-    // standby's sync (minus a lease for its beat interval, replication lag and clock skew), so
+    // standby's sync (minus cfg.writerLagMs: a lease for its beat interval, replication lag and
+    // clock skew; in dump mode also a sync interval), so
     // a candidate whose data predates this primary's term — an earlier primary back from a
     // partition or a pause, say — is refused as stale-sync for syncInfoTtlMs after the last
     // renewal, and cannot win over this primary's writes. A standby that followed this primary
-    // holds its beats (every dbsync.heartbeatMs) and passes; one lagging more than a lease waits
-    // out the TTL after a crash. A resigned primary's entry goes with its lease-release.
-    if (msg.type === 'lease-renew' && wallNow !== undefined) next = { ...next, writers: { ...pruneWriters(next.writers, now, cfg), [pilot]: { syncTime: wallNow - cfg.leaseMs, seenAt: now } } };
+    // holds its beats (every dbsync.heartbeatMs; a candidate rereads them every probe round)
+    // and passes; one lagging more than writerLagMs waits out the TTL after a crash. A resigned primary's entry goes with its lease-release.
+    if (msg.type === 'lease-renew' && wallNow !== undefined) next = { ...next, writers: { ...pruneWriters(next.writers, now, cfg), [pilot]: { syncTime: wallNow - cfg.writerLagMs, seenAt: now } } };
     if (next.votedTerm !== state.votedTerm || next.promisedTo !== state.promisedTo || next.view !== state.view) {
       decisions.push({ kind: 'persist', durable: { votedTerm: next.votedTerm, promisedTo: next.promisedTo, view: next.view } });
     }

@@ -77,6 +77,26 @@ describe('election timing validation', () => {
     // The lease rule is checked where the election's settings are made (pilot/election/settings.ts), once.
     expect(() => electionConfigFrom(parseConfig({ pilot: { leaseSafetyMarginMs: 10 } }).pilot)).toThrow(/leaseSafetyMarginMs/);
   });
+
+  it("a renewing primary counts as a lease behind its renewal; in dump mode also a sync interval behind (standbys there always are)", () => {
+    const replicate = parseConfig({});
+    expect(electionConfigFrom(replicate.pilot, {}, replicate.election, replicate.dbsync).writerLagMs).toBe(1500);
+    const dump = parseConfig({ dbsync: { mode: 'dump', syncIntervalMs: 20_000 } });
+    const cfgDump = electionConfigFrom(dump.pilot, {}, dump.election, dump.dbsync);
+    expect(cfgDump.writerLagMs).toBe(21_500);
+    // A dump-mode standby synced 15 s ago still wins right after its primary's last renewal.
+    const renew: LeaseRenew = { type: 'lease-renew', v: 1, service: 's', term: 1, holder: 'p1', seq: 2, view };
+    const wall = 1_000_000;
+    let v = voterReceive(createVoter({ id: 'a', service: 's', now: -cfgDump.leaseMs, cfg: cfgDump }), voteReq({ term: 1, candidate: 'p1' }), 0, cfgDump).state;
+    v = voterReceive(v, renew, 100, cfgDump, wall).state;
+    const late = 100 + cfgDump.leaseMs;
+    const req = voteReq({ term: 2, candidate: 'p2', syncTime: wall - 15_000 });
+    expect(voterReceive(v, req, late, cfgDump).decisions.find((d) => d.kind === 'reply')).toMatchObject({ message: { granted: true } });
+    // With the replicate lag the same copy is refused as stale until the renewal ages out.
+    const vr = voterReceive(voterReceive(createVoter({ id: 'a', service: 's', now: -cfg.leaseMs, cfg }), voteReq({ term: 1, candidate: 'p1' }), 0, cfg).state, renew, 100, cfg, wall).state;
+    expect(voterReceive(vr, req, late, cfg).decisions.find((d) => d.kind === 'reply')).toMatchObject({ message: { granted: false, reason: 'stale-sync' } });
+    expect(voterReceive(vr, req, 100 + cfg.syncInfoTtlMs + 1, cfg).decisions.find((d) => d.kind === 'reply')).toMatchObject({ message: { granted: true } });
+  });
 });
 
 describe('voter', () => {
