@@ -111,8 +111,8 @@ export class AdminOperations {
     return { image, container };
   }
 
-  /** Planned move: the target standby campaigns once the primary has resigned. */
-  async switchover(args: { service: string; to?: string | undefined }): Promise<{ from: string; to: string }> {
+  /** Planned move: the target standby campaigns once the primary has resigned. `why`: for the movement record (a busy host). */
+  async switchover(args: { service: string; to?: string | undefined; why?: string | undefined }): Promise<{ from: string; to: string }> {
     const copies = copiesOf(this.opts.members, args.service).filter((c) => c.depotState === 'alive');
     const primary = copies.find((c) => c.report.role === 'primary');
     if (!primary) throw new NavigatorError('NOT_FOUND', `service ${args.service} has no primary now`);
@@ -128,8 +128,8 @@ export class AdminOperations {
     const term = own.term;
     // The primary stops writes, brings the standbys up to date and resigns; then the target stands.
     await this.opts.control.call(primary.peerId, 'pilot.resign', { service: args.service }, { timeoutMs: 120_000 });
-    await this.opts.control.call(target.peerId, 'pilot.campaign', { service: args.service, term }, { timeoutMs: 10_000 });
-    this.log.info({ event: 'switchover', service: args.service, from: primary.host, to: target.host }, `switchover ${primary.host} -> ${target.host}`);
+    await this.opts.control.call(target.peerId, 'pilot.campaign', { service: args.service, term, ...(args.why ? { why: args.why.slice(0, 512) } : {}) }, { timeoutMs: 10_000 });
+    this.log.info({ event: 'switchover', service: args.service, from: primary.host, to: target.host, ...(args.why ? { why: args.why } : {}) }, `switchover ${primary.host} -> ${target.host}`);
     return { from: primary.host, to: target.host };
   }
 

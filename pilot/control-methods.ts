@@ -23,6 +23,7 @@ const CampaignParams = z
   .object({
     service: ServiceSpec.shape.name,
     term: z.number().int().nonnegative().optional().describe('Term of the primary that resigned for this switchover (required from a peer)'),
+    why: z.string().max(512).optional().describe("What the switchover was made for (a busy host, with its figures): the new primary's movement record says it"),
   })
   .strict();
 const RetireParams = z.object({ container: SafeName.describe('Copy to remove') }).strict();
@@ -61,9 +62,9 @@ export function registerPilotControl(
     return { ok: true };
   });
   control.register('pilot.campaign', async (params, caller) => {
-    const { service, term } = parseParams('pilot.campaign', CampaignParams, params);
+    const { service, term, why } = parseParams('pilot.campaign', CampaignParams, params);
     await guard.requireHolder(caller, 'pilot.campaign', service, { term, termRequired: true });
-    pilotFor(service).campaign('switchover');
+    pilotFor(service).campaign('switchover', why);
     return { ok: true };
   });
   control.register('pilot.resign', async (params, caller) => {

@@ -20,6 +20,8 @@ export interface CopyWatch {
   /** When and why the current campaign started. */
   campaignStartedAt: number | undefined;
   campaignReason: string | undefined;
+  /** What the planned move was asked for (a busy host: pilot/busy-move.ts), for its movement record. */
+  campaignWhy?: string | undefined;
   /** Bootstrapped and not served yet: the first win is the bootstrap. */
   bootstrapping: boolean;
 }
@@ -69,8 +71,8 @@ export function watchOwnCopy(w: CopyWatch, ownState: string | undefined, now: nu
   return { watch: { ...w, lastCopyRestartAt: now }, restart: true };
 }
 
-export function watchCampaign(w: CopyWatch, now: number, reason: string | undefined): CopyWatch {
-  return { ...w, campaignStartedAt: now, campaignReason: reason ?? w.campaignReason };
+export function watchCampaign(w: CopyWatch, now: number, reason: string | undefined, why?: string): CopyWatch {
+  return { ...w, campaignStartedAt: now, campaignReason: reason ?? w.campaignReason, campaignWhy: why ?? (reason === undefined ? w.campaignWhy : undefined) };
 }
 
 export interface TakeoverRecord {
@@ -104,12 +106,12 @@ export function takeoverRecord(w: CopyWatch, now: number, selfName: string): { r
     : failover
       ? `primary on ${fromHost} missing`
       : switchover
-        ? 'planned switchover'
+        ? `planned switchover${w.campaignWhy ? `: ${w.campaignWhy}` : ''}`
         : missing
           ? 'primary missing; elected'
           : 'elected';
   return {
     record: { event, failover, fromHost, reason, detect, elect },
-    watch: { ...w, bootstrapping: false, campaignReason: undefined, missingSince: undefined, campaignStartedAt: undefined },
+    watch: { ...w, bootstrapping: false, campaignReason: undefined, campaignWhy: undefined, missingSince: undefined, campaignStartedAt: undefined },
   };
 }

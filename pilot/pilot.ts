@@ -219,10 +219,10 @@ export class Pilot {
     await this.effects;
   }
 
-  /** Stand for election now (bootstrap, switchover target). */
-  campaign(reason: string): void {
-    this.watch = watchCampaign(this.watch, this.opts.now(), reason);
-    this.log.info({ event: 'campaign', reason, term: this.state.term + 1 }, 'standing for election');
+  /** Stand for election now (bootstrap, switchover target); `why`: what a switchover was asked for, for its movement record. */
+  campaign(reason: string, why?: string): void {
+    this.watch = watchCampaign(this.watch, this.opts.now(), reason, why);
+    this.log.info({ event: 'campaign', reason, ...(why ? { why } : {}), term: this.state.term + 1 }, 'standing for election');
     this.apply(pilotCampaign(this.state, this.opts.now(), this.opts.cfg));
   }
 
