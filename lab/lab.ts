@@ -1,5 +1,5 @@
 import { execa } from 'execa';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, rmdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -12,6 +12,8 @@ import type { ExecResult } from './lan/namespaces.ts';
 import { thisOwner } from './lan/owner-registry.ts';
 import { LAB_NS_PREFIX, labRegistry, sweepLabs } from './lab-registry.ts';
 import { LoggedProcess } from './logged-process.ts';
+import { detectCpuHierarchy } from '../depot/busy/cgroup-cpu.ts';
+import { wrapCommand } from '../depot/containers/cgroup-limits.ts';
 
 /**
  * The network-namespace lab, for tests and benchmarks: the namespace LAN (lab/lan) with
@@ -41,6 +43,8 @@ export interface SpawnOptions {
   name?: string;
   env?: Record<string, string>;
   cwd?: string;
+  /** Start the process in this workstation's user cgroup (userCgroup): the work of the PC's user. */
+  asUser?: boolean;
 }
 
 /** A long-running process inside a lab namespace; output goes to a log file and to line listeners. */
@@ -68,6 +72,7 @@ export class Lab extends NamespaceLan {
   private readonly keepFiles: boolean;
   private destroyed = false;
   private spawnCount = 0;
+  private readonly userCgroups = new Map<string, string>();
 
   private constructor(id: string, octet: number, dir: string, log: Logger, keepFiles: boolean) {
     super({ prefix: LAB_NS_PREFIX, id, net: `10.77.${octet}`, gateway: `10.77.${octet}.1`, logger: log });
@@ -120,13 +125,35 @@ export class Lab extends NamespaceLan {
     return res;
   }
 
+  /**
+   * The CPU-accounting cgroup of a workstation's user work (made on first use, removed with the
+   * lab): the workstations share one kernel, so /proc/stat and the load average are the whole
+   * machine's; a depot measures its "host's" busy signal from this folder instead (config
+   * busy.cgroup). Processes spawned with `asUser` run in it.
+   */
+  async userCgroup(host: string): Promise<string> {
+    const h = this.host(host);
+    const known = this.userCgroups.get(h.name);
+    if (known) return known;
+    const hierarchy = await detectCpuHierarchy();
+    if (!hierarchy) throw new NavigatorError('BAD_REQUEST', 'this machine has no CPU accounting cgroup (v2 cpu.stat or v1 cpuacct): the lab cannot give workstations a busy signal');
+    const dir = join(hierarchy.root, `navlab-${this.id}`, h.name);
+    await mkdir(dir, { recursive: true });
+    this.userCgroups.set(h.name, dir);
+    return dir;
+  }
+
   /** Starts a long-running process in a host's namespace; output to `<dir>/logs/<host>-<name>-<n>.log`. */
   spawn(host: string, argv: readonly string[], opts: SpawnOptions = {}): LabProcess {
     const h = this.host(host);
     if (argv.length === 0) throw new NavigatorError('BAD_REQUEST', 'spawn needs a command');
     const name = opts.name ?? argv[0]!.split('/').pop()!;
     const logPath = join(this.dir, 'logs', `${h.name}-${name}-${++this.spawnCount}.log`);
-    const child = execa('ip', ['netns', 'exec', h.ns, ...argv], {
+    const cgroup = opts.asUser ? this.userCgroups.get(h.name) : undefined;
+    if (opts.asUser && !cgroup) throw new NavigatorError('BAD_REQUEST', `spawn as ${h.name}'s user: call userCgroup('${h.name}') first`);
+    // The process joins the user cgroup before it execs, so its children are born inside.
+    const cmd = wrapCommand(cgroup ? [join(cgroup, 'cgroup.procs')] : [], 'ip', ['netns', 'exec', h.ns, ...argv]);
+    const child = execa(cmd.file, cmd.args, {
       reject: false,
       buffer: false,
       stdin: 'ignore',
@@ -162,6 +189,9 @@ export class Lab extends NamespaceLan {
     const errors: string[] = [];
     await Promise.all([...this.processes].map((p) => p.stop(500).catch((e: unknown) => errors.push(errorMessage(e)))));
     errors.push(...(await this.removeNamespaces()));
+    // Empty once their processes are gone (a folder still busy is left: an empty cgroup costs nothing).
+    for (const d of this.userCgroups.values()) await rmdir(d).catch(() => undefined);
+    if (this.userCgroups.size) await rmdir(join([...this.userCgroups.values()][0]!, '..')).catch(() => undefined);
     await labRegistry.remove(this.id);
     if (!this.keepFiles) await rm(this.dir, { recursive: true, force: true });
     else this.log.info({ event: 'lab-files-kept', dir: this.dir }, 'lab files kept');

@@ -34,6 +34,9 @@ export interface BusyMeterOptions {
   procSelfCgroup?: () => Promise<string>;
 }
 
+/** How long a host whose loginctl did not answer is assumed to have no local sessions before it is asked again. */
+const SESSIONS_RETRY_MS = 60_000;
+
 interface Reading {
   at: number;
   measured: number;
@@ -51,6 +54,8 @@ export class BusyMeter {
   private last: Reading | undefined;
   private sampling: Promise<void> | undefined;
   private sessionsWarned = false;
+  /** loginctl did not answer: asked again no sooner than this (monotonic ms). */
+  private sessionsRetryAt = 0;
   private readingWarned = false;
   private readonly log: Logger;
   private readonly cpus: number;
@@ -143,7 +148,11 @@ export class BusyMeter {
   }
 
   private async countSessions(): Promise<number> {
+    const now = (this.o.monotonic ?? (() => performance.now()))();
+    if (now < this.sessionsRetryAt) return 0;
     const r = await (this.o.sessions ?? activeLocalSessions)();
+    // Where logind does not answer, asking every sample is a process for nothing.
+    if (!r.available) this.sessionsRetryAt = now + SESSIONS_RETRY_MS;
     if (!r.available && !this.sessionsWarned) {
       this.sessionsWarned = true;
       this.log.info({ event: 'busy-sessions-unavailable', reason: r.error }, `local login sessions are not counted: loginctl: ${r.error ?? 'unavailable'}`);
