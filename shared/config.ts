@@ -108,7 +108,7 @@ export const SessionsSection = z
   .strict();
 
 /** Navigator's own cgroups (the package's units and the direct runner's folder), relative to the hierarchy's root. */
-export const NAVIGATOR_CGROUPS = ['navigator', 'system.slice/navigator.service', 'system.slice/system-navigator\\x2dctr.slice', 'system.slice/system-navigator\\x2dctr\\x2donce.slice'];
+export const NAVIGATOR_CGROUPS = ['navigator', 'system.slice/navigator-depot.service', 'system.slice/system-navigator\\x2dctr.slice', 'system.slice/system-navigator\\x2dctr\\x2donce.slice'];
 
 export const BusySection = z
   .object({

@@ -6,7 +6,8 @@ import type { BusySection } from '../../shared/config.ts';
 import { errorMessage } from '../../shared/errors.ts';
 import type { Logger } from '../../shared/logger.ts';
 import type { BusySignal } from '../../shared/wire.ts';
-import { cgroupCpuNs, cgroupFolder, detectCpuHierarchy, ownCgroupFolder, within, type CpuHierarchy } from './cgroup-cpu.ts';
+import { isAbsolute } from 'node:path';
+import { cgroupCpuNs, cgroupFolder, detectCpuHierarchy, ownCgroupFolder, within } from './cgroup-cpu.ts';
 import { activeLocalSessions, type SessionCount } from './login-sessions.ts';
 import { cpuPercent, nextBusySignal } from './busy-state.ts';
 
@@ -47,7 +48,7 @@ interface Reading {
 export class BusyMeter {
   private signalNow: BusySignal | undefined;
   private timer: TimerHandle | undefined;
-  private hierarchy: CpuHierarchy | undefined;
+  private measuring = false;
   private measured = '';
   private excluded: string[] = [];
   private countSelf = false;
@@ -77,17 +78,23 @@ export class BusyMeter {
 
   async start(): Promise<void> {
     const c = this.o.config;
-    this.hierarchy = await detectCpuHierarchy(this.o.cgroupBase);
-    if (!this.hierarchy) {
+    const h = await detectCpuHierarchy(this.o.cgroupBase);
+    // An absolute busy.cgroup is read where it is, even where the hierarchy is not mounted at
+    // the usual place (the lab's namespaces see it through a bind mount).
+    const measured = isAbsolute(c.cgroup) ? c.cgroup : h ? cgroupFolder(h, c.cgroup) : undefined;
+    if (measured === undefined) {
       this.log.warn({ event: 'busy-unmeasured', reason: 'no CPU accounting cgroup (v2 cpu.stat or v1 cpuacct) on this host' }, 'the busy signal cannot be measured here: this host is never counted busy or idle');
     } else {
-      const h = this.hierarchy;
-      this.measured = cgroupFolder(h, c.cgroup);
+      this.measuring = true;
+      this.measured = measured;
       // Only what lies inside the measured cgroup is part of its figure and can be taken out.
-      this.excluded = c.excludeCgroups.map((p) => cgroupFolder(h, p)).filter((d) => d !== this.measured && within(d, this.measured));
-      const own = ownCgroupFolder(h, await (this.o.procSelfCgroup ?? (() => readFile('/proc/self/cgroup', 'utf8')))().catch(() => ''));
-      this.countSelf = own !== undefined && within(own, this.measured) && !this.excluded.some((d) => within(own, d));
-      this.log.info({ event: 'busy-meter', cgroup: this.measured, kind: h.kind, excluded: this.excluded, selfSubtracted: this.countSelf, cpuPct: c.cpuPct, sessions: c.sessions }, `measuring the busy signal of ${this.measured}`);
+      this.excluded = c.excludeCgroups
+        .filter((p) => h || isAbsolute(p))
+        .map((p) => (h ? cgroupFolder(h, p) : p))
+        .filter((d) => d !== measured && within(d, measured));
+      const own = h ? ownCgroupFolder(h, await (this.o.procSelfCgroup ?? (() => readFile('/proc/self/cgroup', 'utf8')))().catch(() => '')) : undefined;
+      this.countSelf = own !== undefined && within(own, measured) && !this.excluded.some((d) => within(own, d));
+      this.log.info({ event: 'busy-meter', cgroup: measured, kind: h?.kind ?? 'given', excluded: this.excluded, selfSubtracted: this.countSelf, cpuPct: c.cpuPct, sessions: c.sessions }, `measuring the busy signal of ${measured}`);
     }
     await this.sample();
     this.timer = this.o.clock.setInterval(() => void this.sample(), c.sampleMs);
@@ -130,7 +137,7 @@ export class BusyMeter {
   }
 
   private async read(): Promise<Reading | undefined> {
-    if (!this.hierarchy) return undefined;
+    if (!this.measuring) return undefined;
     const at = (this.o.monotonic ?? (() => performance.now()))();
     const measured = await cgroupCpuNs(this.measured);
     if (measured === undefined) {

@@ -46,7 +46,7 @@ export async function cgroupCpuNs(dir: string): Promise<number | undefined> {
 /** Pure: a configured cgroup path as a folder: absolute ones as they are, others under the hierarchy's root. */
 export function cgroupFolder(h: CpuHierarchy, path: string): string {
   if (path === '' || path === '/') return h.root;
-  return isAbsolute(path) && path.startsWith('/sys/') ? path : join(h.root, path);
+  return isAbsolute(path) ? path : join(h.root, path);
 }
 
 /** Pure: the folder of this process's cgroup in the hierarchy, from the text of /proc/self/cgroup. */

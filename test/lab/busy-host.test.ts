@@ -75,7 +75,7 @@ describe('leave a busy workstation', () => {
     lab = await Lab.create({ workstations: 3 });
     const l = lab;
     const cgroups = new Map<string, string>();
-    for (const w of l.workstations) cgroups.set(w.name, await l.userCgroup(w.name));
+    for (const w of l.workstations) cgroups.set(w.name, (await l.userCgroup(w.name)).view);
     const c = (cluster = await startZabbixCluster(l, 3, {
       syncIntervalMs: 2000,
       env: (host) => ({
