@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import type { Logger } from '../shared/logger.ts';
-import { NavigatorError } from '../shared/errors.ts';
+import { NavigatorError, errorMessage } from '../shared/errors.ts';
 import type { RouteTarget } from '../shared/api/routes.ts';
 import { DrainRequest, SwitchoverRequest } from '../shared/api/tracking.ts';
 import { registerAdminPost } from '../web/admin-routes.ts';
@@ -20,6 +20,9 @@ import { gtidTransactions as gtidCount } from '../web/service-views.ts';
 // What an admin asks of the cluster through this depot: bootstrap a service (once), a planned
 // switchover of its primary, and draining every primary off a host. Each is a POST behind the
 // admin host and token (web/admin-routes.ts) and a CLI command.
+
+/** Longest wait for the primary to resign (writes stop, the standbys catch up or get a final sync). */
+const RESIGN_TIMEOUT_MS = 120_000;
 
 export const BootstrapRequest = z
   .object({
@@ -126,11 +129,33 @@ export class AdminOperations {
       throw new NavigatorError('CONFLICT', `the primary of ${args.service} is on ${primary.host}: run the switchover there (its own admin API); only the primary's depot may move it`);
     }
     const term = own.term;
+    const why = args.why ? { why: args.why.slice(0, 512) } : {};
+    // The target learns first that the move is coming (it may see the primary go and win before
+    // pilot.campaign reaches it: that win is the switchover too). Advice only: the move goes on without it.
+    await this.opts.control.call(target.peerId, 'pilot.expect', { service: args.service, term, withinMs: RESIGN_TIMEOUT_MS + 15_000, ...why }, { timeoutMs: 5000 }).catch((err: unknown) => {
+      this.log.warn({ event: 'switchover-expect-failed', service: args.service, to: target.host, err: errorMessage(err) }, `could not tell ${target.host} of the switchover: ${errorMessage(err)}`);
+    });
     // The primary stops writes, brings the standbys up to date and resigns; then the target stands.
-    await this.opts.control.call(primary.peerId, 'pilot.resign', { service: args.service }, { timeoutMs: 120_000 });
-    await this.opts.control.call(target.peerId, 'pilot.campaign', { service: args.service, term, ...(args.why ? { why: args.why.slice(0, 512) } : {}) }, { timeoutMs: 10_000 });
+    await this.opts.control.call(primary.peerId, 'pilot.resign', { service: args.service }, { timeoutMs: RESIGN_TIMEOUT_MS });
+    try {
+      await this.opts.control.call(target.peerId, 'pilot.campaign', { service: args.service, term, ...why }, { timeoutMs: 10_000 });
+    } catch (err) {
+      // Refused because the target already won a later term by itself: the move is done.
+      if (!(await this.wonBy(args.service, target.peerId, term))) throw err;
+      this.log.info({ event: 'switchover-target-won', service: args.service, to: target.host }, `${target.host} won the election before it was asked to stand`);
+    }
     this.log.info({ event: 'switchover', service: args.service, from: primary.host, to: target.host, ...(args.why ? { why: args.why } : {}) }, `switchover ${primary.host} -> ${target.host}`);
     return { from: primary.host, to: target.host };
+  }
+
+  /** Whether `peer` reports a primary copy of `service` in a term after `term` (within 5 s: heartbeats lag). */
+  private async wonBy(service: string, peer: string, term: number): Promise<boolean> {
+    const deadline = performance.now() + 5000;
+    for (;;) {
+      if (copiesOf(this.opts.members, service).some((c) => c.peerId === peer && c.report.role === 'primary' && c.report.term > term)) return true;
+      if (performance.now() > deadline) return false;
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   /** Move every primary off `host` (its standbys are replaced once it leaves). */

@@ -105,8 +105,10 @@ export class BusyWatch {
         continue;
       }
       if (!d.move) {
-        if (this.lastWhy.get(service) !== d.why) {
-          this.lastWhy.set(service, d.why);
+        // Logged when the kind of answer changes, not every time its seconds do.
+        const kind = d.why.replace(/[\d.]+/g, '#');
+        if (this.lastWhy.get(service) !== kind) {
+          this.lastWhy.set(service, kind);
           // "Not busy" is the usual state: only the other answers are worth an info line.
           const usual = / is not busy /.test(d.why);
           this.log[usual ? 'debug' : 'info']({ event: 'busy-move-waiting', service, why: d.why }, `${service} stays: ${d.why}`);

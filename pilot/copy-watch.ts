@@ -22,6 +22,11 @@ export interface CopyWatch {
   campaignReason: string | undefined;
   /** What the planned move was asked for (a busy host: pilot/busy-move.ts), for its movement record. */
   campaignWhy?: string | undefined;
+  /**
+   * The primary announced a switchover to this copy (before it resigns): a campaign of this copy's
+   * own until then is that switchover (it may see the primary go before the primary's call comes).
+   */
+  expected?: { why: string | undefined; until: number } | undefined;
   /** Bootstrapped and not served yet: the first win is the bootstrap. */
   bootstrapping: boolean;
 }
@@ -72,7 +77,15 @@ export function watchOwnCopy(w: CopyWatch, ownState: string | undefined, now: nu
 }
 
 export function watchCampaign(w: CopyWatch, now: number, reason: string | undefined, why?: string): CopyWatch {
-  return { ...w, campaignStartedAt: now, campaignReason: reason ?? w.campaignReason, campaignWhy: why ?? (reason === undefined ? w.campaignWhy : undefined) };
+  const expected = w.expected && now <= w.expected.until ? w.expected : undefined;
+  // A campaign of our own while a switchover to this copy is announced is that switchover.
+  if (reason === undefined && expected) return { ...w, campaignStartedAt: now, campaignReason: 'switchover', campaignWhy: expected.why, expected: undefined };
+  return { ...w, campaignStartedAt: now, campaignReason: reason ?? w.campaignReason, campaignWhy: why ?? (reason === undefined ? w.campaignWhy : undefined), expected: undefined };
+}
+
+/** The primary announced a switchover to this copy, to happen within `withinMs`. */
+export function watchSwitchoverExpected(w: CopyWatch, now: number, withinMs: number, why: string | undefined): CopyWatch {
+  return { ...w, expected: { why, until: now + withinMs } };
 }
 
 export interface TakeoverRecord {

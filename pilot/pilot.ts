@@ -16,7 +16,7 @@ import { PRIMARY_PIDS_FILE } from '../depot/containers/drivers/process.ts';
 import { join } from 'node:path';
 import type { PilotAssignment, ServiceSpec } from './service-spec.ts';
 import type { DbLink } from './db/db-link.ts';
-import { mayCampaign, newCopyWatch, takeoverRecord, watchCampaign, watchOwnCopy, watchPrimarySeen, watchResigned, watchServiceProbe, type CopyWatch } from './copy-watch.ts';
+import { mayCampaign, newCopyWatch, takeoverRecord, watchCampaign, watchOwnCopy, watchPrimarySeen, watchResigned, watchServiceProbe, watchSwitchoverExpected, type CopyWatch } from './copy-watch.ts';
 
 // The role agent of one copy of a service, running inside the depot that hosts the copy. The
 // decisions (campaign, lease, fence, restart in place) come from the pure election module; this
@@ -217,6 +217,12 @@ export class Pilot {
     this.watch = watchResigned(this.watch, this.opts.now(), this.opts.cfg.leaseMs);
     this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'resigned'));
     await this.effects;
+  }
+
+  /** The primary will hand the service to this copy within `withinMs` (a switchover): a campaign of ours until then is that switchover. */
+  expectSwitchover(withinMs: number, why?: string): void {
+    this.watch = watchSwitchoverExpected(this.watch, this.opts.now(), withinMs, why);
+    this.log.info({ event: 'switchover-expected', withinMs, ...(why ? { why } : {}) }, 'a switchover to this copy is coming');
   }
 
   /** Stand for election now (bootstrap, switchover target); `why`: what a switchover was asked for, for its movement record. */

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { BUSY_REASON, busyReason, decideBusyMove, lastBusyMoveAt, type BusyMoveCandidate, type BusyMoveInput, type BusyMoveSettings } from '../../pilot/busy-move.ts';
 import { nextBusySignal, cpuPercent, type BusyThresholds } from '../../depot/busy/busy-state.ts';
-import { takeoverRecord, newCopyWatch, watchCampaign } from '../../pilot/copy-watch.ts';
+import { takeoverRecord, newCopyWatch, watchCampaign, watchSwitchoverExpected } from '../../pilot/copy-watch.ts';
 import { MovementRecord } from '../../shared/movement.ts';
 import type { BusySignal } from '../../shared/wire.ts';
 import { BusySection, parseConfig } from '../../shared/config.ts';
@@ -115,6 +115,19 @@ describe('busy move rule', () => {
     expect(watch.campaignWhy).toBeUndefined();
     // A plain switchover says only that.
     expect(takeoverRecord(watchCampaign(newCopyWatch({ bootstrapping: false }), 10, 'switchover'), 20, 'w2').record.reason).toBe('planned switchover');
+  });
+
+  it('a switchover announced to the target: its own campaign before the call comes is that switchover, until the announcement runs out', () => {
+    const base = { ...newCopyWatch({ bootstrapping: false }), lastPrimaryHost: 'w2', missingSince: 5 };
+    const why = 'host busy: w2 user CPU 60 % (threshold 50 %) for 130 s; to w1 (user CPU 0 %)';
+    const announced = watchSwitchoverExpected(base, 10, 30_000, why);
+    // It saw the primary go and stood by itself (reason undefined) within the window.
+    const won = takeoverRecord(watchCampaign(announced, 1000, undefined), 1200, 'w1');
+    expect(won.record).toMatchObject({ event: 'switchover', failover: false, fromHost: 'w2', reason: `planned switchover: ${why}` });
+    expect(won.watch.expected).toBeUndefined();
+    // After the window, a campaign of its own is what it looks like (here a failover).
+    const late = takeoverRecord(watchCampaign(announced, 30_011, undefined), 30_100, 'w1');
+    expect(late.record).toMatchObject({ event: 'failover', failover: true, reason: 'primary on w2 missing' });
   });
 
   it('a seeded random history: a move only after sustainMs of busy samples, never onto a busy host, never twice within minIntervalMs', () => {
