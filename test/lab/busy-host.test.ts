@@ -1,6 +1,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { Lab, type LabProcess } from '../../lab/lab.ts';
-import { waitFor } from '../../lab/cluster.ts';
+import { api, waitFor } from '../../lab/cluster.ts';
+import type { DepotRow } from '../../shared/api/depots.ts';
 import { CLIENT, clientSql } from './zabbix-fixture.ts';
 import { SenderLoop, bootstrapZabbix, movements, sqlOn, startZabbixCluster, zabbixPlacement, type ZabbixCluster } from './zabbix-lab.ts';
 
@@ -113,6 +114,11 @@ describe('leave a busy workstation', () => {
     // Not before the host had been busy for sustainMs (the rule's own bound, measured by the depot).
     expect(decidedAt - busyAt).toBeGreaterThanOrEqual(SUSTAIN_MS);
     await waitFor(async () => (await zabbixPlacement(c, standby)).primary === standby, 30_000, `${standby} to be primary`);
+    // The busy signal is gossiped: a third depot sees w1 busy (the hog still runs) and the new primary's host not.
+    const seen = await api<{ depots: DepotRow[] }>(c, 'w3', '/api/depots');
+    const row = (h: string) => seen?.depots.find((d) => d.name === h)?.busy;
+    expect(row('w1')).toMatchObject({ busy: true });
+    expect(row(standby)).toMatchObject({ busy: false });
     await waitFor(async () => sender!.acked().some((r) => r.start > moved.time), 60_000, 'the trapper to answer the new primary');
     const firstRecords = await waitForRecords(c, standby, 1);
     expect(firstRecords.filter((r) => r.event === 'switchover')).toHaveLength(1);
