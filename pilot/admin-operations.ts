@@ -136,7 +136,11 @@ export class AdminOperations {
       this.log.warn({ event: 'switchover-expect-failed', service: args.service, to: target.host, err: errorMessage(err) }, `could not tell ${target.host} of the switchover: ${errorMessage(err)}`);
     });
     // The primary stops writes, brings the standbys up to date and resigns; then the target stands.
-    await this.opts.control.call(primary.peerId, 'pilot.resign', { service: args.service }, { timeoutMs: RESIGN_TIMEOUT_MS });
+    await this.opts.control.call(primary.peerId, 'pilot.resign', { service: args.service }, { timeoutMs: RESIGN_TIMEOUT_MS }).catch(async (err: unknown) => {
+      // No hand-over after all (the standbys did not catch up): the announcement is withdrawn.
+      await this.opts.control.call(target.peerId, 'pilot.expect', { service: args.service, term, withinMs: 1 }, { timeoutMs: 5000 }).catch(() => undefined);
+      throw err;
+    });
     try {
       await this.opts.control.call(target.peerId, 'pilot.campaign', { service: args.service, term, ...why }, { timeoutMs: 10_000 });
     } catch (err) {

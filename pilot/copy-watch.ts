@@ -125,6 +125,8 @@ export function takeoverRecord(w: CopyWatch, now: number, selfName: string): { r
           : 'elected';
   return {
     record: { event, failover, fromHost, reason, detect, elect },
-    watch: { ...w, bootstrapping: false, campaignReason: undefined, campaignWhy: undefined, missingSince: undefined, campaignStartedAt: undefined },
+    // This copy is now the last primary it knows of: should it lose its lease and win it back with
+    // no other primary in between, that is not a failover from the host before it.
+    watch: { ...w, lastPrimaryHost: selfName, bootstrapping: false, campaignReason: undefined, campaignWhy: undefined, missingSince: undefined, campaignStartedAt: undefined },
   };
 }

@@ -119,7 +119,7 @@ export const BusySection = z
       .max(100)
       .default(50)
       .describe("The host is busy while its user's work (the CPU use of `cgroup`, less `excludeCgroups` and the depot itself) takes at least this percentage of all its CPUs, averaged over sampleMs"),
-    sessions: z.boolean().default(true).describe('An active local login session (graphical or text console, from `loginctl` where present; remote ones do not count) makes the host busy too'),
+    sessions: z.boolean().default(true).describe('An active local login session (graphical or text console, as systemd-logind records them, what `loginctl list-sessions` shows; remote ones do not count) makes the host busy too'),
     sampleMs: ms(5000, 'The CPU use is measured this often; each sample is the average since the one before'),
     sustainMs: ms(120_000, 'The primary moves away once its host has been busy this long without a break (a quiet sample starts the count again)'),
     minIntervalMs: ms(1_800_000, 'Hysteresis: at least this long between two busy moves of one service, whichever depots made them (read from the movement journal)'),

@@ -14,7 +14,7 @@ import { cpuPercent, nextBusySignal } from './busy-state.ts';
 // Measures this host's busy signal every busy.sampleMs: the CPU time the host's user work used
 // since the last sample — the cgroup busy.cgroup (default: the whole host), less the cgroups of
 // Navigator's own units (busy.excludeCgroups) and less this depot process when it runs inside
-// the measured cgroup — as a share of all CPUs, and the active local login sessions (loginctl).
+// the measured cgroup — as a share of all CPUs, and the active local login sessions (systemd-logind's records: login-sessions.ts).
 // Machine-wide figures (/proc/stat, the load average) are not used: in the lab every
 // workstation shares one kernel, and a cgroup per workstation is what tells them apart.
 // When nothing can be measured (no CPU accounting, the cgroup missing) there is no signal: the
@@ -26,7 +26,7 @@ export interface BusyMeterOptions {
   logger: Logger;
   /** Where the cgroup hierarchies are mounted (tests). */
   cgroupBase?: string;
-  /** Counting local sessions (tests; default loginctl). */
+  /** Counting local sessions (tests; default logind's records). */
   sessions?: () => Promise<SessionCount>;
   cpus?: number;
   /** Monotonic ms for the time between samples (tests; default performance.now). */
@@ -35,7 +35,7 @@ export interface BusyMeterOptions {
   procSelfCgroup?: () => Promise<string>;
 }
 
-/** How long a host whose loginctl did not answer is assumed to have no local sessions before it is asked again. */
+/** How long a host without logind's records is assumed to have no local sessions before it is asked again. */
 const SESSIONS_RETRY_MS = 60_000;
 
 interface Reading {
@@ -55,7 +55,7 @@ export class BusyMeter {
   private last: Reading | undefined;
   private sampling: Promise<void> | undefined;
   private sessionsWarned = false;
-  /** loginctl did not answer: asked again no sooner than this (monotonic ms). */
+  /** No logind records: looked for again no sooner than this (monotonic ms). */
   private sessionsRetryAt = 0;
   private readingWarned = false;
   private readonly log: Logger;
@@ -162,7 +162,7 @@ export class BusyMeter {
     if (!r.available) this.sessionsRetryAt = now + SESSIONS_RETRY_MS;
     if (!r.available && !this.sessionsWarned) {
       this.sessionsWarned = true;
-      this.log.info({ event: 'busy-sessions-unavailable', reason: r.error }, `local login sessions are not counted: loginctl: ${r.error ?? 'unavailable'}`);
+      this.log.info({ event: 'busy-sessions-unavailable', reason: r.error }, `local login sessions are not counted: ${r.error ?? 'unavailable'}`);
     }
     return r.active;
   }

@@ -1,9 +1,15 @@
-import { execa } from 'execa';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 
-// Active local login sessions of the host, from systemd-logind (`loginctl`): a graphical or text
-// console session that is active means someone sits at the PC. Remote (ssh) sessions and those
-// of system accounts' managers do not count. Where loginctl is absent or logind does not answer
-// (no systemd, a container), the host has no countable sessions and `available` says so.
+// Active local login sessions of the host, as systemd-logind knows them: a graphical or text
+// console session that is active means someone sits at the PC. Remote (ssh) sessions, greeters
+// and closing sessions do not count. Read from logind's session records in /run/systemd/sessions
+// — what `loginctl list-sessions` / `show-session` report and what libsystemd's sd-login API
+// itself reads — rather than by running loginctl every sample: an idle depot starts no process
+// and loads no process library for it (test/integration/depot-footprint.test.ts). Where logind
+// does not run (no systemd, a container) the folder is absent and `available` says so.
+
+export const LOGIND_SESSIONS_DIR = '/run/systemd/sessions';
 
 export interface SessionProperties {
   Type?: string;
@@ -15,22 +21,23 @@ export interface SessionProperties {
 
 const LOCAL_TYPES = new Set(['x11', 'wayland', 'mir', 'tty']);
 
-/** Pure: session ids from `loginctl list-sessions --no-legend` (first column). */
-export function parseSessionIds(text: string): string[] {
-  return text
-    .split('\n')
-    .map((l) => l.trim().split(/\s+/)[0] ?? '')
-    .filter((id) => /^[A-Za-z0-9_-]{1,64}$/.test(id));
-}
-
-/** Pure: `loginctl show-session ID -p …` output (Key=value lines). */
-export function parseSessionProperties(text: string): SessionProperties {
-  const out: Record<string, string> = {};
+/** Pure: a logind session record (KEY=value lines) as the properties `loginctl show-session` names. */
+export function parseSessionRecord(text: string): SessionProperties {
+  const kv: Record<string, string> = {};
   for (const line of text.split('\n')) {
     const i = line.indexOf('=');
-    if (i > 0) out[line.slice(0, i)] = line.slice(i + 1).trim();
+    if (i > 0 && !line.startsWith('#')) kv[line.slice(0, i)] = line.slice(i + 1).trim();
   }
-  return out as SessionProperties;
+  const yesNo = (v: string | undefined) => (v === undefined ? undefined : v === '1' ? 'yes' : 'no');
+  const out: SessionProperties = {};
+  if (kv.TYPE !== undefined) out.Type = kv.TYPE;
+  const remote = yesNo(kv.REMOTE);
+  if (remote !== undefined) out.Remote = remote;
+  const active = yesNo(kv.ACTIVE);
+  if (active !== undefined) out.Active = active;
+  if (kv.STATE !== undefined) out.State = kv.STATE;
+  if (kv.CLASS !== undefined) out.Class = kv.CLASS;
+  return out;
 }
 
 /** Pure: a session someone is at: local, of a user, active, on a display or console. */
@@ -45,14 +52,20 @@ export interface SessionCount {
   error?: string;
 }
 
-/** Count the host's active local sessions through loginctl (each command with a 3 s timeout). */
-export async function activeLocalSessions(loginctl = 'loginctl'): Promise<SessionCount> {
-  const list = await execa(loginctl, ['list-sessions', '--no-legend', '--no-pager'], { reject: false, timeout: 3000, stdin: 'ignore' }).catch((err: unknown) => ({ exitCode: -1, stdout: '', stderr: String(err) }));
-  if (list.exitCode !== 0) return { available: false, active: 0, error: String(list.stderr).trim().split('\n')[0] || `exit ${list.exitCode}` };
+/** Count the host's active local sessions from logind's records. */
+export async function activeLocalSessions(dir = LOGIND_SESSIONS_DIR): Promise<SessionCount> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return { available: false, active: 0, error: code === 'ENOENT' ? `systemd-logind is not running (no ${dir})` : `cannot read ${dir}: ${code ?? String(err)}` };
+  }
   let active = 0;
-  for (const id of parseSessionIds(String(list.stdout))) {
-    const r = await execa(loginctl, ['show-session', id, '-p', 'Type', '-p', 'Remote', '-p', 'Active', '-p', 'State', '-p', 'Class'], { reject: false, timeout: 3000, stdin: 'ignore' });
-    if (r.exitCode === 0 && isActiveLocal(parseSessionProperties(String(r.stdout)))) active += 1;
+  // Session ids are names like "2" or "c1"; "*.ref" files are logind's own references.
+  for (const name of names.filter((n) => /^[A-Za-z0-9_-]{1,64}$/.test(n))) {
+    const text = await readFile(join(dir, name), 'utf8').catch(() => '');
+    if (isActiveLocal(parseSessionRecord(text))) active += 1;
   }
   return { available: true, active };
 }

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BusyMeter } from '../../depot/busy/busy-meter.ts';
 import { cgroupFolder, detectCpuHierarchy, ownCgroupFolder, parseCpuStatNs, within } from '../../depot/busy/cgroup-cpu.ts';
-import { isActiveLocal, parseSessionIds, parseSessionProperties } from '../../depot/busy/login-sessions.ts';
+import { activeLocalSessions, isActiveLocal, parseSessionRecord } from '../../depot/busy/login-sessions.ts';
 import { FakeClock } from '../../shared/clock.ts';
 import { BusySection } from '../../shared/config.ts';
 import { silentLogger } from '../../shared/logger.ts';
@@ -119,10 +119,23 @@ describe('busy meter', () => {
   });
 });
 
-describe('loginctl output', () => {
-  it('session ids, properties, and which sessions count', () => {
-    expect(parseSessionIds('     2 1000 anna seat0 tty2\n    c1  120 gdm  seat0\n\n')).toEqual(['2', 'c1']);
-    const p = parseSessionProperties('Type=x11\nRemote=no\nActive=yes\nState=active\nClass=user\n');
+describe('local login sessions (logind records)', () => {
+  it('counts active local sessions of users; not remote, greeter, inactive or closing ones; absent logind is said', async () => {
+    const base = await tree({
+      'sessions/2': '# This is private data. Do not parse.\nUID=1000\nUSER=anna\nACTIVE=1\nSTATE=active\nREMOTE=0\nTYPE=x11\nCLASS=user\n',
+      'sessions/3': 'ACTIVE=1\nSTATE=active\nREMOTE=1\nTYPE=tty\nCLASS=user\n',
+      'sessions/c1': 'ACTIVE=1\nSTATE=active\nREMOTE=0\nTYPE=x11\nCLASS=greeter\n',
+      'sessions/5': 'ACTIVE=0\nSTATE=online\nREMOTE=0\nTYPE=wayland\nCLASS=user\n',
+      'sessions/6': 'ACTIVE=1\nSTATE=active\nREMOTE=0\nTYPE=tty\nCLASS=user\n',
+      'sessions/6.ref': '',
+    });
+    expect(await activeLocalSessions(join(base, 'sessions'))).toEqual({ available: true, active: 2 });
+    expect(await activeLocalSessions(join(base, 'none'))).toMatchObject({ available: false, active: 0, error: expect.stringContaining('not running') });
+  });
+
+  it('record fields as loginctl names them, and which sessions count', () => {
+    const p = parseSessionRecord('TYPE=x11\nREMOTE=0\nACTIVE=1\nSTATE=active\nCLASS=user\n');
+    expect(p).toEqual({ Type: 'x11', Remote: 'no', Active: 'yes', State: 'active', Class: 'user' });
     expect(isActiveLocal(p)).toBe(true);
     expect(isActiveLocal({ ...p, Remote: 'yes' })).toBe(false);
     expect(isActiveLocal({ ...p, Type: 'unspecified' })).toBe(false);

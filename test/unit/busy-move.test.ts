@@ -113,6 +113,9 @@ describe('busy move rule', () => {
     const { record, watch } = takeoverRecord(w, 20, 'w2');
     expect(record).toMatchObject({ event: 'switchover', failover: false, fromHost: 'w1', reason: 'planned switchover: host busy: w1 user CPU 87 % (threshold 50 %) for 130 s; to w2 (user CPU 3 %)' });
     expect(watch.campaignWhy).toBeUndefined();
+    // Losing the lease under load and winning it back with no other primary between: not a failover from w1.
+    const again = takeoverRecord(watchCampaign({ ...watch, missingSince: 30 }, 40, undefined), 50, 'w2');
+    expect(again.record).toMatchObject({ event: 'promoted', failover: false, fromHost: undefined, reason: 'primary missing; elected' });
     // A plain switchover says only that.
     expect(takeoverRecord(watchCampaign(newCopyWatch({ bootstrapping: false }), 10, 'switchover'), 20, 'w2').record.reason).toBe('planned switchover');
   });
