@@ -5,6 +5,9 @@ import { takeoverRecord, newCopyWatch, watchCampaign, watchSwitchoverExpected } 
 import { MovementRecord } from '../../shared/movement.ts';
 import type { BusySignal } from '../../shared/wire.ts';
 import { BusySection, parseConfig } from '../../shared/config.ts';
+import { busyCandidate } from '../../pilot/busy-watch.ts';
+import type { CopyView } from '../../pilot/pilot.ts';
+import { ContainerReport } from '../../shared/wire.ts';
 
 // Leave a busy workstation, pure: the busy signal from samples (a quiet sample ends a spell), and
 // the move rule with a fake clock — sustain, hysteresis across depots (from the movement
@@ -173,6 +176,30 @@ describe('busy move rule', () => {
     }
     // The history is busy enough that the rule had something to do (the check can fail).
     expect(moves.length).toBeGreaterThan(2);
+  });
+});
+
+describe('a standby as the busy rule sees it', () => {
+  const members = { view: () => [{ peerId: 'peer-w2', heartbeat: { busy: idle } }, { peerId: 'peer-w3', heartbeat: {} }] } as never;
+  const copy = (over: Partial<ContainerReport>, host = 'w2', depotState: CopyView['depotState'] = 'alive'): CopyView => ({
+    peerId: `peer-${host}`,
+    host,
+    depotState,
+    incarnation: 1,
+    address: undefined,
+    report: ContainerReport.parse({ id: 'c', service: 'zabbix', driver: 'process', state: 'running', role: 'standby', lastSyncAt: 5, replState: 'replicating', ...over }),
+  });
+
+  it('up when its depot is alive and its copy runs; in sync when replicating or synced and not failing; its busy signal from its heartbeat', () => {
+    expect(busyCandidate(copy({}), members)).toEqual({ host: 'w2', peerId: 'peer-w2', up: true, inSync: true, busy: idle });
+    expect(busyCandidate(copy({}, 'w2', 'suspect'), members).up).toBe(false);
+    expect(busyCandidate(copy({ state: 'starting' }), members).up).toBe(false);
+    for (const replState of ['broken', 'stopped', 'seeding', 'connecting'] as const) expect(busyCandidate(copy({ replState }), members).inSync, replState).toBe(false);
+    expect(busyCandidate(copy({ syncFailing: true }), members).inSync).toBe(false);
+    expect(busyCandidate(copy({ lastSyncAt: undefined, replState: undefined }), members).inSync).toBe(false);
+    // dump mode: no replication state, a good sync.
+    expect(busyCandidate(copy({ replState: undefined }), members).inSync).toBe(true);
+    expect(busyCandidate(copy({}, 'w3'), members).busy).toBeUndefined();
   });
 });
 
