@@ -34,6 +34,7 @@ export function depotRow(v: MemberView, extras: DepotRowExtras = {}): DepotRow {
     sshHostKey: hb?.sshHostKey ?? null,
     hostKeyTrust: extras.hostKeyTrust ?? null,
     sessions: sessionsFromSummary(hb?.sessions ?? []),
+    busy: hb?.busy ?? null,
   };
 }
 

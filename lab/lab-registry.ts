@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -52,7 +52,11 @@ export async function sweepLabs(log: Logger = silentLogger()): Promise<string[]>
         log.warn({ event: 'lab-sweep-failed', ns, err: errorMessage(e) }, 'could not remove a leftover lab namespace');
       }
     }
-    if (rec?.dir && rec.dir.startsWith(join(tmpdir(), 'navlab-'))) await rm(rec.dir, { recursive: true, force: true });
+    if (rec?.dir && rec.dir.startsWith(join(tmpdir(), 'navlab-'))) {
+      // The workstations' user cgroups are bind-mounted into the lab folder (Lab.userCgroup): unmount first.
+      for (const host of await readdir(join(rec.dir, 'cgroup')).catch(() => [] as string[])) await execa('umount', ['-l', join(rec.dir, 'cgroup', host)], { reject: false });
+      await rm(rec.dir, { recursive: true, force: true });
+    }
     await labRegistry.remove(id);
   }
   if (removed.length > 0) log.info({ event: 'lab-swept', namespaces: removed }, 'removed leftover lab namespaces');

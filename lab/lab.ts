@@ -1,5 +1,5 @@
 import { execa } from 'execa';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, rmdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -12,6 +12,8 @@ import type { ExecResult } from './lan/namespaces.ts';
 import { thisOwner } from './lan/owner-registry.ts';
 import { LAB_NS_PREFIX, labRegistry, sweepLabs } from './lab-registry.ts';
 import { LoggedProcess } from './logged-process.ts';
+import { detectCpuHierarchy } from '../depot/busy/cgroup-cpu.ts';
+import { wrapCommand } from '../depot/containers/cgroup-limits.ts';
 
 /**
  * The network-namespace lab, for tests and benchmarks: the namespace LAN (lab/lan) with
@@ -22,6 +24,12 @@ import { LoggedProcess } from './logged-process.ts';
  */
 
 export type LabHost = LanHost;
+
+/** A workstation's user cgroup: its folder, and the same folder as processes inside the lab's namespaces see it. */
+export interface UserCgroup {
+  dir: string;
+  view: string;
+}
 
 export interface LabOptions {
   workstations?: number;
@@ -41,6 +49,8 @@ export interface SpawnOptions {
   name?: string;
   env?: Record<string, string>;
   cwd?: string;
+  /** Start the process in this workstation's user cgroup (userCgroup): the work of the PC's user. */
+  asUser?: boolean;
 }
 
 /** A long-running process inside a lab namespace; output goes to a log file and to line listeners. */
@@ -68,6 +78,7 @@ export class Lab extends NamespaceLan {
   private readonly keepFiles: boolean;
   private destroyed = false;
   private spawnCount = 0;
+  private readonly userCgroups = new Map<string, UserCgroup>();
 
   private constructor(id: string, octet: number, dir: string, log: Logger, keepFiles: boolean) {
     super({ prefix: LAB_NS_PREFIX, id, net: `10.77.${octet}`, gateway: `10.77.${octet}.1`, logger: log });
@@ -120,13 +131,41 @@ export class Lab extends NamespaceLan {
     return res;
   }
 
+  /**
+   * The CPU-accounting cgroup of a workstation's user work (made on first use, removed with the
+   * lab): the workstations share one kernel, so /proc/stat and the load average are the whole
+   * machine's; a depot measures its "host's" busy signal from this folder instead (config
+   * busy.cgroup). Processes spawned with `asUser` run in it.
+   */
+  async userCgroup(host: string): Promise<UserCgroup> {
+    const h = this.host(host);
+    const known = this.userCgroups.get(h.name);
+    if (known) return known;
+    const hierarchy = await detectCpuHierarchy();
+    if (!hierarchy) throw new NavigatorError('BAD_REQUEST', 'this machine has no CPU accounting cgroup (v2 cpu.stat or v1 cpuacct): the lab cannot give workstations a busy signal');
+    const dir = join(hierarchy.root, `navlab-${this.id}`, h.name);
+    await mkdir(dir, { recursive: true });
+    // `ip netns exec` mounts a fresh /sys for the command, without the cgroup hierarchies: a
+    // depot in the namespace reads its workstation's cgroup through a bind mount in the lab folder.
+    const view = join(this.dir, 'cgroup', h.name);
+    await mkdir(view, { recursive: true });
+    await execa('mount', ['--bind', dir, view]);
+    const cg = { dir, view };
+    this.userCgroups.set(h.name, cg);
+    return cg;
+  }
+
   /** Starts a long-running process in a host's namespace; output to `<dir>/logs/<host>-<name>-<n>.log`. */
   spawn(host: string, argv: readonly string[], opts: SpawnOptions = {}): LabProcess {
     const h = this.host(host);
     if (argv.length === 0) throw new NavigatorError('BAD_REQUEST', 'spawn needs a command');
     const name = opts.name ?? argv[0]!.split('/').pop()!;
     const logPath = join(this.dir, 'logs', `${h.name}-${name}-${++this.spawnCount}.log`);
-    const child = execa('ip', ['netns', 'exec', h.ns, ...argv], {
+    const cgroup = opts.asUser ? this.userCgroups.get(h.name)?.dir : undefined;
+    if (opts.asUser && !cgroup) throw new NavigatorError('BAD_REQUEST', `spawn as ${h.name}'s user: call userCgroup('${h.name}') first`);
+    // The process joins the user cgroup before it execs, so its children are born inside.
+    const cmd = wrapCommand(cgroup ? [join(cgroup, 'cgroup.procs')] : [], 'ip', ['netns', 'exec', h.ns, ...argv]);
+    const child = execa(cmd.file, cmd.args, {
       reject: false,
       buffer: false,
       stdin: 'ignore',
@@ -162,6 +201,13 @@ export class Lab extends NamespaceLan {
     const errors: string[] = [];
     await Promise.all([...this.processes].map((p) => p.stop(500).catch((e: unknown) => errors.push(errorMessage(e)))));
     errors.push(...(await this.removeNamespaces()));
+    // Empty once their processes are gone (a folder still busy is left: an empty cgroup costs nothing).
+    for (const cg of this.userCgroups.values()) {
+      const r = await execa('umount', [cg.view], { reject: false });
+      if (r.exitCode !== 0) errors.push(`umount ${cg.view}: ${String(r.stderr).trim()}`);
+      await rmdir(cg.dir).catch(() => undefined);
+    }
+    if (this.userCgroups.size) await rmdir(join([...this.userCgroups.values()][0]!.dir, '..')).catch(() => undefined);
     await labRegistry.remove(this.id);
     if (!this.keepFiles) await rm(this.dir, { recursive: true, force: true });
     else this.log.info({ event: 'lab-files-kept', dir: this.dir }, 'lab files kept');

@@ -21,6 +21,9 @@ import { gtidTransactions as gtidCount } from '../web/service-views.ts';
 // switchover of its primary, and draining every primary off a host. Each is a POST behind the
 // admin host and token (web/admin-routes.ts) and a CLI command.
 
+/** Longest wait for the primary to resign (writes stop, the standbys catch up or get a final sync). */
+const RESIGN_TIMEOUT_MS = 120_000;
+
 export const BootstrapRequest = z
   .object({
     service: ServiceSpec.shape.name,
@@ -118,8 +121,8 @@ export class AdminOperations {
     return { image, container };
   }
 
-  /** Planned move: the target standby campaigns once the primary has resigned. */
-  async switchover(args: { service: string; to?: string | undefined }): Promise<{ from: string; to: string }> {
+  /** Planned move: the target standby campaigns once the primary has resigned. `why`: for the movement record (a busy host). */
+  async switchover(args: { service: string; to?: string | undefined; why?: string | undefined }): Promise<{ from: string; to: string }> {
     const copies = copiesOf(this.opts.members, args.service).filter((c) => c.depotState === 'alive');
     const primary = copies.find((c) => c.report.role === 'primary');
     if (!primary) throw new NavigatorError('NOT_FOUND', `service ${args.service} has no primary now`);
@@ -133,35 +136,35 @@ export class AdminOperations {
       throw new NavigatorError('CONFLICT', `the primary of ${args.service} is on ${primary.host}: run the switchover there (its own admin API); only the primary's depot may move it`);
     }
     const term = own.term;
+    const why = args.why ? { why: args.why.slice(0, 512) } : {};
+    // The target learns first that the move is coming (it may see the primary go and win before
+    // pilot.campaign reaches it: that win is the switchover too). Advice only: the move goes on without it.
+    await this.opts.control.call(target.peerId, 'pilot.expect', { service: args.service, term, withinMs: RESIGN_TIMEOUT_MS + 15_000, ...why }, { timeoutMs: 5000 }).catch((err: unknown) => {
+      this.log.warn({ event: 'switchover-expect-failed', service: args.service, to: target.host, err: errorMessage(err) }, `could not tell ${target.host} of the switchover: ${errorMessage(err)}`);
+    });
     // The primary stops writes, brings the standbys up to date and resigns; then the target stands.
-    await this.opts.control.call(primary.peerId, 'pilot.resign', { service: args.service }, { timeoutMs: 120_000 });
+    await this.opts.control.call(primary.peerId, 'pilot.resign', { service: args.service }, { timeoutMs: RESIGN_TIMEOUT_MS }).catch(async (err: unknown) => {
+      // No hand-over after all (the standbys did not catch up): the announcement is withdrawn.
+      await this.opts.control.call(target.peerId, 'pilot.expect', { service: args.service, term, withinMs: 1 }, { timeoutMs: 5000 }).catch(() => undefined);
+      throw err;
+    });
     try {
-      await this.opts.control.call(target.peerId, 'pilot.campaign', { service: args.service, term }, { timeoutMs: 10_000 });
+      await this.opts.control.call(target.peerId, 'pilot.campaign', { service: args.service, term, ...why }, { timeoutMs: 10_000 });
     } catch (err) {
-      // The target may have stood for election on its own meanwhile: while this primary hands
-      // over (writes stopped, standbys caught up, then the fence), its service does not answer,
-      // and once its copy reports role standby the target sees "host up, no primary" and
-      // campaigns at once. Then the target holds the next term's lease and (rightly) refuses a
-      // campaign asked in the old term. The move still happened, after the same final catch-up:
-      // what counts is who is primary now.
-      const won = await this.primaryAfter(args.service, target.peerId, term, SWITCHOVER_WIN_WAIT_MS);
-      if (!won) throw err;
-      this.log.warn(
-        { event: 'switchover-raced', service: args.service, from: primary.host, to: target.host, term: won.term, err: errorMessage(err) },
-        `switchover ${primary.host} -> ${target.host}: the target stood for election on its own and won term ${won.term}`,
-      );
+      // Refused because the target already won a later term by itself: the move is done.
+      if (!(await this.wonBy(args.service, target.peerId, term))) throw err;
+      this.log.info({ event: 'switchover-target-won', service: args.service, to: target.host }, `${target.host} won the election before it was asked to stand`);
     }
-    this.log.info({ event: 'switchover', service: args.service, from: primary.host, to: target.host }, `switchover ${primary.host} -> ${target.host}`);
+    this.log.info({ event: 'switchover', service: args.service, from: primary.host, to: target.host, ...(args.why ? { why: args.why } : {}) }, `switchover ${primary.host} -> ${target.host}`);
     return { from: primary.host, to: target.host };
   }
 
-  /** Waits up to `waitMs` for `peerId`'s copy of `service` to report role primary in a term above `term`. */
-  private async primaryAfter(service: string, peerId: string, term: number, waitMs: number): Promise<{ term: number } | undefined> {
-    const deadline = Date.now() + waitMs;
+  /** Whether `peer` reports a primary copy of `service` in a term after `term` (within SWITCHOVER_WIN_WAIT_MS: heartbeats lag). */
+  private async wonBy(service: string, peer: string, term: number): Promise<boolean> {
+    const deadline = performance.now() + SWITCHOVER_WIN_WAIT_MS;
     for (;;) {
-      const c = copiesOf(this.opts.members, service).find((x) => x.peerId === peerId && x.report.role === 'primary' && x.report.term > term);
-      if (c) return { term: c.report.term };
-      if (Date.now() >= deadline) return undefined;
+      if (copiesOf(this.opts.members, service).some((c) => c.peerId === peer && c.report.role === 'primary' && c.report.term > term)) return true;
+      if (performance.now() > deadline) return false;
       await new Promise((r) => setTimeout(r, 100));
     }
   }

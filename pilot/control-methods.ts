@@ -23,6 +23,15 @@ const CampaignParams = z
   .object({
     service: ServiceSpec.shape.name,
     term: z.number().int().nonnegative().optional().describe('Term of the primary that resigned for this switchover (required from a peer)'),
+    why: z.string().max(512).optional().describe("What the switchover was made for (a busy host, with its figures): the new primary's movement record says it"),
+  })
+  .strict();
+const ExpectParams = z
+  .object({
+    service: ServiceSpec.shape.name,
+    term: z.number().int().nonnegative().describe('Term of the primary announcing the switchover'),
+    withinMs: z.number().int().positive().max(600_000).describe('The switchover happens within this long'),
+    why: z.string().max(512).optional().describe('What the switchover is made for, for the movement record'),
   })
   .strict();
 const RetireParams = z.object({ container: SafeName.describe('Copy to remove') }).strict();
@@ -61,9 +70,18 @@ export function registerPilotControl(
     return { ok: true };
   });
   control.register('pilot.campaign', async (params, caller) => {
-    const { service, term } = parseParams('pilot.campaign', CampaignParams, params);
+    const { service, term, why } = parseParams('pilot.campaign', CampaignParams, params);
     await guard.requireHolder(caller, 'pilot.campaign', service, { term, termRequired: true });
-    pilotFor(service).campaign('switchover');
+    pilotFor(service).campaign('switchover', why);
+    return { ok: true };
+  });
+  // Before it resigns, the primary tells the target a switchover is coming: the target may see the
+  // primary go and stand for election before pilot.campaign reaches it, and its win is then still
+  // recorded as the switchover (with its reason), not as a failover.
+  control.register('pilot.expect', async (params, caller) => {
+    const { service, term, withinMs, why } = parseParams('pilot.expect', ExpectParams, params);
+    await guard.requireHolder(caller, 'pilot.expect', service, { term, termRequired: true });
+    pilotFor(service).expectSwitchover(withinMs, why);
     return { ok: true };
   });
   control.register('pilot.resign', async (params, caller) => {

@@ -20,6 +20,13 @@ export interface CopyWatch {
   /** When and why the current campaign started. */
   campaignStartedAt: number | undefined;
   campaignReason: string | undefined;
+  /** What the planned move was asked for (a busy host: pilot/busy-move.ts), for its movement record. */
+  campaignWhy?: string | undefined;
+  /**
+   * The primary announced a switchover to this copy (before it resigns): a campaign of this copy's
+   * own until then is that switchover (it may see the primary go before the primary's call comes).
+   */
+  expected?: { why: string | undefined; until: number } | undefined;
   /** Bootstrapped and not served yet: the first win is the bootstrap. */
   bootstrapping: boolean;
 }
@@ -69,8 +76,16 @@ export function watchOwnCopy(w: CopyWatch, ownState: string | undefined, now: nu
   return { watch: { ...w, lastCopyRestartAt: now }, restart: true };
 }
 
-export function watchCampaign(w: CopyWatch, now: number, reason: string | undefined): CopyWatch {
-  return { ...w, campaignStartedAt: now, campaignReason: reason ?? w.campaignReason };
+export function watchCampaign(w: CopyWatch, now: number, reason: string | undefined, why?: string): CopyWatch {
+  const expected = w.expected && now <= w.expected.until ? w.expected : undefined;
+  // A campaign of our own while a switchover to this copy is announced is that switchover.
+  if (reason === undefined && expected) return { ...w, campaignStartedAt: now, campaignReason: 'switchover', campaignWhy: expected.why, expected: undefined };
+  return { ...w, campaignStartedAt: now, campaignReason: reason ?? w.campaignReason, campaignWhy: why ?? (reason === undefined ? w.campaignWhy : undefined), expected: undefined };
+}
+
+/** The primary announced a switchover to this copy, to happen within `withinMs`. */
+export function watchSwitchoverExpected(w: CopyWatch, now: number, withinMs: number, why: string | undefined): CopyWatch {
+  return { ...w, expected: { why, until: now + withinMs } };
 }
 
 export interface TakeoverRecord {
@@ -104,12 +119,14 @@ export function takeoverRecord(w: CopyWatch, now: number, selfName: string): { r
     : failover
       ? `primary on ${fromHost} missing`
       : switchover
-        ? 'planned switchover'
+        ? `planned switchover${w.campaignWhy ? `: ${w.campaignWhy}` : ''}`
         : missing
           ? 'primary missing; elected'
           : 'elected';
   return {
     record: { event, failover, fromHost, reason, detect, elect },
-    watch: { ...w, bootstrapping: false, campaignReason: undefined, missingSince: undefined, campaignStartedAt: undefined },
+    // This copy is now the last primary it knows of: should it lose its lease and win it back with
+    // no other primary in between, that is not a failover from the host before it.
+    watch: { ...w, lastPrimaryHost: selfName, bootstrapping: false, campaignReason: undefined, campaignWhy: undefined, missingSince: undefined, campaignStartedAt: undefined },
   };
 }

@@ -16,7 +16,7 @@ import { PRIMARY_PIDS_FILE } from '../depot/containers/drivers/process.ts';
 import { join } from 'node:path';
 import type { PilotAssignment, ServiceSpec } from './service-spec.ts';
 import type { DbLink } from './db/db-link.ts';
-import { mayCampaign, newCopyWatch, takeoverRecord, watchCampaign, watchOwnCopy, watchPrimarySeen, watchResigned, watchServiceProbe, type CopyWatch } from './copy-watch.ts';
+import { mayCampaign, newCopyWatch, takeoverRecord, watchCampaign, watchOwnCopy, watchPrimarySeen, watchResigned, watchServiceProbe, watchSwitchoverExpected, type CopyWatch } from './copy-watch.ts';
 
 // The role agent of one copy of a service, running inside the depot that hosts the copy. The
 // decisions (campaign, lease, fence, restart in place) come from the pure election module; this
@@ -221,10 +221,16 @@ export class Pilot {
     await this.effects;
   }
 
-  /** Stand for election now (bootstrap, switchover target). */
-  campaign(reason: string): void {
-    this.watch = watchCampaign(this.watch, this.opts.now(), reason);
-    this.log.info({ event: 'campaign', reason, term: this.state.term + 1 }, 'standing for election');
+  /** The primary will hand the service to this copy within `withinMs` (a switchover): a campaign of ours until then is that switchover. */
+  expectSwitchover(withinMs: number, why?: string): void {
+    this.watch = watchSwitchoverExpected(this.watch, this.opts.now(), withinMs, why);
+    this.log.info({ event: 'switchover-expected', withinMs, ...(why ? { why } : {}) }, 'a switchover to this copy is coming');
+  }
+
+  /** Stand for election now (bootstrap, switchover target); `why`: what a switchover was asked for, for its movement record. */
+  campaign(reason: string, why?: string): void {
+    this.watch = watchCampaign(this.watch, this.opts.now(), reason, why);
+    this.log.info({ event: 'campaign', reason, ...(why ? { why } : {}), term: this.state.term + 1 }, 'standing for election');
     this.apply(pilotCampaign(this.state, this.opts.now(), this.opts.cfg));
   }
 

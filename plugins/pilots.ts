@@ -21,6 +21,7 @@ import { explainPolicy, policyWarnings, quietWindowAt, servicePolicy } from '../
 import type { PolicyResponse } from '../shared/api/policy.ts';
 import { handOverPrimaries } from '../pilot/hand-over.ts';
 import { DepotLeaseAuthority } from '../pilot/lease-authority.ts';
+import { BusyWatch } from '../pilot/busy-watch.ts';
 
 // The pilots of the copies this depot hosts and this depot's vote in every service's election:
 // the voters and the election protocol, the pilot supervisor, standby keeping and image shipping
@@ -65,6 +66,7 @@ class Pilots implements PilotsPlugin {
   private readonly supervisor: PilotSupervisor;
   private readonly authority: DepotLeaseAuthority;
   private readonly keeper: StandbyKeeper;
+  private readonly busyWatch: BusyWatch;
   private readonly onHeartbeat = (hb: { peerId: string; incarnation: number; containers: Array<{ id: string; service: string; role: string; term: number; lastSyncAt?: number | undefined }> }) => {
     this.keeper.observeCopies(hb.peerId, hb.containers);
     for (const c of hb.containers) {
@@ -134,6 +136,18 @@ class Pilots implements PilotsPlugin {
           .filter((m) => m.peerId !== self.peerId)
           .flatMap((m) => (m.heartbeat?.containers ?? []).filter((c) => c.service === service && c.role === 'primary').map((c) => ({ peer: m.peerId, term: c.term }))),
     });
+    // Leave a busy workstation (config busy): a planned switchover off this host when it stays busy.
+    this.busyWatch = new BusyWatch({
+      config: config.busy,
+      quietHours: () => config.policy.quietHours,
+      members,
+      selfId: self.peerId,
+      primaries: () => this.supervisor.pilots().filter((p) => p.role === 'primary').map((p) => p.spec.name),
+      records: () => init.journal?.all() ?? [],
+      switchover: (args) => this.operations.switchover(args),
+      clock: c.clock,
+      logger,
+    });
     this.operations = new AdminOperations({ self, members, control, store: init.store, containers: init.containers, supervisor: this.supervisor, logger, group: { voters: this.election.voters, preferred: this.election.preferredVoters } });
   }
 
@@ -195,9 +209,11 @@ class Pilots implements PilotsPlugin {
     }
     c.members.events.on('heartbeat', this.onHeartbeat);
     await this.supervisor.start();
+    this.busyWatch.start();
   }
 
   async stop(): Promise<void> {
+    this.busyWatch.stop();
     // A clean stop is a planned move: primaries here go to a standby first, while this depot
     // still votes, heartbeats and serves control requests.
     await handOverPrimaries({

@@ -16,6 +16,7 @@ import { pilotsPlugin, type PilotsPlugin } from './pilots.ts';
 import { alertsPlugin, type AlertsPlugin, type QuorumStatus } from './alerts.ts';
 import { sshTrustPlugin, type SshTrustPlugin } from './ssh-trust.ts';
 import { sessionsPlugin } from './sessions.ts';
+import { busyPlugin } from './busy.ts';
 
 // The composition root of a workstation's depot as `navigator depot run` starts it: the depot
 // core plus, in start order, the image store, the containers, the SSH trust for image shipping,
@@ -93,6 +94,7 @@ export function createWorkstationDepot(opts: WorkstationOptions): WorkstationDep
     log: base,
     plugins: [
       sessionsPlugin(),
+      busyPlugin(),
       imagesPlugin({ store }),
       containersPlugin({ manager }),
       (c) => (trust = sshTrustPlugin()(c)),

@@ -107,6 +107,34 @@ export const SessionsSection = z
   })
   .strict();
 
+/** Navigator's own cgroups (the package's units and the direct runner's folder), relative to the hierarchy's root. */
+export const NAVIGATOR_CGROUPS = ['navigator', 'system.slice/navigator-depot.service', 'system.slice/system-navigator\\x2dctr.slice', 'system.slice/system-navigator\\x2dctr\\x2donce.slice'];
+
+export const BusySection = z
+  .object({
+    enabled: z.boolean().default(true).describe("Move a primary off this host by a planned switchover when the host stays busy with its user's work (this depot measures and gossips its host's busy signal either way)"),
+    cpuPct: z
+      .number()
+      .min(1)
+      .max(100)
+      .default(50)
+      .describe("The host is busy while its user's work (the CPU use of `cgroup`, less `excludeCgroups` and the depot itself) takes at least this percentage of all its CPUs, averaged over sampleMs"),
+    sessions: z.boolean().default(true).describe('An active local login session (graphical or text console, as systemd-logind records them, what `loginctl list-sessions` shows; remote ones do not count) makes the host busy too'),
+    sampleMs: ms(5000, 'The CPU use is measured this often; each sample is the average since the one before'),
+    sustainMs: ms(120_000, 'The primary moves away once its host has been busy this long without a break (a quiet sample starts the count again)'),
+    minIntervalMs: ms(1_800_000, 'Hysteresis: at least this long between two busy moves of one service, whichever depots made them (read from the movement journal)'),
+    cgroup: z
+      .string()
+      .default('')
+      .describe("Folder of the cgroup whose CPU use counts as the host's work: cgroup v2 (cpu.stat) or a v1 cpuacct folder (cpuacct.usage). Empty: the root of the host's CPU accounting hierarchy (the whole host). The lab gives each workstation its own"),
+    excludeCgroups: z
+      .array(z.string().min(1).max(1024))
+      .max(32)
+      .default(NAVIGATOR_CGROUPS)
+      .describe("cgroups whose CPU use is subtracted (Navigator's own: the depot's unit and the service containers), relative to the hierarchy's root or absolute; missing ones are skipped"),
+  })
+  .strict();
+
 export const HttpSection = z
   .object({
     host: z.string().default('0.0.0.0').describe('Address the tracking page and read-only API listen on'),
@@ -344,6 +372,7 @@ export const ConfigSchema = z
     control: ControlSection.prefault({}),
     journal: JournalSection.prefault({}),
     sessions: SessionsSection.prefault({}),
+    busy: BusySection.prefault({}),
     http: HttpSection.prefault({}),
     log: LogSection.prefault({}),
     store: StoreSection.prefault({}),

@@ -54,6 +54,17 @@ export const ContainerReport = z.object({
 });
 export type ContainerReport = z.infer<typeof ContainerReport>;
 
+/** A host's busy signal as its depot measures it (config section busy). */
+export const BusySignal = z
+  .object({
+    busy: z.boolean().describe('The host is busy now (CPU use at or over busy.cpuPct, or an active local session)'),
+    cpuPct: z.number().finite().min(0).max(100).describe("CPU use of the host's user work, percent of all its CPUs, over the last sample"),
+    sessions: z.number().int().min(0).max(1000).describe('Active local login sessions (0 where loginctl is absent or not counted)'),
+    since: nonNeg.optional().describe('While busy: when this busy spell began (ms since the epoch, clock of the host)'),
+  })
+  .strict();
+export type BusySignal = z.infer<typeof BusySignal>;
+
 /** Gossiped every membership.heartbeatMs on TOPICS.heartbeat. */
 export const HeartbeatMessage = z.object({
   type: z.literal('heartbeat'),
@@ -96,6 +107,8 @@ export const HeartbeatMessage = z.object({
     .max(32)
     .optional()
     .describe("The host's recent ended sessions, newest last: [start minute since the epoch, length in minutes] (depot/sessions); placement and voter ranking read the time of day from them"),
+  busy: BusySignal.optional()
+    .describe("The host's busy signal (depot/busy): its user's CPU use and local sessions; a primary moves off a busy host, never onto one. Left out when this depot cannot measure it"),
   version: shortText,
 });
 export type HeartbeatMessage = z.infer<typeof HeartbeatMessage>;

@@ -6,7 +6,8 @@ import type { HeartbeatMessage } from '../../shared/wire.ts';
 // memory and disk) only when they moved enough to matter for placement, and at most every
 // membership.figuresMinIntervalMs (a busy host's load changes every second, and a heartbeat for
 // each change would make every busy cluster busier still). Uptime, the send time and the
-// sequence number are never a reason: they change every time.
+// sequence number are never a reason: they change every time. Of the busy signal, whether the
+// host is busy (and since when) goes out at once; its CPU figure rides along with the next beat.
 
 /** Smallest change of the 1-minute load average worth gossiping: this, or a quarter of it, whichever is larger. */
 const LOAD_STEP = 0.5;
@@ -34,7 +35,7 @@ export function heartbeatChange(prev: HeartbeatMessage | undefined, next: Heartb
 }
 
 function stable(hb: HeartbeatMessage): unknown[] {
-  return [hb.name, hb.addresses, hb.hostAddresses, hb.httpPort, hb.sshPort, hb.sshHostKey, hb.sshKey, hb.bootTime, hb.cpus, hb.memTotalBytes, hb.images, hb.staging, hb.containers, hb.sessions, hb.version];
+  return [hb.name, hb.addresses, hb.hostAddresses, hb.httpPort, hb.sshPort, hb.sshHostKey, hb.sshKey, hb.bootTime, hb.cpus, hb.memTotalBytes, hb.images, hb.staging, hb.containers, hb.sessions, hb.busy?.busy, hb.busy?.sessions, hb.busy?.since, hb.version];
 }
 
 function sameJson(a: unknown, b: unknown): boolean {

@@ -2,7 +2,7 @@ import type { PubSub } from '@libp2p/interface';
 import type { Clock, TimerHandle } from '../../shared/clock.ts';
 import type { Logger } from '../../shared/logger.ts';
 import { MembershipSection } from '../../shared/config.ts';
-import { HeartbeatMessage, TOPICS, encodeMessage, type ContainerReport } from '../../shared/wire.ts';
+import { HeartbeatMessage, TOPICS, encodeMessage, type BusySignal, type ContainerReport } from '../../shared/wire.ts';
 import { VERSION } from '../../shared/version.ts';
 import type { DepotMetrics } from '../metrics.ts';
 import { sampleResources, type ResourceSample } from './resources.ts';
@@ -25,6 +25,8 @@ export interface HeartbeatContent {
   sshKey?: string;
   /** The host's past sessions, compact (the sessions plugin); the last provider that sets them wins. */
   sessions?: Array<[number, number]>;
+  /** The host's busy signal (the busy plugin); the last provider that sets it wins. */
+  busy?: BusySignal;
 }
 
 /** Returns the part of the heartbeat content a plugin knows about; lists are concatenated. */
@@ -143,6 +145,7 @@ export class HeartbeatPublisher {
         if (contribution.sshHostKey !== undefined) content.sshHostKey = contribution.sshHostKey;
         if (contribution.sshKey !== undefined) content.sshKey = contribution.sshKey;
         if (contribution.sessions !== undefined) content.sessions = contribution.sessions;
+        if (contribution.busy !== undefined) content.busy = contribution.busy;
       } catch (err) {
         o.log.warn({ event: 'heartbeat-provider-failed', err: (err as Error).message }, 'heartbeat content provider failed');
       }
@@ -174,6 +177,7 @@ export class HeartbeatPublisher {
       staging: content.staging,
       containers: content.containers,
       ...(content.sessions?.length ? { sessions: content.sessions } : {}),
+      ...(content.busy ? { busy: content.busy } : {}),
       version: VERSION,
     };
   }

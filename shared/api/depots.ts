@@ -35,6 +35,8 @@ export interface DepotRow {
   hostKeyTrust: DepotHostKey | null;
   /** The host's recent ended sessions from its heartbeat (placement's time-of-day factor). */
   sessions?: Array<{ startMs: number; endMs: number }>;
+  /** The host's busy signal from its heartbeat (config section busy); null when it does not measure one. */
+  busy?: { busy: boolean; cpuPct: number; sessions: number; since?: number | undefined } | null;
 }
 
 /** A container report in a depot row as received (`containers: unknown[]`): every field still to check. */
