@@ -96,6 +96,11 @@ export const HeartbeatMessage = z.object({
     .max(32)
     .optional()
     .describe("The host's recent ended sessions, newest last: [start minute since the epoch, length in minutes] (depot/sessions); placement and voter ranking read the time of day from them"),
+  recoveryKits: z
+    .array(z.object({ service: shortText.min(1), image: z.string().max(128), dbAt: nonNeg.optional() }))
+    .max(32)
+    .optional()
+    .describe('Recovery kits this depot holds (pilot/recovery-kits.ts): service, image, and the time of its database copy if any; the last-resort recovery picks the freshest'),
   version: shortText,
 });
 export type HeartbeatMessage = z.infer<typeof HeartbeatMessage>;
