@@ -25,6 +25,8 @@ export interface HeartbeatContent {
   sshKey?: string;
   /** The host's past sessions, compact (the sessions plugin); the last provider that sets them wins. */
   sessions?: Array<[number, number]>;
+  /** Recovery kits held here (the pilots plugin); lists are concatenated. */
+  recoveryKits?: NonNullable<HeartbeatMessage['recoveryKits']>;
 }
 
 /** Returns the part of the heartbeat content a plugin knows about; lists are concatenated. */
@@ -143,6 +145,7 @@ export class HeartbeatPublisher {
         if (contribution.sshHostKey !== undefined) content.sshHostKey = contribution.sshHostKey;
         if (contribution.sshKey !== undefined) content.sshKey = contribution.sshKey;
         if (contribution.sessions !== undefined) content.sessions = contribution.sessions;
+        if (contribution.recoveryKits?.length) (content.recoveryKits ??= []).push(...contribution.recoveryKits);
       } catch (err) {
         o.log.warn({ event: 'heartbeat-provider-failed', err: (err as Error).message }, 'heartbeat content provider failed');
       }
@@ -174,6 +177,7 @@ export class HeartbeatPublisher {
       staging: content.staging,
       containers: content.containers,
       ...(content.sessions?.length ? { sessions: content.sessions } : {}),
+      ...(content.recoveryKits?.length ? { recoveryKits: content.recoveryKits.slice(0, 32) } : {}),
       version: VERSION,
     };
   }
