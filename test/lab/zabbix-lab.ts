@@ -57,6 +57,8 @@ async function labResolver(lab: Lab): Promise<() => Promise<void>> {
 export interface ZabbixClusterOptions {
   /** dbsync.syncIntervalMs of every depot. */
   syncIntervalMs: number;
+  /** More NAVIGATOR__* settings of every depot (e.g. the recovery section). */
+  env?: Record<string, string>;
 }
 
 function depotArgv(c: ZabbixCluster, host: string): string[] {
@@ -109,6 +111,7 @@ export async function startZabbixDepot(c: ZabbixCluster, host: string, opts: Zab
       NAVIGATOR_LOG_LEVEL: 'info',
       TMPDIR: c.tmp,
       NAVIGATOR__containers__passEnv: '[TMPDIR]',
+      ...opts.env,
     },
   });
   c.depots.set(host, p);
