@@ -60,7 +60,8 @@ export interface DataWindow {
 
 export type LastResortDecision =
   | { kind: 'none'; reason: string }
-  | { kind: 'wait'; reason: string; until?: number }
+  /** `prepare`: the holder that would recover now; it may boot the copy and load the data meanwhile (nothing served before `recover`). */
+  | { kind: 'wait'; reason: string; until?: number; prepare?: { peerId: string; host: string; dbAt: number | undefined } }
   | { kind: 'recover'; peerId: string; host: string; dbAt: number | undefined; withoutData: boolean; lostAt: number; window: DataWindow; fromHost: string | undefined; term: number }
   | { kind: 'refuse'; peerId: string; host: string; lostAt: number; reason: string };
 
@@ -70,15 +71,26 @@ export function decideLastResort(input: LastResortInput): LastResortDecision {
   const { copies, now } = input;
   // Fail closed: a service no copy of which was ever heard of here is not ours to start.
   if (copies.length === 0) return { kind: 'none', reason: 'no copy of the service known' };
-  const living = copies.filter((c) => !GONE.has(c.state));
-  if (living.length > 0) return { kind: 'none', reason: `a copy may still run (${living.map((c) => `${c.host} ${c.state}`).join(', ')})` };
+  const alive = copies.filter((c) => c.state === 'alive');
+  if (alive.length > 0) return { kind: 'none', reason: `a copy runs (${alive.map((c) => c.host).join(', ')})` };
   const lostAt = Math.max(...copies.map((c) => c.lastHeardAt));
+  const choice = choose(input, lostAt);
+  const prepare = choice.kind === 'recover' ? { peerId: choice.peerId, host: choice.host, dbAt: choice.dbAt } : undefined;
+  // No copy alive, but some only suspect: nothing starts, the likely recoverer may get ready.
+  const suspect = copies.filter((c) => !GONE.has(c.state));
+  if (suspect.length > 0) return { kind: 'wait', reason: `no copy alive; ${suspect.map((c) => `${c.host} ${c.state}`).join(', ')}`, ...(prepare ? { prepare } : {}) };
   const goneSince = Math.max(...copies.map((c) => c.since));
   // The last primary (any copy could have become one just before its last heartbeat) holds no
   // lease a lease length after the last word heard from it; the grace runs from the last verdict.
   const until = Math.max(goneSince + input.graceMs, lostAt + input.leaseMs);
-  if (now < until) return { kind: 'wait', reason: 'every copy lost: waiting out the grace and the last lease', until };
-  const last = [...copies].sort((a, b) => b.term - a.term || Number(b.role === 'primary') - Number(a.role === 'primary') || b.lastHeardAt - a.lastHeardAt)[0]!;
+  if (now < until) return { kind: 'wait', reason: 'every copy lost: waiting out the grace and the last lease', until, ...(prepare ? { prepare } : {}) };
+  return choice;
+}
+
+/** Who would recover if every copy were lost for good now. */
+function choose(input: LastResortInput, lostAt: number): Exclude<LastResortDecision, { kind: 'none' }> {
+  const { copies } = input;
+  const last = [...copies].sort((a, b) => b.term - a.term || Number(b.role === 'primary') - Number(a.role === 'primary') || b.lastHeardAt - a.lastHeardAt || (a.peerId < b.peerId ? -1 : a.peerId > b.peerId ? 1 : 0))[0]!;
   const fromHost = last.host;
   const term = Math.max(...copies.map((c) => c.term));
   const holders = input.holders.filter((h) => h.alive && h.hasImage && !copies.some((c) => c.peerId === h.peerId));

@@ -141,9 +141,12 @@ export class RecoveryKits {
     return h?.db ? { file: join(this.opts.dir, service, h.db.file), meta: h.db } : undefined;
   }
 
-  /** For the heartbeat. */
-  report(): Array<{ service: string; image: string; dbAt?: number }> {
-    return [...this.held.values()].slice(0, 32).map((h) => ({ service: h.kit.spec.name, image: h.kit.spec.image, ...(h.db ? { dbAt: h.db.at } : {}) }));
+  /** For the heartbeat; `preparing`: the container got ready for a recovery of the service here, if any. */
+  report(preparing: (service: string) => string | undefined = () => undefined): Array<{ service: string; image: string; dbAt?: number; preparing?: string }> {
+    return [...this.held.values()].slice(0, 32).map((h) => {
+      const p = preparing(h.kit.spec.name);
+      return { service: h.kit.spec.name, image: h.kit.spec.image, ...(h.db ? { dbAt: h.db.at } : {}), ...(p ? { preparing: p } : {}) };
+    });
   }
 
   /** Drop the kit of `service` (this depot now runs a copy of it, so the copy protects it). */

@@ -222,8 +222,8 @@ class Pilots implements PilotsPlugin {
       if (this.supervisor.pilotFor(kit.spec.name)) return { held: false };
       return { held: true, ...(await this.kits.stage(kit)) };
     });
-    c.heartbeat.contribute(() => ({ recoveryKits: this.kits.report() }));
-    this.lastResort.start();
+    c.heartbeat.contribute(() => ({ recoveryKits: this.kits.report((service) => this.lastResort.preparing(service)) }));
+    await this.lastResort.start();
   }
 
   async stop(): Promise<void> {
@@ -238,7 +238,7 @@ class Pilots implements PilotsPlugin {
       logger: this.c.logger,
     });
     this.c.members.events.off('heartbeat', this.onHeartbeat);
-    this.lastResort.stop();
+    await this.lastResort.stop();
     await this.kits.stop();
     // Transfers first: a placement waiting on one must not hold the stop up.
     await this.shipping.stop().catch(() => undefined);

@@ -97,7 +97,14 @@ export const HeartbeatMessage = z.object({
     .optional()
     .describe("The host's recent ended sessions, newest last: [start minute since the epoch, length in minutes] (depot/sessions); placement and voter ranking read the time of day from them"),
   recoveryKits: z
-    .array(z.object({ service: shortText.min(1), image: z.string().max(128), dbAt: nonNeg.optional() }))
+    .array(
+      z.object({
+        service: shortText.min(1),
+        image: z.string().max(128),
+        dbAt: nonNeg.optional(),
+        preparing: z.string().max(128).optional().describe('Container started here ahead of a last-resort recovery: not one of the copies lost'),
+      }),
+    )
     .max(32)
     .optional()
     .describe('Recovery kits this depot holds (pilot/recovery-kits.ts): service, image, and the time of its database copy if any; the last-resort recovery picks the freshest'),
