@@ -115,6 +115,8 @@ describe('last-resort recovery', () => {
       return record !== undefined;
     }, 30_000, 'the last-resort movement record');
     expect(record).toMatchObject({ role: 'primary', failover: true, term: after.term });
+    // Exactly one host recovered.
+    expect((await movements(c, primary!)).filter((m) => m.event === 'last-resort').map((m) => m.host)).toEqual([primary]);
     expect(['w1', standby]).toContain(record!.fromHost);
     expect(record!.reason).toContain(`data written from ${new Date(freshest).toISOString()} to `);
     expect(record!.reason).toMatch(/lost \(\d+\.\d s; database copy of /);
