@@ -15,7 +15,6 @@ import { servicePolicy } from './policy.ts';
 import { decideLastResort, describeWindow, type KitHolder, type LastResortDecision, type LostCopy } from './last-resort.ts';
 import type { RecoveryKits } from './recovery-kits.ts';
 import type { PilotSupervisor } from './supervisor.ts';
-import { loadDatabaseGz } from './db/db-copy.ts';
 
 // Carries out the last-resort recovery (pilot/last-resort.ts decides): every recovery.checkMs a
 // depot holding recovery kits asks, for each kit's service, whether every copy is lost. As soon as
@@ -291,6 +290,7 @@ export class LastResortRunner {
 
   /** The copy's server may still be starting: retry the load for a while (each try replaces the whole database). */
   private async loadWithRetry(file: string, target: { host: string; port: number; user: string; password: string }): Promise<number> {
+    const { loadDatabaseGz } = await import('./db/db-copy.ts');
     const deadline = performance.now() + 60_000;
     for (let attempt = 1; ; attempt++) {
       try {

@@ -10,7 +10,6 @@ import type { DepotComponents } from '../depot/components.ts';
 import { insideDir } from '../depot/containers/drivers/paths.ts';
 import { copiesOf } from './cluster-view.ts';
 import { ServiceSpec } from './service-spec.ts';
-import { dumpDatabaseGz } from './db/db-copy.ts';
 
 // The recovery kits this depot holds, for the last-resort recovery (pilot/last-resort.ts). A kit
 // is what a host that runs no copy needs to bring a service back when every copy is lost: the
@@ -187,6 +186,8 @@ export class RecoveryKits {
     try {
       const password = db.passwordFile ? (await readFile(insideDir(this.opts.imageFilesDir(spec.image), db.passwordFile, 'database.passwordFile'), 'utf8')).trim() : '';
       const at = this.now();
+      // Loaded at the first copy: execa and the client lookup are not needed by a depot holding no kit.
+      const { dumpDatabaseGz } = await import('./db/db-copy.ts');
       const r = await dumpDatabaseGz({
         source: { host: address, port: db.port, user: db.user, password },
         database: db.database,
