@@ -14,7 +14,8 @@ import type { RecoveryKit } from './recovery-kits.ts';
 // it hands its kit (service spec, voter group, term) to the pre-staging targets that already hold
 // the image (the top ship.prestageCandidates of the placement ranking without a copy,
 // ship/prestage-plan.ts), through the control method recovery.stage, which those depots serve to
-// the lease holder only. The kit holders then keep their own database copy.
+// the lease holder only, once the service has its standbys. The kit holders then keep their own
+// database copy.
 
 export interface RecoveryKitSenderOptions {
   self: DepotComponents['self'];
@@ -43,9 +44,13 @@ export class RecoveryKitSender {
     if (!o.config.recovery.enabled || pilot.role !== 'primary' || this.sending.has(spec.name)) return;
     const now = this.now();
     if (now - (this.last.get(spec.name) ?? -Infinity) < o.config.recovery.kitIntervalMs) return;
+    const policy = servicePolicy(o.config.policy, spec.name);
+    // Like pre-staging, only once the service has its standbys: the kit holders' database copies
+    // must not compete with a standby's seed (nor with a primary just elected) for the primary's server.
+    const standbys = copiesOf(o.members, spec.name).filter((c) => c.report.role === 'standby' && c.report.state === 'running' && c.depotState === 'alive').length;
+    if (standbys < (policy.standbys ?? spec.standbys)) return;
     this.last.set(spec.name, now);
     const candidates = candidatesOf(o.members);
-    const policy = servicePolicy(o.config.policy, spec.name);
     const ranking = rankHosts(candidates, { service: spec.name, memBytes: spec.memoryBytes, diskBytes: spec.diskBytes, image: spec.image }, now, { policy });
     const byPeer = new Map(candidates.map((c) => [c.peerId, c]));
     const ranked: PrestageCandidate[] = ranking.ranking

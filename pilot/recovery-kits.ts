@@ -120,7 +120,10 @@ export class RecoveryKits {
       h.kit = kit;
       h.stagedAt = now;
     } else {
-      this.held.set(kit.spec.name, { kit, stagedAt: now, db: undefined, dumping: false, lastAttemptAt: 0, failures: 0 });
+      // The first copy comes at a random point of the first interval: holders staged together do
+      // not all read the primary's database at once.
+      const firstIn = Math.random() * this.opts.config.recovery.dbCopyIntervalMs;
+      this.held.set(kit.spec.name, { kit, stagedAt: now, db: undefined, dumping: false, lastAttemptAt: now - this.opts.config.recovery.dbCopyIntervalMs + firstIn, failures: 0 });
       this.log.info({ event: 'kit-staged', service: kit.spec.name, by: kit.stagedBy, term: kit.term }, `recovery kit of ${kit.spec.name} kept here`);
     }
     return { dbAt: this.held.get(kit.spec.name)!.db?.at };
