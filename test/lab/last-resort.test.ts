@@ -10,13 +10,15 @@ import { SenderLoop, ZBX_SERVICE, bootstrapZabbix, movements, sqlOn, startZabbix
 // Last-resort recovery (issue 18, item 2): the Zabbix example on six workstations, one standby
 // (its database a replica), a zabbix_sender loop through the service address. The primary's and
 // the standby's workstations lose power within a second. The hosts that hold the image and a
-// recovery kit (the pre-staging targets) keep a database copy, refreshed every 4 s here; one of
+// recovery kit (the pre-staging targets) keep a database copy, refreshed every 8 s here; one of
 // them brings the service back within 30 s from the pristine image and the freshest copy, through
 // an election like any other. Every value acknowledged before that copy was taken is in the new
 // primary's database; the movement record (what the page's movement table shows) and the alert
 // (the page's alert table) name the window of data lost.
 
-const DB_COPY_MS = 4000;
+// Every 8 s (default 30 s): short enough for a small window, long enough that two holders' dumps
+// of the 15 MB Zabbix database do not load this 2-core machine all the time.
+const DB_COPY_MS = 8000;
 const OPTS = {
   syncIntervalMs: 2000,
   env: {
@@ -27,7 +29,13 @@ const OPTS = {
     NAVIGATOR__recovery__kitStaleMs: '8000',
   },
 };
-/** The issue's target, from the power cut to the trapper answering on the new host. */
+/**
+ * The issue's target, from the power cut to the trapper answering on the new host. Most of it is
+ * the copy's boot (the image's MariaDB and its Zabbix schema) and the load of the database copy
+ * (15 MB of SQL), done while the loss is confirmed: 3.8 + 3.6 s at load 6, 19 + 18 s at load 14
+ * on this 2-core machine. Measured: 11.2 s (load 6-12), 22.5 s (load 12); 36 and 49 s when other
+ * suites pushed the load to 12-19 — the bound holds for a CI run, not beside three other labs.
+ */
 const RECOVERY_TARGET_MS = 30_000;
 
 let lab: Lab | undefined;
