@@ -9,7 +9,8 @@ import { errorLines, findClientBinaries } from './dbsync.ts';
 
 // The database copy a recovery kit holds (pilot/recovery-kits.ts) and its load at a last-resort
 // recovery (pilot/last-resort-runner.ts): one consistent snapshot of the primary's database,
-//   mariadb-dump --single-transaction --databases DB   (over the LAN, the sync account)
+//   mariadb-dump --single-transaction --no-autocommit --databases DB   (over the LAN, the sync
+//   account; --no-autocommit: one commit per table at the load, not one per INSERT)
 // gzip'd in memory (bounded) so the caller writes it durably in one piece, and loaded into the
 // recovered copy's own server with
 //   gunzip | mariadb --init-command="SET SESSION sql_log_bin=0"
@@ -44,7 +45,7 @@ export async function dumpDatabaseGz(o: {
     const cnf = await creds.write('source', o.source);
     const dump = execa(
       bins.dump,
-      [`--defaults-extra-file=${cnf}`, '--single-transaction', '--routines', '--triggers', '--events', '--quick', '--add-drop-database', '--max-allowed-packet=1G', '--databases', o.database],
+      [`--defaults-extra-file=${cnf}`, '--single-transaction', '--routines', '--triggers', '--events', '--quick', '--no-autocommit', '--add-drop-database', '--max-allowed-packet=1G', '--databases', o.database],
       { reject: false, timeout: o.timeoutMs, forceKillAfterDelay: 2000, stdin: 'ignore', buffer: { stdout: false, stderr: true }, ...(o.signal ? { cancelSignal: o.signal } : {}) },
     );
     const chunks: Buffer[] = [];
