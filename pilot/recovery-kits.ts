@@ -161,6 +161,7 @@ export class RecoveryKits {
   /** Start the database copies that are due. */
   tick(): void {
     const cfg = this.opts.config.recovery;
+    if (!cfg.enabled) return;
     const now = this.now();
     for (const h of this.held.values()) {
       const spec = h.kit.spec;
