@@ -197,6 +197,7 @@ export class RecoveryKits {
         database: db.database,
         timeoutMs: cfg.dbCopyTimeoutMs,
         maxBytes: cfg.dbCopyMaxBytes,
+        bytesPerSec: cfg.dbCopyBytesPerSec,
         signal: this.abort.signal,
         settings: this.opts.config.dbsync,
       });

@@ -6,6 +6,8 @@ import { execa, type Result } from 'execa';
 import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import { CredentialFiles, type MySqlEndpoint } from './mysql-credentials.ts';
 import { errorLines, findClientBinaries } from './dbsync.ts';
+import { TokenBucket } from '../../ship/bandwidth.ts';
+import { SystemClock } from '../../shared/clock.ts';
 
 // The database copy a recovery kit holds (pilot/recovery-kits.ts) and its load at a last-resort
 // recovery (pilot/last-resort-runner.ts): one consistent snapshot of the primary's database,
@@ -36,6 +38,8 @@ export async function dumpDatabaseGz(o: {
   database: string;
   timeoutMs: number;
   maxBytes: number;
+  /** Read the dump at most this fast (bytes of SQL per second): the primary's server does the work in a trickle, not a burst. */
+  bytesPerSec?: number;
   signal?: AbortSignal;
   settings?: { dumpCommand: string; clientCommand: string };
 }): Promise<DumpResult> {
@@ -63,11 +67,15 @@ export async function dumpDatabaseGz(o: {
       },
     });
     let streamError: unknown;
+    const bucket = o.bytesPerSec ? new TokenBucket({ bytesPerSec: o.bytesPerSec }) : undefined;
+    const clock = new SystemClock();
     try {
       await pipeline(
         dump.stdout,
         async function* (source: AsyncIterable<Buffer>) {
           for await (const chunk of source) {
+            // Not reading makes mariadb-dump block on its pipe and the primary's server on its socket.
+            if (bucket) await bucket.take(chunk.length, clock);
             sqlBytes += chunk.length;
             tail = (tail + chunk.toString('latin1', Math.max(0, chunk.length - 200))).slice(-200);
             yield chunk;
