@@ -29,10 +29,13 @@ export interface CopyWatch {
   expected?: { why: string | undefined; until: number } | undefined;
   /** Bootstrapped and not served yet: the first win is the bootstrap. */
   bootstrapping: boolean;
+  /** Started by a last-resort recovery and not served yet: the first win is recorded as that. */
+  lastResort?: { reason: string; fromHost?: string | undefined } | undefined;
 }
 
-export function newCopyWatch(opts: { bootstrapping: boolean }): CopyWatch {
+export function newCopyWatch(opts: { bootstrapping: boolean; lastResort?: { reason: string; fromHost?: string | undefined } | undefined }): CopyWatch {
   return {
+    ...(opts.lastResort ? { lastResort: opts.lastResort } : {}),
     missingSince: undefined,
     lastServiceOkAt: undefined,
     lastPrimaryHost: undefined,
@@ -106,6 +109,12 @@ export interface TakeoverRecord {
  */
 export function takeoverRecord(w: CopyWatch, now: number, selfName: string): { record: TakeoverRecord; watch: CopyWatch } {
   const elect = w.campaignStartedAt !== undefined ? Math.round(now - w.campaignStartedAt) : 0;
+  if (w.lastResort) {
+    return {
+      record: { event: 'last-resort', failover: true, fromHost: w.lastResort.fromHost, reason: w.lastResort.reason, detect: 0, elect },
+      watch: { ...w, lastResort: undefined, bootstrapping: false, campaignReason: undefined, missingSince: undefined, campaignStartedAt: undefined },
+    };
+  }
   const detect =
     w.lastServiceOkAt !== undefined && w.campaignStartedAt !== undefined && w.lastServiceOkAt <= w.campaignStartedAt ? Math.round(w.campaignStartedAt - w.lastServiceOkAt) : 0;
   const bootstrap = w.bootstrapping;

@@ -114,7 +114,7 @@ export class Pilot {
     const a = opts.assignment;
     this.state = createPilot({ id: opts.id, service: a.spec.name, view: a.view, term: a.term });
     this.log = opts.logger.child({ component: 'pilot', service: a.spec.name, container: a.container });
-    this.watch = newCopyWatch({ bootstrapping: a.campaign });
+    this.watch = newCopyWatch({ bootstrapping: a.campaign, lastResort: a.lastResort });
     this.guard = new FenceGuard({
       address: a.spec.address,
       iface: a.spec.iface,

@@ -46,6 +46,14 @@ export const PilotAssignment = z
     term: z.number().int().nonnegative().default(0),
     /** Start as candidate at once (bootstrap of the first copy). */
     campaign: z.boolean().default(false),
+    /** A last-resort recovery (pilot/last-resort.ts): the first win is recorded as such, with the data window lost. */
+    lastResort: z
+      .object({
+        reason: z.string().max(900).describe('What the movement record says: where it came from and the data window lost'),
+        fromHost: z.string().max(253).optional().describe('Host of the last copy lost'),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 export type PilotAssignment = z.infer<typeof PilotAssignment>;

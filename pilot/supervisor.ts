@@ -73,7 +73,9 @@ export class PilotSupervisor {
         this.log.error({ event: 'assignment-unreadable', file }, 'pilot assignment unreadable; skipped');
         continue;
       }
-      const a = { ...parsed.data, campaign: false };
+      // A depot restart ends any recovery in progress: the copy stands like any standby again.
+      const { lastResort: _recovery, ...kept } = parsed.data;
+      const a = { ...kept, campaign: false };
       const exists = this.opts.containers.list().some((c) => c.id === a.container);
       if (!exists) {
         this.log.warn({ event: 'assignment-orphan', container: a.container }, 'assignment without its container; removed');

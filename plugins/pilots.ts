@@ -22,6 +22,10 @@ import type { PolicyResponse } from '../shared/api/policy.ts';
 import { handOverPrimaries } from '../pilot/hand-over.ts';
 import { DepotLeaseAuthority } from '../pilot/lease-authority.ts';
 import { BusyWatch } from '../pilot/busy-watch.ts';
+import { parseParams } from '../shared/params.ts';
+import { RecoveryKit, RecoveryKits } from '../pilot/recovery-kits.ts';
+import { RecoveryKitSender } from '../pilot/recovery-kit-sender.ts';
+import { LastResortRunner } from '../pilot/last-resort-runner.ts';
 
 // The pilots of the copies this depot hosts and this depot's vote in every service's election:
 // the voters and the election protocol, the pilot supervisor, standby keeping and image shipping
@@ -41,7 +45,7 @@ export interface PilotsInit {
   hostKeys?: { expectedHostKey(peerId: string, name: string): Promise<string> };
 }
 
-export type PilotsComponents = Pick<DepotComponents, 'config' | 'logger' | 'clock' | 'self' | 'node' | 'members' | 'gossip' | 'control' | 'routes' | 'heartbeat' | 'reach' | 'serviceAddresses'>;
+export type PilotsComponents = Pick<DepotComponents, 'config' | 'logger' | 'clock' | 'self' | 'node' | 'members' | 'gossip' | 'control' | 'routes' | 'heartbeat' | 'reach' | 'serviceAddresses' | 'notices'>;
 
 export interface PilotsPlugin extends DepotPlugin {
   readonly operations: AdminOperations;
@@ -67,6 +71,9 @@ class Pilots implements PilotsPlugin {
   private readonly authority: DepotLeaseAuthority;
   private readonly keeper: StandbyKeeper;
   private readonly busyWatch: BusyWatch;
+  /** Last-resort recovery: the kits held here, the primary's kit hand-over, the recovery itself. */
+  private readonly kits: RecoveryKits;
+  private readonly lastResort: LastResortRunner;
   private readonly onHeartbeat = (hb: { peerId: string; incarnation: number; containers: Array<{ id: string; service: string; role: string; term: number; lastSyncAt?: number | undefined }> }) => {
     this.keeper.observeCopies(hb.peerId, hb.containers);
     for (const c of hb.containers) {
@@ -107,6 +114,8 @@ class Pilots implements PilotsPlugin {
     });
     const record = movementRecorder({ self, gossip: c.gossip, journal: init.journal, logger });
     const keeper = (this.keeper = new StandbyKeeper({ self, members, control, pilot: config.pilot, policy: config.policy, shipping: this.shipping, record, logger }));
+    this.kits = new RecoveryKits({ dir: join(config.node.dataDir, 'recovery'), self, members, imageFilesDir: (image) => init.store.imageFilesDir(image), config, logger });
+    const kitSender = new RecoveryKitSender({ self, members, control, config, logger });
     this.supervisor = new PilotSupervisor({
       dir: join(config.node.dataDir, 'pilots'),
       self,
@@ -119,7 +128,10 @@ class Pilots implements PilotsPlugin {
       cluster: { ...clusterView(c), votedTerm: (service: string) => this.voters.snapshot().find((v) => v.service === service)?.votedTerm },
       journal: init.journal,
       record,
-      keepStandbys: (p) => keeper.keep(p),
+      keepStandbys: async (p) => {
+        await keeper.keep(p);
+        kitSender.offer(p);
+      },
       trustsCopy: (p, copy) => keeper.trusts(p, copy),
     });
     this.authority = new DepotLeaseAuthority({
@@ -148,6 +160,7 @@ class Pilots implements PilotsPlugin {
       clock: c.clock,
       logger,
     });
+    this.lastResort = new LastResortRunner({ self, members, notices: c.notices, kits: this.kits, containers: init.containers, supervisor: this.supervisor, config, logger });
     this.operations = new AdminOperations({ self, members, control, store: init.store, containers: init.containers, supervisor: this.supervisor, logger, group: { voters: this.election.voters, preferred: this.election.preferredVoters } });
   }
 
@@ -210,6 +223,22 @@ class Pilots implements PilotsPlugin {
     c.members.events.on('heartbeat', this.onHeartbeat);
     await this.supervisor.start();
     this.busyWatch.start();
+    await this.startRecovery();
+  }
+
+  /** Recovery kits (served to the lease holder only), their heartbeat report, the last-resort checks. */
+  private async startRecovery(): Promise<void> {
+    const c = this.c;
+    await this.kits.start();
+    c.control.register('recovery.stage', async (params, caller) => {
+      const kit = parseParams('recovery.stage', RecoveryKit, params);
+      await c.control.guard.requireHolder(caller, 'recovery.stage', kit.spec.name, { term: kit.term, termRequired: true });
+      // A depot running a copy is protected by it; it keeps no kit.
+      if (this.supervisor.pilotFor(kit.spec.name)) return { held: false };
+      return { held: true, ...(await this.kits.stage(kit)) };
+    });
+    c.heartbeat.contribute(() => ({ recoveryKits: this.kits.report((service) => this.lastResort.preparing(service)) }));
+    await this.lastResort.start();
   }
 
   async stop(): Promise<void> {
@@ -225,6 +254,8 @@ class Pilots implements PilotsPlugin {
       logger: this.c.logger,
     });
     this.c.members.events.off('heartbeat', this.onHeartbeat);
+    await this.lastResort.stop();
+    await this.kits.stop();
     // Transfers first: a placement waiting on one must not hold the stop up.
     await this.shipping.stop().catch(() => undefined);
     await this.supervisor.stop();

@@ -57,6 +57,16 @@ export const ServicePolicy = z
     standbys: z.number().int().min(0).max(8).optional().describe('Standby copies kept (overrides the number given at bootstrap)'),
     pinned: z.array(HostName).default([]).describe('Depots preferred for copies of this service: ranked first whenever eligible'),
     excluded: z.array(HostName).default([]).describe('Depots that never get a copy of this service'),
+    recovery: z
+      .object({
+        startWithoutData: z
+          .boolean()
+          .default(false)
+          .describe('When every copy is lost and no live depot holds a copy of the database, start the service from its pristine image anyway (empty database; alerted as such). Default: stay down and alert'),
+      })
+      .strict()
+      .default({ startWithoutData: false })
+      .describe('Last-resort recovery of this service (config section recovery)'),
   })
   .strict();
 export type ServicePolicy = z.infer<typeof ServicePolicy>;

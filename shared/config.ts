@@ -363,6 +363,25 @@ export const DbSyncSection = z
   })
   .strict();
 
+export const RecoverySection = z
+  .object({
+    enabled: z.boolean().default(true).describe('Last-resort recovery: when every copy of a service is lost, a live depot holding its image and a recovery kit starts it from the image and the freshest database copy (pilot/last-resort.ts)'),
+    lostGraceMs: ms(3000, 'Every copy must have been lost (its depot dead or gone by the membership layer) this long before a recovery starts (and at least pilot.leaseMs after the last word heard from any copy)'),
+    checkMs: ms(1000, 'How often a depot holding a recovery kit checks whether every copy of its service is lost'),
+    kitIntervalMs: ms(10_000, "How often the primary hands its recovery kit (service spec, voter group, term) to the pre-staging targets that hold the image (ship.prestageCandidates)"),
+    dbCopyIntervalMs: ms(30_000, "How often a kit holder refreshes its database copy: a gzip'd mariadb-dump of the primary's database, written durably beside the image (the recovery's worst-case data loss is about this plus the dump's duration)"),
+    dbCopyTimeoutMs: ms(300_000, 'A database copy (dump over the network) taking longer than this is killed and counted as failed; the previous copy is kept'),
+    dbCopyBytesPerSec: z
+      .number()
+      .int()
+      .positive()
+      .default(4_194_304)
+      .describe("A kit holder reads the primary's dump at most this fast (bytes of SQL per second), so the primary's database server does the work spread out rather than in one burst"),
+    dbCopyMaxBytes: z.number().int().positive().default(1_073_741_824).describe('Largest compressed database copy a kit holder keeps (a larger dump fails; the previous copy is kept)'),
+    kitStaleMs: ms(120_000, 'A kit holder stops refreshing its database copy when no primary handed it the kit this long (the copy and the kit stay for a recovery)'),
+  })
+  .strict();
+
 export const ConfigSchema = z
   .object({
     node: NodeSection.prefault({}),
@@ -383,6 +402,7 @@ export const ConfigSchema = z
     dbsync: DbSyncSection.prefault({}),
     alerts: AlertsSection.prefault({}),
     policy: PolicySection.prefault({}),
+    recovery: RecoverySection.prefault({}),
   })
   .strict();
 

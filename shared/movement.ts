@@ -5,7 +5,7 @@ import { z } from 'zod';
 // journal and shows them on the tracking page. This file must not import shared/wire.ts (wire
 // imports it), so the few shared pieces are declared here.
 
-export const MOVEMENT_EVENTS = ['bootstrap', 'placed', 'promoted', 'failover', 'replaced', 'demoted', 'switchover', 'drained', 'diverged'] as const;
+export const MOVEMENT_EVENTS = ['bootstrap', 'placed', 'promoted', 'failover', 'replaced', 'demoted', 'switchover', 'drained', 'diverged', 'last-resort'] as const;
 export const MovementEvent = z.enum(MOVEMENT_EVENTS).describe('What happened to the copy');
 export type MovementEvent = z.infer<typeof MovementEvent>;
 

@@ -109,6 +109,18 @@ export const HeartbeatMessage = z.object({
     .describe("The host's recent ended sessions, newest last: [start minute since the epoch, length in minutes] (depot/sessions); placement and voter ranking read the time of day from them"),
   busy: BusySignal.optional()
     .describe("The host's busy signal (depot/busy): its user's CPU use and local sessions; a primary moves off a busy host, never onto one. Left out when this depot cannot measure it"),
+  recoveryKits: z
+    .array(
+      z.object({
+        service: shortText.min(1),
+        image: z.string().max(128),
+        dbAt: nonNeg.optional(),
+        preparing: z.string().max(128).optional().describe('Container started here ahead of a last-resort recovery: not one of the copies lost'),
+      }),
+    )
+    .max(32)
+    .optional()
+    .describe('Recovery kits this depot holds (pilot/recovery-kits.ts): service, image, and the time of its database copy if any; the last-resort recovery picks the freshest'),
   version: shortText,
 });
 export type HeartbeatMessage = z.infer<typeof HeartbeatMessage>;

@@ -35,7 +35,7 @@ export function heartbeatChange(prev: HeartbeatMessage | undefined, next: Heartb
 }
 
 function stable(hb: HeartbeatMessage): unknown[] {
-  return [hb.name, hb.addresses, hb.hostAddresses, hb.httpPort, hb.sshPort, hb.sshHostKey, hb.sshKey, hb.bootTime, hb.cpus, hb.memTotalBytes, hb.images, hb.staging, hb.containers, hb.sessions, hb.busy?.busy, hb.busy?.sessions, hb.busy?.since, hb.version];
+  return [hb.name, hb.addresses, hb.hostAddresses, hb.httpPort, hb.sshPort, hb.sshHostKey, hb.sshKey, hb.bootTime, hb.cpus, hb.memTotalBytes, hb.images, hb.staging, hb.containers, hb.sessions, hb.busy?.busy, hb.busy?.sessions, hb.busy?.since, hb.recoveryKits, hb.version];
 }
 
 function sameJson(a: unknown, b: unknown): boolean {

@@ -27,6 +27,8 @@ export interface HeartbeatContent {
   sessions?: Array<[number, number]>;
   /** The host's busy signal (the busy plugin); the last provider that sets it wins. */
   busy?: BusySignal;
+  /** Recovery kits held here (the pilots plugin); lists are concatenated. */
+  recoveryKits?: NonNullable<HeartbeatMessage['recoveryKits']>;
 }
 
 /** Returns the part of the heartbeat content a plugin knows about; lists are concatenated. */
@@ -146,6 +148,7 @@ export class HeartbeatPublisher {
         if (contribution.sshKey !== undefined) content.sshKey = contribution.sshKey;
         if (contribution.sessions !== undefined) content.sessions = contribution.sessions;
         if (contribution.busy !== undefined) content.busy = contribution.busy;
+        if (contribution.recoveryKits?.length) (content.recoveryKits ??= []).push(...contribution.recoveryKits);
       } catch (err) {
         o.log.warn({ event: 'heartbeat-provider-failed', err: (err as Error).message }, 'heartbeat content provider failed');
       }
@@ -178,6 +181,7 @@ export class HeartbeatPublisher {
       containers: content.containers,
       ...(content.sessions?.length ? { sessions: content.sessions } : {}),
       ...(content.busy ? { busy: content.busy } : {}),
+      ...(content.recoveryKits?.length ? { recoveryKits: content.recoveryKits.slice(0, 32) } : {}),
       version: VERSION,
     };
   }

@@ -57,8 +57,8 @@ async function labResolver(lab: Lab): Promise<() => Promise<void>> {
 export interface ZabbixClusterOptions {
   /** dbsync.syncIntervalMs of every depot. */
   syncIntervalMs: number;
-  /** Extra environment of each depot, by host (configuration as NAVIGATOR__section__field). */
-  env?: (host: string) => Record<string, string>;
+  /** Extra environment of each depot (configuration as NAVIGATOR__section__field): the same for every host, or by host. */
+  env?: Record<string, string> | ((host: string) => Record<string, string>);
 }
 
 function depotArgv(c: ZabbixCluster, host: string): string[] {
@@ -111,7 +111,7 @@ export async function startZabbixDepot(c: ZabbixCluster, host: string, opts: Zab
       NAVIGATOR_LOG_LEVEL: 'info',
       TMPDIR: c.tmp,
       NAVIGATOR__containers__passEnv: '[TMPDIR]',
-      ...opts.env?.(host),
+      ...(typeof opts.env === 'function' ? opts.env(host) : opts.env),
     },
   });
   c.depots.set(host, p);
