@@ -30,6 +30,37 @@ export const VmrunSpec = z
   .strict();
 export type VmrunSpec = z.infer<typeof VmrunSpec>;
 
+const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
+const CIDR4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}\/([1-9]|[12]\d|3[0-2])$/;
+
+/**
+ * The guest's NIC: virtio-net on a tap that QEMU's bridge helper (/usr/lib/qemu/qemu-bridge-helper,
+ * allowed bridges in /etc/qemu/bridge.conf) makes and joins to `bridge`, a bridge of the host that
+ * carries the host's LAN interface. The guest's LAN address reaches the guest on its kernel
+ * command line (navigator.ip=, navigator.gw=; the guest image's boot service sets it).
+ */
+export const QemuNetwork = z
+  .object({
+    bridge: z.string().regex(IFNAME, 'bridge: an interface name (1-15 of A-Za-z0-9_.-)').describe("The host's bridge the guest's tap joins (the host's LAN address is on it)"),
+    mac: z
+      .string()
+      .regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/, 'mac: six lower-case hex pairs')
+      .optional()
+      .describe("The guest NIC's MAC; default 52:54:00 followed by three bytes of the container id's hash"),
+    guestAddress: z.string().regex(CIDR4, 'guestAddress: IPv4 with prefix, e.g. 10.0.0.21/24').optional().describe("The guest's LAN address with prefix, the same on every host (one copy per LAN only)"),
+    guestAddressOffset: z
+      .number()
+      .int()
+      .min(1)
+      .max(65_535)
+      .optional()
+      .describe("The guest's LAN address = the host's address on `bridge` plus this many, same prefix: one distinct guest address per host from one spec"),
+    gateway: z.string().regex(/^[0-9.]{7,15}$/, 'gateway: an IPv4 address').optional().describe("The guest's default gateway"),
+  })
+  .strict()
+  .refine((n) => !(n.guestAddress && n.guestAddressOffset), { message: 'network: give guestAddress or guestAddressOffset, not both' });
+export type QemuNetwork = z.infer<typeof QemuNetwork>;
+
 export const QemuSpec = z
   .object({
     driver: z.literal('qemu'),
@@ -41,6 +72,15 @@ export const QemuSpec = z
     kvm: z.enum(['auto', 'on', 'off']).default('auto').describe('auto: -enable-kvm when /dev/kvm exists'),
     guestAddress: z.string().max(64).optional().describe('Address of the guest on the LAN, when known statically'),
     guestAgent: z.boolean().default(false).describe('Add a virtio-serial channel for qemu-guest-agent (needed by exec)'),
+    kernel: RelPath.optional().describe('Guest kernel booted directly (-kernel), relative to the container folder; none = boot from the disk'),
+    initrd: RelPath.optional().describe('Initrd of that kernel (-initrd), relative to the container folder'),
+    append: z
+      .string()
+      .max(1024)
+      .regex(/^[A-Za-z0-9 ._=\/:,@+-]*$/, 'kernel command line: letters, digits, space and ._=/:,@+- only')
+      .optional()
+      .describe('Kernel command line (-append), e.g. "root=/dev/vda rw console=ttyS0 net.ifnames=0"; only with kernel'),
+    network: QemuNetwork.optional().describe("The guest's NIC on the host's LAN (virtio-net on a bridge); none = no NIC"),
   })
   .strict();
 export type QemuSpec = z.infer<typeof QemuSpec>;

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { accessSync, constants as fsConstants, openSync, closeSync } from 'node:fs';
 import { readFile, readlink, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -30,7 +31,11 @@ export class QemuDriver implements ContainerDriver {
   readonly qgaPath: string;
   readonly pidFile: string;
   readonly logFile: string;
+  /** The guest's serial console (kernel and systemd messages when the kernel has console=ttyS0). */
+  readonly consoleFile: string;
   private readonly bin: string;
+  /** The guest's LAN address with prefix (network.guestAddress, or worked out at start from guestAddressOffset). */
+  private guestCidr: string | undefined;
   private readonly log: Logger;
 
   constructor(
@@ -41,6 +46,10 @@ export class QemuDriver implements ContainerDriver {
     this.qgaPath = join(ctx.dir, 'qga.sock');
     this.pidFile = join(ctx.dir, 'qemu.pid');
     this.logFile = join(ctx.dir, 'qemu.log');
+    this.consoleFile = join(ctx.dir, 'console.log');
+    if (spec.append !== undefined && spec.kernel === undefined) throw new NavigatorError('BAD_REQUEST', 'qemu spec: append needs kernel');
+    if (spec.initrd !== undefined && spec.kernel === undefined) throw new NavigatorError('BAD_REQUEST', 'qemu spec: initrd needs kernel');
+    this.guestCidr = spec.network?.guestAddress;
     this.bin = ctx.qemuPath ?? 'qemu-system-x86_64';
     this.log = ctx.logger.child({ component: 'qemu', container: ctx.id });
     if (this.qgaPath.length > SOCKET_PATH_MAX) {
@@ -68,6 +77,21 @@ export class QemuDriver implements ContainerDriver {
       if (disk.includes(',')) throw new NavigatorError('BAD_REQUEST', `disk path ${this.spec.disk} must not contain a comma`);
       a.push('-drive', `file=${disk},format=${this.spec.diskFormat},if=virtio`);
     }
+    if (this.spec.kernel) {
+      a.push('-kernel', this.specFile(this.spec.kernel, 'kernel'));
+      if (this.spec.initrd) a.push('-initrd', this.specFile(this.spec.initrd, 'initrd'));
+      const words = [this.spec.append ?? ''];
+      if (this.guestCidr) words.push(`navigator.ip=${this.guestCidr}`);
+      if (this.spec.network?.gateway) words.push(`navigator.gw=${this.spec.network.gateway}`);
+      const line = words.join(' ').trim();
+      if (line) a.push('-append', line);
+    }
+    // The guest's serial console goes to a file (boot messages; nothing reads it back).
+    a.push('-serial', `file:${this.consoleFile}`);
+    if (this.spec.network) {
+      const n = this.spec.network;
+      a.push('-netdev', `bridge,id=lan0,br=${n.bridge}`, '-device', `virtio-net-pci,netdev=lan0,mac=${this.mac()}`);
+    }
     if (this.spec.guestAgent) {
       a.push(
         '-chardev', `socket,path=${this.qgaPath},server=on,wait=off,id=qga0`,
@@ -78,7 +102,31 @@ export class QemuDriver implements ContainerDriver {
     return a;
   }
 
+  /** The guest NIC's MAC: the spec's, or 52:54:00 (QEMU's prefix) and three bytes of the container id's hash. */
+  mac(): string {
+    if (this.spec.network?.mac) return this.spec.network.mac;
+    const h = createHash('sha256').update(this.ctx.id).digest();
+    return ['52', '54', '00', ...[h[0]!, h[1]!, h[2]!].map((b) => b.toString(16).padStart(2, '0'))].join(':');
+  }
+
+  private specFile(rel: string, what: string): string {
+    const p = insideDir(this.ctx.dir, rel, what);
+    if (p.includes(',')) throw new NavigatorError('BAD_REQUEST', `${what} path ${rel} must not contain a comma`);
+    return p;
+  }
+
+  /** network.guestAddressOffset: the host's IPv4 address on the bridge plus the offset, same prefix. */
+  private async resolveGuestAddress(): Promise<void> {
+    const n = this.spec.network;
+    if (!n?.guestAddressOffset || this.guestCidr) return;
+    const { execa } = await import('execa');
+    const r = await execa('ip', ['-j', '-4', 'addr', 'show', 'dev', n.bridge], { reject: false, timeout: 5000 });
+    if (r.exitCode !== 0) throw new NavigatorError('DRIVER_FAILED', `qemu network: bridge ${n.bridge} not found on this host (${String(r.stderr).trim()})`);
+    this.guestCidr = guestAddressFromHost(String(r.stdout), n.guestAddressOffset, n.bridge);
+  }
+
   async start(): Promise<void> {
+    await this.resolveGuestAddress();
     if ((await this.pid()) !== undefined) {
       const st = await this.status();
       if (st === 'running') return;
@@ -191,8 +239,59 @@ export class QemuDriver implements ContainerDriver {
     }
   }
 
+  /** The guest's LAN address (no prefix): network's, else the static guestAddress. */
   async guestAddress(): Promise<string | undefined> {
+    if (this.spec.network) {
+      await this.resolveGuestAddress();
+      if (this.guestCidr) return this.guestCidr.split('/')[0];
+    }
     return this.spec.guestAddress;
+  }
+
+  /**
+   * Wait until the guest agent answers guest-ping (the guest has booted to the point where
+   * systemd started qemu-guest-agent); returns how long it took. Under TCG this is the boot time.
+   */
+  async waitForAgent(timeoutMs: number): Promise<number> {
+    if (!this.spec.guestAgent) throw new NavigatorError('DRIVER_FAILED', `container ${this.ctx.id}: no guest agent in the qemu spec`);
+    const started = Date.now();
+    let last = '';
+    while (Date.now() - started < timeoutMs) {
+      if ((await this.pid()) === undefined) throw new NavigatorError('DRIVER_FAILED', `container ${this.ctx.id}: qemu exited while waiting for the guest agent`);
+      try {
+        const qga = await QmpClient.connect(this.qgaPath, { agent: true, timeoutMs: 3000 });
+        try {
+          await qga.execute('guest-ping', undefined, 3000);
+          return Date.now() - started;
+        } finally {
+          qga.close();
+        }
+      } catch (err) {
+        last = errorMessage(err);
+        await sleep(1000);
+      }
+    }
+    throw new NavigatorError('TIMEOUT', `container ${this.ctx.id}: the guest agent did not answer within ${timeoutMs} ms (${last})`);
+  }
+
+  /** Pause the guest's CPUs (QMP stop): it answers nothing, on any address, until `cont`. */
+  async pause(): Promise<void> {
+    await this.qmp('stop');
+    this.log.warn({ event: 'qemu-paused' }, 'guest paused');
+  }
+
+  /** Plug the guest's NIC in or out from the host side (QMP set_link on the virtio-net device). */
+  async setLink(up: boolean): Promise<void> {
+    if (!this.spec.network) throw new NavigatorError('DRIVER_FAILED', `container ${this.ctx.id}: no network in the qemu spec`);
+    await this.qmp('set_link', { name: 'lan0', up });
+    this.log.info({ event: 'qemu-link', up }, up ? 'guest NIC plugged in' : 'guest NIC unplugged');
+  }
+
+  /** The raw QMP run state (running, paused, shutdown, prelaunch …). */
+  async runState(): Promise<string | undefined> {
+    if ((await this.pid()) === undefined) return undefined;
+    const r = (await this.qmp('query-status')) as { status?: string };
+    return r.status;
   }
 
   /** The QEMU pid from the pidfile, if that process is alive and is a QEMU. */
@@ -248,4 +347,31 @@ export class QemuDriver implements ContainerDriver {
     await rm(this.qgaPath, { force: true });
     await rm(this.pidFile, { force: true });
   }
+}
+
+/**
+ * The guest address for network.guestAddressOffset: from `ip -j -4 addr show dev BRIDGE`'s output,
+ * the bridge's first IPv4 address plus `offset`, same prefix. Refuses an address that leaves the
+ * host's subnet or lands on its network or broadcast address.
+ */
+export function guestAddressFromHost(ipJson: string, offset: number, bridge: string): string {
+  let links: Array<{ addr_info?: Array<{ family?: string; local?: string; prefixlen?: number }> }>;
+  try {
+    links = JSON.parse(ipJson || '[]');
+  } catch {
+    throw new NavigatorError('DRIVER_FAILED', `qemu network: unreadable output of ip -j addr show dev ${bridge}`);
+  }
+  const a = links.flatMap((l) => l.addr_info ?? []).find((x) => x.family === 'inet' && x.local && x.prefixlen);
+  if (!a) throw new NavigatorError('DRIVER_FAILED', `qemu network: bridge ${bridge} has no IPv4 address to derive the guest's from (guestAddressOffset)`);
+  const toInt = (ip: string) => ip.split('.').reduce((n, o) => n * 256 + Number(o), 0);
+  const prefix = a.prefixlen!;
+  const host = toInt(a.local!);
+  const size = 2 ** (32 - prefix);
+  const net = host - (host % size);
+  const guest = host + offset;
+  if (prefix > 30 || guest <= net || guest >= net + size - 1) {
+    throw new NavigatorError('BAD_REQUEST', `qemu network: ${a.local}/${prefix} + guestAddressOffset ${offset} leaves the subnet`);
+  }
+  const ip = [24, 16, 8, 0].map((s) => Math.floor(guest / 2 ** s) % 256).join('.');
+  return `${ip}/${prefix}`;
 }
