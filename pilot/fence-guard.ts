@@ -29,6 +29,11 @@ export interface FenceGuardOptions {
    * once. Default 0: fence at SIGTERM.
    */
   sigtermGraceMs?: number;
+  /**
+   * The address lives inside a QEMU guest (qemu driver with a network): the guard adds it through
+   * the guest agent and fences by pausing the VM and unplugging its NIC (QMP), from the host.
+   */
+  guest?: { qmpSocket: string; qgaSocket: string; nic?: string } | undefined;
   /** How long the guard may take to report itself running (default 2000 ms). */
   readyTimeoutMs?: number;
 }
@@ -79,6 +84,7 @@ export class FenceGuard {
       ...(this.opts.netns ? { netns: this.opts.netns } : {}),
       ...(this.opts.primaryPgidsFile ? { primaryPgidsFile: this.opts.primaryPgidsFile } : {}),
       ...(this.opts.sigtermGraceMs ? { sigtermGraceMs: this.opts.sigtermGraceMs } : {}),
+      ...(this.opts.guest ? { guest: this.opts.guest } : {}),
     });
     // process.execPath is the Node 22 running the depot; the guard needs no tsx (type stripping).
     const child = execa(process.execPath, ['--no-warnings', GUARD, config], {

@@ -98,10 +98,10 @@ for name in zabbix sync; do
 done
 cp "$svc/secrets/sync.password" "$work/secrets/sync.password"
 install -m 755 "$here/guest/navigator-guest-net.sh" "$root/usr/local/sbin/navigator-guest-net"
-for u in navigator-guest-net navigator-zabbix-db navigator-zabbix; do
-  install -m 644 "$here/guest/$u.service" "$root/etc/systemd/system/$u.service"
+for u in navigator-guest-net.service navigator-zabbix-db.service navigator-zabbix.service navigator-whoami.socket navigator-whoami@.service; do
+  install -m 644 "$here/guest/$u" "$root/etc/systemd/system/$u"
 done
-in_root systemctl enable navigator-guest-net.service navigator-zabbix-db.service >/dev/null 2>&1 || die "systemctl enable failed"
+in_root systemctl enable navigator-guest-net.service navigator-zabbix-db.service navigator-whoami.socket >/dev/null 2>&1 || die "systemctl enable failed"
 
 # The schema, loaded once here (in a private network namespace: MariaDB listens on 0.0.0.0), so a
 # booted guest serves at once instead of loading it under emulation.

@@ -239,6 +239,18 @@ export class QemuDriver implements ContainerDriver {
     }
   }
 
+  /** Start a program in the guest through the guest agent and return without waiting for it (guest-exec). */
+  async spawnInGuest(cmd: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<void> {
+    if (!this.spec.guestAgent) throw new NavigatorError('DRIVER_FAILED', `container ${this.ctx.id}: spawnInGuest needs qemu-guest-agent; set guestAgent: true in the qemu spec`);
+    const timeoutMs = opts.timeoutMs ?? 15_000;
+    const qga = await QmpClient.connect(this.qgaPath, { agent: true, timeoutMs });
+    try {
+      await qga.execute('guest-exec', { path: cmd, arg: args }, timeoutMs);
+    } finally {
+      qga.close();
+    }
+  }
+
   /** The guest's LAN address (no prefix): network's, else the static guestAddress. */
   async guestAddress(): Promise<string | undefined> {
     if (this.spec.network) {
