@@ -7,13 +7,21 @@ import { GUEST_WHOAMI_PORT, guestImage, guestSql, startGuest, type LabGuest } fr
 import { FenceGuard } from '../../pilot/fence-guard.ts';
 import { GuestServiceAddress } from '../../pilot/guest-address.ts';
 import { silentLogger } from '../../shared/logger.ts';
+import { join } from 'node:path';
+
+async function vmDb(host: string, args: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const r = await lab.exec(host, [process.execPath, '--import', 'tsx', 'lab/vm-db.ts', JSON.stringify({ passwordFile: join(image, 'secrets', 'sync.password'), ...args })], { timeoutMs: 600_000 });
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+}
 
 // The VM-packed Zabbix service's guests (deploy/examples/zabbix-vm) on the lab LAN, under TCG:
 // two workstations each boot a guest whose NIC is bridged onto the LAN. The service address
 // lives INSIDE a guest: the fence guard adds it through the guest agent, the guest announces it.
 // Fencing is done from the host (QMP stop + set_link off): when the pilot stops renewing the
 // lease the guest stops answering within it; when the pilot process is killed with -9 the guest
-// stops answering at once. The other guest then takes the address; never two MACs answer.
+// stops answering at once. The other guest, a warm standby whose MariaDB replicated from the
+// primary guest's over the LAN, is promoted with the history written before the cut and takes
+// the address; never two MACs answer.
 //
 // Bounds, for TCG on 2 cores shared with other helpers' lab tests: a guest boots in about 50 s
 // at load 30 (systemd-analyze in the guest); the boot bound is 10 min. Guest-agent round trips
@@ -76,6 +84,12 @@ describe('a VM-packed service on the lab LAN (QEMU guests under TCG)', () => {
     const prober = await Prober.start(lab, { target: svcIp, port: GUEST_WHOAMI_PORT, intervalMs: 200, timeoutMs: 1500 });
     let holder: LabProcess | undefined;
     try {
+      // Warm standby: guest 2's MariaDB is seeded from guest 1's and replicates from it over the
+      // LAN (the pilots' replication code, run from workstation w1); 500 history rows written on
+      // guest 1 reach it.
+      const repl = await vmDb('w1', { action: 'replicate', primary: g1.ip, standby: g2.ip, rows: 500 });
+      expect(repl).toMatchObject({ event: 'replicated', rows: 500, onStandby: 500 });
+
       // Primary: guest 1, the address added by its fence guard through the guest agent.
       let fenced = false;
       const guard = new FenceGuard({ address: svc, iface: 'eth0', logger: silentLogger(), guest: { qmpSocket: g1.driver.qmpPath, qgaSocket: g1.driver.qgaPath }, onFenced: () => (fenced = true) });
@@ -101,6 +115,10 @@ describe('a VM-packed service on the lab LAN (QEMU guests under TCG)', () => {
       // Standby: guest 2 takes over; its "pilot" is a process of its own in w2's namespace.
       const spec = { driver: 'qemu', kernel: 'vmlinuz', initrd: 'initrd.img', disk: 'disk.qcow2', guestAgent: true, kvm: 'off', network: { bridge: 'navbr0', guestAddress: `${g2.ip}/24` } };
       const takeoverStart = Date.now();
+      // Promotion first (as the pilot does): the standby's database holds the history synced
+      // before the cut, stops replicating and is writable; then the address.
+      const promoted = await vmDb('w2', { action: 'promote', standby: g2.ip });
+      expect(promoted).toMatchObject({ event: 'promoted', rows: 500, readOnly: 0, wasReplica: true });
       holder = lab.spawnNode('w2', 'lab/vm-address-holder.ts', [JSON.stringify({ dir: g2.dir, id: 'zbx-w2', spec, address: svc, leaseMs: 30_000 })], { name: 'vm-holder' });
       await holder.waitForLine(/"event":"holder-took"/, 120_000);
       const first2 = await prober.waitForServer(`navigator-guest ${g2.mac}`, 60_000);

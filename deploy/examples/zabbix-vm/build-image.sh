@@ -85,6 +85,7 @@ in_root apt-get clean
 
 # The system's own MariaDB and Zabbix units stay off: the example's scripts run this copy's.
 in_root systemctl disable mariadb.service zabbix-server.service >/dev/null 2>&1 || true
+in_root systemctl mask mariadb.socket mariadb.service zabbix-server.service >/dev/null 2>&1 || true
 in_root systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer dpkg-db-backup.timer systemd-timesyncd.service >/dev/null 2>&1 || true
 
 # The service: the process example's scripts, settings and MariaDB settings, unchanged, with this
@@ -98,10 +99,11 @@ for name in zabbix sync; do
 done
 cp "$svc/secrets/sync.password" "$work/secrets/sync.password"
 install -m 755 "$here/guest/navigator-guest-net.sh" "$root/usr/local/sbin/navigator-guest-net"
-for u in navigator-guest-net.service navigator-zabbix-db.service navigator-zabbix.service navigator-whoami.socket navigator-whoami@.service; do
+install -m 755 "$here/guest/navigator-whoami.pl" "$root/usr/local/sbin/navigator-whoami"
+for u in navigator-guest-net.service navigator-zabbix-db.service navigator-zabbix.service navigator-whoami.service; do
   install -m 644 "$here/guest/$u" "$root/etc/systemd/system/$u"
 done
-in_root systemctl enable navigator-guest-net.service navigator-zabbix-db.service navigator-whoami.socket >/dev/null 2>&1 || die "systemctl enable failed"
+in_root systemctl enable navigator-guest-net.service navigator-zabbix-db.service navigator-whoami.service >/dev/null 2>&1 || die "systemctl enable failed"
 
 # The schema, loaded once here (in a private network namespace: MariaDB listens on 0.0.0.0), so a
 # booted guest serves at once instead of loading it under emulation.
