@@ -5,7 +5,7 @@
 //
 //   npm run bench:vm                 BENCH_VM_TRIALS=5 (default)
 //
-// What outage_ms_p50 covers: from the kill -9 of the primary's "pilot" (lab/vm-address-holder.ts:
+// What outage_ms_p50 covers: from the kill -9 of the primary's "pilot" (test/lab/vm-address-holder.ts:
 // its fence guard pauses the guest) to the first answer of the standby guest on the service
 // address, the standby's takeover (fence guard arm, `ip addr add` through the guest agent,
 // gratuitous ARP from the guest) starting at the kill. It does NOT include failure detection and
@@ -93,7 +93,7 @@ async function main(): Promise<void> {
     let primary = g1;
     let standby = g2;
     const take = async (g: LabGuest) => {
-      const p = lab.spawnNode(g.host, 'lab/vm-address-holder.ts', [JSON.stringify({ dir: g.dir, id: g.driver === g1.driver ? 'zbx-w1' : 'zbx-w2', spec: holderSpec(g), address: svc, leaseMs: 30_000 })], { name: 'vm-holder' });
+      const p = lab.spawnNode(g.host, 'test/lab/vm-address-holder.ts', [JSON.stringify({ dir: g.dir, id: g.driver === g1.driver ? 'zbx-w1' : 'zbx-w2', spec: holderSpec(g), address: svc, leaseMs: 30_000 })], { name: 'vm-holder' });
       await p.waitForLine(/"event":"holder-took"/, 180_000);
       return p;
     };

@@ -10,7 +10,7 @@ import { silentLogger } from '../../shared/logger.ts';
 import { join } from 'node:path';
 
 async function vmDb(host: string, args: Record<string, unknown>): Promise<Record<string, unknown>> {
-  const r = await lab.exec(host, [process.execPath, '--import', 'tsx', 'lab/vm-db.ts', JSON.stringify({ passwordFile: join(image, 'secrets', 'sync.password'), ...args })], { timeoutMs: 600_000 });
+  const r = await lab.exec(host, [process.execPath, '--import', 'tsx', 'test/lab/vm-db.ts', JSON.stringify({ passwordFile: join(image, 'secrets', 'sync.password'), ...args })], { timeoutMs: 600_000 });
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, unknown>;
 }
 
@@ -119,7 +119,7 @@ describe('a VM-packed service on the lab LAN (QEMU guests under TCG)', () => {
       // before the cut, stops replicating and is writable; then the address.
       const promoted = await vmDb('w2', { action: 'promote', standby: g2.ip });
       expect(promoted).toMatchObject({ event: 'promoted', rows: 500, readOnly: 0, wasReplica: true });
-      holder = lab.spawnNode('w2', 'lab/vm-address-holder.ts', [JSON.stringify({ dir: g2.dir, id: 'zbx-w2', spec, address: svc, leaseMs: 30_000 })], { name: 'vm-holder' });
+      holder = lab.spawnNode('w2', 'test/lab/vm-address-holder.ts', [JSON.stringify({ dir: g2.dir, id: 'zbx-w2', spec, address: svc, leaseMs: 30_000 })], { name: 'vm-holder' });
       await holder.waitForLine(/"event":"holder-took"/, 120_000);
       const first2 = await prober.waitForServer(`navigator-guest ${g2.mac}`, 60_000);
       const outage = prober.outage(stoppedRenewing, first2.t);

@@ -1,7 +1,11 @@
 import { describe, it, expect } from 'vitest';
 import { GuestServiceAddress, addressListed } from '../../pilot/guest-address.ts';
 import { guestAddressFromHost, QemuDriver } from '../../depot/containers/drivers/qemu.ts';
-import { QemuSpec } from '../../depot/containers/drivers/driver.ts';
+import { ContainerSpec, QemuSpec } from '../../depot/containers/drivers/driver.ts';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import { REPO_ROOT } from '../../shared/repo-root.ts';
 import { silentLogger } from '../../shared/logger.ts';
 
 // The service address inside a QEMU guest, with a fake guest (what the guest agent would run):
@@ -109,6 +113,11 @@ describe('qemu driver: the guest on the LAN', () => {
     expect(d.mac()).toBe(new QemuDriver(spec, { id: 'zbx-w1', dir: '/elsewhere', logger: silentLogger() }).mac());
     expect(d.mac()).not.toBe(new QemuDriver(spec, { id: 'zbx-w2', dir: '/srv/c/zbx-w2', logger: silentLogger() }).mac());
     expect(a).not.toContain('-enable-kvm');
+  });
+
+  it("the VM example's container.yaml is a valid qemu spec", () => {
+    const spec = ContainerSpec.parse(parse(readFileSync(join(REPO_ROOT, 'deploy/examples/zabbix-vm/container.yaml'), 'utf8')));
+    expect(spec).toMatchObject({ driver: 'qemu', kernel: 'vmlinuz', guestAgent: true, network: { bridge: 'br0', guestAddressOffset: 40 } });
   });
 
   it('refuses a kernel command line with shell characters, append without kernel, and both guest address forms', () => {

@@ -1,9 +1,10 @@
 import { readFile } from 'node:fs/promises';
 import { createConnection, type Connection } from 'mysql2/promise';
-import { DbSyncSection } from '../shared/config.ts';
-import { createLogger } from '../shared/logger.ts';
-import { ReplicaKeeper } from '../pilot/db/replica-keeper.ts';
-import { preparePrimary, promoteReplica, replicationPassword, serverIdFor } from '../pilot/db/replication.ts';
+import { DbSyncSection } from '../../shared/config.ts';
+import { createLogger } from '../../shared/logger.ts';
+import { ReplicaKeeper } from '../../pilot/db/replica-keeper.ts';
+import { preparePrimary, promoteReplica, replicationPassword, serverIdFor } from '../../pilot/db/replication.ts';
+import { raiseTermFence } from '../../pilot/db/term-fence.ts';
 
 // The database half of the VM-packed service between two guests, run in a lab namespace (the
 // lab's workstations reach the guests over the LAN): the pilots' own replication code
@@ -13,7 +14,7 @@ import { preparePrimary, promoteReplica, replicationPassword, serverIdFor } from
 //              `rows` history rows on the primary, wait until the standby holds them
 //   promote:   on `standby`: apply what it received, stop replicating, become a source; report
 //              how many of the history rows it holds
-//   node --import tsx lab/vm-db.ts '{"action":"replicate","primary":"10.77.3.51","standby":"10.77.3.52","passwordFile":"…/secrets/sync.password","rows":500}'
+//   node --import tsx test/lab/vm-db.ts '{"action":"replicate","primary":"10.77.3.51","standby":"10.77.3.52","passwordFile":"…/secrets/sync.password","rows":500}'
 
 interface Args {
   action: 'replicate' | 'promote';
@@ -81,6 +82,9 @@ if (a.action === 'replicate') {
   const s = await conn(a.standby);
   const r = await promoteReplica(s, settings.promoteApplyTimeoutMs);
   await preparePrimary(s, { database: DB, serverId: serverIdFor('guest-standby'), replUser: settings.replicationUser, replPassword: replicationPassword(password, DB), semisync: false, semisyncTimeoutMs: settings.semisyncTimeoutMs }, 'of the promoted guest');
+  // As the pilot's promotion: the term fence, then writable.
+  await raiseTermFence(s, DB, 2);
+  await s.query('SET GLOBAL read_only = 0');
   const [ro] = await s.query('SELECT @@global.read_only AS ro');
   out({ event: 'promoted', ...r, rows: await historyRows(s), readOnly: Number((ro as Array<{ ro: number }>)[0]!.ro) });
   await s.end();
