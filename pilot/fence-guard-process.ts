@@ -271,14 +271,15 @@ async function fence(reason: string): Promise<void> {
       if (attempts === 1 || attempts % 50 === 0) log('guest-still-running', { attempts, error: (r.error ?? '').slice(0, 300) });
       await sleep(cfg.retryMs ?? 100);
     }
-  }
-  for (; !cfg.guest; ) {
-    attempts++;
-    const del = await execa('ip', ipArgs(['addr', 'del', cfg.address, 'dev', cfg.iface]), { reject: false, timeout: 5000 });
-    if (del.exitCode !== 0) lastError = del.stderr;
-    if ((await held()) === false) break;
-    if (attempts === 1 || attempts % 50 === 0) log('address-still-held', { attempts, stderr: lastError.slice(0, 300) });
-    await sleep(cfg.retryMs ?? 100);
+  } else {
+    for (;;) {
+      attempts++;
+      const del = await execa('ip', ipArgs(['addr', 'del', cfg.address, 'dev', cfg.iface]), { reject: false, timeout: 5000 });
+      if (del.exitCode !== 0) lastError = del.stderr;
+      if ((await held()) === false) break;
+      if (attempts === 1 || attempts % 50 === 0) log('address-still-held', { attempts, stderr: lastError.slice(0, 300) });
+      await sleep(cfg.retryMs ?? 100);
+    }
   }
   const addressGoneMs = monoNow() - started;
   const primaryGroups = await stopPrimaryProcesses();
