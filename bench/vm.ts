@@ -31,6 +31,8 @@ import { startSshd } from '../lab/loopback/sshd.ts';
 import { silentLogger } from '../shared/logger.ts';
 
 const trials = Number(process.env.BENCH_VM_TRIALS ?? 5);
+/** TCG's translated-code cache per guest (BENCH_VM_TCG_CACHE_MB; 0 = QEMU's default, 1 GiB). */
+const tcgCacheMb = Number(process.env.BENCH_VM_TCG_CACHE_MB ?? 128);
 const MB = 1024 * 1024;
 const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 const median = (xs: number[]) => {
@@ -73,7 +75,7 @@ async function main(): Promise<void> {
     const net = svcIp.split('.').slice(0, 3).join('.');
     // Boot: QEMU start to the guest agent answering; then to MariaDB answering over the LAN.
     const t0 = Date.now();
-    const [g1, g2] = await Promise.all([startGuest(lab, 'w1', { image, id: 'zbx-w1', guestIp: `${net}.51` }), startGuest(lab, 'w2', { image, id: 'zbx-w2', guestIp: `${net}.52` })]);
+    const [g1, g2] = await Promise.all([startGuest(lab, 'w1', { image, id: 'zbx-w1', guestIp: `${net}.51`, tcgCacheMb }), startGuest(lab, 'w2', { image, id: 'zbx-w2', guestIp: `${net}.52`, tcgCacheMb })]);
     const agentMs = await Promise.all([g1, g2].map((g) => g.driver.waitForAgent(900_000).then(() => Date.now() - t0)));
     const dbMs = await Promise.all(
       [g1, g2].map(async (g) => {
@@ -141,7 +143,7 @@ async function main(): Promise<void> {
       await mkdir(src2);
       for (const f of ['disk.qcow2', 'vmlinuz', 'initrd.img', 'container.yaml']) await copyFile(join(src, f), join(src2, f));
       const spec = QemuSpec.parse({ driver: 'qemu', kernel: 'vmlinuz', initrd: 'initrd.img', append: 'root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet', disk: 'disk.qcow2', kvm: process.env.NAVLAB_VM_KVM === '1' ? 'on' : 'off', guestAgent: true });
-      const d = new QemuDriver(spec, { id: 'zbx-change', dir: src2, logger: silentLogger() });
+      const d = new QemuDriver(tcgCacheMb ? { ...spec, tcgCacheMb } : spec, { id: 'zbx-change', dir: src2, logger: silentLogger() });
       await d.start();
       await d.waitForAgent(900_000);
       const sql = "CREATE TABLE IF NOT EXISTS zabbix.bench_change (id INT PRIMARY KEY, v VARCHAR(64)); INSERT INTO zabbix.bench_change SELECT seq, MD5(seq) FROM seq_1_to_20000;";
@@ -160,7 +162,7 @@ async function main(): Promise<void> {
         ['guest image: disk.qcow2 / kernel+initrd', `${round(diskBytes / MB)} MiB / ${round(bootBytes / MB)} MiB`],
         ['boot to guest agent (2 guests at once)', `${agentMs.map((x) => round(x / 1000)).join(' s, ')} s`],
         ['boot to MariaDB answering on the LAN', `${dbMs.map((x) => round(x / 1000)).join(' s, ')} s`],
-        ['warm standby guest: QEMU RSS (512 MiB guest)', `${round(standbyRss)} MiB`],
+        ['warm standby guest: QEMU RSS (512 MiB guest)', `${round(standbyRss)} MiB (TCG code cache ${kvm ? 'n/a' : tcgCacheMb ? `${tcgCacheMb} MiB` : 'QEMU default 1 GiB'})`],
         [`address failover outage, ${trials} trials (p50)`, `${round(median(outages), 0)} ms  [${outages.map((x) => round(x, 0)).join(', ')}]`],
         ['old primary paused after kill -9 (p50)', `${round(median(fenceMs), 0)} ms`],
         ['moments with two MACs / MACs seen', `${splitBrain} / ${macs.join(', ')}`],
@@ -185,6 +187,7 @@ async function main(): Promise<void> {
           split_brain_moments: splitBrain,
           standby_rss_mb: round(standbyRss),
           guest_memory_mb: 512,
+          tcg_cache_mb: kvm ? null : tcgCacheMb || 1024,
           image_bytes: diskBytes,
           boot_files_bytes: bootBytes,
           full_ship_ms: full.durationMs,

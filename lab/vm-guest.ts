@@ -66,7 +66,17 @@ export interface LabGuest {
  * writes only), the kernel and initrd; QEMU runs in the workstation's namespace (a wrapper as the
  * driver's QEMU binary, as a depot running in that namespace would start it). Started, not waited for.
  */
-export async function startGuest(lab: Lab, host: string, opts: { image: string; id: string; guestIp: string; memoryMb?: number; logger?: Logger }): Promise<LabGuest> {
+/** QEMU's bridge helper refuses bridges /etc/qemu/bridge.conf does not allow: say so before QEMU fails. */
+async function checkBridgeAllowed(): Promise<void> {
+  const { readFile } = await import('node:fs/promises');
+  const conf = await readFile('/etc/qemu/bridge.conf', 'utf8').catch(() => '');
+  if (!conf.split('\n').some((l) => /^\s*allow\s+(navbr0|all)\s*$/.test(l))) {
+    throw new NavigatorError('BAD_REQUEST', `/etc/qemu/bridge.conf does not allow the bridge ${GUEST_BRIDGE}: add "allow ${GUEST_BRIDGE}" (scripts/setup.sh does)`);
+  }
+}
+
+export async function startGuest(lab: Lab, host: string, opts: { image: string; id: string; guestIp: string; memoryMb?: number; tcgCacheMb?: number; logger?: Logger }): Promise<LabGuest> {
+  await checkBridgeAllowed();
   await bridgeWorkstation(lab, host);
   const dir = join(lab.dir, 'vm', opts.id);
   await mkdir(dir, { recursive: true });
@@ -86,6 +96,8 @@ export async function startGuest(lab: Lab, host: string, opts: { image: string; 
     // The lab's and CI's machines: TCG (the issue's condition); NAVLAB_VM_KVM=1 lets a KVM host use it.
     kvm: process.env.NAVLAB_VM_KVM === '1' ? 'on' : 'off',
     guestAgent: true,
+    // TCG's code cache: QEMU's default 1 GiB becomes resident over a guest's life (bench:vm).
+    ...(opts.tcgCacheMb ? { tcgCacheMb: opts.tcgCacheMb } : {}),
     network: { bridge: GUEST_BRIDGE, guestAddress: `${opts.guestIp}/24` },
   });
   const driver = new QemuDriver(spec, { id: opts.id, dir, logger: opts.logger ?? silentLogger(), qemuPath: wrapper, timing: { processPrimaryStopMs: 5000, processTermRepeatMs: 1000, qemuStartTimeoutMs: 60_000, vmrunCommandTimeoutMs: 30_000 } });

@@ -113,6 +113,9 @@ describe('qemu driver: the guest on the LAN', () => {
     expect(d.mac()).toBe(new QemuDriver(spec, { id: 'zbx-w1', dir: '/elsewhere', logger: silentLogger() }).mac());
     expect(d.mac()).not.toBe(new QemuDriver(spec, { id: 'zbx-w2', dir: '/srv/c/zbx-w2', logger: silentLogger() }).mac());
     expect(a).not.toContain('-enable-kvm');
+    expect(a).not.toContain('-accel');
+    const small = new QemuDriver(QemuSpec.parse({ driver: 'qemu', kvm: 'off', tcgCacheMb: 128 }), { id: 'x', dir: '/srv/x', logger: silentLogger() }).args();
+    expect(small[small.indexOf('-accel') + 1]).toBe('tcg,tb-size=128');
   });
 
   it("the VM example's container.yaml is a valid qemu spec", () => {

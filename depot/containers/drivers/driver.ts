@@ -80,6 +80,13 @@ export const QemuSpec = z
       .regex(/^[A-Za-z0-9 ._=\/:,@+-]*$/, 'kernel command line: letters, digits, space and ._=/:,@+- only')
       .optional()
       .describe('Kernel command line (-append), e.g. "root=/dev/vda rw console=ttyS0 net.ifnames=0"; only with kernel'),
+    tcgCacheMb: z
+      .number()
+      .int()
+      .min(16)
+      .max(2048)
+      .optional()
+      .describe("Without KVM: TCG's translated-code cache (-accel tcg,tb-size=N); QEMU's default is 1024 MiB, which a long-running guest fills and keeps resident"),
     network: QemuNetwork.optional().describe("The guest's NIC on the host's LAN (virtio-net on a bridge); none = no NIC"),
   })
   .strict();

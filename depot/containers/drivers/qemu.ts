@@ -62,6 +62,7 @@ export class QemuDriver implements ContainerDriver {
     const useKvm = this.spec.kvm === 'on' || (this.spec.kvm === 'auto' && kvmAvailable());
     const a = ['-name', `navigator-${this.ctx.id}`, '-machine', this.spec.machine];
     if (useKvm) a.push('-enable-kvm');
+    else if (this.spec.tcgCacheMb) a.push('-accel', `tcg,tb-size=${this.spec.tcgCacheMb}`);
     a.push(
       '-m', String(this.spec.memoryMb),
       '-smp', String(this.spec.cpus),
