@@ -47,8 +47,8 @@ beforeAll(async () => {
   svcIp = svc.split('/')[0]!;
   const net = svcIp.split('.').slice(0, 3).join('.');
   [g1, g2] = await Promise.all([
-    startGuest(lab, 'w1', { image, id: 'zbx-w1', guestIp: `${net}.51` }),
-    startGuest(lab, 'w2', { image, id: 'zbx-w2', guestIp: `${net}.52` }),
+    startGuest(lab, 'w1', { image, id: 'zbx-w1', guestIp: `${net}.51`, tcgCacheMb: 128 }),
+    startGuest(lab, 'w2', { image, id: 'zbx-w2', guestIp: `${net}.52`, tcgCacheMb: 128 }),
   ]);
   await Promise.all([g1.driver.waitForAgent(BOOT_BOUND_MS), g2.driver.waitForAgent(BOOT_BOUND_MS)]);
 }, 30 * 60_000);

@@ -69,7 +69,7 @@ export const QemuSpec = z
     memoryMb: z.number().int().min(16).max(1_048_576).default(512),
     cpus: z.number().int().min(1).max(256).default(1),
     machine: z.string().regex(/^[a-z0-9._-]{1,32}$/).default('pc').describe('QEMU machine type'),
-    kvm: z.enum(['auto', 'on', 'off']).default('auto').describe('auto: -enable-kvm when /dev/kvm exists'),
+    kvm: z.enum(['auto', 'on', 'off']).default('auto').describe('auto: -enable-kvm when /dev/kvm opens and the CPU shows vmx/svm; otherwise TCG emulation'),
     guestAddress: z.string().max(64).optional().describe('Address of the guest on the LAN, when known statically'),
     guestAgent: z.boolean().default(false).describe('Add a virtio-serial channel for qemu-guest-agent (needed by exec)'),
     kernel: RelPath.optional().describe('Guest kernel booted directly (-kernel), relative to the container folder; none = boot from the disk'),
