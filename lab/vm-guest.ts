@@ -96,6 +96,7 @@ export async function startGuest(lab: Lab, host: string, opts: { image: string; 
     // The lab's and CI's machines: TCG (the issue's condition); NAVLAB_VM_KVM=1 lets a KVM host use it.
     kvm: process.env.NAVLAB_VM_KVM === '1' ? 'on' : 'off',
     guestAgent: true,
+    primaryUnit: 'navigator-zabbix.service',
     // TCG's code cache: QEMU's default 1 GiB becomes resident over a guest's life (bench:vm).
     ...(opts.tcgCacheMb ? { tcgCacheMb: opts.tcgCacheMb } : {}),
     network: { bridge: GUEST_BRIDGE, guestAddress: `${opts.guestIp}/24` },

@@ -123,6 +123,11 @@ describe('a VM-packed service on the lab LAN (QEMU guests under TCG)', () => {
       await holder.waitForLine(/"event":"holder-took"/, 120_000);
       const first2 = await prober.waitForServer(`navigator-guest ${g2.mac}`, 60_000);
       const outage = prober.outage(stoppedRenewing, first2.t);
+      // Promotion in the guest (the driver's setRole, as the depot calls it): zabbix_server starts
+      // on the promoted database and its trapper answers on the service address.
+      await g2.driver.setRole('primary');
+      const trapper = await lab.exec('client', ['bash', '-c', `exec 3<>/dev/tcp/${svcIp}/10051`], { reject: false, timeoutMs: 30_000 });
+      expect(trapper.exitCode).toBe(0);
       expect(outage.recovered).toBe(true);
       expect(first2.t - takeoverStart).toBeLessThan(120_000);
 

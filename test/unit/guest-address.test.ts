@@ -120,7 +120,8 @@ describe('qemu driver: the guest on the LAN', () => {
 
   it("the VM example's container.yaml is a valid qemu spec", () => {
     const spec = ContainerSpec.parse(parse(readFileSync(join(REPO_ROOT, 'deploy/examples/zabbix-vm/container.yaml'), 'utf8')));
-    expect(spec).toMatchObject({ driver: 'qemu', kernel: 'vmlinuz', guestAgent: true, network: { bridge: 'br0', guestAddressOffset: 40 } });
+    expect(spec).toMatchObject({ driver: 'qemu', kernel: 'vmlinuz', guestAgent: true, primaryUnit: 'navigator-zabbix.service', network: { bridge: 'br0', guestAddressOffset: 40 } });
+    expect(() => QemuSpec.parse({ driver: 'qemu', primaryUnit: 'x; reboot' })).toThrow(/systemd service name/);
   });
 
   it('refuses a kernel command line with shell characters, append without kernel, and both guest address forms', () => {

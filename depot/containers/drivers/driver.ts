@@ -80,6 +80,11 @@ export const QemuSpec = z
       .regex(/^[A-Za-z0-9 ._=\/:,@+-]*$/, 'kernel command line: letters, digits, space and ._=/:,@+- only')
       .optional()
       .describe('Kernel command line (-append), e.g. "root=/dev/vda rw console=ttyS0 net.ifnames=0"; only with kernel'),
+    primaryUnit: z
+      .string()
+      .regex(/^[A-Za-z0-9@._-]{1,120}\.service$/, 'primaryUnit: a systemd service name, e.g. navigator-zabbix.service')
+      .optional()
+      .describe("systemd unit in the guest that runs only on the primary: started through the guest agent on promotion, stopped on demotion (needs guestAgent)"),
     tcgCacheMb: z
       .number()
       .int()

@@ -250,6 +250,22 @@ export class QemuDriver implements ContainerDriver {
     }
   }
 
+  /**
+   * The copy's role changed: the spec's primaryUnit is started in the guest on promotion
+   * (`systemctl start`, which returns once the unit's start finished: for the Zabbix guest, once
+   * the trapper listens) and stopped otherwise. Nothing to do without a primaryUnit.
+   */
+  async setRole(role: 'primary' | 'standby' | 'none'): Promise<void> {
+    const unit = this.spec.primaryUnit;
+    if (!unit) return;
+    const verb = role === 'primary' ? 'start' : 'stop';
+    const started = Date.now();
+    // Under TCG a unit's start takes tens of seconds (zabbix_server: its configuration cache load).
+    const r = await this.exec('/usr/bin/systemctl', [verb, unit], { timeoutMs: 300_000 });
+    if (r.exitCode !== 0) throw new NavigatorError('DRIVER_FAILED', `container ${this.ctx.id}: systemctl ${verb} ${unit} in the guest failed (exit ${r.exitCode}): ${r.stderr.trim().slice(0, 500) || '(no stderr)'}`);
+    this.log.info({ event: 'guest-role', role, unit, verb, durationMs: Date.now() - started }, `${unit}: ${verb} in the guest`);
+  }
+
   /** Start a program in the guest through the guest agent and return without waiting for it (guest-exec). */
   async spawnInGuest(cmd: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<void> {
     if (!this.spec.guestAgent) throw new NavigatorError('DRIVER_FAILED', `container ${this.ctx.id}: spawnInGuest needs qemu-guest-agent; set guestAgent: true in the qemu spec`);
