@@ -152,7 +152,7 @@ function qmpExchange(path: string, commands: Array<{ execute: string; arguments?
 }
 
 /** Run a program in the guest through its agent and wait for it (guest-exec, guest-exec-status). */
-async function guestExec(path: string, args: string[], timeoutMs = 10_000): Promise<{ exitCode: number; stderr: string }> {
+async function guestExec(path: string, args: string[], timeoutMs = 25_000): Promise<{ exitCode: number; stderr: string }> {
   const g = cfg.guest!;
   const [started] = (await qmpExchange(g.qgaSocket, [{ execute: 'guest-exec', arguments: { path, arg: args, 'capture-output': true } }], { agent: true, timeoutMs })) as Array<{ pid: number }>;
   const until = monoNow() + timeoutMs;

@@ -161,6 +161,22 @@ export class FenceGuard {
     }
   }
 
+  /**
+   * Ask the guard to fence now (the pilot could not drop the address itself: a guest that does
+   * not answer its agent) and wait for it to finish; resolves false if it did not within `timeoutMs`.
+   */
+  async fenceNow(timeoutMs = 30_000): Promise<boolean> {
+    const child = this.child;
+    if (!child) return false;
+    this.child = undefined;
+    this.ready = false;
+    for (const settle of this.adds.values()) settle(false);
+    child.stdin?.write('fence\n');
+    child.stdin?.end();
+    await Promise.race([child, new Promise((r) => setTimeout(r, timeoutMs))]);
+    return child.exitCode !== null;
+  }
+
   /** Clean demotion: the pilot drops the address itself; the guard just goes away. */
   async release(): Promise<void> {
     const child = this.child;

@@ -131,3 +131,26 @@ describe('qemu driver: the guest on the LAN', () => {
     expect(() => QemuSpec.parse({ driver: 'qemu', network: { bridge: 'br0 x' } })).toThrow(/bridge/);
   });
 });
+
+describe('guest mode of the pilot', () => {
+  it('the address lives in the guest only for a qemu copy with a LAN NIC and a guest agent', async () => {
+    const { guestSocketsOf } = await import('../../pilot/guest-mode.ts');
+    const vm = QemuSpec.parse({ driver: 'qemu', guestAgent: true, network: { bridge: 'br0', guestAddressOffset: 40 } });
+    expect(guestSocketsOf(vm, '/srv/c/zbx')).toEqual({ qmpSocket: '/srv/c/zbx/qmp.sock', qgaSocket: '/srv/c/zbx/qga.sock', nic: 'lan0' });
+    expect(guestSocketsOf({ ...vm, guestAgent: false }, '/srv/c/zbx')).toBeUndefined();
+    expect(guestSocketsOf(QemuSpec.parse({ driver: 'qemu', guestAgent: true }), '/srv/c/zbx')).toBeUndefined();
+    expect(guestSocketsOf(ContainerSpec.parse({ driver: 'process' }), '/srv/c/zbx')).toBeUndefined();
+  });
+
+  it("fenceNow makes the guard fence at once and exit (a guest whose QEMU is gone counts as fenced)", async () => {
+    const { FenceGuard } = await import('../../pilot/fence-guard.ts');
+    const lines: string[] = [];
+    const logger = { ...silentLogger(), child: () => ({ ...silentLogger(), info: (o: { line?: string }) => lines.push(o.line ?? '') }) } as unknown as ReturnType<typeof silentLogger>;
+    const g = new FenceGuard({ address: '10.0.0.100/24', iface: 'eth0', logger, guest: { qmpSocket: '/nonexistent/qmp.sock', qgaSocket: '/nonexistent/qga.sock' } });
+    await g.arm(60_000);
+    expect(g.armed).toBe(true);
+    expect(await g.fenceNow(10_000)).toBe(true);
+    expect(lines.some((l) => l.includes('"event":"guest-fenced"'))).toBe(true);
+    expect(lines.some((l) => l.includes('"reason":"asked by pilot"'))).toBe(true);
+  });
+});

@@ -133,6 +133,8 @@ export interface ContainerDriver {
   exec(cmd: string, args: string[], opts?: { timeoutMs?: number }): Promise<ExecResult>;
   /** Address of the service inside the container, when the driver can tell. */
   guestAddress(): Promise<string | undefined>;
+  /** Start a program in the guest without waiting for it (drivers with a guest agent). */
+  spawnInGuest?(cmd: string, args: string[]): Promise<void>;
   /** The copy's role changed: start or stop what runs only on the primary (optional). */
   setRole?(role: 'primary' | 'standby' | 'none'): Promise<void>;
 }

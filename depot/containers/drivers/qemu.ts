@@ -15,6 +15,11 @@ import { alive, fileDescriptor } from './proc.ts';
 // running VM again from the files alone. The VM outlives the depot process on purpose.
 
 const SOCKET_PATH_MAX = 107; // sun_path is 108 bytes with the terminating NUL
+/** The QMP and guest-agent sockets, in the container folder (the fence guard opens them too). */
+export const QMP_SOCKET = 'qmp.sock';
+export const QGA_SOCKET = 'qga.sock';
+/** The guest NIC's QEMU id (QMP set_link). */
+export const GUEST_NIC_ID = 'lan0';
 
 /**
  * KVM is usable: /dev/kvm opens read-write AND the CPU shows hardware virtualisation (vmx/svm).
@@ -52,8 +57,8 @@ export class QemuDriver implements ContainerDriver {
     private readonly spec: QemuSpec,
     private readonly ctx: DriverContext,
   ) {
-    this.qmpPath = join(ctx.dir, 'qmp.sock');
-    this.qgaPath = join(ctx.dir, 'qga.sock');
+    this.qmpPath = join(ctx.dir, QMP_SOCKET);
+    this.qgaPath = join(ctx.dir, QGA_SOCKET);
     this.pidFile = join(ctx.dir, 'qemu.pid');
     this.logFile = join(ctx.dir, 'qemu.log');
     this.consoleFile = join(ctx.dir, 'console.log');
@@ -101,7 +106,7 @@ export class QemuDriver implements ContainerDriver {
     a.push('-serial', `file:${this.consoleFile}`);
     if (this.spec.network) {
       const n = this.spec.network;
-      a.push('-netdev', `bridge,id=lan0,br=${n.bridge}`, '-device', `virtio-net-pci,netdev=lan0,mac=${this.mac()}`);
+      a.push('-netdev', `bridge,id=${GUEST_NIC_ID},br=${n.bridge}`, '-device', `virtio-net-pci,netdev=${GUEST_NIC_ID},mac=${this.mac()}`);
     }
     if (this.spec.guestAgent) {
       a.push(
@@ -322,7 +327,7 @@ export class QemuDriver implements ContainerDriver {
   /** Plug the guest's NIC in or out from the host side (QMP set_link on the virtio-net device). */
   async setLink(up: boolean): Promise<void> {
     if (!this.spec.network) throw new NavigatorError('DRIVER_FAILED', `container ${this.ctx.id}: no network in the qemu spec`);
-    await this.qmp('set_link', { name: 'lan0', up });
+    await this.qmp('set_link', { name: GUEST_NIC_ID, up });
     this.log.info({ event: 'qemu-link', up }, up ? 'guest NIC plugged in' : 'guest NIC unplugged');
   }
 
