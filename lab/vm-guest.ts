@@ -97,6 +97,8 @@ export async function startGuest(lab: Lab, host: string, opts: { image: string; 
     kvm: process.env.NAVLAB_VM_KVM === '1' ? 'on' : 'off',
     guestAgent: true,
     primaryUnit: 'navigator-zabbix.service',
+    // start() returns once the guest has booted: TCG on 2 shared cores boots it in ~50 s at load 10-30.
+    bootTimeoutMs: 600_000,
     // TCG's code cache: QEMU's default 1 GiB becomes resident over a guest's life (bench:vm).
     ...(opts.tcgCacheMb ? { tcgCacheMb: opts.tcgCacheMb } : {}),
     network: { bridge: GUEST_BRIDGE, guestAddress: `${opts.guestIp}/24` },

@@ -85,6 +85,13 @@ export const QemuSpec = z
       .regex(/^[A-Za-z0-9@._-]{1,120}\.service$/, 'primaryUnit: a systemd service name, e.g. navigator-zabbix.service')
       .optional()
       .describe("systemd unit in the guest that runs only on the primary: started through the guest agent on promotion, stopped on demotion (needs guestAgent)"),
+    bootTimeoutMs: z
+      .number()
+      .int()
+      .min(1000)
+      .max(3_600_000)
+      .optional()
+      .describe('With guestAgent: start() returns only once the guest agent answers (the guest has booted), failing after this long; without it, once QMP answers'),
     tcgCacheMb: z
       .number()
       .int()

@@ -176,6 +176,12 @@ export class QemuDriver implements ContainerDriver {
         const q = await QmpClient.connect(this.qmpPath, { timeoutMs: 1000 });
         q.close();
         this.log.info({ event: 'qemu-started', durationMs: Date.now() - started, pid: await this.pid() }, 'qemu started');
+        // The container is running once its guest has booted (the agent answers), when asked:
+        // a pilot must not try to move the address into a guest that is still booting.
+        if (this.spec.guestAgent && this.spec.bootTimeoutMs) {
+          const bootMs = await this.waitForAgent(this.spec.bootTimeoutMs);
+          this.log.info({ event: 'guest-booted', durationMs: Date.now() - started, bootMs }, 'guest agent answers');
+        }
         return;
       } catch {
         await sleep(50);
