@@ -142,6 +142,12 @@ describe('guest mode of the pilot', () => {
     expect(guestSocketsOf(ContainerSpec.parse({ driver: 'process' }), '/srv/c/zbx')).toBeUndefined();
   });
 
+  it('a copy whose start waits for its guest to boot gets that much longer to start', async () => {
+    const { containerStartTimeoutMs } = await import('../../pilot/guest-mode.ts');
+    expect(containerStartTimeoutMs(ContainerSpec.parse({ driver: 'process' }))).toBe(120_000);
+    expect(containerStartTimeoutMs(QemuSpec.parse({ driver: 'qemu', guestAgent: true, bootTimeoutMs: 600_000 }))).toBe(720_000);
+  });
+
   it("fenceNow makes the guard fence at once and exit (a guest whose QEMU is gone counts as fenced)", async () => {
     const { FenceGuard } = await import('../../pilot/fence-guard.ts');
     const lines: string[] = [];
