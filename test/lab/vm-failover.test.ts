@@ -95,8 +95,11 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
     const arp = await ArpWatch.start(lab, { address: ip, intervalMs: 200 });
     try {
       await prober.waitForServer(/^navigator-guest /, 120_000);
-      await waitFor(async () => (await copies(c, 'w2')).some((x) => x.role === 'standby' && x.state === 'running'), 600_000, 'a running standby guest');
-      const standby = (await copies(c, 'w2')).find((x) => x.role === 'standby' && x.state === 'running')!.host;
+      // w1's copy is primary once its takeover finished (zabbix_server started in its guest: tens of
+      // seconds under TCG); a standby guest runs on another host.
+      const ready = (cs: Awaited<ReturnType<typeof copies>>) => cs.some((x) => x.host === 'w1' && x.role === 'primary' && x.state === 'running') && cs.some((x) => x.host !== 'w1' && x.role === 'standby' && x.state === 'running');
+      await waitFor(async () => ready(await copies(c, 'w2')), 600_000, 'w1 primary and a running standby guest elsewhere');
+      const standby = (await copies(c, 'w2')).find((x) => x.host !== 'w1' && x.role === 'standby' && x.state === 'running')!.host;
       const primaryMac = prober.successes.at(-1)!.server.split(' ')[1]!;
       const observer = hosts.find((h) => h !== 'w1' && h !== standby) ?? standby;
 
