@@ -9,8 +9,8 @@
 // its fence guard pauses the guest) to the first answer of the standby guest on the service
 // address, the standby's takeover (fence guard arm, `ip addr add` through the guest agent,
 // gratuitous ARP from the guest) starting at the kill. It does NOT include failure detection and
-// the election (the pilots' part, measured by bench:failover with process containers): no bench
-// runs a VM service through depots and pilots yet (README, "Packing the service as a VM").
+// the election (the pilots' part): the trials drive the guests from a stand-in pilot, not depots
+// (test/lab/vm-failover.test.ts runs the VM service through depots and pilots).
 // Prints a table, then one JSON line; the load average is recorded (TCG competes for the cores).
 import { copyFile, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
