@@ -13,6 +13,14 @@
 // commands; then it exits. "release" (a clean demotion: the pilot dropped the address itself)
 // makes it exit without touching anything.
 //
+// A service packed as a QEMU guest (config "guest": the VM's QMP and guest-agent sockets): the
+// address lives inside the guest. "add" runs `ip addr add` in the guest through the guest agent
+// (guest-exec), with the same lease check; the fence pauses the VM (QMP `stop`: its CPUs halt, it
+// answers nothing on any address and its zabbix_server writes nothing more) and then unplugs its
+// NIC from the host side (QMP `set_link … off`), so a later `cont` cannot bring the stale address
+// back onto the LAN before the depot has removed it. Both act from the host and need nothing of
+// the guest, which is why they are the fence and an `ip addr del` in the guest is not.
+//
 // Runs with Node's own type stripping (no tsx, no project imports but execa) so it starts in
 // tens of milliseconds. Configuration is one JSON argument:
 //   {"address":"10.0.0.10/24","iface":"eth0","netns":"","primaryPgidsFile":"/…/.navigator-primary-pgids.json",
@@ -20,6 +28,7 @@
 import { execa } from 'execa';
 import { readdir, readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
+import { createConnection } from 'node:net';
 
 interface GuardConfig {
   address: string;
@@ -35,6 +44,8 @@ interface GuardConfig {
   primaryStopMs?: number;
   /** After our own SIGTERM with a lease held: wait this long for "release" before fencing (default 0). */
   sigtermGraceMs?: number;
+  /** The address lives in a QEMU guest: its QMP socket, guest-agent socket and NIC id (the qemu driver's lan0). */
+  guest?: { qmpSocket: string; qgaSocket: string; nic?: string };
 }
 
 const cfg = JSON.parse(process.argv[2] ?? '{}') as GuardConfig;
@@ -81,6 +92,95 @@ async function held(): Promise<boolean | 'unknown'> {
     return links.some((l) => (l.addr_info ?? []).some((a) => a.family === 'inet' && a.local === ip && a.prefixlen === prefix));
   } catch {
     return 'unknown';
+  }
+}
+
+/**
+ * One exchange with QEMU over a unix socket: QMP (greeting, qmp_capabilities) or the guest agent
+ * (no greeting); runs `commands` in order and returns their "return" values. Fails on an error
+ * reply, a closed socket or after `timeoutMs`.
+ */
+function qmpExchange(path: string, commands: Array<{ execute: string; arguments?: unknown }>, opts: { agent?: boolean; timeoutMs?: number } = {}): Promise<unknown[]> {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection({ path });
+    const results: unknown[] = [];
+    const queue = opts.agent ? [...commands] : [{ execute: 'qmp_capabilities' }, ...commands];
+    let buf = '';
+    let greeted = opts.agent === true;
+    let sent = 0;
+    const timer = setTimeout(() => finish(new Error(`${path}: no answer within ${opts.timeoutMs ?? 3000} ms`)), opts.timeoutMs ?? 3000);
+    const finish = (err?: Error) => {
+      clearTimeout(timer);
+      sock.destroy();
+      if (err) reject(err);
+      else resolve(opts.agent ? results : results.slice(1));
+    };
+    const next = () => {
+      if (sent >= queue.length) return finish();
+      sock.write(`${JSON.stringify(queue[sent++])}\n`);
+    };
+    sock.setEncoding('utf8');
+    sock.on('connect', () => {
+      if (greeted) next();
+    });
+    sock.on('error', (e) => finish(e));
+    sock.on('close', () => finish(new Error(`${path}: closed`)));
+    sock.on('data', (chunk: string) => {
+      buf += chunk;
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i).trim();
+        buf = buf.slice(i + 1);
+        if (!line) continue;
+        let msg: { QMP?: unknown; return?: unknown; error?: { desc?: string }; event?: string };
+        try {
+          msg = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        if (msg.QMP) {
+          greeted = true;
+          next();
+        } else if (msg.error) finish(new Error(`${queue[sent - 1]?.execute}: ${msg.error.desc ?? 'error'}`));
+        else if ('return' in msg) {
+          results.push(msg.return);
+          next();
+        }
+      }
+    });
+  });
+}
+
+/** Run a program in the guest through its agent and wait for it (guest-exec, guest-exec-status). */
+async function guestExec(path: string, args: string[], timeoutMs = 25_000): Promise<{ exitCode: number; stderr: string }> {
+  const g = cfg.guest!;
+  const [started] = (await qmpExchange(g.qgaSocket, [{ execute: 'guest-exec', arguments: { path, arg: args, 'capture-output': true } }], { agent: true, timeoutMs })) as Array<{ pid: number }>;
+  const until = monoNow() + timeoutMs;
+  while (monoNow() < until) {
+    const [st] = (await qmpExchange(g.qgaSocket, [{ execute: 'guest-exec-status', arguments: { pid: started!.pid } }], { agent: true, timeoutMs })) as Array<{ exited: boolean; exitcode?: number; 'err-data'?: string }>;
+    if (st!.exited) return { exitCode: st!.exitcode ?? -1, stderr: Buffer.from(st!['err-data'] ?? '', 'base64').toString('utf8') };
+    await sleep(50);
+  }
+  return { exitCode: -1, stderr: `guest program ${path} did not finish within ${timeoutMs} ms` };
+}
+
+/** Fence a guest: pause it, then unplug its NIC; true once QEMU reports it paused (or QEMU is gone). */
+async function fenceGuest(): Promise<{ paused: boolean; unplugged: boolean; error?: string }> {
+  const g = cfg.guest!;
+  try {
+    const [, , status] = (await qmpExchange(g.qmpSocket, [{ execute: 'stop' }, { execute: 'set_link', arguments: { name: g.nic ?? 'lan0', up: false } }, { execute: 'query-status' }])) as [unknown, unknown, { status?: string; running?: boolean }];
+    return { paused: status?.running === false, unplugged: true };
+  } catch (err) {
+    const msg = (err as Error).message;
+    // No QMP socket any more: QEMU is gone, and with it the guest and its address.
+    if (/ENOENT|ECONNREFUSED/.test(msg)) return { paused: true, unplugged: true };
+    // set_link may fail (no NIC of that name) after stop succeeded: ask for the state alone.
+    try {
+      const [status] = (await qmpExchange(g.qmpSocket, [{ execute: 'query-status' }])) as [{ running?: boolean }];
+      return { paused: status?.running === false, unplugged: false, error: msg };
+    } catch (err2) {
+      return { paused: false, unplugged: false, error: `${msg}; ${(err2 as Error).message}` };
+    }
   }
 }
 
@@ -159,13 +259,27 @@ async function fence(reason: string): Promise<void> {
   // writer) is tried again, never given up on.
   let attempts = 0;
   let lastError = '';
-  for (;;) {
-    attempts++;
-    const del = await execa('ip', ipArgs(['addr', 'del', cfg.address, 'dev', cfg.iface]), { reject: false, timeout: 5000 });
-    if (del.exitCode !== 0) lastError = del.stderr;
-    if ((await held()) === false) break;
-    if (attempts === 1 || attempts % 50 === 0) log('address-still-held', { attempts, stderr: lastError.slice(0, 300) });
-    await sleep(cfg.retryMs ?? 100);
+  if (cfg.guest) {
+    // Until QEMU reports the guest paused (or is gone); never given up on.
+    for (;;) {
+      attempts++;
+      const r = await fenceGuest();
+      if (r.paused) {
+        log('guest-fenced', { attempts, unplugged: r.unplugged, ...(r.error ? { error: r.error.slice(0, 300) } : {}) });
+        break;
+      }
+      if (attempts === 1 || attempts % 50 === 0) log('guest-still-running', { attempts, error: (r.error ?? '').slice(0, 300) });
+      await sleep(cfg.retryMs ?? 100);
+    }
+  } else {
+    for (;;) {
+      attempts++;
+      const del = await execa('ip', ipArgs(['addr', 'del', cfg.address, 'dev', cfg.iface]), { reject: false, timeout: 5000 });
+      if (del.exitCode !== 0) lastError = del.stderr;
+      if ((await held()) === false) break;
+      if (attempts === 1 || attempts % 50 === 0) log('address-still-held', { attempts, stderr: lastError.slice(0, 300) });
+      await sleep(cfg.retryMs ?? 100);
+    }
   }
   const addressGoneMs = monoNow() - started;
   const primaryGroups = await stopPrimaryProcesses();
@@ -183,7 +297,9 @@ async function add(id: string): Promise<void> {
     log('add', { id, ok: false, reason: fencing ? 'fencing' : 'no lease' });
     return;
   }
-  const r = await execa('ip', ipArgs(['addr', 'add', cfg.address, 'dev', cfg.iface]), { reject: false, timeout: 5000 });
+  const r = cfg.guest
+    ? await guestExec('/usr/sbin/ip', ['addr', 'add', cfg.address, 'dev', cfg.iface]).catch((err: Error) => ({ exitCode: -1, stderr: err.message }))
+    : await execa('ip', ipArgs(['addr', 'add', cfg.address, 'dev', cfg.iface]), { reject: false, timeout: 5000 });
   const ok = r.exitCode === 0 || /File exists|Address already assigned/i.test(r.stderr);
   // The lease may have run out while `ip` ran: then the fence (already due) takes it away.
   if (ok && (fencing || monoNow() >= deadline)) void fence('lease expired during add');
@@ -223,4 +339,4 @@ process.on('SIGTERM', () => {
 setInterval(() => {
   if (everLeased && monoNow() > deadline) void fence('lease expired without renewal');
 }, cfg.checkMs ?? 50);
-log('armed', { address: cfg.address, iface: cfg.iface, netns: cfg.netns ?? '', pid: process.pid });
+log('armed', { address: cfg.address, iface: cfg.iface, netns: cfg.netns ?? '', ...(cfg.guest ? { guest: cfg.guest.qmpSocket } : {}), pid: process.pid });

@@ -29,6 +29,11 @@ export interface FenceGuardOptions {
    * once. Default 0: fence at SIGTERM.
    */
   sigtermGraceMs?: number;
+  /**
+   * The address lives inside a QEMU guest (qemu driver with a network): the guard adds it through
+   * the guest agent and fences by pausing the VM and unplugging its NIC (QMP), from the host.
+   */
+  guest?: { qmpSocket: string; qgaSocket: string; nic?: string } | undefined;
   /** How long the guard may take to report itself running (default 2000 ms). */
   readyTimeoutMs?: number;
 }
@@ -79,6 +84,7 @@ export class FenceGuard {
       ...(this.opts.netns ? { netns: this.opts.netns } : {}),
       ...(this.opts.primaryPgidsFile ? { primaryPgidsFile: this.opts.primaryPgidsFile } : {}),
       ...(this.opts.sigtermGraceMs ? { sigtermGraceMs: this.opts.sigtermGraceMs } : {}),
+      ...(this.opts.guest ? { guest: this.opts.guest } : {}),
     });
     // process.execPath is the Node 22 running the depot; the guard needs no tsx (type stripping).
     const child = execa(process.execPath, ['--no-warnings', GUARD, config], {
@@ -153,6 +159,22 @@ export class FenceGuard {
     } catch {
       // not a line of ours
     }
+  }
+
+  /**
+   * Ask the guard to fence now (the pilot could not drop the address itself: a guest that does
+   * not answer its agent) and wait for it to finish; resolves false if it did not within `timeoutMs`.
+   */
+  async fenceNow(timeoutMs = 30_000): Promise<boolean> {
+    const child = this.child;
+    if (!child) return false;
+    this.child = undefined;
+    this.ready = false;
+    for (const settle of this.adds.values()) settle(false);
+    child.stdin?.write('fence\n');
+    child.stdin?.end();
+    await Promise.race([child, new Promise((r) => setTimeout(r, timeoutMs))]);
+    return child.exitCode !== null;
   }
 
   /** Clean demotion: the pilot drops the address itself; the guard just goes away. */

@@ -11,6 +11,8 @@ import { createPilot, leaseValid, nextWakeAt, pilotCampaign, pilotLearnView, pil
 import { type ElectionConfig } from './election/settings.ts';
 import type { ElectionTransport } from './election/transport.ts';
 import { ServiceAddress } from './address.ts';
+import { GuestServiceAddress } from './guest-address.ts';
+import { guestSocketsOf } from './guest-mode.ts';
 import { FenceGuard } from './fence-guard.ts';
 import { PRIMARY_PIDS_FILE } from '../depot/containers/drivers/process.ts';
 import { join } from 'node:path';
@@ -67,6 +69,9 @@ export interface MovementInput {
   timings: Partial<Record<'detect' | 'elect' | 'takeover' | 'ship' | 'boot', number>>;
 }
 
+/** How long the guard's add may take when it runs `ip addr add` in a VM guest through its agent. */
+const GUEST_ADD_TIMEOUT_MS = 30_000;
+
 export interface PilotOptions {
   assignment: PilotAssignment;
   /** Candidate id: unique per pilot instance (peer id / container / incarnation). */
@@ -94,7 +99,8 @@ export interface PilotOptions {
 export class Pilot {
   private state: PilotState;
   private readonly log: Logger;
-  private readonly address: ServiceAddress;
+  /** On the host, or inside the copy's VM guest (qemu with a network and a guest agent). */
+  private readonly address: ServiceAddress | GuestServiceAddress;
   private readonly guard: FenceGuard;
   private wakeTimer: NodeJS.Timeout | undefined;
   private probeTimer: NodeJS.Timeout | undefined;
@@ -115,7 +121,10 @@ export class Pilot {
     this.state = createPilot({ id: opts.id, service: a.spec.name, view: a.view, term: a.term });
     this.log = opts.logger.child({ component: 'pilot', service: a.spec.name, container: a.container });
     this.watch = newCopyWatch({ bootstrapping: a.campaign, lastResort: a.lastResort });
+    // A VM-packed copy: the address lives in the guest; the guard fences the guest (QMP stop, NIC off).
+    const guest = guestSocketsOf(a.spec.container, join(opts.containers.root, a.container));
     this.guard = new FenceGuard({
+      guest,
       address: a.spec.address,
       iface: a.spec.iface,
       logger: this.log,
@@ -130,7 +139,17 @@ export class Pilot {
       },
     });
     // The guard is the only writer of the address: it adds it only while the lease lies ahead.
-    this.address = new ServiceAddress({ address: a.spec.address, iface: a.spec.iface, logger: this.log, adder: () => this.guard.add() });
+    this.address = guest
+      ? new GuestServiceAddress({
+          address: a.spec.address,
+          iface: a.spec.iface,
+          logger: this.log,
+          run: (cmd, args, o) => opts.containers.exec(a.container, cmd, args, o),
+          spawn: (cmd, args) => opts.containers.spawnInGuest(a.container, cmd, args),
+          // Through the guest agent: a round trip of its own (seconds under TCG emulation).
+          adder: () => this.guard.add(GUEST_ADD_TIMEOUT_MS),
+        })
+      : new ServiceAddress({ address: a.spec.address, iface: a.spec.iface, logger: this.log, adder: () => this.guard.add() });
   }
 
   get spec(): ServiceSpec {
@@ -339,8 +358,19 @@ export class Pilot {
   private async fence(term: number, reason: string): Promise<void> {
     const t0 = this.opts.now();
     this.serving = false;
-    await this.address.release();
-    await this.guard.release();
+    if (this.address instanceof GuestServiceAddress) {
+      // A guest that does not answer its agent (hung, or already paused by the guard) cannot drop
+      // the address itself: then the guard fences it from the host (pause, NIC off) instead.
+      const dropped = await this.address.release().then(
+        () => true,
+        (err: unknown) => (this.log.warn({ event: 'guest-release-failed', err: errorMessage(err) }, 'could not drop the address in the guest; fencing the guest'), false),
+      );
+      if (dropped) await this.guard.release();
+      else if (!(await this.guard.fenceNow())) this.log.error({ event: 'guest-fence-unconfirmed' }, 'the fence guard did not confirm the guest fenced');
+    } else {
+      await this.address.release();
+      await this.guard.release();
+    }
     await this.opts.containers.setRole(this.container, 'standby', this.term).catch(() => undefined);
     await this.opts.db?.becomeStandby();
     if (this.running) await this.guard.prepare();

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { containerStartTimeoutMs } from './guest-mode.ts';
 import type { Logger } from '../shared/logger.ts';
 import type { Config } from '../shared/config.ts';
 import { NavigatorError, errorMessage, isNavigatorError } from '../shared/errors.ts';
@@ -220,7 +221,7 @@ export class StandbyKeeper {
     const container = `${spec.name}-${randomBytes(3).toString('hex')}`;
     const b0 = Date.now();
     try {
-      await control.call(peerId, 'container.start', { id: container, service: spec.name, image: spec.image, spec: spec.container, role: 'standby', term: pilot.term }, { timeoutMs: 120_000 });
+      await control.call(peerId, 'container.start', { id: container, service: spec.name, image: spec.image, spec: spec.container, role: 'standby', term: pilot.term }, { timeoutMs: containerStartTimeoutMs(spec.container) });
       const assignment: PilotAssignment = { spec, container, view: pilot.view, term: pilot.term, campaign: false };
       await control.call(peerId, 'pilot.assign', assignment, { timeoutMs: 10_000 });
     } catch (err) {

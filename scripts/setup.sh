@@ -9,6 +9,7 @@ PACKAGES=(
   iproute2 iputils-arping         # service address move, network-namespace lab
   mariadb-server mariadb-client   # database sync, demo service, tests (private mariadbd per test)
   qemu-system-x86                 # qemu container driver and its test
+  qemu-utils e2fsprogs util-linux # the VM example's guest image (qemu-img, mkfs.ext4 -d, unshare)
   chromium                        # tracking page browser test
   keepalived                      # failover benchmark yardstick
   zabbix-server-mysql zabbix-agent  # the Zabbix example service and its lab test (zabbix_sender too)
@@ -34,6 +35,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO systemctl disable --now zabbix-server zabbix-agent 2>/dev/null || true
 else
   echo "setup: Debian packages present"
+fi
+
+# QEMU's bridge helper joins a guest's tap to a host bridge only if /etc/qemu/bridge.conf allows
+# that bridge: the VM tests and bench:vm put their guests on bridges named navbr0.
+if ! grep -qsx 'allow navbr0' /etc/qemu/bridge.conf; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO mkdir -p /etc/qemu
+  echo 'allow navbr0' | $SUDO tee -a /etc/qemu/bridge.conf >/dev/null
 fi
 
 # Exactly the locked versions, into a fresh node_modules (the lock file records every platform's

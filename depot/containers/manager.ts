@@ -273,6 +273,13 @@ export class ContainerManager {
     return this.get(id).driver.exec(cmd, args, opts);
   }
 
+  /** Start a program in the container's guest without waiting (qemu with a guest agent). */
+  async spawnInGuest(id: string, cmd: string, args: string[]): Promise<void> {
+    const d = this.get(id).driver;
+    if (!d.spawnInGuest) throw new NavigatorError('DRIVER_FAILED', `container ${id}: the ${d.kind} driver cannot start programs in a guest`);
+    await d.spawnInGuest(cmd, args);
+  }
+
   async guestAddress(id: string): Promise<string | undefined> {
     return this.get(id).driver.guestAddress();
   }

@@ -30,6 +30,37 @@ export const VmrunSpec = z
   .strict();
 export type VmrunSpec = z.infer<typeof VmrunSpec>;
 
+const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
+const CIDR4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}\/([1-9]|[12]\d|3[0-2])$/;
+
+/**
+ * The guest's NIC: virtio-net on a tap that QEMU's bridge helper (/usr/lib/qemu/qemu-bridge-helper,
+ * allowed bridges in /etc/qemu/bridge.conf) makes and joins to `bridge`, a bridge of the host that
+ * carries the host's LAN interface. The guest's LAN address reaches the guest on its kernel
+ * command line (navigator.ip=, navigator.gw=; the guest image's boot service sets it).
+ */
+export const QemuNetwork = z
+  .object({
+    bridge: z.string().regex(IFNAME, 'bridge: an interface name (1-15 of A-Za-z0-9_.-)').describe("The host's bridge the guest's tap joins (the host's LAN address is on it)"),
+    mac: z
+      .string()
+      .regex(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/, 'mac: six lower-case hex pairs')
+      .optional()
+      .describe("The guest NIC's MAC; default 52:54:00 followed by three bytes of the container id's hash"),
+    guestAddress: z.string().regex(CIDR4, 'guestAddress: IPv4 with prefix, e.g. 10.0.0.21/24').optional().describe("The guest's LAN address with prefix, the same on every host (one copy per LAN only)"),
+    guestAddressOffset: z
+      .number()
+      .int()
+      .min(1)
+      .max(65_535)
+      .optional()
+      .describe("The guest's LAN address = the host's address on `bridge` plus this many, same prefix: one distinct guest address per host from one spec"),
+    gateway: z.string().regex(/^[0-9.]{7,15}$/, 'gateway: an IPv4 address').optional().describe("The guest's default gateway"),
+  })
+  .strict()
+  .refine((n) => !(n.guestAddress && n.guestAddressOffset), { message: 'network: give guestAddress or guestAddressOffset, not both' });
+export type QemuNetwork = z.infer<typeof QemuNetwork>;
+
 export const QemuSpec = z
   .object({
     driver: z.literal('qemu'),
@@ -38,9 +69,37 @@ export const QemuSpec = z
     memoryMb: z.number().int().min(16).max(1_048_576).default(512),
     cpus: z.number().int().min(1).max(256).default(1),
     machine: z.string().regex(/^[a-z0-9._-]{1,32}$/).default('pc').describe('QEMU machine type'),
-    kvm: z.enum(['auto', 'on', 'off']).default('auto').describe('auto: -enable-kvm when /dev/kvm exists'),
+    kvm: z.enum(['auto', 'on', 'off']).default('auto').describe('auto: -enable-kvm when /dev/kvm opens and the CPU shows vmx/svm; otherwise TCG emulation'),
     guestAddress: z.string().max(64).optional().describe('Address of the guest on the LAN, when known statically'),
     guestAgent: z.boolean().default(false).describe('Add a virtio-serial channel for qemu-guest-agent (needed by exec)'),
+    kernel: RelPath.optional().describe('Guest kernel booted directly (-kernel), relative to the container folder; none = boot from the disk'),
+    initrd: RelPath.optional().describe('Initrd of that kernel (-initrd), relative to the container folder'),
+    append: z
+      .string()
+      .max(1024)
+      .regex(/^[A-Za-z0-9 ._=\/:,@+-]*$/, 'kernel command line: letters, digits, space and ._=/:,@+- only')
+      .optional()
+      .describe('Kernel command line (-append), e.g. "root=/dev/vda rw console=ttyS0 net.ifnames=0"; only with kernel'),
+    primaryUnit: z
+      .string()
+      .regex(/^[A-Za-z0-9@._-]{1,120}\.service$/, 'primaryUnit: a systemd service name, e.g. navigator-zabbix.service')
+      .optional()
+      .describe("systemd unit in the guest that runs only on the primary: started through the guest agent on promotion, stopped on demotion (needs guestAgent)"),
+    bootTimeoutMs: z
+      .number()
+      .int()
+      .min(1000)
+      .max(3_600_000)
+      .optional()
+      .describe('With guestAgent: start() returns only once the guest agent answers (the guest has booted), failing after this long; without it, once QMP answers'),
+    tcgCacheMb: z
+      .number()
+      .int()
+      .min(16)
+      .max(2048)
+      .optional()
+      .describe("Without KVM: TCG's translated-code cache (-accel tcg,tb-size=N); QEMU's default is 1024 MiB, which a long-running guest fills and keeps resident"),
+    network: QemuNetwork.optional().describe("The guest's NIC on the host's LAN (virtio-net on a bridge); none = no NIC"),
   })
   .strict();
 export type QemuSpec = z.infer<typeof QemuSpec>;
@@ -81,6 +140,8 @@ export interface ContainerDriver {
   exec(cmd: string, args: string[], opts?: { timeoutMs?: number }): Promise<ExecResult>;
   /** Address of the service inside the container, when the driver can tell. */
   guestAddress(): Promise<string | undefined>;
+  /** Start a program in the guest without waiting for it (drivers with a guest agent). */
+  spawnInGuest?(cmd: string, args: string[]): Promise<void>;
   /** The copy's role changed: start or stop what runs only on the primary (optional). */
   setRole?(role: 'primary' | 'standby' | 'none'): Promise<void>;
 }
