@@ -31,7 +31,9 @@ export interface ScaleLabResult {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const log = (s: string) => void process.stderr.write(`${s}\n`);
+const loadedAt = Date.now();
+/** Each line with the seconds since the bench began, to line events up with the depots' logs. */
+const log = (s: string) => void process.stderr.write(`[+${Math.round((Date.now() - loadedAt) / 1000)} s] ${s}\n`);
 
 /** A busy loop at normal priority on every core (a student's job on a lab PC), for `seconds`. */
 async function cpuHog(seconds: number): Promise<number> {
@@ -149,7 +151,11 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
       let spurious = 0;
       for (let k = 1; k < timeline.length; k++) {
         const at = timeline[k]!.since;
-        if (!primaryWindows.some(([a, b]) => at >= a && at <= b)) spurious++;
+        if (primaryWindows.some(([a, b]) => at >= a && at <= b)) continue;
+        spurious++;
+        // Say when and how, so a spurious move can be traced in the depots' logs.
+        const gap = prober.outage(timeline[k - 1]!.since, at);
+        log(`spurious server change: ${timeline[k - 1]!.server} -> ${timeline[k]!.server} at ${new Date(at).toISOString()} (+${Math.round((at - loadedAt) / 1000)} s; longest gap before it ${Math.round(gap.outageMs)} ms)`);
       }
 
       // All but 3 off within a minute, three of four cleanly. The survivors: the primary's

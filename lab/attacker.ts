@@ -72,6 +72,8 @@ for (const d of plan.depots) {
   await control(d.name, 'start a container at a path', 'container.start', { id: '../../evil', service: plan.service, spec: { driver: 'process' }, term: plan.term });
   await control(d.name, 'campaign', 'pilot.campaign', { service: plan.service, term: plan.term });
   await control(d.name, 'resign', 'pilot.resign', { service: plan.service });
+  await control(d.name, 'announce a switchover to this copy', 'pilot.expect', { service: plan.service, term: plan.term, withinMs: 60_000 });
+  await control(d.name, 'hand over a recovery kit with a foreign address', 'recovery.stage', { spec, view, term: plan.term });
   await control(d.name, 'prepare an image receive', 'image.prepare', { manifest });
   await control(d.name, 'commit an image', 'image.commit', { image: plan.image });
   await control(d.name, 'abort an image receive', 'image.abort', { image: plan.image });
