@@ -107,7 +107,15 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
       for (let i = 1; i <= opts.primaryLosses; i++) {
         await waitFor(protectedNow, 120_000, `protection before primary loss ${i}`);
         await sleep(2000);
-        const before = await placement(c, observer(c, []));
+        // One depot's view can miss the primary for a moment (it suspects the primary's depot, or
+        // restarted and has not heard its heartbeat yet) while the service answers: ask again,
+        // and say so, rather than end the run.
+        let before = await placement(c, observer(c, []));
+        for (let k = 0; !before.primary && k < 50; k++) {
+          if (k === 0) log(`primary loss ${i}: ${observer(c, [])} sees no primary for now (the prober's last answer came from ${prober.serverTimeline().at(-1)?.server ?? 'nobody'})`);
+          await sleep(200);
+          before = await placement(c, observer(c, []));
+        }
         if (!before.primary) throw new Error(`primary loss ${i}: no primary`);
         await sleep(500 + Math.random() * 1000);
         const timing = becamePrimary(c, before.primary);

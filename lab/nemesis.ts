@@ -7,22 +7,14 @@
 //    the replication window, or during it) or not (a loss the design does not allow);
 //  - planned moves: every write acknowledged before (and during) a switchover is in the new
 //    primary's database after it.
+import { mulberry32 } from './seeded-random.ts';
 
 export const CRASH_KINDS = ['sigstop', 'kill9', 'partition', 'power'] as const;
 export type CrashKind = (typeof CRASH_KINDS)[number];
 export type FaultKind = CrashKind | 'switchover';
 
-/** mulberry32: a small seeded PRNG, uniform in [0, 1). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The nemesis schedule's PRNG (lab/seeded-random.ts). */
+export const seededRandom = mulberry32;
 
 export interface FaultStep {
   kind: CrashKind;

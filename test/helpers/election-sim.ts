@@ -9,16 +9,8 @@ import { createPilot, groupCandidates, leaseValid, nextWakeAt, pilotCampaign, pi
 import { type ElectionConfig } from '../../pilot/election/settings.ts';
 import type { LeaseAck, LeaseRelease, LeaseRenew, VoteReply, VoteRequest } from '../../shared/wire.ts';
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 } from '../../lab/seeded-random.ts';
+import { mulberry32 } from '../../lab/seeded-random.ts';
 
 export type BrokenVariant = 'no-promise' | 'lease-from-receipt' | 'no-quarantine';
 

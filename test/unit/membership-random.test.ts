@@ -11,16 +11,7 @@ import type { HeartbeatMessage } from '../../shared/wire.ts';
 // 'probes' (heartbeats once a minute here, one routine probe a second, a dropped
 // connection probed at once).
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { mulberry32 } from '../../lab/seeded-random.ts';
 
 const SELF = '12D3KooWSelfSelfSelf';
 const HB = 1000;
