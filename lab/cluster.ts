@@ -1,4 +1,4 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
 import { Lab, LabProcess } from './lab.ts';
@@ -153,6 +153,32 @@ export async function placement(c: LabCluster, host: string): Promise<Placement>
   const running = (view?.copies ?? []).filter((x) => x.state === 'running');
   const primaries = running.filter((x) => x.role === 'primary').sort((a, b) => b.term - a.term);
   return { primary: primaries[0]?.host, term: primaries[0]?.term ?? 0, standbys: running.filter((x) => x.role === 'standby').map((x) => x.host).sort() };
+}
+
+/** A DB-backed service's copies as `host` sees them: the primary, and each standby with its last sync. */
+export interface SyncPlacement {
+  primary: string | undefined;
+  term: number;
+  standbys: Array<{ host: string; lastSyncAt: number | null }>;
+}
+
+export async function syncPlacement(c: LabCluster, host: string, service: string): Promise<SyncPlacement> {
+  const view = await serviceView(c, host, service);
+  const running = (view?.copies ?? []).filter((x) => x.state === 'running');
+  const primaries = running.filter((x) => x.role === 'primary').sort((a, b) => b.term - a.term);
+  return {
+    primary: primaries[0]?.host,
+    term: primaries[0]?.term ?? 0,
+    standbys: running.filter((x) => x.role === 'standby').map((x) => ({ host: x.host, lastSyncAt: x.lastSyncAt })),
+  };
+}
+
+/** The folder of the (only) copy of `service` on `host`. */
+export async function copyDirOf(c: Pick<LabCluster, 'lab'>, host: string, service: string): Promise<string> {
+  const root = join(c.lab.dir, 'data', host, 'images', 'containers');
+  const dirs = (await readdir(root).catch(() => [] as string[])).filter((d) => d.startsWith(`${service}-`));
+  if (dirs.length !== 1) throw new Error(`expected one ${service} copy on ${host}, found ${dirs.length} in ${root}`);
+  return join(root, dirs[0]!);
 }
 
 export async function bootstrap(c: LabCluster, host: string, standbys: number): Promise<void> {

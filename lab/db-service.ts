@@ -1,10 +1,10 @@
-import { copyFile, mkdir, readdir, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { stringify } from 'yaml';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { Lab } from './lab.ts';
-import { ADMIN_TOKEN, aliveSeenBy, api, serviceView, startDepot, waitFor, type LabCluster } from './cluster.ts';
+import { ADMIN_TOKEN, aliveSeenBy, api, copyDirOf, startDepot, syncPlacement, waitFor, type LabCluster, type SyncPlacement } from './cluster.ts';
 import { REPO_ROOT } from '../shared/repo-root.ts';
 import { loadOrCreateIdentity } from '../depot/identity.ts';
 import { makeSwarmKey } from '../depot/swarm-key.ts';
@@ -154,30 +154,16 @@ async function adminPost(c: DbCluster, host: string, path: string, body: unknown
   return { ok: r.exitCode === 0 && code === '200', text: `curl ${r.exitCode}, HTTP ${code}: ${lines.join('\n')} ${r.stderr}`.trim() };
 }
 
-export interface DbPlacement {
-  primary: string | undefined;
-  term: number;
-  standbys: Array<{ host: string; lastSyncAt: number | null }>;
-}
+export type DbPlacement = SyncPlacement;
 
 /** Where the copies run, as `host` sees it (running copies only). */
-export async function dbPlacement(c: DbCluster, host: string): Promise<DbPlacement> {
-  const view = await serviceView(c, host, DB_SERVICE);
-  const running = (view?.copies ?? []).filter((x) => x.state === 'running');
-  const primaries = running.filter((x) => x.role === 'primary').sort((a, b) => b.term - a.term);
-  return {
-    primary: primaries[0]?.host,
-    term: primaries[0]?.term ?? 0,
-    standbys: running.filter((x) => x.role === 'standby').map((x) => ({ host: x.host, lastSyncAt: x.lastSyncAt })),
-  };
+export function dbPlacement(c: DbCluster, host: string): Promise<DbPlacement> {
+  return syncPlacement(c, host, DB_SERVICE);
 }
 
 /** The folder of the (only) copy of the service on `host`. */
-export async function dbCopyDir(c: DbCluster, host: string): Promise<string> {
-  const root = join(c.lab.dir, 'data', host, 'images', 'containers');
-  const dirs = (await readdir(root).catch(() => [] as string[])).filter((d) => d.startsWith(`${DB_SERVICE}-`));
-  if (dirs.length !== 1) throw new Error(`expected one ${DB_SERVICE} copy on ${host}, found ${dirs.length} in ${root}`);
-  return join(root, dirs[0]!);
+export function dbCopyDir(c: DbCluster, host: string): Promise<string> {
+  return copyDirOf(c, host, DB_SERVICE);
 }
 
 /** SQL in the copy's database on `host` as its admin (the private socket); rows as string arrays. */

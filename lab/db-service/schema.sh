@@ -13,14 +13,7 @@ source "$(dirname "$0")/common.sh"
 app_pw=$(secret zabbix.password)
 sync_pw=$(secret sync.password)
 
-deadline=$((SECONDS + ${DB_WAIT_S:-60}))
-until db_admin -e 'SELECT 1' >/dev/null 2>&1; do
-  if [ "$SECONDS" -ge "$deadline" ]; then
-    tail -n 20 "$LOG_DIR/mariadb.err" >&2 || true
-    die "MariaDB did not accept connections on $MYSQL_SOCK within ${DB_WAIT_S:-60} s"
-  fi
-  sleep 0.2
-done
+wait_db_ready
 
 nav_pattern=$(printf '%s__nav_%%' "$DB_NAME" | sed 's/_/\\_/g')
 fence_db=$(printf '%s__nav_sync' "$DB_NAME" | sed 's/_/\\_/g')

@@ -1,8 +1,8 @@
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { Lab, LabProcess } from '../../lab/lab.ts';
-import { ADMIN_TOKEN, api, aliveSeenBy, depotArgs, serviceView, waitFor, type LabCluster } from '../../lab/cluster.ts';
+import { ADMIN_TOKEN, api, aliveSeenBy, copyDirOf, depotArgs, syncPlacement, waitFor, type LabCluster, type SyncPlacement } from '../../lab/cluster.ts';
 import { loadOrCreateIdentity } from '../../depot/identity.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { ImageStore } from '../../depot/images/catalog.ts';
@@ -145,29 +145,15 @@ export async function bootstrapZabbix(c: ZabbixCluster, host: string, standbys: 
   return (JSON.parse(lines.join('\n')) as { result: { container: string } }).result;
 }
 
-export interface ZabbixPlacement {
-  primary: string | undefined;
-  term: number;
-  standbys: Array<{ host: string; lastSyncAt: number | null }>;
-}
+export type ZabbixPlacement = SyncPlacement;
 
-export async function zabbixPlacement(c: ZabbixCluster, host: string): Promise<ZabbixPlacement> {
-  const view = await serviceView(c, host, ZBX_SERVICE);
-  const running = (view?.copies ?? []).filter((x) => x.state === 'running');
-  const primaries = running.filter((x) => x.role === 'primary').sort((a, b) => b.term - a.term);
-  return {
-    primary: primaries[0]?.host,
-    term: primaries[0]?.term ?? 0,
-    standbys: running.filter((x) => x.role === 'standby').map((x) => ({ host: x.host, lastSyncAt: x.lastSyncAt })),
-  };
+export function zabbixPlacement(c: ZabbixCluster, host: string): Promise<ZabbixPlacement> {
+  return syncPlacement(c, host, ZBX_SERVICE);
 }
 
 /** The folder of the (only) Zabbix copy on `host`. */
-export async function copyDir(c: ZabbixCluster, host: string): Promise<string> {
-  const root = join(c.lab.dir, 'data', host, 'images', 'containers');
-  const dirs = (await readdir(root).catch(() => [] as string[])).filter((d) => d.startsWith(`${ZBX_SERVICE}-`));
-  if (dirs.length !== 1) throw new Error(`expected one ${ZBX_SERVICE} copy on ${host}, found ${dirs.length} in ${root}`);
-  return join(root, dirs[0]!);
+export function copyDir(c: ZabbixCluster, host: string): Promise<string> {
+  return copyDirOf(c, host, ZBX_SERVICE);
 }
 
 export async function sqlOn(c: ZabbixCluster, host: string, sql: string): Promise<string[][]> {

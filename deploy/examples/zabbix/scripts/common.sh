@@ -75,3 +75,16 @@ if [ "$(id -u)" -eq 0 ]; then ROOT=1; else ROOT=0; fi
 db_admin() {
   mariadb --no-defaults --protocol=socket --socket="$MYSQL_SOCK" -u "$(id -un)" "$@"
 }
+
+# Waits until MariaDB accepts connections on its socket (DB_WAIT_S, default 60 s), or dies with
+# the end of its error log.
+wait_db_ready() {
+  local deadline=$((SECONDS + ${DB_WAIT_S:-60}))
+  until db_admin -e 'SELECT 1' >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      tail -n 20 "$LOG_DIR/mariadb.err" >&2 || true
+      die "MariaDB did not accept connections on $MYSQL_SOCK within ${DB_WAIT_S:-60} s"
+    fi
+    sleep 0.2
+  done
+}

@@ -12,14 +12,7 @@ done
 zbx_pw=$(secret zabbix.password)
 sync_pw=$(secret sync.password)
 
-deadline=$((SECONDS + ${DB_WAIT_S:-60}))
-until db_admin -e 'SELECT 1' >/dev/null 2>&1; do
-  if [ "$SECONDS" -ge "$deadline" ]; then
-    tail -n 20 "$LOG_DIR/mariadb.err" >&2 || true
-    die "MariaDB did not accept connections on $MYSQL_SOCK within ${DB_WAIT_S:-60} s"
-  fi
-  sleep 0.2
-done
+wait_db_ready
 
 # Accounts (passwords travel on stdin, never on a command line). zabbix_server connects from
 # this host only; the sync account is used by the primary's pilot from other hosts too and needs
