@@ -1,14 +1,14 @@
 import type { Logger } from '../shared/logger.ts';
 import type { Config } from '../shared/config.ts';
 import { errorMessage } from '../shared/errors.ts';
-import type { ContainerReport, ElectionView } from '../shared/wire.ts';
+import type { ContainerReport, ElectionView, LeaseAck, VoteReply } from '../shared/wire.ts';
 import type { MovementEvent } from '../shared/movement.ts';
 import type { MemberState } from '../shared/member-state.ts';
 import type { ContainerManager } from '../depot/containers/manager.ts';
 import { tcpOpen } from '../shared/tcp-probe.ts';
 import type { MemberObservation } from './election/views.ts';
 import { createPilot, leaseValid, nextWakeAt, pilotCampaign, pilotLearnView, pilotObserveMembership, pilotObserveTerm, pilotProbe, pilotReceive, pilotResign, pilotSetSyncTime, pilotTick, type PilotDecision, type PilotState, type PilotStep } from './election/pilot-role.ts';
-import { type ElectionConfig } from './election/settings.ts';
+import { renewIntervalMs, type ElectionConfig } from './election/settings.ts';
 import type { ElectionTransport } from './election/transport.ts';
 import { ServiceAddress } from './address.ts';
 import { GuestServiceAddress } from './guest-address.ts';
@@ -283,11 +283,14 @@ export class Pilot {
 
   private execute(d: PilotDecision): void {
     switch (d.kind) {
-      case 'send':
+      case 'send': {
+        const sentAt = this.opts.now();
         void this.opts.transport.request(d.to, d.message).then((reply) => {
+          if (d.message.type === 'lease-renew') this.noteRenewal(d.to, reply, this.opts.now() - sentAt);
           if (reply && (this.running || this.stopping)) this.apply(pilotReceive(this.state, reply, this.opts.now(), this.opts.cfg));
         });
         break;
+      }
       case 'probe-witness':
         // The witness (`navigator witness` at pilot.witness) votes like a depot's voter.
         void this.opts.transport.requestWitness(d.message).then((reply) => {
@@ -301,6 +304,12 @@ export class Pilot {
         this.guard.lease(d.leaseExpiry - this.opts.now());
         break;
       case 'fence':
+        if (d.reason === 'lease-expired') {
+          // Which voters' last acknowledged renewals the lease was counted from, and how old they are.
+          const now = this.opts.now();
+          const acksAgeMs = Object.fromEntries(Object.entries(this.state.acks).map(([v, at]) => [v.slice(-8), Math.round(now - at)]));
+          this.log.warn({ event: 'lease-lapsed', term: d.term, acksAgeMs, voters: this.state.view.voters.length }, 'lease ran out before a majority acknowledged a renewal');
+        }
         this.effect(() => this.fence(d.term, d.reason));
         break;
       case 'restart-service':
@@ -353,6 +362,20 @@ export class Pilot {
     const { event, failover, fromHost, reason, detect, elect } = won.record;
     this.log.info({ event: 'became-primary', term, detectMs: detect, electMs: elect, takeoverMs: takeover, fromHost }, `primary in term ${term}`);
     await this.opts.record({ event, role: 'primary', ...(fromHost ? { fromHost } : {}), failover, reason, term, timings: { detect, elect, takeover } });
+  }
+
+  /**
+   * A renewal that a voter refused, left unanswered or answered later than a renewal interval is
+   * logged with its round trip: when a lease lapses, these lines say which voters stopped
+   * acknowledging, and whether slowly (a busy voter or network) or at once (refused, unreachable).
+   */
+  private noteRenewal(voter: string, reply: LeaseAck | VoteReply | undefined, rttMs: number): void {
+    const slow = rttMs > renewIntervalMs(this.opts.cfg);
+    const refused = reply?.type === 'lease-ack' && !reply.granted;
+    if (!slow && reply && !refused) return;
+    const fields = { event: 'renewal-unacknowledged', voter, rttMs: Math.round(rttMs), answered: reply !== undefined, refused, term: this.state.electionTerm, leaseLeftMs: Math.round(this.state.leaseExpiry - this.opts.now()) };
+    if (reply && !refused) this.log.info({ ...fields, event: 'renewal-slow' }, `voter ${voter.slice(-8)} acknowledged the renewal after ${Math.round(rttMs)} ms`);
+    else this.log.warn(fields, `voter ${voter.slice(-8)} ${refused ? 'refused' : 'did not answer'} a renewal (${Math.round(rttMs)} ms)`);
   }
 
   private async fence(term: number, reason: string): Promise<void> {

@@ -12,6 +12,8 @@ import { AlertEngine, type Send } from '../depot/alerts/engine.ts';
 import { currentConditions, protectedServices, trackConditions, type ActiveCondition, type ServiceState } from '../depot/alerts/conditions.ts';
 import { failoverEvent, noticeEvent, QuorumReports, senderMembers, servicesFrom } from '../depot/alerts/events.ts';
 import { chooseSender, type SenderChoice } from '../depot/alerts/sender.ts';
+import { ALERT_PULL_CONCURRENCY, alertPullTargets } from '../depot/alerts/pull-targets.ts';
+import PQueue from 'p-queue';
 import { alertChannels, sendTest, type AlertChannel, type TestResult } from '../depot/alerts/channels.ts';
 import { registerAlertMetrics, type AlertMetrics } from '../depot/alerts/alert-metrics.ts';
 
@@ -52,6 +54,9 @@ export function alertsPlugin(init: AlertsInit): (components: AlertsComponents) =
 
 const TICK_MS = 1000;
 const QUORUM_REFRESH_MS = 30_000;
+/** A new sender waits this long (at most half of alerts.senderSettleMs) before pulling the tables. */
+const PULL_DELAY_MS = 1000;
+const PULL_TIMEOUT_MS = 3000;
 const StateReply = z.object({ alerts: z.array(AlertRecord).max(1000) });
 
 class Alerts implements AlertsPlugin {
@@ -72,6 +77,8 @@ class Alerts implements AlertsPlugin {
   private candidateSince: number | undefined;
   private pulled = false;
   private pulling = false;
+  /** The last sender other than this depot: the first asked for its table. */
+  private previousSender: string | undefined;
   private sending = false;
   private lastServices: ServiceState[] = [];
   private lastConditions: ActiveCondition[] = [];
@@ -190,19 +197,22 @@ class Alerts implements AlertsPlugin {
     for (let i = 0; i < records.length; i += 16) void this.publish({ type: 'alert-state', v: 1, alerts: records.slice(i, i + 16) });
   }
 
-  /** Merge every live peer's table (a new sender must know what the old one sent). */
+  /** Merge a few well-informed peers' tables (a new sender must know what the old one sent; depot/alerts/pull-targets.ts). */
   private async pull(): Promise<void> {
     if (this.pulling) return;
     this.pulling = true;
+    const t0 = this.c.clock.now();
     try {
-      const peers = this.c.members.view().filter((m) => !m.self && m.state === 'alive');
-      const replies = await Promise.allSettled(peers.map((m) => this.c.control.call<unknown>(m.peerId, 'alerts.state', {}, { timeoutMs: 3000 })));
+      const peers = alertPullTargets(this.c.members.view(), this.previousSender);
+      const queue = new PQueue({ concurrency: ALERT_PULL_CONCURRENCY });
+      const replies = await Promise.allSettled(peers.map((p) => queue.add(() => this.c.control.call<unknown>(p, 'alerts.state', {}, { timeoutMs: PULL_TIMEOUT_MS }))));
       let merged = 0;
       for (const r of replies) {
         const parsed = r.status === 'fulfilled' ? StateReply.safeParse(r.value) : undefined;
         if (parsed?.success) merged += this.engine.merge(parsed.data.alerts).length;
       }
-      this.log.info({ event: 'alerts-pulled', peers: peers.length, answered: replies.filter((r) => r.status === 'fulfilled').length, merged }, 'alert table pulled from peers');
+      const answered = replies.filter((r) => r.status === 'fulfilled').length;
+      this.log.info({ event: 'alerts-pulled', peers: peers.length, answered, merged, durationMs: Math.round(this.c.clock.now() - t0) }, 'alert table pulled from peers');
     } finally {
       this.pulling = false;
       this.pulled = true;
@@ -235,15 +245,18 @@ class Alerts implements AlertsPlugin {
       const choice = chooseSender(senderMembers(view));
       if (choice?.peerId !== this.sender?.peerId) {
         this.log.info({ event: 'alert-sender', sender: choice?.name, peerId: choice?.peerId, why: choice?.why }, `alert sender: ${choice?.name ?? 'none'}`);
+        if (this.sender && this.sender.peerId !== c.self.peerId) this.previousSender = this.sender.peerId;
       }
       this.sender = choice;
       const candidate = this.cfg.enabled && choice?.peerId === c.self.peerId;
       if (!candidate) {
         this.candidateSince = undefined;
         this.pulled = false;
-      } else if (this.candidateSince === undefined) {
-        this.candidateSince = now;
-        void this.pull();
+      } else {
+        this.candidateSince ??= now;
+        // Not at once: the sender is usually a primary that has just taken over and must renew
+        // its lease first; the pull waits a round (and stays within senderSettleMs by default).
+        if (!this.pulled && now - this.candidateSince >= Math.min(PULL_DELAY_MS, this.cfg.senderSettleMs / 2)) void this.pull();
       }
       const sending = candidate && this.pulled && now - (this.candidateSince ?? now) >= this.cfg.senderSettleMs;
       if (sending !== this.sending) this.log.info({ event: sending ? 'alert-sending' : 'alert-not-sending' }, sending ? 'this depot sends the alerts' : 'this depot no longer sends alerts');
