@@ -43,6 +43,8 @@ export class ConnectionManager {
   private exchangeTimer: TimerHandle | undefined;
   private unhealthyLinks = new Map<string, number>();
   private readonly lastDial = new Map<string, number>();
+  /** Failed dials in a row per peer (reset when a dial or an inbound connection succeeds). */
+  private readonly failedDials = new Map<string, number>();
   /** Peers with at least one open connection (libp2p peer:connect / peer:disconnect). */
   private readonly connectedPeers = new Set<string>();
   private bootstrapPeers: Array<{ peerId: string; addresses: string[] }> | undefined;
@@ -58,6 +60,7 @@ export class ConnectionManager {
   /** libp2p peer:connect. */
   connected(peer: string): void {
     this.connectedPeers.add(peer);
+    this.failedDials.delete(peer);
     this.onPeerConnect(peer);
   }
 
@@ -125,7 +128,7 @@ export class ConnectionManager {
     // Checked first, by string: this runs for every heartbeat heard, nearly always of a connected peer.
     if (!this.running || this.connectedPeers.has(hb.peerId) || hb.peerId === this.selfId) return;
     const now = this.opts.clock.now();
-    if (hb.addresses.length === 0 || now - (this.lastDial.get(hb.peerId) ?? -Infinity) < this.opts.timing.redialMs) return;
+    if (hb.addresses.length === 0 || now - (this.lastDial.get(hb.peerId) ?? -Infinity) < this.redialGapMs(hb.peerId)) return;
     let peer;
     try {
       peer = peerIdFromString(hb.peerId);
@@ -147,9 +150,29 @@ export class ConnectionManager {
     if (addrs.length === 0) return;
     const name = hb.name ?? hb.peerId;
     void node.dial(addrs, { signal: AbortSignal.timeout(this.opts.timing.dialTimeoutMs) }).then(
-      () => this.opts.log.debug({ event: 'dialed-discovered', peer: hb.peerId, name }, `connected to ${name}`),
-      (err: unknown) => this.opts.log.debug({ event: 'dial-discovered-failed', peer: hb.peerId, err: errorMessage(err) }, `could not connect to ${name}`),
+      () => {
+        this.failedDials.delete(hb.peerId);
+        this.opts.log.debug({ event: 'dialed-discovered', peer: hb.peerId, name }, `connected to ${name}`);
+      },
+      (err: unknown) => {
+        this.failedDials.set(hb.peerId, (this.failedDials.get(hb.peerId) ?? 0) + 1);
+        this.opts.log.debug({ event: 'dial-discovered-failed', peer: hb.peerId, err: errorMessage(err) }, `could not connect to ${name}`);
+      },
     );
+  }
+
+  /**
+   * Least time before dialling `peer` again. A depot heard alive is retried every redialMs; one
+   * that is off (not started yet, powered off for the night) backs off, doubling after each
+   * failed dial up to redialMaxMs (Serf's reconnect interval): in a lab where every depot lists
+   * every other as bootstrap, fixed 5 s retries of the ones that are off were a steady stream of
+   * dials on every depot while the room boots or empties.
+   */
+  private redialGapMs(peer: string): number {
+    const t = this.opts.timing;
+    const failures = this.failedDials.get(peer) ?? 0;
+    if (failures === 0 || this.opts.membership.get(peer)?.state === 'alive') return t.redialMs;
+    return Math.min(t.redialMs * 2 ** Math.min(failures, 16), Math.max(t.redialMs, t.redialMaxMs));
   }
 
   private redialBootstrap(): void {

@@ -255,8 +255,9 @@ export class Pilot {
 
   private apply(step: PilotStep): void {
     const before = this.state.view;
+    const acks = this.state.acks;
     this.state = step.state;
-    for (const d of step.decisions) this.execute(d);
+    for (const d of step.decisions) this.execute(d, acks);
     if (this.state.view !== before) this.viewMoved();
     this.schedule();
   }
@@ -281,7 +282,8 @@ export class Pilot {
     this.wakeTimer = setTimeout(() => this.apply(pilotTick(this.state, this.opts.now(), this.opts.cfg)), delay);
   }
 
-  private execute(d: PilotDecision): void {
+  /** `acks`: the grants counted before this step (a fence clears them; its log shows them). */
+  private execute(d: PilotDecision, acks: PilotState['acks']): void {
     switch (d.kind) {
       case 'send': {
         const sentAt = this.opts.now();
@@ -307,7 +309,7 @@ export class Pilot {
         if (d.reason === 'lease-expired') {
           // Which voters' last acknowledged renewals the lease was counted from, and how old they are.
           const now = this.opts.now();
-          const acksAgeMs = Object.fromEntries(Object.entries(this.state.acks).map(([v, at]) => [v.slice(-8), Math.round(now - at)]));
+          const acksAgeMs = Object.fromEntries(Object.entries(acks).map(([v, at]) => [v.slice(-8), Math.round(now - at)]));
           this.log.warn({ event: 'lease-lapsed', term: d.term, acksAgeMs, voters: this.state.view.voters.length }, 'lease ran out before a majority acknowledged a renewal');
         }
         this.effect(() => this.fence(d.term, d.reason));
@@ -373,9 +375,11 @@ export class Pilot {
     const slow = rttMs > renewIntervalMs(this.opts.cfg);
     const refused = reply?.type === 'lease-ack' && !reply.granted;
     if (!slow && reply && !refused) return;
-    const fields = { event: 'renewal-unacknowledged', voter, rttMs: Math.round(rttMs), answered: reply !== undefined, refused, term: this.state.electionTerm, leaseLeftMs: Math.round(this.state.leaseExpiry - this.opts.now()) };
+    const fields = { event: 'renewal-unacknowledged', voter, rttMs: Math.round(rttMs), answered: reply !== undefined, refused, term: this.state.electionTerm, leaseLeftMs: this.state.role === 'primary' ? Math.round(this.state.leaseExpiry - this.opts.now()) : undefined };
     if (reply && !refused) this.log.info({ ...fields, event: 'renewal-slow' }, `voter ${voter.slice(-8)} acknowledged the renewal after ${Math.round(rttMs)} ms`);
-    else this.log.warn(fields, `voter ${voter.slice(-8)} ${refused ? 'refused' : 'did not answer'} a renewal (${Math.round(rttMs)} ms)`);
+    // A refusal is normal at the start of a term (a voter that promised another candidate); silence is not.
+    else if (refused) this.log.info({ ...fields, reason: reply.reason }, `voter ${voter.slice(-8)} refused a renewal (${reply.reason ?? 'no reason'})`);
+    else this.log.warn(fields, `voter ${voter.slice(-8)} did not answer a renewal within ${Math.round(rttMs)} ms`);
   }
 
   private async fence(term: number, reason: string): Promise<void> {

@@ -48,7 +48,21 @@ export function groupMembers(pgid: number): number[] {
 }
 
 export function groupAlive(pgid: number): boolean {
-  return groupMembers(pgid).length > 0;
+  // The common case, answered from one file: the group's leader (pid = pgid) is still running in
+  // it. Only when it is gone is every process read (a scan of /proc, some ms on a busy host, and
+  // it ran for every container every second on the depot's one thread).
+  return leaderRunning(pgid) || groupMembers(pgid).length > 0;
+}
+
+function leaderRunning(pgid: number): boolean {
+  try {
+    const s = readFileSync(`/proc/${pgid}/stat`, 'utf8');
+    const fields = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    // A reused pid belongs to another group; a zombie leader leaves the question to the scan.
+    return fields[0] !== 'Z' && Number(fields[2]) === pgid;
+  } catch {
+    return false;
+  }
 }
 
 /**
