@@ -169,10 +169,7 @@ export class ConnectionManager {
    * dials on every depot while the room boots or empties.
    */
   private redialGapMs(peer: string): number {
-    const t = this.opts.timing;
-    const failures = this.failedDials.get(peer) ?? 0;
-    if (failures === 0 || this.opts.membership.get(peer)?.state === 'alive') return t.redialMs;
-    return Math.min(t.redialMs * 2 ** Math.min(failures, 16), Math.max(t.redialMs, t.redialMaxMs));
+    return redialGapMs(this.failedDials.get(peer) ?? 0, this.opts.membership.get(peer)?.state === 'alive', this.opts.timing);
   }
 
   private redialBootstrap(): void {
@@ -275,4 +272,10 @@ export class ConnectionManager {
       for (const m of members) this.dialIfUnconnected(m);
     });
   }
+}
+
+/** Least time between two dials of a depot after `failures` failed ones in a row (see ConnectionManager.redialGapMs). */
+export function redialGapMs(failures: number, heardAlive: boolean, t: Pick<Config['connections'], 'redialMs' | 'redialMaxMs'>): number {
+  if (failures <= 0 || heardAlive) return t.redialMs;
+  return Math.min(t.redialMs * 2 ** Math.min(failures, 16), Math.max(t.redialMs, t.redialMaxMs));
 }
