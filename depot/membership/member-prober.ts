@@ -14,6 +14,8 @@ import { PING_PROTOCOL, PING_STREAM_IDLE_MS, PingChannels, answerPings } from '.
 // Frames are length-prefixed JSON, schema-checked, with a small size limit and timeouts.
 
 const MAX_PROBE_FRAME = 1024;
+/** An event-loop delay worth a log line: a third of the default lease (pilot.leaseMs 1500). */
+const STALL_LOG_MS = 500;
 /** A members list of 1024 depots with a few addresses each. */
 const MAX_MEMBERS_FRAME = 1_048_576;
 
@@ -56,7 +58,13 @@ export class MemberProber {
     this.loopDelay.enable();
     // A sliding view: the last few seconds of delays, not the whole life of the process. A real
     // timer, not the clock: the histogram measures this process's real event-loop delay.
-    this.lagResetTimer = setInterval(() => this.loopDelay.reset(), this.opts.lagWindowMs);
+    this.lagResetTimer = setInterval(() => {
+      // Said once per window: a starved depot explains its own late answers, lapsed leases and
+      // missed probes (bench:scale reads these lines next to the failovers).
+      const maxMs = Math.round(this.loopDelay.max / 1e6);
+      if (maxMs >= STALL_LOG_MS) this.opts.log.warn({ event: 'event-loop-stall', maxMs, windowMs: this.opts.lagWindowMs }, `this depot's event loop was held up to ${maxMs} ms`);
+      this.loopDelay.reset();
+    }, this.opts.lagWindowMs);
     this.lagResetTimer.unref();
   }
 
