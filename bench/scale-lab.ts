@@ -4,6 +4,8 @@
 // (each host comes back after a while), power losses of unrelated hosts (neither copy's host),
 // and finally all but 3 hosts off within a minute, three of four cleanly (the evening shutdown).
 import { availableParallelism } from 'node:os';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { execa } from 'execa';
 import { Lab } from '../lab/lab.ts';
 import { Prober } from '../lab/prober.ts';
@@ -13,6 +15,8 @@ import { bootstrap, observer, placement, serviceView, startCluster, startDepot, 
 
 export interface ScaleLabResult {
   workstations: number;
+  /** From every depot's log over the whole run: how often and how long a depot's own event loop was held, and lapsed leases. */
+  depotLogs: DepotLogFacts;
   /** CPU hog run: seconds, hog processes, server changes and longest gap while it ran (null: not run). */
   cpuHog: { seconds: number; hogs: number; termChanges: number; longestGapMs: number } | null;
   startMs: number;
@@ -31,6 +35,27 @@ export interface ScaleLabResult {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface DepotLogFacts {
+  loopStalls: number;
+  loopStallMaxMs: number | null;
+  leaseLapses: number;
+}
+
+/** Count `event-loop-stall` and `lease-lapsed` events in the depots' logs (their own account of being starved). */
+async function depotLogFacts(dir: string): Promise<DepotLogFacts> {
+  const facts: DepotLogFacts = { loopStalls: 0, loopStallMaxMs: null, leaseLapses: 0 };
+  for (const f of (await readdir(dir)).filter((n) => n.includes('-depot-'))) {
+    for (const line of (await readFile(join(dir, f), 'utf8')).split('\n')) {
+      if (line.includes('"event":"lease-lapsed"')) facts.leaseLapses++;
+      if (!line.includes('"event":"event-loop-stall"')) continue;
+      const m = /"maxMs":(\d+)/.exec(line);
+      facts.loopStalls++;
+      if (m) facts.loopStallMaxMs = Math.max(facts.loopStallMaxMs ?? 0, Number(m[1]));
+    }
+  }
+  return facts;
+}
 const loadedAt = Date.now();
 /** Each line with the seconds since the bench began, to line events up with the depots' logs. */
 const log = (s: string) => void process.stderr.write(`[+${Math.round((Date.now() - loadedAt) / 1000)} s] ${s}\n`);
@@ -190,6 +215,7 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
       );
       return {
         workstations: opts.workstations,
+        depotLogs: await depotLogFacts(join(lab.dir, 'logs')),
         cpuHog: hog,
         startMs,
         primaryOutagesMs,
@@ -217,6 +243,9 @@ export function summarize(r: ScaleLabResult) {
     primary_outage_ms_p95: r.primaryOutagesMs.length ? Math.round(percentile(r.primaryOutagesMs, 95)) : null,
     unrelated_outage_ms_max: r.unrelatedOutagesMs.length ? Math.max(...r.unrelatedOutagesMs) : null,
     no_fault_gap_ms_max: r.baselineGapsMs.length ? Math.max(...r.baselineGapsMs) : null,
+    lab_lease_lapses: r.depotLogs.leaseLapses,
+    depot_loop_stalls: r.depotLogs.loopStalls,
+    depot_loop_stall_max_ms: r.depotLogs.loopStallMaxMs,
     ...timingSummary(r.primaryTimings),
   };
 }

@@ -213,6 +213,7 @@ if (lab) {
   if (lab.primaryTimings.length) process.stdout.write(`  as the new primaries saw it (p50/p95): detect ${sum.failover_detect_ms_p50}/${sum.failover_detect_ms_p95} ms, elect ${sum.failover_elect_ms_p50}/${sum.failover_elect_ms_p95} ms, takeover ${sum.failover_takeover_ms_p50}/${sum.failover_takeover_ms_p95} ms\n`);
   process.stdout.write(`unrelated power losses: ${lab.unrelatedOutagesMs.length}, longest gap ${sum.unrelated_outage_ms_max} ms (${lab.unrelatedOutagesMs.join(', ')}); the same windows with no fault: longest ${sum.no_fault_gap_ms_max} ms (${lab.baselineGapsMs.join(', ')})\n`);
   if (lab.cpuHog) process.stdout.write(`CPU hog: ${lab.cpuHog.hogs} busy loops (nice 0) for ${lab.cpuHog.seconds} s: ${lab.cpuHog.termChanges} term changes, longest gap ${lab.cpuHog.longestGapMs} ms\n`);
+  process.stdout.write(`depots' own logs: ${lab.depotLogs.leaseLapses} lapsed leases; ${lab.depotLogs.loopStalls} event-loop stalls of 500 ms or more (longest ${lab.depotLogs.loopStallMaxMs ?? '-'} ms)\n`);
   process.stdout.write(`spurious server changes ${lab.spuriousTermChanges}, split-brain moments ${lab.splitBrainEvents}, served after all but 3 off: ${lab.servedAfterMassShutdown} (survivors ${lab.survivors.join(', ')})\n`);
 }
 process.stdout.write(
