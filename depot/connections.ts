@@ -277,5 +277,6 @@ export class ConnectionManager {
 /** Least time between two dials of a depot after `failures` failed ones in a row (see ConnectionManager.redialGapMs). */
 export function redialGapMs(failures: number, heardAlive: boolean, t: Pick<Config['connections'], 'redialMs' | 'redialMaxMs'>): number {
   if (failures <= 0 || heardAlive) return t.redialMs;
-  return Math.min(t.redialMs * 2 ** Math.min(failures, 16), Math.max(t.redialMs, t.redialMaxMs));
+  // The first retry comes after redialMs as before (depots that start together); then it doubles.
+  return Math.min(t.redialMs * 2 ** Math.min(failures - 1, 16), Math.max(t.redialMs, t.redialMaxMs));
 }

@@ -66,7 +66,7 @@ export const MembershipSection = z
 export const ConnectionsSection = z
   .object({
     redialMs: ms(5000, 'Least time between two dial attempts to the same unconnected depot (bootstrap depots are retried this often)'),
-    redialMaxMs: ms(30_000, 'A depot that is not heard alive and whose dials keep failing (off, not started yet) is retried less and less often, doubling from redialMs up to this'),
+    redialMaxMs: ms(30_000, 'A depot that is not heard alive and whose dials keep failing (off, not started yet) is retried less and less often: after redialMs, then doubling up to this'),
     dialTimeoutMs: ms(5000, 'A dial that has not connected within this long is given up'),
     reconnectDelayMs: ms(1000, 'Wait before dialling again a depot whose connection closed while it is still alive'),
     linkCheckMs: ms(2000, 'How often the gossip streams of every connection are checked'),
