@@ -163,7 +163,7 @@ export class ConnectionManager {
 
   /**
    * Least time before dialling `peer` again. A depot heard alive is retried every redialMs; one
-   * that is off (not started yet, powered off for the night) backs off, doubling after each
+   * that is off (not started yet, powered off for the night) backs off: once after redialMs, then doubling after each
    * failed dial up to redialMaxMs (Serf's reconnect interval): in a lab where every depot lists
    * every other as bootstrap, fixed 5 s retries of the ones that are off were a steady stream of
    * dials on every depot while the room boots or empties.
