@@ -163,10 +163,10 @@ export class ConnectionManager {
 
   /**
    * Least time before dialling `peer` again. A depot heard alive is retried every redialMs; one
-   * that is off (not started yet, powered off for the night) backs off: once after redialMs, then doubling after each
-   * failed dial up to redialMaxMs (Serf's reconnect interval): in a lab where every depot lists
-   * every other as bootstrap, fixed 5 s retries of the ones that are off were a steady stream of
-   * dials on every depot while the room boots or empties.
+   * that is off (not started yet, powered off for the night) backs off: once after redialMs, then
+   * doubling after each failed dial up to redialMaxMs (Serf's reconnect interval). In a lab where
+   * every depot lists every other as bootstrap, fixed 5 s retries of the ones that are off were a
+   * steady stream of dials on every depot while the room boots or empties.
    */
   private redialGapMs(peer: string): number {
     return redialGapMs(this.failedDials.get(peer) ?? 0, this.opts.membership.get(peer)?.state === 'alive', this.opts.timing);
