@@ -34,6 +34,9 @@ export function dbAddressOf(copy: { address: string | undefined; report: { guest
   return guest ? copy.report.guestAddress : copy.address;
 }
 
+/** A promotion waits this long for the guest's database (TCG: MariaDB answers ~15 s after the agent). */
+export const GUEST_DB_READY_WAIT_MS = 180_000;
+
 /** This copy's guest address, where its own database answers; fails while it is not known. */
 export async function guestDbAddress(containers: { guestAddress(id: string): Promise<string | undefined> }, container: string): Promise<string> {
   const a = await containers.guestAddress(container);

@@ -16,14 +16,23 @@ import { QmpClient } from '../depot/containers/drivers/qmp.ts';
  * holding the address without a lease.
  */
 
-/** What to do with the guest, from QEMU's run state (`query-status`; undefined: no QEMU runs). */
-export type UnfencePlan = 'absent' | 'clean' | 'replace';
+/**
+ * What to do with the guest, from QEMU's run state (`query-status`; undefined: no QEMU runs):
+ *   absent  nothing (the pilot's start boots the copy cold)
+ *   leave   QEMU is still starting: nothing to undo
+ *   resume  paused (the guard's fence): NIC off, cont, clean, check, NIC on; else replace
+ *   check   running (a guest the guard did not fence: its pilot released the address): delete
+ *           the address, check, NIC on — best effort, it may still be booting (no agent yet)
+ *   replace internal-error, io-error, guest-panicked, shutdown, suspended …: nothing to resume safely
+ */
+export type UnfencePlan = 'absent' | 'leave' | 'resume' | 'check' | 'replace';
 
-/** Pure: a paused or running guest is cleaned (resumed first if paused); any other state is replaced. */
+/** Pure. */
 export function unfencePlan(runState: string | undefined): UnfencePlan {
   if (runState === undefined) return 'absent';
-  if (runState === 'paused' || runState === 'running') return 'clean';
-  // internal-error, io-error, guest-panicked, shutdown, suspended …: nothing to resume safely.
+  if (runState === 'paused') return 'resume';
+  if (runState === 'running') return 'check';
+  if (runState === 'prelaunch' || runState === 'inmigrate') return 'leave';
   return 'replace';
 }
 
@@ -44,7 +53,11 @@ export interface UnfenceSteps {
   replace(): Promise<void>;
 }
 
-export type UnfenceOutcome = { kind: 'absent' } | { kind: 'clean'; resumed: boolean; durationMs: number } | { kind: 'replaced'; reason: string; durationMs: number };
+export type UnfenceOutcome =
+  | { kind: 'absent' | 'left' }
+  | { kind: 'clean'; resumed: boolean; durationMs: number }
+  | { kind: 'unchecked'; reason: string }
+  | { kind: 'replaced'; reason: string; durationMs: number };
 
 export interface UnfenceOptions {
   steps: UnfenceSteps;
@@ -65,6 +78,7 @@ export async function unfenceGuest(o: UnfenceOptions): Promise<UnfenceOutcome> {
   const state = await s.runState();
   const plan = unfencePlan(state);
   if (plan === 'absent') return { kind: 'absent' };
+  if (plan === 'leave') return { kind: 'left' };
   const replace = async (reason: string): Promise<UnfenceOutcome> => {
     log.warn({ event: 'guest-replace', runState: state, reason }, `guest cannot be brought back clean (${reason}): stopping it and booting it again as a standby`);
     await s.replace();
@@ -73,11 +87,27 @@ export async function unfenceGuest(o: UnfenceOptions): Promise<UnfenceOutcome> {
     return { kind: 'replaced', reason, durationMs };
   };
   if (plan === 'replace') return replace(`QEMU run state ${state}`);
-  // Off the LAN first (again: the guard's fence already did for a paused guest), so nothing the
-  // guest still holds is seen while it runs before the cleaning.
+  if (plan === 'check') {
+    // Not fenced, so its NIC was never unplugged by us; plugged in again only if the address is
+    // verified gone (a crash between a resume and its plug-in left it unplugged).
+    try {
+      await s.releaseAddress();
+      if (await s.addressHeld()) throw new NavigatorError('CONFLICT', 'the service address is still on the guest after ip addr del');
+    } catch (err) {
+      const reason = errorMessage(err);
+      log.warn({ event: 'guest-check-failed', err: reason }, 'could not check the running guest holds no address; its NIC is left as it is');
+      return { kind: 'unchecked', reason };
+    }
+    await s.setLink(true);
+    const durationMs = Math.round(now() - t0);
+    log.info({ event: 'guest-checked', durationMs }, 'running guest holds no service address; NIC plugged in');
+    return { kind: 'clean', resumed: false, durationMs };
+  }
+  // Fenced: stays off the LAN (again: the guard's fence already unplugged it) while it runs
+  // before the cleaning, so nothing the guest still holds is seen.
   await s.setLink(false);
-  const resumed = state === 'paused';
-  if (resumed) await s.resume();
+  const resumed = true;
+  await s.resume();
   const deadline = now() + (o.cleanTimeoutMs ?? 120_000);
   let last = '';
   for (;;) {
@@ -95,7 +125,7 @@ export async function unfenceGuest(o: UnfenceOptions): Promise<UnfenceOutcome> {
   }
   await s.setLink(true);
   const durationMs = Math.round(now() - t0);
-  log.info({ event: 'guest-unfenced', runState: state, resumed, durationMs }, resumed ? 'fenced guest resumed without the address and back on the LAN as a standby' : 'guest checked: no address, primary-only unit stopped, NIC plugged in');
+  log.info({ event: 'guest-unfenced', runState: state, resumed, durationMs }, 'fenced guest resumed without the address and back on the LAN as a standby');
   return { kind: 'clean', resumed, durationMs };
 }
 

@@ -45,6 +45,11 @@ export interface DbLinkOptions {
    * as a VM guest on the LAN: the guest's address (its MariaDB runs inside the guest).
    */
   ownAddress?: () => Promise<string>;
+  /**
+   * How long a promotion waits for this copy's own server to answer (default 0: not at all). A
+   * guest counts as running once its agent answers, its MariaDB some seconds later.
+   */
+  ownReadyWaitMs?: number;
 }
 
 /** What a standby's pilot reads from its own server for its heartbeat. */
@@ -338,7 +343,7 @@ export class DbLink {
     // A copy that was a switchover's old primary was left read-only: the primary must write.
     let conn: Connection | undefined;
     try {
-      conn = await connect({ ...(await this.own()), connectTimeout: 2000 });
+      conn = await this.connectOwnWaiting();
       if (this.replicating) {
         // Called once this copy holds the lease: apply what was received, stop replicating,
         // become a source, and only then writable.
@@ -389,6 +394,20 @@ export class DbLink {
       logger: this.log,
     });
     void this.recorder.reconcile(service).catch((err: unknown) => this.log.warn({ event: 'movements-reconcile-failed', err: errorMessage(err) }, 'navigator_movements backfill failed; will retry'));
+  }
+
+  /** Connect to this copy's own server, retrying for up to ownReadyWaitMs. */
+  private async connectOwnWaiting(): Promise<Connection> {
+    const until = Date.now() + (this.opts.ownReadyWaitMs ?? 0);
+    for (;;) {
+      try {
+        return await connect({ ...(await this.own()), connectTimeout: 2000 });
+      } catch (err) {
+        if (Date.now() >= until) throw err;
+        this.log.info({ event: 'own-db-waiting', err: errorMessage(err) }, "this copy's database does not answer yet; waiting");
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
   }
 
   /** The recorder while primary (it journals, gossips and writes the table). */

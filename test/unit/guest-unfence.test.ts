@@ -72,11 +72,12 @@ function fake(g: FakeGuest): { steps: UnfenceSteps; log: string[] } {
 const opts = { logger: silentLogger(), retryMs: 1 };
 
 describe('unfencing a guest', () => {
-  it('plans from the QEMU run state: no QEMU → absent; paused or running → clean; error states → replace', () => {
+  it('plans from the QEMU run state: no QEMU → absent; paused → resume; running → check; starting → leave; error states → replace', () => {
     expect(unfencePlan(undefined)).toBe('absent');
-    expect(unfencePlan('paused')).toBe('clean');
-    expect(unfencePlan('running')).toBe('clean');
-    for (const s of ['internal-error', 'io-error', 'guest-panicked', 'shutdown', 'suspended', 'prelaunch']) expect(unfencePlan(s)).toBe('replace');
+    expect(unfencePlan('paused')).toBe('resume');
+    expect(unfencePlan('running')).toBe('check');
+    expect(unfencePlan('prelaunch')).toBe('leave');
+    for (const s of ['internal-error', 'io-error', 'guest-panicked', 'shutdown', 'suspended']) expect(unfencePlan(s)).toBe('replace');
   });
 
   it('a guest the guard fenced (paused, NIC off, holding the address, primary unit on) is resumed with its NIC off, cleaned, checked, then plugged in', async () => {
@@ -88,11 +89,17 @@ describe('unfencing a guest', () => {
     expect(g).toMatchObject({ state: 'running', linkUp: true, holds: false, primaryUnit: false });
   });
 
-  it('a running guest whose NIC was plugged in (a clean depot restart) is unplugged while it is checked', async () => {
-    const g: FakeGuest = { state: 'running', linkUp: true, holds: false, primaryUnit: false, agentFailures: 0 };
+  it('a running guest (not fenced) is checked; its NIC is plugged in only once the address is verified gone; a guest still booting is left as it is', async () => {
+    const g: FakeGuest = { state: 'running', linkUp: false, holds: true, primaryUnit: false, agentFailures: 0 };
     const { steps, log } = fake(g);
     expect(await unfenceGuest({ ...opts, steps })).toMatchObject({ kind: 'clean', resumed: false });
-    expect(log).toEqual(['link off', 'stop unit', 'ip addr del', 'link on']);
+    expect(log).toEqual(['ip addr del', 'link on']);
+    const booting = fake({ state: 'running', linkUp: true, holds: false, primaryUnit: false, agentFailures: 1 });
+    expect(await unfenceGuest({ ...opts, steps: booting.steps })).toMatchObject({ kind: 'unchecked' });
+    expect(booting.log).toEqual([]);
+    const sticky = fake({ state: 'running', linkUp: false, holds: true, primaryUnit: false, agentFailures: 0, sticky: true });
+    expect(await unfenceGuest({ ...opts, steps: sticky.steps })).toMatchObject({ kind: 'unchecked' });
+    expect(sticky.log).not.toContain('link on');
   });
 
   it('a guest that keeps the address is replaced (cold boot), never plugged in with it', async () => {
