@@ -32,7 +32,9 @@ const FENCE_SLACK_MS = 1500;
 // runs: the guest stops answering within the lease (paused, NIC unplugged). The depot restarts:
 // its pilot resumes the guest with its NIC still unplugged, removes the address and stops
 // zabbix_server in it, and plugs it in again only then: the guest never answers on the address
-// until a pilot wins a later term and takes it again.
+// until a pilot wins a later term and takes it again. Before the kill a standby guest is placed
+// on the third host (the first primary's host stays off); after it, whichever guest serves in the
+// later term takes writes and the other replicates them.
 //
 // Bounds, TCG on 2 shared cores: a copy starts (clone of a 620 MiB image + ~50-80 s boot) within
 // 6 min; the failover within 90 s (detection ~1.5 s, then guest-agent round trips of 0.1-2 s each).
@@ -147,6 +149,11 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       await sql(standby, `INSERT INTO zabbix.history_uint (itemid, clock, value, ns) VALUES (${ITEM}, UNIX_TIMESTAMP(), ${ROWS + 1}, 0)`);
       await waitFor(async () => Number(await sql(standby, `SELECT COUNT(*) FROM zabbix.navigator_movements WHERE event = 'failover' AND host = '${standby}' AND term = ${failover.term}`).catch(() => '0')) === 1, 60_000, "the failover in the new primary guest's navigator_movements");
 
+      // The new primary keeps a standby again: a guest on the third host, made a replica of the
+      // new primary guest's database (it holds the row written after the failover).
+      await waitFor(async () => (await copies(c, observer)).some((x) => x.host === observer && x.role === 'standby' && x.state === 'running'), 900_000, `a standby guest on ${observer}`);
+      await waitFor(async () => Number(await sql(observer, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`).catch(() => '0')) === ROWS + 1, 600_000, `the standby guest on ${observer} a replica of the new primary`);
+
       // kill -9 of the new primary's depot while its guest keeps running: its fence guard (a
       // process of its own) pauses the guest, which stops answering within the lease.
       const newMac = after.server.split(' ')[1]!;
@@ -183,9 +190,14 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       const wonAt = later.time - (later.timings.takeover ?? 0) - 1000;
       const early = prober.successes.filter((s) => s.server.includes(newMac) && s.start > killedAt + LEASE_MS + FENCE_SLACK_MS && s.start < wonAt);
       expect(early).toEqual([]);
-      // Whoever serves now holds every row.
+      // Whoever serves now holds every row, takes writes, and the other guest (the resumed one,
+      // or the third host's) replicates them: the resumed guest is a warm standby again.
       const nowPrimary = later.host;
       expect(Number(await sql(nowPrimary, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`))).toBeGreaterThanOrEqual(ROWS + 1);
+      await waitFor(async () => (await sql(nowPrimary, 'SELECT @@read_only').catch(() => '')) === '0', 120_000, 'the new primary guest database writable');
+      await sql(nowPrimary, `INSERT INTO zabbix.history_uint (itemid, clock, value, ns) VALUES (${ITEM}, UNIX_TIMESTAMP() + 1, ${ROWS + 2}, 0)`);
+      const other = nowPrimary === standby ? observer : standby;
+      await waitFor(async () => Number(await sql(other, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM} AND value = ${ROWS + 2}`).catch(() => '0')) === 1, 600_000, `the guest on ${other} a replica of the primary on ${nowPrimary}`);
       console.log(JSON.stringify({ vmUnfence: { unfenced: back, servedAgainAfterMs: Math.round(served.t - killedAt), laterTerm: later.term, laterPrimary: later.host } }));
 
       expect(arp.splitBrainMoments()).toEqual([]);
@@ -195,5 +207,5 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       await prober.stop();
       await arp.stop();
     }
-  }, 1_500_000);
+  }, 2_400_000);
 });
