@@ -126,12 +126,16 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       const primaryMac = prober.successes.at(-1)!.server.split(' ')[1]!;
       const observer = hosts.find((h) => h !== 'w1' && h !== standby) ?? standby;
       const sql = (host: string, q: string) => guestSql(lab!, observer, { ip: guestIpOf(lab!, host) }, imageDir, q);
+      // The guest's MariaDB replicates (its seed loaded, replication started by the primary's pilot).
+      const replicating = async (host: string) => (await sql(host, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVE_RUNNING'").catch(() => '')) === 'ON';
 
       // History written into the primary guest's database reaches the standby guest's: the
-      // pilots keep it a GTID replica at the guests' own addresses (seeding it first: a copy of
-      // the ~15 MB Zabbix database under TCG).
+      // pilots keep it a GTID replica at the guests' own addresses. Written once it replicates
+      // (the seed, a dump of the ~15 MB Zabbix database under TCG, has loaded and replication
+      // runs), so the rows arrive by replication, not in the seed's dump.
+      await waitFor(async () => (await replicating(standby)), 600_000, `the standby guest on ${standby} replicating`);
       await sql('w1', `INSERT INTO zabbix.history_uint (itemid, clock, value, ns) SELECT ${ITEM}, UNIX_TIMESTAMP() - 1000 + seq, seq, 0 FROM zabbix.seq_1_to_${ROWS}`);
-      await waitFor(async () => Number(await sql(standby, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`).catch(() => '0')) === ROWS, 600_000, `the ${ROWS} rows in the standby guest's database`);
+      await waitFor(async () => Number(await sql(standby, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`).catch(() => '0')) === ROWS, 120_000, `the ${ROWS} rows in the standby guest's database`);
 
       const cut = Date.now();
       await lab.powerOff('w1');
@@ -141,7 +145,7 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       await waitFor(async () => {
         const res = await api<{ records: MovementRecord[] }>(c, observer, `/api/movements?service=${SERVICE}&limit=100`);
         return (res?.records ?? []).some((m) => m.event === 'failover' && m.host === standby && m.fromHost === 'w1');
-      }, 60_000, 'the failover recorded');
+      }, 300_000, 'the failover recorded');
       const failover = (await api<{ records: MovementRecord[] }>(c, observer, `/api/movements?service=${SERVICE}&limit=100`))!.records.find((m) => m.event === 'failover' && m.host === standby)!;
       // The new primary guest's database: every row written before the cut, writable, the move in its navigator_movements.
       expect(Number(await sql(standby, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`))).toBe(ROWS);
@@ -152,7 +156,8 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       // The new primary keeps a standby again: a guest on the third host, made a replica of the
       // new primary guest's database (it holds the row written after the failover).
       await waitFor(async () => (await copies(c, observer)).some((x) => x.host === observer && x.role === 'standby' && x.state === 'running'), 900_000, `a standby guest on ${observer}`);
-      await waitFor(async () => Number(await sql(observer, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`).catch(() => '0')) === ROWS + 1, 600_000, `the standby guest on ${observer} a replica of the new primary`);
+      await waitFor(async () => (await replicating(observer)), 600_000, `the standby guest on ${observer} replicating`);
+      await waitFor(async () => Number(await sql(observer, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`).catch(() => '0')) === ROWS + 1, 120_000, `the standby guest on ${observer} a replica of the new primary`);
 
       // kill -9 of the new primary's depot while its guest keeps running: its fence guard (a
       // process of its own) pauses the guest, which stops answering within the lease.
