@@ -64,6 +64,11 @@ export interface UnfenceOptions {
   logger: Logger;
   /** How long a just-resumed guest's agent may take to do the cleaning (TCG: seconds per round trip). */
   cleanTimeoutMs?: number;
+  /**
+   * The guest is suspect (its pilot could not drop the address through the agent): a running
+   * guest that cannot be checked is unplugged and replaced instead of left as it is.
+   */
+  suspect?: boolean;
   /** Pause between attempts while the agent does not answer yet. */
   retryMs?: number;
   now?: () => number;
@@ -95,6 +100,10 @@ export async function unfenceGuest(o: UnfenceOptions): Promise<UnfenceOutcome> {
       if (await s.addressHeld()) throw new NavigatorError('CONFLICT', 'the service address is still on the guest after ip addr del');
     } catch (err) {
       const reason = errorMessage(err);
+      if (o.suspect) {
+        await s.setLink(false);
+        return replace(`running guest not checked: ${reason}`);
+      }
       log.warn({ event: 'guest-check-failed', err: reason }, 'could not check the running guest holds no address; its NIC is left as it is');
       return { kind: 'unchecked', reason };
     }

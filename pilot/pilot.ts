@@ -345,7 +345,15 @@ export class Pilot {
       this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'resigned'));
       return;
     }
-    await this.address.take();
+    try {
+      await this.address.take();
+    } catch (err) {
+      // Not serving (e.g. a guest that does not answer its agent): give the term up rather than
+      // hold a lease nobody serves under.
+      this.log.error({ event: 'takeover-failed', term, err: errorMessage(err) }, 'could not take the service address; stepping down');
+      if (this.state.role === 'primary' && this.state.electionTerm === term) this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'resigned'));
+      return;
+    }
     this.lastReassert = this.opts.now();
     // The database first (replicate: apply what was received, stop replicating, writable; the
     // term fence raised so no older primary's sync lands), so the service's primary-only
@@ -372,9 +380,12 @@ export class Pilot {
         (err: unknown) => (this.log.warn({ event: 'guest-release-failed', err: errorMessage(err) }, 'could not drop the address in the guest; fencing the guest'), false),
       );
       if (dropped) await this.guard.release();
-      else if (!(await this.guard.fenceNow())) this.log.error({ event: 'guest-fence-unconfirmed' }, 'the fence guard did not confirm the guest fenced');
-      // The fenced guest stays paused and unplugged until it is clean (or booted again): a standby.
-      else await this.unfence('fenced on demotion').catch((err: unknown) => this.log.error({ event: 'guest-unfence-failed', err: errorMessage(err) }, 'fenced guest not brought back; it stays off the LAN'));
+      else {
+        // false also when the guard had already fenced on its own (lease lapsed) and exited.
+        if (!(await this.guard.fenceNow())) this.log.warn({ event: 'guest-fence-unconfirmed' }, 'the fence guard did not confirm a fence now (it may have fenced already)');
+        // The fenced guest is unplugged until it is clean (or booted again): then a standby.
+        await this.unfence('fenced on demotion', true).catch((err: unknown) => this.log.error({ event: 'guest-unfence-failed', err: errorMessage(err) }, 'fenced guest not brought back; it stays off the LAN'));
+      }
     } else {
       await this.address.release();
       await this.guard.release();
@@ -397,13 +408,14 @@ export class Pilot {
   }
 
   /** A guest that may be fenced: resumed without the address, or booted again (pilot/guest-unfence.ts). */
-  private async unfence(why: string): Promise<void> {
+  private async unfence(why: string, suspect = false): Promise<void> {
     const g = this.guest;
     if (!g || !(this.address instanceof GuestServiceAddress)) return;
     const address = this.address;
     const spec = this.spec.container;
     const outcome = await unfenceGuest({
       logger: this.log.child({ why }),
+      suspect,
       steps: qemuUnfenceSteps({
         qmpSocket: g.qmpSocket,
         nic: g.nic,

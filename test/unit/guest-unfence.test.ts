@@ -97,6 +97,10 @@ describe('unfencing a guest', () => {
     const booting = fake({ state: 'running', linkUp: true, holds: false, primaryUnit: false, agentFailures: 1 });
     expect(await unfenceGuest({ ...opts, steps: booting.steps })).toMatchObject({ kind: 'unchecked' });
     expect(booting.log).toEqual([]);
+    // Suspect (its pilot could not drop the address): unplugged and replaced, never left on the LAN.
+    const suspect = fake({ state: 'running', linkUp: true, holds: true, primaryUnit: true, agentFailures: 1e9 });
+    expect(await unfenceGuest({ ...opts, steps: suspect.steps, suspect: true })).toMatchObject({ kind: 'replaced' });
+    expect(suspect.log).toEqual(['link off', 'replace']);
     const sticky = fake({ state: 'running', linkUp: false, holds: true, primaryUnit: false, agentFailures: 0, sticky: true });
     expect(await unfenceGuest({ ...opts, steps: sticky.steps })).toMatchObject({ kind: 'unchecked' });
     expect(sticky.log).not.toContain('link on');
