@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import { NavigatorError } from '../shared/errors.ts';
 import type { ContainerSpec } from '../depot/containers/drivers/driver.ts';
 import { GUEST_NIC_ID, QGA_SOCKET, QMP_SOCKET } from '../depot/containers/drivers/qemu.ts';
 
@@ -20,4 +21,25 @@ export function containerStartTimeoutMs(spec: ContainerSpec): number {
 export function guestSocketsOf(spec: ContainerSpec, containerDir: string): { qmpSocket: string; qgaSocket: string; nic: string } | undefined {
   if (spec.driver !== 'qemu' || !spec.network || !spec.guestAgent) return undefined;
   return { qmpSocket: join(containerDir, QMP_SOCKET), qgaSocket: join(containerDir, QGA_SOCKET), nic: GUEST_NIC_ID };
+}
+
+/**
+ * Where a copy's database answers, as the pilots reach it: the guest's own address for a copy
+ * packed as a guest on the LAN (its MariaDB runs in the guest; `guestAddress` in its heartbeat
+ * report), else its host's address. Undefined while a guest's address is not known yet: such a
+ * copy is not synced to or trusted as a source rather than reached at its host, which holds no
+ * server of the service. Pure.
+ */
+export function dbAddressOf(copy: { address: string | undefined; report: { guestAddress?: string | undefined } }, guest: boolean): string | undefined {
+  return guest ? copy.report.guestAddress : copy.address;
+}
+
+/** A promotion waits this long for the guest's database (TCG: MariaDB answers ~15 s after the agent). */
+export const GUEST_DB_READY_WAIT_MS = 180_000;
+
+/** This copy's guest address, where its own database answers; fails while it is not known. */
+export async function guestDbAddress(containers: { guestAddress(id: string): Promise<string | undefined> }, container: string): Promise<string> {
+  const a = await containers.guestAddress(container);
+  if (!a) throw new NavigatorError('DRIVER_FAILED', `container ${container}: its guest's LAN address is not known (qemu network)`);
+  return a;
 }

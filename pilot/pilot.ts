@@ -12,7 +12,8 @@ import { renewIntervalMs, type ElectionConfig } from './election/settings.ts';
 import type { ElectionTransport } from './election/transport.ts';
 import { ServiceAddress } from './address.ts';
 import { GuestServiceAddress } from './guest-address.ts';
-import { guestSocketsOf } from './guest-mode.ts';
+import { dbAddressOf, guestSocketsOf } from './guest-mode.ts';
+import { qemuUnfenceSteps, unfenceGuest } from './guest-unfence.ts';
 import { FenceGuard } from './fence-guard.ts';
 import { PRIMARY_PIDS_FILE } from '../depot/containers/drivers/process.ts';
 import { join } from 'node:path';
@@ -115,6 +116,8 @@ export class Pilot {
   private watch: CopyWatch;
   /** The takeover finished: the address is held and the service is ours to probe. */
   private serving = false;
+  /** A VM-packed copy (qemu guest on the LAN with an agent): its QEMU sockets; its database is in the guest. */
+  private readonly guest: ReturnType<typeof guestSocketsOf>;
 
   constructor(private readonly opts: PilotOptions) {
     const a = opts.assignment;
@@ -123,6 +126,7 @@ export class Pilot {
     this.watch = newCopyWatch({ bootstrapping: a.campaign, lastResort: a.lastResort });
     // A VM-packed copy: the address lives in the guest; the guard fences the guest (QMP stop, NIC off).
     const guest = guestSocketsOf(a.spec.container, join(opts.containers.root, a.container));
+    this.guest = guest;
     this.guard = new FenceGuard({
       guest,
       address: a.spec.address,
@@ -174,8 +178,10 @@ export class Pilot {
   async start(): Promise<void> {
     this.running = true;
     // Whatever this copy was before a restart, it starts as standby: it must win an election
-    // to serve again, so make sure no address is left behind from an earlier life.
-    await this.address.release().catch((err: unknown) => this.log.warn({ event: 'release-failed', err: errorMessage(err) }, 'could not release address'));
+    // to serve again, so make sure no address is left behind from an earlier life. A guest the
+    // guard fenced (paused, NIC off: the depot was killed) comes back only once it is clean.
+    if (this.guest) await this.unfence('pilot started');
+    else await this.address.release().catch((err: unknown) => this.log.warn({ event: 'release-failed', err: errorMessage(err) }, 'could not release address'));
     // A host that rebooted (or a depot restarted after its container died) brings its copy
     // back, as a standby: the service regains protection without anyone stepping in.
     const status = await this.opts.containers.status(this.container).catch(() => undefined);
@@ -350,7 +356,15 @@ export class Pilot {
       this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'resigned'));
       return;
     }
-    await this.address.take();
+    try {
+      await this.address.take();
+    } catch (err) {
+      // Not serving (e.g. a guest that does not answer its agent): give the term up rather than
+      // hold a lease nobody serves under.
+      this.log.error({ event: 'takeover-failed', term, err: errorMessage(err) }, 'could not take the service address; stepping down');
+      if (this.state.role === 'primary' && this.state.electionTerm === term) this.apply(pilotResign(this.state, this.opts.now(), this.opts.cfg, 'resigned'));
+      return;
+    }
     this.lastReassert = this.opts.now();
     // The database first (replicate: apply what was received, stop replicating, writable; the
     // term fence raised so no older primary's sync lands), so the service's primary-only
@@ -393,7 +407,12 @@ export class Pilot {
         (err: unknown) => (this.log.warn({ event: 'guest-release-failed', err: errorMessage(err) }, 'could not drop the address in the guest; fencing the guest'), false),
       );
       if (dropped) await this.guard.release();
-      else if (!(await this.guard.fenceNow())) this.log.error({ event: 'guest-fence-unconfirmed' }, 'the fence guard did not confirm the guest fenced');
+      else {
+        // false also when the guard had already fenced on its own (lease lapsed) and exited.
+        if (!(await this.guard.fenceNow())) this.log.warn({ event: 'guest-fence-unconfirmed' }, 'the fence guard did not confirm a fence now (it may have fenced already)');
+        // The fenced guest is unplugged until it is clean (or booted again): then a standby.
+        await this.unfence('fenced on demotion', true).catch((err: unknown) => this.log.error({ event: 'guest-unfence-failed', err: errorMessage(err) }, 'fenced guest not brought back; it stays off the LAN'));
+      }
     } else {
       await this.address.release();
       await this.guard.release();
@@ -413,6 +432,32 @@ export class Pilot {
       term,
       timings: { takeover: Math.round(this.opts.now() - t0) },
     });
+  }
+
+  /** A guest that may be fenced: resumed without the address, or booted again (pilot/guest-unfence.ts). */
+  private async unfence(why: string, suspect = false): Promise<void> {
+    const g = this.guest;
+    if (!g || !(this.address instanceof GuestServiceAddress)) return;
+    const address = this.address;
+    const spec = this.spec.container;
+    const outcome = await unfenceGuest({
+      logger: this.log.child({ why }),
+      suspect,
+      steps: qemuUnfenceSteps({
+        qmpSocket: g.qmpSocket,
+        nic: g.nic,
+        primaryUnit: spec.driver === 'qemu' ? spec.primaryUnit : undefined,
+        exec: (cmd, args, o) => this.opts.containers.exec(this.container, cmd, args, o),
+        address,
+        replace: async () => {
+          // A short power-down (the guest may be hung), then QEMU goes; the disk boots clean.
+          await this.opts.containers.stopContainer(this.container, { timeoutMs: 30_000 });
+          await this.opts.containers.startContainer({ id: this.container, service: this.spec.name, spec, role: 'standby', term: this.term });
+        },
+      }),
+    });
+    // An ex-primary's database takes no writes; the current primary re-points or reseeds it.
+    if (outcome.kind === 'clean' && outcome.resumed) await this.opts.db?.becomeStandby();
   }
 
   private async restartInPlace(term: number): Promise<void> {
@@ -488,8 +533,12 @@ export class Pilot {
             .filter((c) => c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive' && c.report.role === 'standby' && c.report.state === 'running' && c.address)
             // The database goes only to copies this primary knows, never to a mere claim.
             .filter((c) => this.opts.trustsCopy?.(this, c) ?? true)
-            .map((c) => ({ key: `${c.peerId}/${c.report.id}`, host: c.host, address: c.address! }));
-          await this.opts.db.setStandbys(targets, own?.address, () => this.state.role === 'primary' && leaseValid(this.state, this.opts.now()));
+            // A VM-packed copy's database is in its guest: reached at the guest's own address.
+            .flatMap((c) => {
+              const address = dbAddressOf(c, this.guest !== undefined);
+              return address ? [{ key: `${c.peerId}/${c.report.id}`, host: c.host, address }] : [];
+            });
+          await this.opts.db.setStandbys(targets, own ? dbAddressOf(own, this.guest !== undefined) : undefined, () => this.state.role === 'primary' && leaseValid(this.state, this.opts.now()));
           this.opts.containers.setReplication(this.container, this.opts.db.primaryReport());
         }
         if (this.opts.keepStandbys) await this.opts.keepStandbys(this);
@@ -515,7 +564,7 @@ export class Pilot {
         const source = copies
           .filter((c) => c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive')
           .sort((a, b) => b.report.term - a.report.term)[0];
-        const sync = await this.opts.db.ownSync(Date.now(), source && source.report.term >= this.state.term ? source.address : undefined);
+        const sync = await this.opts.db.ownSync(Date.now(), source && source.report.term >= this.state.term ? dbAddressOf(source, this.guest !== undefined) : undefined);
         if (sync) {
           this.opts.containers.setSync(this.container, sync.lastSyncAt, sync.syncFailing, sync.repl);
           if (sync.lastSyncAt !== undefined) this.state = pilotSetSyncTime(this.state, sync.lastSyncAt);

@@ -10,6 +10,7 @@ import type { ElectionConfig } from './election/settings.ts';
 import type { ElectionTransport } from './election/transport.ts';
 import { Pilot, type ClusterView, type CopyView } from './pilot.ts';
 import { DbLink } from './db/db-link.ts';
+import { GUEST_DB_READY_WAIT_MS, guestDbAddress, guestSocketsOf } from './guest-mode.ts';
 import type { MovementJournal } from './db/movements-table.ts';
 import { PilotAssignment } from './service-spec.ts';
 import { movementPublisher, type RecordMovement } from './movement-recorder.ts';
@@ -138,6 +139,8 @@ export class PilotSupervisor {
             journal: o.journal,
             publish: movementPublisher(o.gossip),
             logger: o.logger,
+            // A VM-packed copy: its database runs in the guest, at the guest's own address.
+            ...(guestSocketsOf(a.spec.container, join(o.containers.root, a.container)) ? { ownAddress: () => guestDbAddress(o.containers, a.container), ownReadyWaitMs: GUEST_DB_READY_WAIT_MS } : {}),
           })
         : undefined,
     });

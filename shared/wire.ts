@@ -51,6 +51,11 @@ export const ContainerReport = z.object({
   replState: z.enum(['replicating', 'connecting', 'broken', 'stopped', 'seeding']).optional().describe("replicate/semisync: a standby's replication state"),
   replReason: shortText.optional().describe('Why replication is broken or stopped'),
   semisyncFallback: z.boolean().optional().describe('semisync: the primary fell back to async replication (no standby acknowledged in time)'),
+  guestAddress: z
+    .string()
+    .regex(/^\d{1,3}(\.\d{1,3}){3}$/)
+    .optional()
+    .describe("A qemu copy on the LAN: its guest's own address, where the copy's database answers"),
 });
 export type ContainerReport = z.infer<typeof ContainerReport>;
 

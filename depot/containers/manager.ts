@@ -72,6 +72,8 @@ interface Entry {
   syncFailing: boolean;
   view?: ElectionView | undefined;
   repl?: ReplicationReport | undefined;
+  /** A qemu guest on the LAN: its own address (learned once it runs; its database answers there). */
+  guestAddr?: string | undefined;
 }
 
 /** Replication fields of a copy's heartbeat report (replicate/semisync modes). */
@@ -337,6 +339,7 @@ export class ContainerManager {
       ...(e.repl?.replState !== undefined ? { replState: e.repl.replState } : {}),
       ...(e.repl?.replReason !== undefined ? { replReason: e.repl.replReason.slice(0, 256) } : {}),
       ...(e.repl?.semisyncFallback !== undefined ? { semisyncFallback: e.repl.semisyncFallback } : {}),
+      ...(e.guestAddr !== undefined ? { guestAddress: e.guestAddr } : {}),
     }));
   }
 
@@ -372,6 +375,11 @@ export class ContainerManager {
       s = 'unknown';
     }
     if (busy(e)) return;
+    // A guest on the LAN: the pilots reach its database at its own address, reported in the heartbeat.
+    if (s === 'running' && e.guestAddr === undefined && e.spec.driver === 'qemu' && e.spec.network) {
+      const a = await e.driver.guestAddress().catch(() => undefined);
+      if (a && /^\d{1,3}(\.\d{1,3}){3}$/.test(a)) e.guestAddr = a;
+    }
     if (s === 'stopped' && e.wanted) {
       e.lastError ??= 'container stopped without being asked to';
       s = 'failed';

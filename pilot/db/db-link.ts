@@ -40,6 +40,16 @@ export interface DbLinkOptions {
   journal: MovementJournal | undefined;
   publish: (record: MovementRecord) => Promise<void>;
   logger: Logger;
+  /**
+   * Where this copy's own database server answers (default 127.0.0.1, on the host). A copy packed
+   * as a VM guest on the LAN: the guest's address (its MariaDB runs inside the guest).
+   */
+  ownAddress?: () => Promise<string>;
+  /**
+   * How long a promotion waits for this copy's own server to answer (default 0: not at all). A
+   * guest counts as running once its agent answers, its MariaDB some seconds later.
+   */
+  ownReadyWaitMs?: number;
 }
 
 /** What a standby's pilot reads from its own server for its heartbeat. */
@@ -80,6 +90,11 @@ export class DbLink {
     return this.password;
   }
 
+  /** This copy's own server: on the host, or in its VM guest. */
+  private async own(): Promise<{ host: string; port: number; user: string; password: string }> {
+    return this.endpoint(this.opts.ownAddress ? await this.opts.ownAddress() : '127.0.0.1');
+  }
+
   private async endpoint(host: string): Promise<{ host: string; port: number; user: string; password: string }> {
     return { host, port: this.opts.db.port, user: this.opts.db.user, password: await this.secret() };
   }
@@ -113,7 +128,7 @@ export class DbLink {
       const { DbSync } = await import('./dbsync.ts');
       if (this.syncs.has(t.key)) continue; // set up by a concurrent call meanwhile
       const sync = new DbSync({
-        source: await this.endpoint('127.0.0.1'),
+        source: await this.own(),
         target: { ...(await this.endpoint(t.address)), ...(t.port ? { port: t.port } : {}) },
         database: this.opts.db.database,
         logger: this.log.child({ standby: t.host }),
@@ -153,7 +168,7 @@ export class DbLink {
       const { serverIdFor } = await import('./replication.ts');
       if (this.keepers.has(t.key)) continue;
       const keeper = new ReplicaKeeper({
-        source: await this.endpoint('127.0.0.1'),
+        source: await this.own(),
         sourceAddress: selfAddress,
         target: { ...(await this.endpoint(t.address)), ...(t.port ? { port: t.port } : {}) },
         targetServerId: serverIdFor(t.key),
@@ -205,7 +220,7 @@ export class DbLink {
     await Promise.all(keepers.map((k) => k.checkNow().catch(() => undefined)));
     let conn: Connection | undefined;
     try {
-      conn = await connect({ ...(await this.endpoint('127.0.0.1')), connectTimeout: 5000 });
+      conn = await connect({ ...(await this.own()), connectTimeout: 5000 });
       const gtid = stopWrites ? await stopWritesAndFinalPosition(conn, this.opts.dbsync.swapLockWaitS) : String(((await conn.query('SELECT @@GLOBAL.gtid_binlog_pos AS p'))[0] as Array<{ p: string }>)[0]?.p ?? '');
       this.stopBeat();
       const results = await Promise.all(
@@ -250,7 +265,7 @@ export class DbLink {
     }
     let conn: Connection | undefined;
     try {
-      conn = await connect({ ...(await this.endpoint('127.0.0.1')), connectTimeout: 5000 });
+      conn = await connect({ ...(await this.own()), connectTimeout: 5000 });
       await conn.query('SET GLOBAL read_only = 0');
       this.log.info({ event: 'writes-resumed' }, 'primary accepts writes again');
       this.startBeat();
@@ -300,7 +315,7 @@ export class DbLink {
   private async beatOnce(full: boolean): Promise<void> {
     try {
       const r = await import('./replication.ts');
-      this.beatConn ??= await connect({ ...(await this.endpoint('127.0.0.1')), connectTimeout: 2000 });
+      this.beatConn ??= await connect({ ...(await this.own()), connectTimeout: 2000 });
       await r.writeHeartbeat(this.beatConn, this.opts.db.database, Date.now());
       if (!full) return;
       const [v] = (await this.beatConn.query('SELECT @@GLOBAL.gtid_binlog_pos AS p'))[0] as Array<{ p: string }>;
@@ -328,7 +343,7 @@ export class DbLink {
     // A copy that was a switchover's old primary was left read-only: the primary must write.
     let conn: Connection | undefined;
     try {
-      conn = await connect({ ...(await this.endpoint('127.0.0.1')), connectTimeout: 2000 });
+      conn = await this.connectOwnWaiting();
       if (this.replicating) {
         // Called once this copy holds the lease: apply what was received, stop replicating,
         // become a source, and only then writable.
@@ -370,7 +385,7 @@ export class DbLink {
     }
     if (this.recorder || !this.opts.journal) return;
     const { MovementRecorder } = await import('./movements-table.ts');
-    const db = { ...(await this.endpoint('127.0.0.1')), database: this.opts.db.database };
+    const db = { ...(await this.own()), database: this.opts.db.database };
     if (this.recorder) return; // made by a concurrent call meanwhile
     this.recorder = new MovementRecorder({
       db,
@@ -379,6 +394,20 @@ export class DbLink {
       logger: this.log,
     });
     void this.recorder.reconcile(service).catch((err: unknown) => this.log.warn({ event: 'movements-reconcile-failed', err: errorMessage(err) }, 'navigator_movements backfill failed; will retry'));
+  }
+
+  /** Connect to this copy's own server, retrying for up to ownReadyWaitMs. */
+  private async connectOwnWaiting(): Promise<Connection> {
+    const until = Date.now() + (this.opts.ownReadyWaitMs ?? 0);
+    for (;;) {
+      try {
+        return await connect({ ...(await this.own()), connectTimeout: 2000 });
+      } catch (err) {
+        if (Date.now() >= until) throw err;
+        this.log.info({ event: 'own-db-waiting', err: errorMessage(err) }, "this copy's database does not answer yet; waiting");
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
   }
 
   /** The recorder while primary (it journals, gossips and writes the table). */
@@ -397,7 +426,7 @@ export class DbLink {
       // only changes by replication from the current primary, which re-points or reseeds it.
       let conn: Connection | undefined;
       try {
-        conn = await connect({ ...(await this.endpoint('127.0.0.1')), connectTimeout: 2000 });
+        conn = await connect({ ...(await this.own()), connectTimeout: 2000 });
         await conn.query('SET GLOBAL read_only = 1');
         await conn.query('SET GLOBAL rpl_semi_sync_master_enabled = 0');
       } catch (err) {
@@ -421,7 +450,7 @@ export class DbLink {
   async ownSync(now: number, expectedSource?: string): Promise<OwnSyncFields | undefined> {
     let conn: Connection | undefined;
     try {
-      conn = await connect({ ...(await this.endpoint('127.0.0.1')), connectTimeout: 2000 });
+      conn = await connect({ ...(await this.own()), connectTimeout: 2000 });
       if (this.replicating) return await this.ownReplication(conn, expectedSource);
       return syncHeartbeatFields(await readSyncHistory(conn, this.opts.db.database), now, this.opts.dbsync.syncIntervalMs);
     } catch {

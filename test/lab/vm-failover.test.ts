@@ -6,7 +6,7 @@ import { Lab } from '../../lab/lab.ts';
 import { ADMIN_TOKEN, aliveSeenBy, api, depotArgs, serviceView, waitFor, type LabCluster } from '../../lab/cluster.ts';
 import { Prober } from '../../lab/prober.ts';
 import { ArpWatch } from '../../lab/arp-watch.ts';
-import { GUEST_APPEND, GUEST_BRIDGE, GUEST_WHOAMI_PORT, bridgeWorkstation, guestImage } from '../../lab/vm-guest.ts';
+import { GUEST_APPEND, GUEST_BRIDGE, GUEST_DB_PORT, GUEST_WHOAMI_PORT, bridgeWorkstation, guestImage, guestSql } from '../../lab/vm-guest.ts';
 import { loadOrCreateIdentity } from '../../depot/identity.ts';
 import { makeSwarmKey } from '../../depot/swarm-key.ts';
 import { ImageStore } from '../../depot/images/catalog.ts';
@@ -22,16 +22,34 @@ const LEASE_MS = PilotSection.parse({}).leaseMs;
 const FENCE_SLACK_MS = 1500;
 
 // The VM-packed service bootstrapped through real depots and pilots: 3 workstations (bridged,
-// navbr0), the service a QEMU guest (TCG) with one warm standby guest, the prober on the service
-// address (the guests' whoami port). The primary's host loses power: the standby's pilot takes the
-// address in ITS guest; the movement is recorded; never two MACs. Then kill -9 of the new
-// primary's depot while its guest runs: the guest stops answering within the lease. No database in this spec: the
-// pilot's database sync does not reach guests yet (README, "Packing the service as a VM").
+// navbr0), the service a QEMU guest (TCG) with its database (dbsync replicate, as the process
+// example) and one warm standby guest, the prober on the service address (the guests' whoami
+// port). History rows written into the primary guest's MariaDB reach the standby guest's through
+// the pilots' replication, at the guests' own addresses. The primary's host loses power: the
+// standby's pilot takes the address in ITS guest and promotes its database, which holds every row
+// and takes writes; the movement is recorded (tracking API and the new primary guest's
+// navigator_movements); never two MACs. Then kill -9 of the new primary's depot while its guest
+// runs: the guest stops answering within the lease (paused, NIC unplugged). The depot restarts:
+// its pilot resumes the guest with its NIC still unplugged, removes the address and stops
+// zabbix_server in it, and plugs it in again only then: the guest never answers on the address
+// until a pilot wins a later term and takes it again. Before the kill a standby guest is placed
+// on the third host (the first primary's host stays off); after it, whichever guest serves in the
+// later term takes writes and the other replicates them.
 //
 // Bounds, TCG on 2 shared cores: a copy starts (clone of a 620 MiB image + ~50-80 s boot) within
 // 6 min; the failover within 90 s (detection ~1.5 s, then guest-agent round trips of 0.1-2 s each).
 
 const SERVICE = 'zbxvm';
+/** History rows written into the primary guest's database before the cut (an item id clear of the stock data's). */
+const ROWS = 500;
+const ITEM = 990001;
+
+/** A guest's own address: its host's LAN address + the spec's guestAddressOffset (40). */
+function guestIpOf(l: Lab, host: string): string {
+  const parts = l.host(host).ip.split('.').map(Number);
+  parts[3]! += 40;
+  return parts.join('.');
+}
 const HTTP_PORT = 7480; // the lab depots' HTTP port (lab/cluster.ts)
 let lab: Lab | undefined;
 afterEach(async () => {
@@ -58,6 +76,10 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
     const imageDir = join(lab.dir, 'image');
     await mkdir(imageDir, { recursive: true });
     for (const f of ['disk.qcow2', 'vmlinuz', 'initrd.img']) await copyFile(join(image, f), join(imageDir, f));
+    // The navsync password baked into the image: the database spec's passwordFile.
+    await mkdir(join(imageDir, 'secrets'), { mode: 0o700 });
+    await copyFile(join(image, 'secrets', 'sync.password'), join(imageDir, 'secrets', 'sync.password'));
+    await mkdir(join(lab.dir, 'vm'), { recursive: true });
     const swarmKeyFile = join(lab.dir, 'swarm.key');
     await writeFile(swarmKeyFile, makeSwarmKey(), { mode: 0o600 });
     const peerIds = new Map<string, string>();
@@ -86,6 +108,7 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       iface: 'eth0',
       port: GUEST_WHOAMI_PORT,
       standbys: 1,
+      database: { database: 'zabbix', user: 'navsync', passwordFile: 'secrets/sync.password', port: GUEST_DB_PORT },
     };
     const r = await lab.exec('w1', ['curl', '-sS', '--max-time', '590', '-w', '\n%{http_code}', '-H', 'content-type: application/json', '-H', `authorization: Bearer ${ADMIN_TOKEN}`, '--data-binary', '@-', `http://127.0.0.1:${HTTP_PORT}/api/bootstrap`], { input: JSON.stringify(body), reject: false, timeoutMs: 600_000 });
     const lines = r.stdout.trimEnd().split('\n');
@@ -102,6 +125,17 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       const standby = (await copies(c, 'w2')).find((x) => x.host !== 'w1' && x.role === 'standby' && x.state === 'running')!.host;
       const primaryMac = prober.successes.at(-1)!.server.split(' ')[1]!;
       const observer = hosts.find((h) => h !== 'w1' && h !== standby) ?? standby;
+      const sql = (host: string, q: string) => guestSql(lab!, observer, { ip: guestIpOf(lab!, host) }, imageDir, q);
+      // The guest's MariaDB replicates (its seed loaded, replication started by the primary's pilot).
+      const replicating = async (host: string) => (await sql(host, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVE_RUNNING'").catch(() => '')) === 'ON';
+
+      // History written into the primary guest's database reaches the standby guest's: the
+      // pilots keep it a GTID replica at the guests' own addresses. Written once it replicates
+      // (the seed, a dump of the ~15 MB Zabbix database under TCG, has loaded and replication
+      // runs), so the rows arrive by replication, not in the seed's dump.
+      await waitFor(async () => (await replicating(standby)), 600_000, `the standby guest on ${standby} replicating`);
+      await sql('w1', `INSERT INTO zabbix.history_uint (itemid, clock, value, ns) SELECT ${ITEM}, UNIX_TIMESTAMP() - 1000 + seq, seq, 0 FROM zabbix.seq_1_to_${ROWS}`);
+      await waitFor(async () => Number(await sql(standby, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`).catch(() => '0')) === ROWS, 120_000, `the ${ROWS} rows in the standby guest's database`);
 
       const cut = Date.now();
       await lab.powerOff('w1');
@@ -111,7 +145,19 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       await waitFor(async () => {
         const res = await api<{ records: MovementRecord[] }>(c, observer, `/api/movements?service=${SERVICE}&limit=100`);
         return (res?.records ?? []).some((m) => m.event === 'failover' && m.host === standby && m.fromHost === 'w1');
-      }, 60_000, 'the failover recorded');
+      }, 300_000, 'the failover recorded');
+      const failover = (await api<{ records: MovementRecord[] }>(c, observer, `/api/movements?service=${SERVICE}&limit=100`))!.records.find((m) => m.event === 'failover' && m.host === standby)!;
+      // The new primary guest's database: every row written before the cut, writable, the move in its navigator_movements.
+      expect(Number(await sql(standby, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`))).toBe(ROWS);
+      await waitFor(async () => (await sql(standby, 'SELECT @@read_only')) === '0', 60_000, 'the promoted guest database writable');
+      await sql(standby, `INSERT INTO zabbix.history_uint (itemid, clock, value, ns) VALUES (${ITEM}, UNIX_TIMESTAMP(), ${ROWS + 1}, 0)`);
+      await waitFor(async () => Number(await sql(standby, `SELECT COUNT(*) FROM zabbix.navigator_movements WHERE event = 'failover' AND host = '${standby}' AND term = ${failover.term}`).catch(() => '0')) === 1, 60_000, "the failover in the new primary guest's navigator_movements");
+
+      // The new primary keeps a standby again: a guest on the third host, made a replica of the
+      // new primary guest's database (it holds the row written after the failover).
+      await waitFor(async () => (await copies(c, observer)).some((x) => x.host === observer && x.role === 'standby' && x.state === 'running'), 900_000, `a standby guest on ${observer}`);
+      await waitFor(async () => (await replicating(observer)), 600_000, `the standby guest on ${observer} replicating`);
+      await waitFor(async () => Number(await sql(observer, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`).catch(() => '0')) === ROWS + 1, 120_000, `the standby guest on ${observer} a replica of the new primary`);
 
       // kill -9 of the new primary's depot while its guest keeps running: its fence guard (a
       // process of its own) pauses the guest, which stops answering within the lease.
@@ -127,6 +173,38 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       q.close();
       expect(st.status).toBe('paused');
 
+      // The depot comes back: its pilot brings the fenced guest back clean (pilot/guest-unfence.ts).
+      const unfenced: string[] = [];
+      const restarted = c.lab.spawn(standby, depotArgs(c, standby), { name: 'depot-restarted', env: { ...DEPOT_ENV, NAVIGATOR__http__adminToken: ADMIN_TOKEN, NAVIGATOR_LOG_LEVEL: 'info' } });
+      restarted.onLine((line) => {
+        if (/"event":"guest-(unfenced|replaced)"/.test(line)) unfenced.push(line);
+      });
+      c.depots.set(standby, restarted);
+      await waitFor(async () => unfenced.length > 0, 600_000, 'the fenced guest brought back by the restarted depot');
+      const back = JSON.parse(unfenced[0]!) as { event: string; resumed?: boolean };
+      // Resumed (paused → running, not booted again): the warm way back.
+      expect(back).toMatchObject({ event: 'guest-unfenced', resumed: true });
+      // The service again: a later term's primary (the restarted copy, or w3's if it had one).
+      const served = await prober.waitForServer(/^navigator-guest /, 600_000);
+      await waitFor(async () => {
+        const res = await api<{ records: MovementRecord[] }>(c, observer, `/api/movements?service=${SERVICE}&limit=100`);
+        return (res?.records ?? []).some((m) => m.role === 'primary' && m.term > failover.term);
+      }, 120_000, 'a later term recorded');
+      const later = (await api<{ records: MovementRecord[] }>(c, observer, `/api/movements?service=${SERVICE}&limit=100`))!.records.filter((m) => m.role === 'primary' && m.term > failover.term).sort((a, b) => a.time - b.time)[0]!;
+      // The old guest answered on the address only after a pilot won that later term (its takeover began then).
+      const wonAt = later.time - (later.timings.takeover ?? 0) - 1000;
+      const early = prober.successes.filter((s) => s.server.includes(newMac) && s.start > killedAt + LEASE_MS + FENCE_SLACK_MS && s.start < wonAt);
+      expect(early).toEqual([]);
+      // Whoever serves now holds every row, takes writes, and the other guest (the resumed one,
+      // or the third host's) replicates them: the resumed guest is a warm standby again.
+      const nowPrimary = later.host;
+      expect(Number(await sql(nowPrimary, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`))).toBeGreaterThanOrEqual(ROWS + 1);
+      await waitFor(async () => (await sql(nowPrimary, 'SELECT @@read_only').catch(() => '')) === '0', 120_000, 'the new primary guest database writable');
+      await sql(nowPrimary, `INSERT INTO zabbix.history_uint (itemid, clock, value, ns) VALUES (${ITEM}, UNIX_TIMESTAMP() + 1, ${ROWS + 2}, 0)`);
+      const other = nowPrimary === standby ? observer : standby;
+      await waitFor(async () => Number(await sql(other, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM} AND value = ${ROWS + 2}`).catch(() => '0')) === 1, 600_000, `the guest on ${other} a replica of the primary on ${nowPrimary}`);
+      console.log(JSON.stringify({ vmUnfence: { unfenced: back, servedAgainAfterMs: Math.round(served.t - killedAt), laterTerm: later.term, laterPrimary: later.host } }));
+
       expect(arp.splitBrainMoments()).toEqual([]);
       expect(arp.macs().length).toBeGreaterThanOrEqual(2);
       console.log(JSON.stringify({ vmClusterFailover: { outageMs: outage.outageMs, standby } }));
@@ -134,5 +212,5 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       await prober.stop();
       await arp.stop();
     }
-  }, 1_500_000);
+  }, 2_400_000);
 });
