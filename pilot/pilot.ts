@@ -15,6 +15,7 @@ import { GuestServiceAddress } from './guest-address.ts';
 import { dbAddressOf, guestSocketsOf } from './guest-mode.ts';
 import { qemuUnfenceSteps, unfenceGuest } from './guest-unfence.ts';
 import { FenceGuard } from './fence-guard.ts';
+import { logLeaseLapsed, logRenewalReply } from './lease-log.ts';
 import { PRIMARY_PIDS_FILE } from '../depot/containers/drivers/process.ts';
 import { join } from 'node:path';
 import type { PilotAssignment, ServiceSpec } from './service-spec.ts';
@@ -261,9 +262,11 @@ export class Pilot {
 
   private apply(step: PilotStep): void {
     const before = this.state.view;
-    const acks = this.state.acks;
+    // A lapse is told with the grants it was counted from, which the fence step clears.
+    const lapse = step.decisions.find((d) => d.kind === 'fence' && d.reason === 'lease-expired');
+    if (lapse) logLeaseLapsed(this.log, { term: this.state.electionTerm, acks: this.state.acks, now: this.opts.now(), voters: this.state.view.voters.length });
     this.state = step.state;
-    for (const d of step.decisions) this.execute(d, acks);
+    for (const d of step.decisions) this.execute(d);
     if (this.state.view !== before) this.viewMoved();
     this.schedule();
   }
@@ -288,13 +291,12 @@ export class Pilot {
     this.wakeTimer = setTimeout(() => this.apply(pilotTick(this.state, this.opts.now(), this.opts.cfg)), delay);
   }
 
-  /** `acks`: the grants counted before this step (a fence clears them; its log shows them). */
-  private execute(d: PilotDecision, acks: PilotState['acks']): void {
+  private execute(d: PilotDecision): void {
     switch (d.kind) {
       case 'send': {
         const sentAt = this.opts.now();
         void this.opts.transport.request(d.to, d.message).then((reply) => {
-          if (d.message.type === 'lease-renew') this.noteRenewal(d.to, reply, this.opts.now() - sentAt);
+          if (d.message.type === 'lease-renew') this.noteRenewal(d.to, reply, sentAt);
           if (reply && (this.running || this.stopping)) this.apply(pilotReceive(this.state, reply, this.opts.now(), this.opts.cfg));
         });
         break;
@@ -312,12 +314,6 @@ export class Pilot {
         this.guard.lease(d.leaseExpiry - this.opts.now());
         break;
       case 'fence':
-        if (d.reason === 'lease-expired') {
-          // Which voters' last acknowledged renewals the lease was counted from, and how old they are.
-          const now = this.opts.now();
-          const acksAgeMs = Object.fromEntries(Object.entries(acks).map(([v, at]) => [v.slice(-8), Math.round(now - at)]));
-          this.log.warn({ event: 'lease-lapsed', term: d.term, acksAgeMs, voters: this.state.view.voters.length }, 'lease ran out before a majority acknowledged a renewal');
-        }
         this.effect(() => this.fence(d.term, d.reason));
         break;
       case 'restart-service':
@@ -380,20 +376,10 @@ export class Pilot {
     await this.opts.record({ event, role: 'primary', ...(fromHost ? { fromHost } : {}), failover, reason, term, timings: { detect, elect, takeover } });
   }
 
-  /**
-   * A renewal that a voter refused, left unanswered or answered later than a renewal interval is
-   * logged with its round trip: when a lease lapses, these lines say which voters stopped
-   * acknowledging, and whether slowly (a busy voter or network) or at once (refused, unreachable).
-   */
-  private noteRenewal(voter: string, reply: LeaseAck | VoteReply | undefined, rttMs: number): void {
-    const slow = rttMs > renewIntervalMs(this.opts.cfg);
-    const refused = reply?.type === 'lease-ack' && !reply.granted;
-    if (!slow && reply && !refused) return;
-    const fields = { event: 'renewal-unacknowledged', voter, rttMs: Math.round(rttMs), answered: reply !== undefined, refused, term: this.state.electionTerm, leaseLeftMs: this.state.role === 'primary' ? Math.round(this.state.leaseExpiry - this.opts.now()) : undefined };
-    if (reply && !refused) this.log.info({ ...fields, event: 'renewal-slow' }, `voter ${voter.slice(-8)} acknowledged the renewal after ${Math.round(rttMs)} ms`);
-    // A refusal is normal at the start of a term (a voter that promised another candidate); silence is not.
-    else if (refused) this.log.info({ ...fields, reason: reply.reason }, `voter ${voter.slice(-8)} refused a renewal (${reply.reason ?? 'no reason'})`);
-    else this.log.warn(fields, `voter ${voter.slice(-8)} did not answer a renewal within ${Math.round(rttMs)} ms`);
+  private noteRenewal(voter: string, reply: LeaseAck | VoteReply | undefined, sentAt: number): void {
+    const now = this.opts.now();
+    const leaseLeftMs = this.state.role === 'primary' ? Math.round(this.state.leaseExpiry - now) : undefined;
+    logRenewalReply(this.log, { voter, reply, rttMs: now - sentAt, slowMs: renewIntervalMs(this.opts.cfg), term: this.state.electionTerm, leaseLeftMs });
   }
 
   private async fence(term: number, reason: string): Promise<void> {
