@@ -40,6 +40,6 @@ export const GUEST_DB_READY_WAIT_MS = 180_000;
 /** This copy's guest address, where its own database answers; fails while it is not known. */
 export async function guestDbAddress(containers: { guestAddress(id: string): Promise<string | undefined> }, container: string): Promise<string> {
   const a = await containers.guestAddress(container);
-  if (!a) throw new NavigatorError('DRIVER_FAILED', `container ${container}: its guest's LAN address is not known (qemu network)`);
+  if (!a) throw new NavigatorError('DRIVER_FAILED', `container ${container}: its guest's LAN address is not known: give the qemu spec a network.guestAddress, or a network.guestAddressOffset with the host's address on network.bridge`);
   return a;
 }
