@@ -115,7 +115,7 @@ export class AdminOperations {
     // The first voter group: the best-ranked alive depots (pilot/election/voter-group.ts).
     const candidates = groupCandidates(voterObservations(members, req.service, new RestartHistory(), Date.now()));
     const voters = initialGroup(candidates, this.opts.group, self.peerId);
-    const assignment: PilotAssignment = { spec: parsed, container, view: initialView(voters), term: 0, campaign: true };
+    const assignment: PilotAssignment = { spec: parsed, container, view: initialView(voters), term: 0, campaign: true, seeded: true };
     await supervisor.assign(assignment);
     this.log.info({ event: 'bootstrap', service: req.service, image, container, voters: voters.length, durationMs: Date.now() - t0 }, `bootstrapped ${req.service}`);
     return { image, container };

@@ -110,6 +110,9 @@ export class LastResortRunner {
       const preparing = m.peerId === o.self.peerId ? own : m.heartbeat?.recoveryKits?.find((k) => k.service === service)?.preparing;
       for (const r of m.heartbeat?.containers ?? []) {
         if (preparing !== undefined && r.id === preparing) continue;
+        // A standby whose database never completed a seed holds none of the service's data and
+        // does not stand for election (pilot/data-completeness.ts): it is not one of the copies.
+        if (r.seeded === false) continue;
         if (r.service === service) copies.push({ peerId: m.peerId, host: m.name, state: m.state, role: r.role, term: r.term, lastHeardAt: m.lastHeardAt, since: m.since });
       }
     }
@@ -222,7 +225,7 @@ export class LastResortRunner {
     const dbFrom = db ? ` and the database copy taken from ${db.meta.fromHost}` : '';
     const reason = `last-resort recovery: every copy lost (last on ${d.fromHost ?? 'unknown'}); started on ${o.self.name} from the pristine image${dbFrom}; ${window}`;
     this.prepared.delete(service);
-    await o.supervisor.assign({ spec, container, view, term, campaign: true, lastResort: { reason, ...(d.fromHost ? { fromHost: d.fromHost } : {}) } });
+    await o.supervisor.assign({ spec, container, view, term, campaign: true, seeded: true, lastResort: { reason, ...(d.fromHost ? { fromHost: d.fromHost } : {}) } });
     const durationMs = Math.round(performance.now() - t0);
     const details = {
       recovered: true,

@@ -20,6 +20,8 @@ import { PRIMARY_PIDS_FILE } from '../depot/containers/drivers/process.ts';
 import { join } from 'node:path';
 import type { PilotAssignment, ServiceSpec } from './service-spec.ts';
 import type { DbLink } from './db/db-link.ts';
+import { campaignWithheld, seededAfterReading } from './data-completeness.ts';
+import { restartInPlace } from './restart-in-place.ts';
 import { mayCampaign, newCopyWatch, takeoverRecord, watchCampaign, watchOwnCopy, watchPrimarySeen, watchResigned, watchServiceProbe, watchSwitchoverExpected, type CopyWatch } from './copy-watch.ts';
 
 // The role agent of one copy of a service, running inside the depot that hosts the copy. The
@@ -119,12 +121,16 @@ export class Pilot {
   private serving = false;
   /** A VM-packed copy (qemu guest on the LAN with an agent): its QEMU sockets; its database is in the guest. */
   private readonly guest: ReturnType<typeof guestSocketsOf>;
+  /** The copy's database holds the service's data (pilot/data-completeness.ts); logged once per missing-primary spell when that withholds a campaign. */
+  private seeded: boolean;
+  private withheldLogged = false;
 
   constructor(private readonly opts: PilotOptions) {
     const a = opts.assignment;
     this.state = createPilot({ id: opts.id, service: a.spec.name, view: a.view, term: a.term });
     this.log = opts.logger.child({ component: 'pilot', service: a.spec.name, container: a.container });
     this.watch = newCopyWatch({ bootstrapping: a.campaign, lastResort: a.lastResort });
+    this.seeded = a.seeded;
     // A VM-packed copy: the address lives in the guest; the guard fences the guest (QMP stop, NIC off).
     const guest = guestSocketsOf(a.spec.container, join(opts.containers.root, a.container));
     this.guest = guest;
@@ -193,6 +199,7 @@ export class Pilot {
     }
     await this.opts.containers.setRole(this.container, 'standby', this.term).catch(() => undefined);
     this.opts.containers.setView(this.container, this.state.view);
+    if (this.opts.db) this.opts.containers.setSeeded(this.container, this.seeded);
     this.opts.cluster.beat();
     this.log.info({ event: 'pilot-started', id: this.opts.id, term: this.term, voters: this.state.view.voters.length }, 'pilot started as standby');
     await this.guard.prepare();
@@ -277,7 +284,7 @@ export class Pilot {
     this.opts.containers.setView(this.container, view);
     if (this.state.role !== 'primary') {
       this.log.info({ event: 'view-learned', epoch: view.epoch, voters: view.voters.length, joint: Boolean(view.prev) }, 'newer voter group learned');
-      void this.opts.persist({ ...this.opts.assignment, view, term: this.term, campaign: false });
+      void this.opts.persist({ ...this.opts.assignment, view, term: this.term, campaign: false, seeded: this.seeded });
     }
     this.opts.cluster.beat();
   }
@@ -317,7 +324,7 @@ export class Pilot {
         this.effect(() => this.fence(d.term, d.reason));
         break;
       case 'restart-service':
-        this.effect(() => this.restartInPlace(d.term));
+        this.effect(() => restartInPlace({ containers: this.opts.containers, container: this.container, spec: this.spec, term: d.term, log: this.log, now: this.opts.now }));
         break;
       case 'view-changed':
         this.log.info(
@@ -331,7 +338,7 @@ export class Pilot {
           },
           d.change ? `voter group changing: ${d.change.reason}` : 'voter group change committed',
         );
-        void this.opts.persist({ ...this.opts.assignment, view: d.view, term: this.term, campaign: false });
+        void this.opts.persist({ ...this.opts.assignment, view: d.view, term: this.term, campaign: false, seeded: this.seeded });
         break;
     }
   }
@@ -366,6 +373,7 @@ export class Pilot {
     // term fence raised so no older primary's sync lands), so the service's primary-only
     // processes start on a promoted, writable copy.
     await this.opts.db?.becomePrimary(this.spec.name, term);
+    this.noteSeeded(true);
     await this.opts.containers.setRole(this.container, 'primary', term);
     this.serving = true;
     const takeover = Math.round(this.opts.now() - t0);
@@ -374,6 +382,15 @@ export class Pilot {
     const { event, failover, fromHost, reason, detect, elect } = won.record;
     this.log.info({ event: 'became-primary', term, detectMs: detect, electMs: elect, takeoverMs: takeover, fromHost }, `primary in term ${term}`);
     await this.opts.record({ event, role: 'primary', ...(fromHost ? { fromHost } : {}), failover, reason, term, timings: { detect, elect, takeover } });
+  }
+
+  /** The copy's database was found to hold the service's data, or not (kept for a restart, told in the heartbeat). */
+  private noteSeeded(seeded: boolean): void {
+    if (seeded === this.seeded) return;
+    this.seeded = seeded;
+    this.opts.containers.setSeeded(this.container, seeded);
+    this.log[seeded ? 'info' : 'warn']({ event: seeded ? 'copy-seeded' : 'copy-unseeded' }, seeded ? "this copy's database holds the service's data" : "this copy's database is being replaced by a seed: it does not stand for election until the seed completes");
+    void this.opts.persist({ ...this.opts.assignment, view: this.state.view, term: this.term, campaign: false, seeded });
   }
 
   private noteRenewal(voter: string, reply: LeaseAck | VoteReply | undefined, sentAt: number): void {
@@ -444,23 +461,6 @@ export class Pilot {
     });
     // An ex-primary's database takes no writes; the current primary re-points or reseeds it.
     if (outcome.kind === 'clean' && outcome.resumed) await this.opts.db?.becomeStandby();
-  }
-
-  private async restartInPlace(term: number): Promise<void> {
-    const t0 = this.opts.now();
-    this.log.warn({ event: 'restart-in-place', term }, 'service probe failed: restarting it in place once');
-    const status = await this.opts.containers.status(this.container);
-    if (status.state === 'running') {
-      // The container itself is healthy (e.g. its database): restart only what runs on the
-      // primary (e.g. zabbix_server), so a sync in flight and the data stay untouched.
-      await this.opts.containers.setRole(this.container, 'standby', term);
-      await this.opts.containers.setRole(this.container, 'primary', term);
-    } else {
-      await this.opts.containers.stopContainer(this.container, { timeoutMs: 5000 });
-      await this.opts.containers.startContainer({ id: this.container, service: this.spec.name, spec: this.spec.container, role: 'primary', term });
-      await this.opts.containers.setRole(this.container, 'primary', term);
-    }
-    this.log.info({ event: 'restarted-in-place', term, previousState: status.state, durationMs: Math.round(this.opts.now() - t0) }, 'service restarted in place');
   }
 
   /** A term heard in a heartbeat is believed once this depot's voter granted it (or a later one). */
@@ -540,22 +540,6 @@ export class Pilot {
           await this.opts.containers.startContainer({ id: this.container, service: this.spec.name, spec: this.spec.container, role: 'standby', term: this.term });
         });
       }
-      // A candidate reads its freshness every probe round: voters compare it with the last
-      // primary's renewals (voter-role.ts), so a reading up to ownSyncReadMs old could cost a
-      // healthy replica its votes until the renewals age out.
-      const ownSyncEveryMs = this.state.role === 'candidate' ? this.opts.timing.probeIntervalMs : this.opts.timing.ownSyncReadMs;
-      if (this.opts.db && this.opts.now() - this.lastOwnSync > ownSyncEveryMs) {
-        this.lastOwnSync = this.opts.now();
-        // Only the current term's primary may feed this copy (replicate modes).
-        const source = copies
-          .filter((c) => c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive')
-          .sort((a, b) => b.report.term - a.report.term)[0];
-        const sync = await this.opts.db.ownSync(Date.now(), source && source.report.term >= this.state.term ? dbAddressOf(source, this.guest !== undefined) : undefined);
-        if (sync) {
-          this.opts.containers.setSync(this.container, sync.lastSyncAt, sync.syncFailing, sync.repl);
-          if (sync.lastSyncAt !== undefined) this.state = pilotSetSyncTime(this.state, sync.lastSyncAt);
-        }
-      }
       // Standby or candidate: is the primary there?
       const roleAtStart = this.state.role;
       const serviceOk = await tcpOpen(ip, this.spec.port, this.opts.timing.serviceProbeTimeoutMs);
@@ -567,12 +551,36 @@ export class Pilot {
         hostOk = primary !== undefined && (await this.opts.cluster.ping(primary.peerId, this.opts.timing.serviceProbeTimeoutMs));
       }
       this.watch = watchServiceProbe(this.watch, serviceOk, this.opts.now());
+      // A candidate reads its freshness every probe round: voters compare it with the last
+      // primary's renewals (voter-role.ts), so a reading up to ownSyncReadMs old could cost a
+      // healthy replica its votes until the renewals age out. So does a standby that finds the
+      // primary missing: a seed the primary's death cut off must be seen before it campaigns.
+      if (this.opts.db && this.opts.now() - this.lastOwnSync > (this.state.role === 'candidate' || !serviceOk ? 0 : this.opts.timing.ownSyncReadMs)) {
+        this.lastOwnSync = this.opts.now();
+        // Only the current term's primary may feed this copy (replicate modes).
+        const source = copies
+          .filter((c) => c.report.role === 'primary' && c.peerId !== this.opts.cluster.selfId && c.depotState === 'alive')
+          .sort((a, b) => b.report.term - a.report.term)[0];
+        const sync = await this.opts.db.ownSync(Date.now(), source && source.report.term >= this.state.term ? dbAddressOf(source, this.guest !== undefined) : undefined);
+        if (sync) {
+          this.opts.containers.setSync(this.container, sync.lastSyncAt, sync.syncFailing, sync.repl);
+          if (sync.lastSyncAt !== undefined) this.state = pilotSetSyncTime(this.state, sync.lastSyncAt);
+        }
+        this.noteSeeded(seededAfterReading(this.seeded, sync));
+      }
       const before = this.state.role;
       // A standby's view of the primary says nothing about our own service if we won meanwhile.
       if (before !== roleAtStart) return;
       // Just handed over on purpose: let the chosen standby win.
       if (before === 'standby' && !mayCampaign(this.watch, serviceOk, this.opts.now())) return;
       const step = pilotProbe(this.state, { serviceOk, hostOk }, this.opts.now(), this.opts.cfg);
+      if (serviceOk) this.withheldLogged = false;
+      const withheld = before === 'standby' && step.state.role === 'candidate' ? campaignWithheld({ hasDatabase: this.opts.db !== undefined, seeded: this.seeded }) : undefined;
+      if (withheld) {
+        if (!this.withheldLogged) this.log.error({ event: 'campaign-withheld', reason: withheld }, `primary missing, but not standing for election: ${withheld}`);
+        this.withheldLogged = true;
+        return;
+      }
       if (before === 'standby' && step.state.role === 'candidate') {
         this.watch = watchCampaign(this.watch, this.opts.now(), undefined);
         this.log.warn({ event: 'primary-missing', serviceOk, hostOk, term: step.state.electionTerm }, 'primary missing: standing for election');

@@ -46,6 +46,10 @@ export const PilotAssignment = z
     term: z.number().int().nonnegative().default(0),
     /** Start as candidate at once (bootstrap of the first copy). */
     campaign: z.boolean().default(false),
+    seeded: z
+      .boolean()
+      .default(true)
+      .describe("false: a standby placed to receive the service's database from the primary, not yet seeded; it does not stand for election on its own until it is (pilot/data-completeness.ts)"),
     /** A last-resort recovery (pilot/last-resort.ts): the first win is recorded as such, with the data window lost. */
     lastResort: z
       .object({

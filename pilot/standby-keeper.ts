@@ -222,7 +222,8 @@ export class StandbyKeeper {
     const b0 = Date.now();
     try {
       await control.call(peerId, 'container.start', { id: container, service: spec.name, image: spec.image, spec: spec.container, role: 'standby', term: pilot.term }, { timeoutMs: containerStartTimeoutMs(spec.container) });
-      const assignment: PilotAssignment = { spec, container, view: pilot.view, term: pilot.term, campaign: false };
+      // Its database is the image's initial one until this primary has seeded it.
+      const assignment: PilotAssignment = { spec, container, view: pilot.view, term: pilot.term, campaign: false, seeded: spec.database === undefined };
       await control.call(peerId, 'pilot.assign', assignment, { timeoutMs: 10_000 });
     } catch (err) {
       // A call can fail after the target acted on it (the stream broke before the reply): the

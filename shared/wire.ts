@@ -43,6 +43,10 @@ export const ContainerReport = z.object({
   image: shortText.default('').describe('Content id of the image the container runs'),
   lastSyncAt: nonNeg.optional().describe('Time (ms) of the last good DB sync into this copy'),
   syncFailing: z.boolean().default(false).describe('The last DB sync attempt failed'),
+  seeded: z
+    .boolean()
+    .optional()
+    .describe("A standby of a service with a database: false while its database never received a complete copy from a primary (it does not stand for election, and the last-resort recovery does not count it as a copy)"),
   view: z
     .lazy(() => ElectionView)
     .optional()

@@ -46,6 +46,7 @@ export function buildServiceViews(depots: readonly DepotContainers[], records: r
         ...(typeof c.replState === 'string' ? { replState: c.replState } : {}),
         ...(typeof c.replReason === 'string' ? { replReason: c.replReason } : {}),
         ...(c.semisyncFallback === true ? { semisyncFallback: true } : {}),
+        ...(role === 'standby' && c.seeded === false ? { notSeeded: true } : {}),
       });
       if (typeof c.gtid === 'string') gtids.set(v.copies[v.copies.length - 1]!, c.gtid);
     }

@@ -60,6 +60,8 @@ interface CopyRow {
   replState?: string;
   replReason?: string;
   semisyncFallback?: boolean;
+  /** Standby whose database never completed a seed (it cannot take over). */
+  notSeeded?: boolean;
   /** Standby: transactions behind the primary (GTID), when both positions are known. */
   lagTx?: number;
 }
@@ -93,6 +95,7 @@ export function copiesOf(depots: readonly DepotRow[]): CopyRow[] {
         ...(typeof c.replState === 'string' ? { replState: c.replState } : {}),
         ...(typeof c.replReason === 'string' ? { replReason: c.replReason } : {}),
         ...(c.semisyncFallback === true ? { semisyncFallback: true } : {}),
+        ...(c.role === 'standby' && c.seeded === false ? { notSeeded: true } : {}),
       });
     }
   }
@@ -179,7 +182,7 @@ export function formatTable(body: DepotsResponse, now = Date.now(), opts: Status
       c.role === 'primary' ? { text: c.host, style: 'bold' } : c.host,
       { text: c.state, style: CONTAINER_STYLE[c.state] },
       String(c.term),
-      c.replState !== undefined ? replicationCell(c, now) : c.syncFailing
+      c.notSeeded ? { text: `not seeded: cannot take over${c.replState !== undefined ? ` (${c.replState})` : ''}`, style: 'red' } : c.replState !== undefined ? replicationCell(c, now) : c.syncFailing
         ? { text: `failing${c.lastSyncAt !== null ? ` (last good ${ago(now - c.lastSyncAt)})` : ''}`, style: 'red' }
         : c.lastSyncAt !== null ? ago(now - c.lastSyncAt) : c.semisyncFallback ? { text: 'semisync fell back to async', style: 'yellow' } : '-',
     ]);

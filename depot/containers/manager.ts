@@ -70,6 +70,8 @@ interface Entry {
   lastError?: string;
   lastSyncAt?: number;
   syncFailing: boolean;
+  /** A standby's database holds a complete copy (undefined: no database, or not known yet). */
+  seeded?: boolean | undefined;
   view?: ElectionView | undefined;
   repl?: ReplicationReport | undefined;
   /** A qemu guest on the LAN: its own address (learned once it runs; its database answers there). */
@@ -311,6 +313,12 @@ export class ContainerManager {
     if (repl !== undefined) e.repl = repl;
   }
 
+  /** Whether a copy's database holds a complete copy of the service's data (pilot/data-completeness.ts). */
+  setSeeded(id: string, seeded: boolean): void {
+    const e = this.entries.get(id);
+    if (e) e.seeded = seeded;
+  }
+
   /** Replication fields of a copy (the primary's GTID position, a semisync fallback). */
   setReplication(id: string, repl: ReplicationReport | undefined): void {
     this.get(id).repl = repl;
@@ -332,8 +340,11 @@ export class ContainerManager {
       role: e.role,
       term: e.term,
       image: e.image.slice(0, 256),
-      ...(e.lastSyncAt !== undefined ? { lastSyncAt: e.lastSyncAt } : {}),
+      // A copy whose database is not (or no longer) a complete copy has no sync time to claim: a
+      // time from before a reseed began would make the voters hold other candidates stale.
+      ...(e.lastSyncAt !== undefined && e.seeded !== false ? { lastSyncAt: e.lastSyncAt } : {}),
       syncFailing: e.syncFailing,
+      ...(e.seeded !== undefined ? { seeded: e.seeded } : {}),
       ...(e.view ? { view: e.view } : {}),
       ...(e.repl?.gtid !== undefined ? { gtid: e.repl.gtid.slice(0, 512) } : {}),
       ...(e.repl?.replState !== undefined ? { replState: e.repl.replState } : {}),

@@ -9,6 +9,7 @@ import type { DbSync } from './dbsync.ts';
 import type { ReplicaKeeper, ReplicaKeeperStatus, DivergedInfo } from './replica-keeper.ts';
 import type { ReplicationReport } from '../../depot/containers/manager.ts';
 import { readSyncHistory, syncHeartbeatFields } from './sync-history.ts';
+import { readSeedMark, type SeedMark } from './seed-marker.ts';
 import type { MovementRecorder, MovementJournal } from './movements-table.ts';
 import type { DatabaseSpec } from '../service-spec.ts';
 
@@ -57,6 +58,8 @@ export interface OwnSyncFields {
   lastSyncAt?: number;
   syncFailing: boolean;
   repl?: ReplicationReport;
+  /** replicate/semisync: the keeper's mark of this copy's last seed (seed-marker.ts); absent: never marked. */
+  seedMark?: SeedMark;
 }
 
 export class DbLink {
@@ -470,6 +473,7 @@ export class DbLink {
       st.sqlRunning = 'No';
     }
     const at = await r.readHeartbeat(conn, this.opts.db.database);
+    const seedMark = await readSeedMark(conn, this.opts.db.database);
     const broken = r.brokenReason(st);
     const replState: ReplicationReport['replState'] = !st.configured
       ? 'stopped'
@@ -482,6 +486,7 @@ export class DbLink {
             : 'stopped';
     const reason = broken ?? (st.ioErrno ? `${st.ioErrno}: ${st.ioError}` : !st.configured ? 'not a replica (not seeded yet)' : undefined);
     return {
+      ...(seedMark ? { seedMark } : {}),
       ...(at !== undefined && st.configured ? { lastSyncAt: at } : {}),
       syncFailing: replState === 'broken' || (replState !== 'replicating' && st.ioErrno !== 0),
       repl: { gtid: st.gtidSlavePos, replState, ...(reason ? { replReason: reason.slice(0, 250) } : {}) },

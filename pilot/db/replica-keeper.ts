@@ -6,6 +6,7 @@ import { NavigatorError, errorMessage } from '../../shared/errors.ts';
 import { MySqlEndpoint, endpointLabel, type MySqlEndpointInput } from './mysql-credentials.ts';
 import { SyncLoop, retryDelayMs } from './sync-loop.ts';
 import { seedFromSnapshot, type SeedResult } from './seed.ts';
+import { markSeeded, markSeeding } from './seed-marker.ts';
 import {
   brokenReason,
   extraGtids,
@@ -236,6 +237,8 @@ export class ReplicaKeeper {
   private async seed(dst: Connection, signal: AbortSignal, why: string): Promise<void> {
     this.st.state = 'seeding';
     this.log.info({ event: 'replication.seed_started', why: this.scrub(why) }, 'seeding the standby from a consistent snapshot');
+    // Marked first: a seed stopped half-way leaves a copy that must not stand for election.
+    await markSeeding(dst, this.opts.database, Date.now());
     await dst.query('STOP SLAVE');
     await dst.query('RESET SLAVE ALL');
     // The load writes as the service account (which need not hold READ ONLY ADMIN); nothing else
@@ -258,6 +261,7 @@ export class ReplicaKeeper {
     }
     await dst.query('SET GLOBAL gtid_slave_pos = ?', [result.gtid]);
     await startReplicating(dst, this.opts.database, this.sourceSpec(), { serverId: this.opts.targetServerId, semisync: this.opts.semisync });
+    await markSeeded(dst, this.opts.database, Date.now());
     this.st.lastSeed = { ...result, at: this.clock.now() };
     this.st.state = 'connecting';
     this.st.reason = undefined;

@@ -51,6 +51,7 @@ export interface UncheckedContainerRow {
   replState?: unknown;
   replReason?: unknown;
   semisyncFallback?: unknown;
+  seeded?: unknown;
 }
 
 /** How this depot judges another depot's sshd host key, pinned from its signed heartbeats. */

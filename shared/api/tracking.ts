@@ -23,6 +23,8 @@ export interface CopyView {
   replReason?: string;
   /** semisync, primary: fell back to async (no standby acknowledged in time). */
   semisyncFallback?: boolean;
+  /** A standby whose database never completed a seed: it cannot take over (pilot/data-completeness.ts). */
+  notSeeded?: boolean;
 }
 
 export interface ServiceView {

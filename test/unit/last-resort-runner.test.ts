@@ -48,6 +48,8 @@ class World {
   removed: string[] = [];
   assigned: PilotAssignment[] = [];
   notices: NoticeInput[] = [];
+  /** What w2's standby reports of its database (undefined: the field absent, as from an older depot). */
+  w2Seeded: boolean | undefined;
   runner: LastResortRunner;
 
   constructor(private readonly database: boolean) {
@@ -65,7 +67,7 @@ class World {
           reason: '',
           self: n === 'w3',
           heartbeat: hb(n, {
-            containers: n === 'w1' ? [{ id: 'svc-1', service: 'svc', role: 'primary', term: 5, state: 'running' }] : n === 'w2' ? [{ id: 'svc-2', service: 'svc', role: 'standby', term: 5, state: 'running' }] : [],
+            containers: n === 'w1' ? [{ id: 'svc-1', service: 'svc', role: 'primary', term: 5, state: 'running' }] : n === 'w2' ? [{ id: 'svc-2', service: 'svc', role: 'standby', term: 5, state: 'running', ...(this.w2Seeded !== undefined ? { seeded: this.w2Seeded } : {}) }] : [],
             ...(n === 'w3' || n === 'w4' ? { recoveryKits: [{ service: 'svc', image: IMAGE, ...(this.dbAt[n] !== undefined ? { dbAt: this.dbAt[n] } : {}) }] } : {}),
           }),
         })),
@@ -171,5 +173,28 @@ describe('last-resort runner', () => {
     expect(w.notices).toHaveLength(1);
     expect(w.notices[0]!.summary).toContain('svc is DOWN');
     expect(w.notices[0]!.summary).toContain('startWithoutData is false');
+  });
+
+  it('a standby whose database never completed a seed is not a copy: with the primary lost, the service is recovered from the kit', async () => {
+    for (const seeded of [undefined, true, false]) {
+      // (No database in the kit's spec: the fake kits hold no dump to load; the choice is what is tested.)
+      const w = new World(false);
+      w.w2Seeded = seeded;
+      // The primary's host is gone; w2's standby is alive.
+      w.lose(['w1'], 'dead', T);
+      w.now = T + 10_000;
+      await w.check();
+      await w.check();
+      if (seeded === false) {
+        // Its data is not the service's and it does not campaign: w3, holding the freshest copy, recovers.
+        expect(w.started).toHaveLength(1);
+        expect(w.assigned).toHaveLength(1);
+        expect(w.assigned[0]).toMatchObject({ campaign: true, seeded: true, lastResort: { fromHost: 'w1' } });
+      } else {
+        // A seeded standby (or one from a depot that does not report it) takes over by election itself.
+        expect(w.started).toEqual([]);
+        expect(w.assigned).toEqual([]);
+      }
+    }
   });
 });

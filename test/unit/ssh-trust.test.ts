@@ -181,12 +181,16 @@ describe('SshTrust, the depot part', () => {
     expect(own.sshHostKey).toBe(await hostKeyFingerprint(`${hostKey}.pub`));
     const authorized = () => readFileSync(join(dir, 'ssh', 'authorized_keys'), 'utf8');
     const settle = () => new Promise((r) => setTimeout(r, 50));
+    // The file is rewritten asynchronously: on a loaded machine 50 ms is not always enough.
+    const until = async (what: string, ok: () => boolean) => {
+      for (const end = Date.now() + 10_000; !ok(); await settle()) if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    };
     expect(authorized()).not.toContain('restrict');
     expect(statSync(join(dir, 'ssh', 'authorized_keys')).mode & 0o777).toBe(0o640);
 
     view = [member('12D3KooWself0', 'me', 'alive', { sshKey: own.sshKey! }, true), member('12D3KooWpeer1', 'w1', 'alive', { sshKey: k1, sshHostKey: fpA }), member('12D3KooWpeer2', 'w2', 'alive', { sshKey: k2, sshHostKey: fpB })];
     events.emit('heartbeat', view[1]!.heartbeat!);
-    await settle();
+    await until('both keys authorized', () => authorized().includes(k1) && authorized().includes(k2));
     expect(authorized()).toContain(k1);
     expect(authorized()).toContain(k2);
     expect(authorized()).not.toContain(own.sshKey!);
@@ -196,14 +200,14 @@ describe('SshTrust, the depot part', () => {
     // w2 leaves: its key is gone at once.
     view = [view[0]!, view[1]!, member('12D3KooWpeer2', 'w2', 'left', { sshKey: k2, sshHostKey: fpB })];
     events.emit('transition', { kind: 'transition', peer: '12D3KooWpeer2', name: 'w2', from: 'alive', to: 'left', reason: 'left', incarnation: 1 });
-    await settle();
+    await until("w2's key gone", () => !authorized().includes(k2));
     expect(authorized()).toContain(k1);
     expect(authorized()).not.toContain(k2);
 
     // w1 announces another host key: refused, with both fingerprints and the way out.
     view = [view[0]!, member('12D3KooWpeer1', 'w1', 'alive', { sshKey: k1, sshHostKey: fpB }), view[2]!];
     events.emit('heartbeat', view[1]!.heartbeat!);
-    await settle();
+    await until('the changed host key seen', () => trust.hostKeyOf('12D3KooWpeer1')?.state === 'changed');
     expect(trust.hostKeyOf('12D3KooWpeer1')).toMatchObject({ state: 'changed', pinned: fpA, announced: fpB });
     await expect(trust.expectedHostKey('12D3KooWpeer1', 'w1')).rejects.toThrow(`HOST KEY CHANGED for depot w1: it now announces ${fpB} but ${fpA} was pinned`);
     await expect(trust.expectedHostKey('12D3KooWpeer3', 'w3')).rejects.toThrow(/depot w3 announces no sshd host key/);

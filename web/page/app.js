@@ -135,6 +135,8 @@ function renderServices() {
               ...(c.replState !== undefined ? replicaBits(c) : []),
               c.syncFailing && c.replState === undefined ? ' ' : '',
               c.syncFailing && c.replState === undefined ? badge('sync failing', 'b-failed') : '',
+              c.notSeeded ? ' ' : '',
+              c.notSeeded ? h('span', { class: 'badge b-failed', 'data-not-seeded': '1', title: 'its database has not received a complete copy from the primary yet: it cannot take over' }, 'not seeded: cannot take over') : '',
             ]
           : [
               h('span', { class: 'dim' }, 'source'),
