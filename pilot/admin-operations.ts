@@ -126,9 +126,15 @@ export class AdminOperations {
     const copies = copiesOf(this.opts.members, args.service).filter((c) => c.depotState === 'alive');
     const primary = copies.find((c) => c.report.role === 'primary');
     if (!primary) throw new NavigatorError('NOT_FOUND', `service ${args.service} has no primary now`);
-    const standbys = copies.filter((c) => c.report.role === 'standby' && c.report.state === 'running');
+    const running = copies.filter((c) => c.report.role === 'standby' && c.report.state === 'running');
+    // A standby whose database is not a complete copy yet cannot take the service (pilot/data-completeness.ts).
+    const standbys = running.filter((c) => c.report.seeded !== false);
     const target = args.to ? standbys.find((c) => c.host === args.to || c.peerId === args.to) : standbys.sort(byFreshness)[0];
-    if (!target) throw new NavigatorError('NOT_FOUND', args.to ? `no running standby of ${args.service} on ${args.to}` : `service ${args.service} has no running standby`);
+    if (!target) {
+      const unseeded = running.find((c) => c.report.seeded === false && (!args.to || c.host === args.to || c.peerId === args.to));
+      if (unseeded) throw new NavigatorError('CONFLICT', `the standby of ${args.service} on ${unseeded.host} is not seeded yet (its database is not a complete copy of the primary's): wait until navigator status shows its sync`);
+      throw new NavigatorError('NOT_FOUND', args.to ? `no running standby of ${args.service} on ${args.to}` : `service ${args.service} has no running standby`);
+    }
     // Only the primary's own depot may move it (pilot.resign and pilot.campaign are served to the
     // lease holder alone): a switchover asked elsewhere names the host to ask instead.
     const own = this.opts.supervisor.pilotFor(args.service);
