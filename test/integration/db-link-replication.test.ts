@@ -9,6 +9,7 @@ import { NAVIGATOR_GLOBAL_GRANTS } from '../../pilot/db/replication.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { createLogger, silentLogger } from '../../shared/logger.ts';
 import type { MovementRecord } from '../../shared/movement.ts';
+import { until } from '../helpers/until.ts';
 
 // DbLink in replicate and semisync modes between three real mariadbd servers (one per copy),
 // driven as the pilots drive it: the primary keeps its standbys replicas, a standby reports its
@@ -69,16 +70,6 @@ async function createNav(s: MariaDbServer): Promise<void> {
   await s.query(`GRANT ALL PRIVILEGES ON \`${DB}\`.* TO 'nav'@'127.0.0.1'`);
   await s.query(`GRANT ALL PRIVILEGES ON \`${DB}\\_\\_nav\\_%\`.* TO 'nav'@'127.0.0.1'`);
   await s.query(`GRANT ${NAVIGATOR_GLOBAL_GRANTS} ON *.* TO 'nav'@'127.0.0.1' WITH GRANT OPTION`);
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 30_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** A steady writer through an account without READ ONLY ADMIN; records what was acknowledged and when. */

@@ -17,6 +17,7 @@ import {
   writeHeartbeat,
 } from '../../pilot/db/replication.ts';
 import { createLogger } from '../../shared/logger.ts';
+import { until as waitUntil } from '../helpers/until.ts';
 
 // MariaDB GTID replication driven by Navigator between real mariadbd servers this test starts:
 // a standby is seeded from a consistent snapshot taken under a write load, then follows writes
@@ -77,15 +78,7 @@ async function setupPrimary(s: MariaDbServer): Promise<void> {
   }
 }
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 20_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+const until = <T>(what: string, fn: () => Promise<T | undefined | false>, ms = 20_000) => waitUntil(what, fn, ms);
 
 describe('GTID replication between real MariaDB servers', { timeout: 120_000 }, () => {
   let written = 0;

@@ -10,6 +10,7 @@ import { markSeeding } from '../../pilot/db/seed-marker.ts';
 import { seededAfterReading } from '../../pilot/data-completeness.ts';
 import { parseConfig } from '../../shared/config.ts';
 import { silentLogger } from '../../shared/logger.ts';
+import { until } from '../helpers/until.ts';
 
 // The keeper's seed mark on a standby's own server (pilot/db/seed-marker.ts), between two real
 // mariadbd servers in replicate mode: a first seed leaves the mark "complete"; a reseed that is
@@ -60,16 +61,6 @@ afterAll(async () => {
   await Promise.all(Object.values(servers).map((s) => s.stop()));
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 }, 60_000);
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, ms = 30_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 const target = { key: 'peer-b/copy-b', host: 'b', address: '127.0.0.1', port: 0 };
 
