@@ -75,6 +75,15 @@ export function replicationCell(c: CopyRow, now: number): Cell {
   return lag;
 }
 
+/** The LAST SYNC / LAG column: a standby that cannot take over first, then its replication or sync state. */
+export function syncCell(c: CopyRow, now: number): Cell {
+  if (c.notSeeded) return { text: `not seeded: cannot take over${c.replState !== undefined ? ` (${c.replState})` : ''}`, style: 'red' };
+  if (c.replState !== undefined) return replicationCell(c, now);
+  if (c.syncFailing) return { text: `failing${c.lastSyncAt !== null ? ` (last good ${ago(now - c.lastSyncAt)})` : ''}`, style: 'red' };
+  if (c.lastSyncAt !== null) return ago(now - c.lastSyncAt);
+  return c.semisyncFallback ? { text: 'semisync fell back to async', style: 'yellow' } : '-';
+}
+
 /** Copies on depots that are alive or suspect (a dead depot's last heartbeat is stale). */
 export function copiesOf(depots: readonly DepotRow[]): CopyRow[] {
   const out: CopyRow[] = [];
@@ -182,9 +191,7 @@ export function formatTable(body: DepotsResponse, now = Date.now(), opts: Status
       c.role === 'primary' ? { text: c.host, style: 'bold' } : c.host,
       { text: c.state, style: CONTAINER_STYLE[c.state] },
       String(c.term),
-      c.notSeeded ? { text: `not seeded: cannot take over${c.replState !== undefined ? ` (${c.replState})` : ''}`, style: 'red' } : c.replState !== undefined ? replicationCell(c, now) : c.syncFailing
-        ? { text: `failing${c.lastSyncAt !== null ? ` (last good ${ago(now - c.lastSyncAt)})` : ''}`, style: 'red' }
-        : c.lastSyncAt !== null ? ago(now - c.lastSyncAt) : c.semisyncFallback ? { text: 'semisync fell back to async', style: 'yellow' } : '-',
+      syncCell(c, now),
     ]);
     out.push('', ...renderTable(['SERVICE', 'ROLE', 'HOST', 'STATE', 'TERM', 'LAST SYNC / LAG'], copyRows, { paint }));
   }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { copiesOf, replicationCell } from '../../cli/commands/status.ts';
+import { copiesOf, replicationCell, syncCell } from '../../cli/commands/status.ts';
 import type { DepotRow } from '../../shared/api/depots.ts';
 
 // `navigator status` with replication: each standby's lag in time (age of the newest primary
@@ -27,5 +27,15 @@ describe('status: replication lag', () => {
     expect(replicationCell(rows[1]!, 10_250)).toBe('250 ms / 4 tx');
     expect(replicationCell(rows[1]!, 13_500)).toBe('3.5 s / 4 tx');
     expect(replicationCell(rows[2]!, 13_500)).toEqual({ text: 'broken, reseeding (error 1236: binlog purged); - / 1480 tx', style: 'red' });
+  });
+
+  it('a standby whose database is not seeded says it cannot take over, whatever its replication shows', () => {
+    const [primary, standby] = copiesOf([
+      depot('ws-1', [{ service: 'zabbix', role: 'primary', state: 'running', term: 3, gtid: '0-9-1500', seeded: true }]),
+      depot('ws-4', [{ service: 'zabbix', role: 'standby', state: 'running', term: 3, gtid: '0-9-2', replState: 'stopped', seeded: false }]),
+    ]);
+    expect(primary!.notSeeded).toBeUndefined();
+    expect(syncCell(standby!, 1000)).toEqual({ text: 'not seeded: cannot take over (stopped)', style: 'red' });
+    expect(syncCell(rows[1]!, 10_250)).toBe('250 ms / 4 tx');
   });
 });

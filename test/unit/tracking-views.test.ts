@@ -35,6 +35,23 @@ describe('buildServiceViews', () => {
     ]);
   });
 
+  it('a standby reporting its database not seeded is marked so (the page: "not seeded: cannot take over"); a primary never is', () => {
+    const v = buildServiceViews(
+      [
+        { name: 'ws-07', state: 'alive', containers: [{ service: 'zabbix', role: 'standby', term: 2, state: 'running', seeded: false }] },
+        { name: 'ws-08', state: 'alive', containers: [{ service: 'zabbix', role: 'standby', term: 2, state: 'running', seeded: true, lastSyncAt: 3900 }] },
+        { name: 'ws-09', state: 'alive', containers: [{ service: 'zabbix', role: 'primary', term: 2, state: 'running', seeded: false }] },
+      ],
+      records,
+    );
+    const copies = v.find((s) => s.service === 'zabbix')!.copies;
+    expect(copies.map((c) => [c.host, c.notSeeded])).toEqual([
+      ['ws-09', undefined],
+      ['ws-07', true],
+      ['ws-08', undefined],
+    ]);
+  });
+
   it('a copy without a matching record has no since', () => {
     const v = buildServiceViews([{ name: 'ws-07', state: 'alive', containers: [{ service: 'zabbix', role: 'standby', term: 2, state: 'starting' }] }], records);
     expect(v.find((s) => s.service === 'zabbix')?.copies).toEqual([{ host: 'ws-07', role: 'standby', term: 2, state: 'starting', since: null, lastSyncAt: null, syncFailing: false }]);
