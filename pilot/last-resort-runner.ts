@@ -302,7 +302,8 @@ export class LastResortRunner {
         return (await loadDatabaseGz({ file, target, timeoutMs: this.opts.config.recovery.dbCopyTimeoutMs, settings: this.opts.config.dbsync })).durationMs;
       } catch (err) {
         if (performance.now() > deadline || this.stopped) throw err;
-        this.log.warn({ event: 'last-resort-load-retry', attempt, err: errorMessage(err) }, 'database copy load failed; retrying');
+        // A guest's MariaDB may take a minute to come up under TCG: not one line per try.
+        if (attempt === 1 || attempt % 20 === 0) this.log.warn({ event: 'last-resort-load-retry', attempt, err: errorMessage(err) }, 'database copy load failed; retrying');
         await new Promise((r) => setTimeout(r, 500));
       }
     }
