@@ -11,6 +11,11 @@ export function containerStartTimeoutMs(spec: ContainerSpec): number {
   return 120_000 + (spec.driver === 'qemu' ? (spec.bootTimeoutMs ?? 0) : 0);
 }
 
+/** A qemu copy whose guest sits on the LAN with a guest agent: its address and its database live in the guest. Pure. */
+export function isGuestPacked(spec: ContainerSpec): boolean {
+  return spec.driver === 'qemu' && !!spec.network && !!spec.guestAgent;
+}
+
 /**
  * Does the service address of this copy live inside a VM guest? Yes for a qemu container whose
  * guest sits on the LAN (`network`) and has a guest agent: then the pilot moves the address in the
@@ -19,7 +24,7 @@ export function containerStartTimeoutMs(spec: ContainerSpec): number {
  * the host's. Pure: the spec and the container folder decide.
  */
 export function guestSocketsOf(spec: ContainerSpec, containerDir: string): { qmpSocket: string; qgaSocket: string; nic: string } | undefined {
-  if (spec.driver !== 'qemu' || !spec.network || !spec.guestAgent) return undefined;
+  if (!isGuestPacked(spec)) return undefined;
   return { qmpSocket: join(containerDir, QMP_SOCKET), qgaSocket: join(containerDir, QGA_SOCKET), nic: GUEST_NIC_ID };
 }
 
@@ -36,6 +41,18 @@ export function dbAddressOf(copy: { address: string | undefined; report: { guest
 
 /** A promotion waits this long for the guest's database (TCG: MariaDB answers ~15 s after the agent). */
 export const GUEST_DB_READY_WAIT_MS = 180_000;
+
+/** A freshly started process copy's server answers within seconds; the last-resort load retries this long. */
+export const HOST_DB_READY_WAIT_MS = 60_000;
+
+/**
+ * Where a copy just started on this host (the last-resort recovery's) gets its database loaded:
+ * into its guest, at the guest's own address, waiting as a promotion does for the guest's MariaDB
+ * (it starts ~15 s after the agent under TCG); else into the server on this host (127.0.0.1). Pure.
+ */
+export function ownDbReach(spec: ContainerSpec): { inGuest: boolean; readyWaitMs: number } {
+  return isGuestPacked(spec) ? { inGuest: true, readyWaitMs: GUEST_DB_READY_WAIT_MS } : { inGuest: false, readyWaitMs: HOST_DB_READY_WAIT_MS };
+}
 
 /** This copy's guest address, where its own database answers; fails while it is not known. */
 export async function guestDbAddress(containers: { guestAddress(id: string): Promise<string | undefined> }, container: string): Promise<string> {

@@ -15,6 +15,7 @@ import { servicePolicy } from './policy.ts';
 import { decideLastResort, describeWindow, type KitHolder, type LastResortDecision, type LostCopy } from './last-resort.ts';
 import type { RecoveryKits } from './recovery-kits.ts';
 import type { PilotSupervisor } from './supervisor.ts';
+import { guestDbAddress, ownDbReach } from './guest-mode.ts';
 
 // Carries out the last-resort recovery (pilot/last-resort.ts decides): every recovery.checkMs a
 // depot holding recovery kits asks, for each kit's service, whether every copy is lost. As soon as
@@ -265,7 +266,11 @@ export class LastResortRunner {
         if (db && spec.database && dbAt !== undefined) {
           const dbSpec = spec.database;
           const password = dbSpec.passwordFile ? (await readFile(insideDir(join(o.containers.root, container), dbSpec.passwordFile, 'database.passwordFile'), 'utf8')).trim() : '';
-          loadMs = await this.loadWithRetry(db.file, { host: '127.0.0.1', port: dbSpec.port, user: dbSpec.user, password });
+          // A VM-packed copy's server runs in its guest, answering some seconds after the guest's agent.
+          const reach = ownDbReach(spec.container);
+          const host = reach.inGuest ? await guestDbAddress(o.containers, container) : '127.0.0.1';
+          this.log.info({ event: 'last-resort-load', service, container, host, inGuest: reach.inGuest, waitMs: reach.readyWaitMs }, `loading the database copy into the new copy's server at ${host}`);
+          loadMs = await this.loadWithRetry(db.file, { host, port: dbSpec.port, user: dbSpec.user, password }, reach.readyWaitMs);
         }
         this.log.info({ event: 'last-resort-ready', service, container, bootMs, loadMs, dbAt }, `copy of ${service} ready for a recovery (boot ${bootMs} ms, load ${loadMs} ms)`);
         return { ok: true, container, bootMs, loadMs };
@@ -291,16 +296,17 @@ export class LastResortRunner {
     await this.opts.containers.removeContainer(p.container, { timeoutMs: 30_000 }).catch((err: unknown) => this.log.error({ event: 'last-resort-discard-failed', container: p.container, err: errorMessage(err) }, 'could not remove the prepared copy'));
   }
 
-  /** The copy's server may still be starting: retry the load for a while (each try replaces the whole database). */
-  private async loadWithRetry(file: string, target: { host: string; port: number; user: string; password: string }): Promise<number> {
+  /** The copy's server may still be starting: retry the load for up to waitMs (each try replaces the whole database). */
+  private async loadWithRetry(file: string, target: { host: string; port: number; user: string; password: string }, waitMs: number): Promise<number> {
     const { loadDatabaseGz } = await import('./db/db-copy.ts');
-    const deadline = performance.now() + 60_000;
+    const deadline = performance.now() + waitMs;
     for (let attempt = 1; ; attempt++) {
       try {
         return (await loadDatabaseGz({ file, target, timeoutMs: this.opts.config.recovery.dbCopyTimeoutMs, settings: this.opts.config.dbsync })).durationMs;
       } catch (err) {
         if (performance.now() > deadline || this.stopped) throw err;
-        this.log.warn({ event: 'last-resort-load-retry', attempt, err: errorMessage(err) }, 'database copy load failed; retrying');
+        // A guest's MariaDB may take a minute to come up under TCG: not one line per try.
+        if (attempt === 1 || attempt % 20 === 0) this.log.warn({ event: 'last-resort-load-retry', attempt, err: errorMessage(err) }, 'database copy load failed; retrying');
         await new Promise((r) => setTimeout(r, 500));
       }
     }

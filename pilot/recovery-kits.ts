@@ -9,6 +9,8 @@ import { writeFileDurable } from '../shared/durable-file.ts';
 import type { DepotComponents } from '../depot/components.ts';
 import { insideDir } from '../depot/containers/drivers/paths.ts';
 import { copiesOf } from './cluster-view.ts';
+import type { CopyView } from './pilot.ts';
+import { dbAddressOf, isGuestPacked } from './guest-mode.ts';
 import { ServiceSpec } from './service-spec.ts';
 
 // The recovery kits this depot holds, for the last-resort recovery (pilot/last-resort.ts). A kit
@@ -170,11 +172,11 @@ export class RecoveryKits {
       const wait = cfg.dbCopyIntervalMs * Math.min(10, 2 ** Math.min(h.failures, 4));
       if (now - h.lastAttemptAt < (h.failures > 0 ? wait : cfg.dbCopyIntervalMs)) continue;
       if (now - h.stagedAt > cfg.kitStaleMs) continue;
-      const primary = copiesOf(this.opts.members, spec.name).find((c) => c.report.role === 'primary' && c.depotState === 'alive' && c.address);
-      if (!primary || primary.peerId === this.opts.self.peerId) continue;
+      const source = dumpSourceOf(copiesOf(this.opts.members, spec.name), this.opts.self.peerId, isGuestPacked(spec.container));
+      if (!source) continue;
       h.dumping = true;
       h.lastAttemptAt = now;
-      const job = this.copyDb(h, primary.address!, primary.host).finally(() => {
+      const job = this.copyDb(h, source.address, source.host).finally(() => {
         h.dumping = false;
         this.running = this.running.filter((p) => p !== job);
       });
@@ -215,6 +217,18 @@ export class RecoveryKits {
       this.log.warn({ event: 'db-copy-failed', service: spec.name, from: fromHost, failures: h.failures, err: errorMessage(err) }, `database copy of ${spec.name} failed; the previous one is kept`);
     }
   }
+}
+
+/**
+ * Where a kit holder dumps the service's database from: the alive primary's server — in its guest,
+ * at the guest's own address (heartbeat guestAddress), for a VM-packed service; at its host's
+ * address otherwise. None while there is no such primary, it is this depot, or its guest's address
+ * is not known yet (its host runs no server of the service). Pure.
+ */
+export function dumpSourceOf(copies: CopyView[], selfPeerId: string, guest: boolean): { address: string; host: string } | undefined {
+  const primary = copies.find((c) => c.report.role === 'primary' && c.depotState === 'alive' && dbAddressOf(c, guest));
+  if (!primary || primary.peerId === selfPeerId) return undefined;
+  return { address: dbAddressOf(primary, guest)!, host: primary.host };
 }
 
 async function readJson(path: string): Promise<unknown> {

@@ -26,11 +26,14 @@ import { parseParams } from '../shared/params.ts';
 import { RecoveryKit, RecoveryKits } from '../pilot/recovery-kits.ts';
 import { RecoveryKitSender } from '../pilot/recovery-kit-sender.ts';
 import { LastResortRunner } from '../pilot/last-resort-runner.ts';
+import { ImageRefresh, ImageRefreshRequest } from '../pilot/image-refresh.ts';
+import type { ImageRefreshStatusResponse } from '../shared/api/image-refresh.ts';
+import { registerAdminPost } from '../web/admin-routes.ts';
 
 // The pilots of the copies this depot hosts and this depot's vote in every service's election:
 // the voters and the election protocol, the pilot supervisor, standby keeping and image shipping
 // on the depot whose pilot is primary, the pilot control methods, and the admin operations
-// (bootstrap, switchover, drain) with their HTTP endpoints and GET /api/transfers.
+// (bootstrap, switchover, drain, image refresh) with their HTTP endpoints and GET /api/transfers.
 
 /** How far ahead of this host's clock a standby's reported sync time may be (clock skew between hosts). */
 const MAX_SYNC_CLOCK_SKEW_MS = 5_000;
@@ -74,6 +77,8 @@ class Pilots implements PilotsPlugin {
   /** Last-resort recovery: the kits held here, the primary's kit hand-over, the recovery itself. */
   private readonly kits: RecoveryKits;
   private readonly lastResort: LastResortRunner;
+  /** A changed image shipped to the depots holding the old version (POST/GET /api/image-refresh). */
+  private readonly refresh: ImageRefresh;
   private readonly onHeartbeat = (hb: { peerId: string; incarnation: number; containers: Array<{ id: string; service: string; role: string; term: number; lastSyncAt?: number | undefined }> }) => {
     this.keeper.observeCopies(hb.peerId, hb.containers);
     for (const c of hb.containers) {
@@ -162,6 +167,15 @@ class Pilots implements PilotsPlugin {
     });
     this.lastResort = new LastResortRunner({ self, members, notices: c.notices, kits: this.kits, containers: init.containers, supervisor: this.supervisor, config, logger });
     this.operations = new AdminOperations({ self, members, control, store: init.store, containers: init.containers, supervisor: this.supervisor, logger, group: { voters: this.election.voters, preferred: this.election.preferredVoters } });
+    this.refresh = new ImageRefresh({
+      self,
+      candidates: () => members.view().map((m) => ({ peerId: m.peerId, host: m.name, state: m.state, images: m.heartbeat?.images ?? [] })),
+      pilotFor: (service) => this.supervisor.pilotFor(service),
+      runningImages: (service) => copiesOf(members, service).map((c) => c.report.image).filter((i) => i !== ''),
+      store: init.store,
+      ship: (peerId, imageId) => this.shipping.ensureImage(peerId, imageId),
+      logger,
+    });
   }
 
   witnessAnswered(withinMs: number): boolean {
@@ -219,6 +233,8 @@ class Pilots implements PilotsPlugin {
       c.routes.route('GET', '/api/transfers', (): TransfersResponse => ({ transfers: this.shipping.transfers() }));
       c.routes.route('GET', '/api/policy', (): PolicyResponse => this.policyResponse());
       this.operations.registerRoutes(c.routes, { token: c.config.http.adminToken, host: c.config.http.adminHost });
+      registerAdminPost(c.routes, { admin: { token: c.config.http.adminToken, host: c.config.http.adminHost }, logger: c.logger }, '/api/image-refresh', ImageRefreshRequest, (req) => this.refresh.refresh(req), 'image-refresh');
+      c.routes.route('GET', '/api/image-refresh', (): ImageRefreshStatusResponse => ({ refreshes: this.refresh.status() }));
     }
     c.members.events.on('heartbeat', this.onHeartbeat);
     await this.supervisor.start();
@@ -256,8 +272,10 @@ class Pilots implements PilotsPlugin {
     this.c.members.events.off('heartbeat', this.onHeartbeat);
     await this.lastResort.stop();
     await this.kits.stop();
-    // Transfers first: a placement waiting on one must not hold the stop up.
+    // Transfers first: a placement waiting on one must not hold the stop up (nor a refresh retry one).
+    const refreshStopped = this.refresh.stop();
     await this.shipping.stop().catch(() => undefined);
+    await refreshStopped;
     await this.supervisor.stop();
     await this.transport.stop().catch(() => undefined);
     this.c.control.guard.setAuthority(undefined);

@@ -8,7 +8,7 @@ import type { RouteTarget } from '../shared/api/routes.ts';
 import { NavigatorError, errorMessage, isNavigatorError } from '../shared/errors.ts';
 import { sendError, sendJson } from './server.ts';
 
-// Mutating HTTP endpoints (switchover, drain, bootstrap): served only to the admin host, only
+// Mutating HTTP endpoints (switchover, drain, bootstrap, image refresh): served only to the admin host, only
 // with the admin token, and only when the request names this host in its Host header (an IP
 // address, localhost, or this machine's own name): a web page whose DNS name was rebound to
 // 127.0.0.1 sends its own name there and is answered 421 before anything else is looked at.

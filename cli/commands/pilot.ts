@@ -5,12 +5,13 @@ import { loadConfig } from '../../shared/config.ts';
 import { NavigatorError } from '../../shared/errors.ts';
 import type { ServiceView } from '../../shared/api/tracking.ts';
 import { stdoutPainter, type Painter } from '../colour.ts';
-import { ProgressBoard, type ProgressItem } from '../progress.ts';
+import { ProgressBoard, formatBytes, type ProgressItem } from '../progress.ts';
 import { renderTable } from '../table.ts';
 import { fetchTransfers, type TransferRow } from '../transfers-api.ts';
+import type { ImageRefreshResponse, ImageRefreshStatusResponse } from '../../shared/api/image-refresh.ts';
 import { bootstrapBoard, bootstrapState, drainBoard, primariesOn, type Board, type DepotRowLike } from '../operation-progress.ts';
 
-// `navigator pilot bootstrap`, `navigator switchover`, `navigator drain`: thin clients of the
+// `navigator pilot bootstrap`, `navigator switchover`, `navigator drain`, `navigator image refresh`: thin clients of the
 // local depot's admin API (localhost + admin token from the configuration file).
 
 interface ApiFlags {
@@ -233,4 +234,41 @@ export function registerPilot(program: Command): void {
       }
     },
   );
+
+  const image = program.command('image').description("A service's image");
+  apiOption(
+    image
+      .command('refresh')
+      .description("Ship a changed image folder (e.g. a guest updated and powered off) to every depot holding the service's current image, as a delta; run on the primary's depot")
+      .requiredOption('--service <name>', 'service name')
+      .requiredOption('--image <dir>', 'the changed image folder on this host')
+      .option('--timeout <s>', 'stop waiting for the depots after this long (the shipping goes on)', '3600'),
+  ).action(async (o: ApiFlags & { service: string; image: string; timeout: string }) => {
+    const res = ((await post(o, '/api/image-refresh', { service: o.service, imagePath: resolve(o.image) })) as { result: ImageRefreshResponse }).result;
+    if (res.unchanged) {
+      process.stdout.write(o.json ? `${JSON.stringify(res)}\n` : `image of ${o.service} unchanged (${res.image.slice(0, 12)}): nothing to ship\n`);
+      return;
+    }
+    if (!o.json) process.stdout.write(`new version ${res.image.slice(0, 12)} of ${o.service} (was ${res.base.slice(0, 12)}): shipping to ${res.targets.join(', ') || 'no depot'}${res.present.length ? `; already there: ${res.present.join(', ')}` : ''}${res.skipped.length ? `; skipped ${res.skipped.map((s) => `${s.host} (${s.reason})`).join(', ')}` : ''}\n`);
+    const deadline = Date.now() + Number(o.timeout) * 1000;
+    const reported = new Set<string>();
+    for (;;) {
+      const body = (await (await fetch(new URL('/api/image-refresh', o.api), { signal: AbortSignal.timeout(5000) })).json().catch(() => ({ refreshes: [] }))) as ImageRefreshStatusResponse;
+      const job = body.refreshes.find((r) => r.service === o.service && r.image === res.image);
+      for (const t of job?.targets ?? []) {
+        if ((t.state === 'done' || t.state === 'failed') && !reported.has(t.host) && !o.json) {
+          reported.add(t.host);
+          const pct = t.imageBytes ? ((100 * (t.bytesSent ?? 0)) / t.imageBytes).toFixed(1) : '0';
+          process.stdout.write(t.state === 'done' ? `  ${t.host}: ${t.kind}, ${formatBytes(t.bytesSent ?? 0)} of ${formatBytes(t.imageBytes ?? 0)} sent (${pct} %) in ${((t.durationMs ?? 0) / 1000).toFixed(1)} s\n` : `  ${t.host}: FAILED after ${t.attempts} tries: ${t.error}\n`);
+        }
+      }
+      if (job && job.state !== 'shipping') {
+        if (o.json) process.stdout.write(`${JSON.stringify(job)}\n`);
+        if (job.state === 'failed') throw new NavigatorError('TRANSFER_FAILED', `the new version of ${o.service}'s image did not reach every depot (GET /api/image-refresh, /api/transfers)`);
+        return;
+      }
+      if (Date.now() > deadline) throw new NavigatorError('TIMEOUT', `still shipping after ${o.timeout} s (GET /api/image-refresh on the depot)`);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  });
 }

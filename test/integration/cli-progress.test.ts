@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 // The CLI as a user runs it (bin/navigator.mjs under Node 22) against a small in-process HTTP
 // server with canned depot answers: `status` without a terminal prints no escape codes, with
 // FORCE_COLOR=1 (or a real pseudo-terminal) it colours and the columns stay where they were;
-// `drain` and `pilot bootstrap` print their progress as plain lines when piped.
+// `drain`, `pilot bootstrap` and `image refresh` print their progress as plain lines when piped.
 
 const REPO = resolve(import.meta.dirname, '../..');
 const NODE22 = join(REPO, 'node_modules/.bin/node');
@@ -276,6 +276,42 @@ describe('progress of drain and bootstrap when piped', () => {
       expect(out).toMatch(/\nbootstrap zabbix: primary on ws-1; standby 1\/1: starting on ws-2 /);
       expect(out).toContain('\n  standby running on ws-2\n');
       expect(out).toMatch(/\nzabbix is protected \(\d+\.\d s\):\nROLE\s+HOST\s+TERM\s+STATE\nprimary\s+ws-1\s+1\s+running\nstandby\s+ws-2\s+1\s+running$/);
+    } finally {
+      await new Promise((r) => s.server.close(r));
+    }
+  });
+
+  it('image refresh prints where the new version goes and, per depot, how it got there; a depot it could not reach fails the command', async () => {
+    const NEW = 'b'.repeat(64);
+    let polls = 0;
+    let body: Record<string, unknown> = {};
+    const target = (host: string, state: string, extra: Record<string, unknown> = {}) => ({ host, peerId: `p-${host}`, state, attempts: 1, ...extra });
+    const s = await serve({
+      'POST /api/image-refresh': (req, r) => {
+        let text = '';
+        req.on('data', (d: Buffer) => (text += d.toString()));
+        req.on('end', () => {
+          body = JSON.parse(text) as Record<string, unknown>;
+          json(r, 200, { ok: true, result: { service: 'zabbix', image: NEW, base: IMAGE, unchanged: false, targets: ['ws-2', 'ws-3'], present: ['ws-4'], skipped: [{ host: 'ws-5', reason: 'depot dead' }] } });
+        });
+      },
+      'GET /api/image-refresh': (_q, r) => {
+        polls++;
+        const done = target('ws-2', 'done', { kind: 'delta', bytesSent: 14_024_704, imageBytes: 169_213_982, durationMs: 1400 });
+        const targets = polls < 2 ? [target('ws-2', 'shipping'), target('ws-3', 'pending')] : polls < 3 ? [done, target('ws-3', 'shipping')] : [done, target('ws-3', 'failed', { attempts: 3, error: 'sshd gone' })];
+        json(r, 200, { refreshes: [{ service: 'zabbix', image: NEW, base: IMAGE, startedAt: NOW, importMs: 900, state: polls < 3 ? 'shipping' : 'failed', targets, present: ['ws-4'], skipped: [] }] });
+      },
+    });
+    try {
+      const r = await cli(['image', 'refresh', '--service', 'zabbix', '--image', '/tmp/zbx-image', '--api', s.url, '--token', 'x']);
+      expect(body).toEqual({ service: 'zabbix', imagePath: '/tmp/zbx-image' });
+      expect(r.stdout.split('\n')).toEqual([
+        `new version bbbbbbbbbbbb of zabbix (was ${IMAGE.slice(0, 12)}): shipping to ws-2, ws-3; already there: ws-4; skipped ws-5 (depot dead)`,
+        '  ws-2: delta, 13.4 MiB of 161 MiB sent (8.3 %) in 1.4 s',
+        '  ws-3: FAILED after 3 tries: sshd gone',
+      ]);
+      expect(r.exitCode).toBe(1);
+      expect(r.stderr).toContain("the new version of zabbix's image did not reach every depot");
     } finally {
       await new Promise((r) => s.server.close(r));
     }

@@ -89,6 +89,10 @@ describe('depots on loopback', () => {
     expect(other.diskFreeBytes).toBeGreaterThan(0);
     expect(other.uptimeS).toBeGreaterThan(0);
     expect(other.version).toMatch(/^\d+\.\d+\.\d+/);
+    // The image refresh endpoints are served (pilots plugin): nothing refreshed; no admin token configured, so refused.
+    expect(await (await fetch(`${depots[0]!.api}/api/image-refresh`)).json()).toEqual({ refreshes: [] });
+    const post = await fetch(`${depots[0]!.api}/api/image-refresh`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ service: 'zbx', imagePath: '/tmp/x' }) });
+    expect(post.status).toBe(403);
   });
 
   it('a depot with a different swarm key never appears in anyone\'s view', async () => {

@@ -1,10 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { readdir, writeFile } from 'node:fs/promises';
+import { open, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ImageStore } from '../../depot/images/catalog.ts';
 import type { TransferInfo } from '../../shared/api/transfers.ts';
 import type { DepotsResponse } from '../../shared/api/depots.ts';
+import type { ImageRefreshView } from '../../shared/api/image-refresh.ts';
+import { REPO_ROOT } from '../../shared/repo-root.ts';
 import { Lab } from '../../lab/lab.ts';
 import { ADMIN_TOKEN, SERVICE, SERVICE_PORT, api, placement, startCluster, waitFor, type LabCluster } from '../../lab/cluster.ts';
 import { startLabSshds } from '../../lab/lab-sshd.ts';
@@ -13,7 +15,8 @@ import { startLabSshds } from '../../lab/lab-sshd.ts';
 // every workstation namespace, the image only in the bootstrap host's store. The primary must
 // ship the image to the host it places a standby on (first with every host key pinned wrong:
 // refused, nothing left behind; then with the right pins), and once protected pre-stage it on
-// the next K placement candidates.
+// the next K placement candidates. Then the admin changes the image folder and `navigator image
+// refresh` ships the new version to every depot holding the old one, as a delta.
 
 const BLOB = 8 * 1024 * 1024;
 
@@ -41,7 +44,7 @@ async function transfers(c: LabCluster, host: string): Promise<TransferInfo[]> {
 }
 
 describe('image shipping in the lab', () => {
-  it('refused host keys fail the placement cleanly; with the right pins the primary ships the image, starts the standby, and pre-stages the next candidates', async () => {
+  it('refused host keys fail the placement cleanly; with the right pins the primary ships the image, starts the standby, and pre-stages the next candidates; a changed image is refreshed on all of them as a delta', async () => {
     lab = await Lab.create({ workstations: 4 });
     const hosts = lab.workstations.map((w) => w.name);
     const ssh = await startLabSshds(lab, hosts);
@@ -123,5 +126,24 @@ describe('image shipping in the lab', () => {
     // Progress and completion are logged.
     expect(logged.some((l) => l.event === 'transfer-done' && l.state === 'done' && l.bytesSent === shipped!.bytesSent)).toBe(true);
     expect(logged.some((l) => l.event === 'transfer-progress' && l.state === 'sending')).toBe(true);
+
+    // 4. The admin changes the image folder in place (256 KiB rewritten in one 4 MiB block) and runs
+    // `navigator image refresh` on the primary's host: every depot holding the image gets the new
+    // version as a delta of that one block, verified.
+    const fh = await open(join(c.imageDir, 'disk.img'), 'r+');
+    await fh.write(randomBytes(256 * 1024), 0, 256 * 1024, 5 * 1024 * 1024);
+    await fh.close();
+    const tokenFile = join(lab.dir, 'admin.token');
+    await writeFile(tokenFile, `${ADMIN_TOKEN}\n`, { mode: 0o600 });
+    const r = await lab.exec('w1', [process.execPath, join(REPO_ROOT, 'bin/navigator.mjs'), 'image', 'refresh', '--service', SERVICE, '--image', c.imageDir, '--api', 'http://127.0.0.1:7480', '--token-file', tokenFile, '--json'], { reject: false, timeoutMs: 120_000 });
+    expect(r.exitCode, `${r.stdout} ${r.stderr}`).toBe(0);
+    const job = JSON.parse(r.stdout.trim().split('\n').pop()!) as ImageRefreshView;
+    expect(job).toMatchObject({ service: SERVICE, base: image, state: 'done' });
+    expect(job.targets.map((t) => t.host).sort()).toEqual(hosts.filter((h) => h !== 'w1').sort());
+    for (const t of job.targets) {
+      expect(t).toMatchObject({ state: 'done', kind: 'delta', attempts: 1, bytesSent: 4 * 1024 * 1024 });
+      const s = new ImageStore({ dir: join(lab.dir, 'data', t.host, 'images'), keepVersions: 3 });
+      expect(await s.verify(job.image, { quarantine: false })).toEqual({ ok: true, id: job.image });
+    }
   }, 300_000);
 });
