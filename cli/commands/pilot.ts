@@ -45,11 +45,13 @@ function adminToken(flags: ApiFlags): string {
 
 async function post(flags: ApiFlags, path: string, body: unknown): Promise<unknown> {
   const url = new URL(path, flags.api);
+  // Outside the try: a missing token is that, not an unreachable depot.
+  const token = adminToken(flags);
   let res: Response;
   try {
     res = await fetch(url, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${adminToken(flags)}` },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
       body: JSON.stringify(body),
       signal: AbortSignal.timeout(180_000),
     });
@@ -57,7 +59,12 @@ async function post(flags: ApiFlags, path: string, body: unknown): Promise<unkno
     throw new NavigatorError('PEER_UNREACHABLE', `cannot reach the depot at ${flags.api}: ${(err as Error).message} (is \`navigator depot run\` running there?)`);
   }
   const text = await res.text();
-  const data = text ? (JSON.parse(text) as { error?: string }) : {};
+  let data: { error?: string } = {};
+  try {
+    if (text) data = JSON.parse(text) as { error?: string };
+  } catch {
+    // Not JSON (a proxy's page, say): the status and the text say what happened.
+  }
   if (!res.ok) throw new NavigatorError(res.status === 401 ? 'UNAUTHORIZED' : 'COMMAND_FAILED', `${path}: HTTP ${res.status}: ${data.error ?? text}`);
   return data;
 }
