@@ -75,7 +75,7 @@ export function registerAlertMetrics(registry: Registry, src: AlertMetricsSource
   perService('navigator_service_standbys', 'Running standbys of the service', (s) => s.copies.filter((c) => c.role === 'standby' && c.state === 'running').length);
   perService('navigator_service_term', 'Election term of the service (highest seen)', (s) => Math.max(0, ...s.copies.map((c) => c.term)));
   perService('navigator_service_down_seconds', 'How long the service has had no running primary (0: it has one)', (s, now) => since('service-down', s, now));
-  perService('navigator_service_unprotected_seconds', 'How long the service has had a primary but no running standby (0: protected or down)', (s, now) => since('unprotected', s, now));
+  perService('navigator_service_unprotected_seconds', 'How long the service has had a primary but no running standby that could take over (one still being seeded cannot; 0: protected or down)', (s, now) => since('unprotected', s, now));
   perService('navigator_quorum_lost', '1 while a depot reports that the service\'s voters lack a majority', (s) => (src.conditions().some((c) => c.type === 'quorum-lost' && c.service === s.service) ? 1 : 0));
   new Gauge({
     name: 'navigator_sync_failing',

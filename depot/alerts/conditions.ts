@@ -18,6 +18,8 @@ export interface CopyState {
   replReason?: string | undefined;
   /** semisync, primary: fell back to async. */
   semisyncFallback?: boolean | undefined;
+  /** A standby whose database never completed a seed (false): it cannot take over (pilot/data-completeness.ts). */
+  seeded?: boolean | undefined;
 }
 
 /** A service and its copies on live (alive or suspect) depots. */
@@ -70,14 +72,23 @@ export const SEVERITY_OF: Record<AlertType, Severity> = {
 export type ConditionThresholds = Pick<AlertsConfig, 'downAfterMs' | 'unprotectedAfterMs' | 'syncFailingAfterMs' | 'syncLagMs' | 'quorumLostAfterMs'>;
 
 const running = (c: CopyState) => c.state === 'running';
+/** A standby that could take over: running, and its database a complete copy (a standby still being seeded cannot). */
+const protecting = (c: CopyState) => c.role === 'standby' && running(c) && c.seeded !== false;
 
-/** Services with a running primary and at least one running standby. */
+/** Services with a running primary and at least one running standby that could take over. */
 export function protectedServices(services: readonly ServiceState[]): Set<string> {
   const out = new Set<string>();
   for (const s of services) {
-    if (s.copies.some((c) => c.role === 'primary' && running(c)) && s.copies.some((c) => c.role === 'standby' && running(c))) out.add(s.service);
+    if (s.copies.some((c) => c.role === 'primary' && running(c)) && s.copies.some(protecting)) out.add(s.service);
   }
   return out;
+}
+
+/** ", its standby on X is not seeded ...": why a running standby does not count. */
+function unseededNote(standbys: readonly CopyState[]): string {
+  const hosts = standbys.filter((c) => running(c) && c.seeded === false).map((c) => c.host);
+  if (hosts.length === 0) return '';
+  return `; the standby on ${hosts.join(', ')} is not seeded yet (its database is not a complete copy) and cannot take over`;
 }
 
 export function currentConditions(services: readonly ServiceState[], quorum: readonly QuorumReport[], now: number, t: ConditionThresholds): Condition[] {
@@ -92,17 +103,17 @@ export function currentConditions(services: readonly ServiceState[], quorum: rea
         type: 'service-down',
         service: s.service,
         host: '',
-        summary: `${s.service} has no running primary`,
+        summary: `${s.service} has no running primary${unseededNote(standbys)}`,
         details: { copies: s.copies.length },
         afterMs: t.downAfterMs,
       });
-    } else if (!standbys.some(running)) {
+    } else if (!standbys.some(protecting)) {
       add({
         key: `unprotected/${s.service}`,
         type: 'unprotected',
         service: s.service,
         host: primary.host,
-        summary: `${s.service} runs on ${primary.host} with no running standby: the next failure of ${primary.host} is an outage`,
+        summary: `${s.service} runs on ${primary.host} with no running standby that could take over${unseededNote(standbys)}: the next failure of ${primary.host} is an outage`,
         details: { primary: primary.host, standbys: standbys.length },
         afterMs: t.unprotectedAfterMs,
       });

@@ -85,6 +85,7 @@ export function servicesFrom(view: readonly MemberView[], journalServices: Itera
         syncFailing: c.syncFailing,
         ...(c.replReason !== undefined ? { replReason: c.replReason } : {}),
         ...(c.semisyncFallback !== undefined ? { semisyncFallback: c.semisyncFallback } : {}),
+        ...(c.seeded === false ? { seeded: false } : {}),
       });
     }
   }

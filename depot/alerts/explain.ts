@@ -22,7 +22,7 @@ export function explainAlerts(a: AlertsConfig): string[] {
   }
   lines.push(`sent from: the primary's depot (or the lowest live depot when no service has a primary), severity ${a.minSeverity} and up, at most ${a.maxPerHour} messages per channel per hour`);
   lines.push(
-    `raised when: no primary for ${formatDuration(a.downAfterMs)}; no standby for ${formatDuration(a.unprotectedAfterMs)}; a database copy failing for ${formatDuration(a.syncFailingAfterMs)} or older than ${formatDuration(a.syncLagMs)}; semi-synchronous replication fallen back to async; voter quorum lost for ${formatDuration(a.quorumLostAfterMs)}; every failover, last-resort recovery, refused peer and image that failed verification`,
+    `raised when: no primary for ${formatDuration(a.downAfterMs)}; no standby that could take over (running, its database seeded) for ${formatDuration(a.unprotectedAfterMs)}; a database copy failing for ${formatDuration(a.syncFailingAfterMs)} or older than ${formatDuration(a.syncLagMs)}; semi-synchronous replication fallen back to async; voter quorum lost for ${formatDuration(a.quorumLostAfterMs)}; every failover, last-resort recovery, refused peer and image that failed verification`,
   );
   lines.push(`resolved after ${formatDuration(a.resolveAfterMs)} clear (events: ${formatDuration(a.eventQuietMs)} without another); failed deliveries retried from ${formatDuration(a.retryBaseMs)} up to every ${formatDuration(a.retryMaxMs)}, given up after ${formatDuration(a.giveUpAfterMs)}`);
   return lines;

@@ -245,6 +245,16 @@ describe('alert conditions and the sender', () => {
     expect(conds.map((c) => c.key)).toEqual(['service-down/a', 'unprotected/b', 'sync-failing/c/ws2', 'sync-lagging/c/ws2', 'quorum-lost/c']);
   });
 
+  it('a standby still being seeded does not protect the service; with no primary, the alert says why it does not take over', () => {
+    const seeding = copy('ws2', 'standby', 'running', { seeded: false });
+    const [unprotected] = currentConditions([{ service: 'z', copies: [copy('ws1', 'primary'), seeding] }], [], T0, cfg);
+    expect(unprotected).toMatchObject({ key: 'unprotected/z', summary: 'z runs on ws1 with no running standby that could take over; the standby on ws2 is not seeded yet (its database is not a complete copy) and cannot take over: the next failure of ws1 is an outage' });
+    expect(protectedServices([{ service: 'z', copies: [copy('ws1', 'primary'), seeding] }]).has('z')).toBe(false);
+    expect(protectedServices([{ service: 'z', copies: [copy('ws1', 'primary'), copy('ws2', 'standby', 'running', { seeded: true })] }]).has('z')).toBe(true);
+    const [down] = currentConditions([{ service: 'z', copies: [seeding] }], [], T0, cfg);
+    expect(down).toMatchObject({ key: 'service-down/z', summary: 'z has no running primary; the standby on ws2 is not seeded yet (its database is not a complete copy) and cannot take over' });
+  });
+
   it('replication: a broken replica names its reason; a semisync fallback is a warning of its own', () => {
     const conds = currentConditions(
       [
