@@ -8,7 +8,7 @@
 // holds. Prints one JSON line with the figures and the load average. TCG: the boot takes about a
 // minute here. Not in CI (a guest boot); run by hand:
 //   node --import tsx bench/vm-refresh.ts          (VM_REFRESH_UPDATE=0: boot and power off only)
-import { appendFile, copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { appendFile, copyFile, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -24,7 +24,7 @@ import { ContainerManager } from '../depot/containers/manager.ts';
 import { containersPlugin } from '../plugins/containers.ts';
 import { imagesPlugin } from '../plugins/images.ts';
 import { ImageShipping } from '../ship/image-shipping.ts';
-import { ImageRefresh } from '../pilot/image-refresh.ts';
+import { ImageRefresh, sentPct } from '../pilot/image-refresh.ts';
 import { parseConfig } from '../shared/config.ts';
 import { silentLogger } from '../shared/logger.ts';
 
@@ -122,7 +122,7 @@ try {
     rewrittenBytes,
     importMs: job.importMs,
     full: { bytesSent: full.bytesSent, durationMs: full.durationMs },
-    delta: { kind: t.kind, bytesSent: t.bytesSent, sentPct: round((100 * (t.bytesSent ?? 0)) / (t.imageBytes ?? 1), 1), durationMs: t.durationMs },
+    delta: { kind: t.kind, bytesSent: t.bytesSent, sentPct: sentPct({ bytesSent: t.bytesSent ?? 0, imageBytes: t.imageBytes ?? 0 }), durationMs: t.durationMs },
     deltaTimeRatio: round((t.durationMs ?? 0) / full.durationMs, 3),
     sentMB: round((t.bytesSent ?? 0) / MB, 1),
     blockBytes: a.config.store.blockBytes,
@@ -130,7 +130,6 @@ try {
     loadEnd: round(loadavg()[0]!, 2),
   };
   console.log(JSON.stringify(out));
-  await writeFile(join(root, 'result.json'), JSON.stringify(out));
   await shipping.stop();
 } finally {
   for (const d of depots.reverse()) await d.stop().catch(() => undefined);

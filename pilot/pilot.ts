@@ -284,7 +284,7 @@ export class Pilot {
     this.opts.containers.setView(this.container, view);
     if (this.state.role !== 'primary') {
       this.log.info({ event: 'view-learned', epoch: view.epoch, voters: view.voters.length, joint: Boolean(view.prev) }, 'newer voter group learned');
-      void this.opts.persist({ ...this.opts.assignment, view, term: this.term, campaign: false, seeded: this.seeded });
+      this.persist(view);
     }
     this.opts.cluster.beat();
   }
@@ -338,7 +338,7 @@ export class Pilot {
           },
           d.change ? `voter group changing: ${d.change.reason}` : 'voter group change committed',
         );
-        void this.opts.persist({ ...this.opts.assignment, view: d.view, term: this.term, campaign: false, seeded: this.seeded });
+        this.persist(d.view);
         break;
     }
   }
@@ -390,7 +390,12 @@ export class Pilot {
     this.seeded = seeded;
     this.opts.containers.setSeeded(this.container, seeded);
     this.log[seeded ? 'info' : 'warn']({ event: seeded ? 'copy-seeded' : 'copy-unseeded' }, seeded ? "this copy's database holds the service's data" : "this copy's database is being replaced by a seed: it does not stand for election until the seed completes");
-    void this.opts.persist({ ...this.opts.assignment, view: this.state.view, term: this.term, campaign: false, seeded });
+    this.persist(this.state.view);
+  }
+
+  /** Keep what a restart needs (voter group, term, seeded) in the assignment file; never a campaign again. */
+  private persist(view: ElectionView): void {
+    void this.opts.persist({ ...this.opts.assignment, view, term: this.term, campaign: false, seeded: this.seeded });
   }
 
   private noteRenewal(voter: string, reply: LeaseAck | VoteReply | undefined, sentAt: number): void {

@@ -1,20 +1,12 @@
-import { appendFile, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Depot } from '../../depot/depot.ts';
-import { makeSwarmKey } from '../../depot/swarm-key.ts';
-import { ImageStore } from '../../depot/images/catalog.ts';
-import { containersPlugin } from '../../plugins/containers.ts';
-import { ContainerManager } from '../../depot/containers/manager.ts';
-import { imagesPlugin } from '../../plugins/images.ts';
-import { ImageShipping } from '../../ship/image-shipping.ts';
 import { TokenBucket } from '../../ship/bandwidth.ts';
 import { ImageRefresh } from '../../pilot/image-refresh.ts';
-import { StoreSection, parseConfig, type Config } from '../../shared/config.ts';
-import { createLogger, silentLogger } from '../../shared/logger.ts';
-import { startSshd, type TestSshd } from '../../lab/loopback/sshd.ts';
+import { StoreSection } from '../../shared/config.ts';
+import { createLogger } from '../../shared/logger.ts';
+import { startShipDepots, type ShipDepots, type ShipNode } from '../helpers/ship-depots.ts';
 import { waitFor } from '../../lab/loopback/depot-procs.ts';
 
 // A changed guest disk re-shipped to the depots that hold the old one, through real depots on
@@ -27,68 +19,26 @@ import { waitFor } from '../../lab/loopback/depot-procs.ts';
 // changed blocks (a delta), a transfer cut off is resumed, every receiver verifies the result, and
 // the figures are in the log and GET /api/image-refresh-like status. Store blocks: the default 4 MiB.
 
-const swarmKey = makeSwarmKey();
 const BLOCK = StoreSection.parse({}).blockBytes;
 
-interface Node {
-  depot: Depot;
-  store: ImageStore;
-  config: Config;
-}
-
+let trio: ShipDepots;
 let root: string;
 let src: string;
-let knownHosts: string;
-let shipKey: string;
-let sshdB: TestSshd;
-let sshdC: TestSshd;
-let a: Node;
-let b: Node;
-let c: Node;
-let shipping: ImageShipping;
+let a: ShipNode;
+let b: ShipNode;
+let c: ShipNode;
+let shipping: ShipDepots['shipping'];
 let v1: string;
-const nodes: Node[] = [];
 const logLines: Array<Record<string, unknown>> = [];
 
-async function startNode(name: string, sshPort: number, bootstrap: string[]): Promise<Node> {
-  const dir = join(root, name);
-  const config = parseConfig({
-    node: { name, dataDir: dir },
-    network: { listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, bootstrap },
-    membership: { heartbeatMs: 200 },
-    http: { host: '127.0.0.1', port: 0 },
-    log: { level: 'silent' },
-    ship: { sshPort, sshUser: 'root', sshKeyFile: shipKey, knownHostsFile: knownHosts, requestsInFlight: 16 },
-  });
-  const store = new ImageStore({ dir: config.store.dir, keepVersions: 3, blockSize: BLOCK, logger: silentLogger() });
-  const manager = new ContainerManager({ root: join(config.store.dir, 'containers'), images: store, logger: silentLogger(), statusIntervalMs: config.membership.heartbeatMs });
-  const depot = new Depot({ config, log: silentLogger(), swarmKey, plugins: [imagesPlugin({ store }), containersPlugin({ manager })] });
-  await depot.start();
-  const n = { depot, store, config };
-  nodes.push(n);
-  return n;
-}
-
-const heartbeatOf = (from: Node, of: Node) => from.depot.membership.view().find((m) => m.peerId === of.depot.peerId)?.heartbeat;
+const heartbeatOf = (from: ShipNode, of: ShipNode) => trio.heartbeatOf(from, of);
 const qemuIo = (file: string, ...cmds: string[]) => execa('qemu-io', ['-f', 'qcow2', ...cmds.flatMap((x) => ['-c', x]), file]);
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'nav-image-refresh-'));
-  [sshdB, sshdC] = await Promise.all([startSshd(), startSshd()]);
-  shipKey = join(root, 'ship_ed25519');
-  await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', shipKey]);
-  for (const s of [sshdB, sshdC]) await appendFile(join(s.dir, 'authorized_keys'), await readFile(`${shipKey}.pub`));
-  knownHosts = join(root, 'known_hosts');
-  await writeFile(knownHosts, (await readFile(sshdB.knownHostsFile, 'utf8')) + (await readFile(sshdC.knownHostsFile, 'utf8')));
-
-  a = await startNode('refresh-a', 22, []);
-  const boot = [a.depot.node.getMultiaddrs()[0]!.toString()];
-  b = await startNode('refresh-b', sshdB.port, boot);
-  c = await startNode('refresh-c', sshdC.port, boot);
-  // No pilots run here: B and C are told that A holds svc's lease, as their voters would.
-  for (const n of [b, c]) n.depot.components.control.guard.setAuthority({ holder: async (s) => (s === 'svc' ? { peer: a.depot.peerId, term: 1 } : undefined) });
   const log = createLogger({ level: 'info', destination: { write: (line: string) => void logLines.push(JSON.parse(line) as Record<string, unknown>) } });
-  shipping = new ImageShipping({ ship: a.config.ship, store: a.store, client: () => ({ call: (peer, method, params, opts) => a.depot.components.control.call(peer.toString(), method, params, opts) }), members: () => a.depot.membership.view(), logger: log });
+  trio = await startShipDepots({ prefix: 'refresh', receivers: 2, blockSize: BLOCK, shippingLogger: log });
+  ({ root, a, shipping } = trio);
+  [b, c] = trio.receivers as [ShipNode, ShipNode];
 
   // The guest image: a real qcow2 with 160 MiB of data in a 1 GiB disk.
   src = join(root, 'zbx-image');
@@ -97,17 +47,13 @@ beforeAll(async () => {
   await qemuIo(join(src, 'disk.qcow2'), 'write -P 0x11 0 96M', 'write -P 0x22 256M 64M');
   await writeFile(join(src, 'container.yaml'), 'driver: qemu\ndisk: disk.qcow2\n');
   v1 = await a.store.import(src, 'svc');
-  await waitFor('A hears B and C', async () => (heartbeatOf(a, b) && heartbeatOf(a, c) ? true : undefined), 20_000);
   // B and C hold v1 (a standby's host and a pre-staged one).
   for (const n of [b, c]) expect((await shipping.ensureImage(n.depot.peerId, v1)).kind).toBe('full');
   await waitFor('B and C list v1 in their heartbeats', async () => (heartbeatOf(a, b)?.images.includes(v1) && heartbeatOf(a, c)?.images.includes(v1) ? true : undefined), 10_000);
 }, 120_000);
 
 afterAll(async () => {
-  await shipping?.stop();
-  for (const n of nodes.reverse()) await n.depot.stop().catch(() => undefined);
-  await Promise.all([sshdB?.stop(), sshdC?.stop()]);
-  if (root) await rm(root, { recursive: true, force: true });
+  await trio?.stop();
 });
 
 describe('a changed guest image re-shipped to the depots holding the old one', () => {

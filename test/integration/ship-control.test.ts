@@ -1,23 +1,13 @@
 import { randomBytes } from 'node:crypto';
-import { appendFile, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Depot } from '../../depot/depot.ts';
-import { makeSwarmKey } from '../../depot/swarm-key.ts';
-import { ImageStore } from '../../depot/images/catalog.ts';
-import { containersPlugin } from '../../plugins/containers.ts';
-import { ContainerManager } from '../../depot/containers/manager.ts';
-import { imagesPlugin } from '../../plugins/images.ts';
-import { ImageShipping } from '../../ship/image-shipping.ts';
 import type { TransferInfo } from '../../shared/api/transfers.ts';
-import { parseConfig, type Config } from '../../shared/config.ts';
-import { silentLogger } from '../../shared/logger.ts';
 import type { DepotsResponse } from '../../shared/api/depots.ts';
-import { startSshd, type TestSshd } from '../../lab/loopback/sshd.ts';
 import { waitFor } from '../../lab/loopback/depot-procs.ts';
 import { failure } from '../helpers/failure.ts';
+import { startShipDepots, type ShipDepots, type ShipNode } from '../helpers/ship-depots.ts';
+import type { TestSshd } from '../../lab/loopback/sshd.ts';
 
 // The control side of image shipping between real depots on loopback, each receiver with its own
 // OpenSSH sshd: image.prepare/commit/abort over /navigator/control/1 (params checked), the sshPort
@@ -26,72 +16,32 @@ import { failure } from '../helpers/failure.ts';
 
 const BLOCK = 256 * 1024;
 const DISK = 24 * BLOCK; // 6 MiB
-const swarmKey = makeSwarmKey();
 
-interface Node {
-  depot: Depot;
-  store: ImageStore;
-  config: Config;
-}
-
+let t: ShipDepots;
 let root: string;
 let knownHosts: string;
-let shipKey: string;
 let sshdB: TestSshd;
 let sshdC: TestSshd;
-let a: Node;
-let b: Node;
-let c: Node;
-let shipping: ImageShipping;
+let a: ShipNode;
+let b: ShipNode;
+let c: ShipNode;
+let shipping: ShipDepots['shipping'];
 let image: string;
-const nodes: Node[] = [];
 
-async function startNode(name: string, sshPort: number, bootstrap: string[], ship: Record<string, unknown> = {}): Promise<Node> {
-  const dir = join(root, name);
-  const config = parseConfig({
-    node: { name, dataDir: dir },
-    network: { listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, bootstrap },
-    membership: { heartbeatMs: 200 },
-    http: { host: '127.0.0.1', port: 0 },
-    log: { level: 'silent' },
-    ship: { sshPort, sshUser: 'root', sshKeyFile: shipKey, knownHostsFile: knownHosts, requestsInFlight: 16, ...ship },
-  });
-  // The images plugin starts and stops the store.
-  const store = new ImageStore({ dir: config.store.dir, keepVersions: 3, blockSize: BLOCK, logger: silentLogger() });
-  const manager = new ContainerManager({ root: join(config.store.dir, 'containers'), images: store, logger: silentLogger(), statusIntervalMs: config.membership.heartbeatMs });
-  const depot = new Depot({ config, log: silentLogger(), swarmKey, plugins: [imagesPlugin({ store }), containersPlugin({ manager })] });
-  await depot.start();
-  const n = { depot, store, config };
-  nodes.push(n);
-  return n;
-}
-
-async function getJson<T>(node: Node, path: string): Promise<T> {
+async function getJson<T>(node: ShipNode, path: string): Promise<T> {
   const res = await fetch(`http://127.0.0.1:${node.depot.httpPort}${path}`);
   expect(res.status).toBe(200);
   return (await res.json()) as T;
 }
 
-const heartbeatOf = (from: Node, of: Node) => from.depot.membership.view().find((m) => m.peerId === of.depot.peerId)?.heartbeat;
+const heartbeatOf = (from: ShipNode, of: ShipNode) => t.heartbeatOf(from, of);
 
 beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'nav-ship-control-'));
-  [sshdB, sshdC] = await Promise.all([startSshd(), startSshd()]);
-  // One shipping key, authorized on both receivers' sshds.
-  shipKey = join(root, 'ship_ed25519');
-  await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', shipKey]);
-  for (const s of [sshdB, sshdC]) await appendFile(join(s.dir, 'authorized_keys'), await readFile(`${shipKey}.pub`));
-  knownHosts = join(root, 'known_hosts');
-  await writeFile(knownHosts, (await readFile(sshdB.knownHostsFile, 'utf8')) + (await readFile(sshdC.knownHostsFile, 'utf8')));
-
   // A ships; its pre-staging limit is 50 % of a 32 Mb/s link = 2 MB/s, so a pre-stage takes ~3 s.
-  a = await startNode('ship-a', 22, [], { linkMbps: 32, prestageBandwidthPct: 50 });
-  const boot = [`${a.depot.node.getMultiaddrs()[0]!.toString()}`];
-  b = await startNode('ship-b', sshdB.port, boot);
-  c = await startNode('ship-c', sshdC.port, boot);
-  // No pilots run here: B and C are told that A holds svc's lease (term 1), as their voters would.
-  for (const n of [b, c]) n.depot.components.control.guard.setAuthority({ holder: async (s) => (s === 'svc' ? { peer: a.depot.peerId, term: 1 } : undefined) });
-  shipping = new ImageShipping({ ship: a.config.ship, store: a.store, client: () => ({ call: (peer, method, params, opts) => a.depot.components.control.call(peer.toString(), method, params, opts) }), members: () => a.depot.membership.view(), logger: silentLogger() });
+  t = await startShipDepots({ prefix: 'ship', receivers: 2, blockSize: BLOCK, aShip: { linkMbps: 32, prestageBandwidthPct: 50 } });
+  ({ root, knownHosts, a, shipping } = t);
+  [b, c] = t.receivers as [ShipNode, ShipNode];
+  [sshdB, sshdC] = t.sshds as [TestSshd, TestSshd];
   a.depot.components.routes!.route('GET', '/api/transfers', () => ({ transfers: shipping.transfers() }));
 
   const src = join(root, 'src');
@@ -99,14 +49,10 @@ beforeAll(async () => {
   await writeFile(join(src, 'disk.img'), randomBytes(DISK));
   await writeFile(join(src, 'container.yaml'), 'name: svc\n');
   image = await a.store.import(src, 'svc');
-  await waitFor('A hears B and C', async () => (heartbeatOf(a, b) && heartbeatOf(a, c) ? true : undefined), 20_000);
 }, 60_000);
 
 afterAll(async () => {
-  await shipping?.stop();
-  for (const n of nodes.reverse()) await n.depot.stop().catch(() => undefined);
-  await Promise.all([sshdB?.stop(), sshdC?.stop()]);
-  if (root) await rm(root, { recursive: true, force: true });
+  await t?.stop();
 });
 
 describe('image shipping between depots', { timeout: 60_000 }, () => {
