@@ -9,6 +9,7 @@ import { ProgressBoard, formatBytes, type ProgressItem } from '../progress.ts';
 import { renderTable } from '../table.ts';
 import { fetchTransfers, type TransferRow } from '../transfers-api.ts';
 import type { ImageRefreshResponse, ImageRefreshStatusResponse } from '../../shared/api/image-refresh.ts';
+import { sentPct } from '../../pilot/image-refresh.ts';
 import { bootstrapBoard, bootstrapState, drainBoard, primariesOn, type Board, type DepotRowLike } from '../operation-progress.ts';
 
 // `navigator pilot bootstrap`, `navigator switchover`, `navigator drain`, `navigator image refresh`: thin clients of the
@@ -260,12 +261,15 @@ export function registerPilot(program: Command): void {
     const deadline = Date.now() + Number(o.timeout) * 1000;
     const reported = new Set<string>();
     for (;;) {
-      const body = (await (await fetch(new URL('/api/image-refresh', o.api), { signal: AbortSignal.timeout(5000) })).json().catch(() => ({ refreshes: [] }))) as ImageRefreshStatusResponse;
+      // A status read that fails (the depot busy, restarting) is tried again at the next second.
+      const body = (await fetch(new URL('/api/image-refresh', o.api), { signal: AbortSignal.timeout(5000) })
+        .then((r) => r.json())
+        .catch(() => ({ refreshes: [] }))) as ImageRefreshStatusResponse;
       const job = body.refreshes.find((r) => r.service === o.service && r.image === res.image);
       for (const t of job?.targets ?? []) {
         if ((t.state === 'done' || t.state === 'failed') && !reported.has(t.host) && !o.json) {
           reported.add(t.host);
-          const pct = t.imageBytes ? ((100 * (t.bytesSent ?? 0)) / t.imageBytes).toFixed(1) : '0';
+          const pct = sentPct({ bytesSent: t.bytesSent ?? 0, imageBytes: t.imageBytes ?? 0 });
           process.stdout.write(t.state === 'done' ? `  ${t.host}: ${t.kind}, ${formatBytes(t.bytesSent ?? 0)} of ${formatBytes(t.imageBytes ?? 0)} sent (${pct} %) in ${((t.durationMs ?? 0) / 1000).toFixed(1)} s\n` : `  ${t.host}: FAILED after ${t.attempts} tries: ${t.error}\n`);
         }
       }
