@@ -23,21 +23,22 @@ const FENCE_SLACK_MS = 1500;
 
 // The VM-packed service bootstrapped through real depots and pilots: 3 workstations (bridged,
 // navbr0), the service a QEMU guest (TCG) with its database (dbsync replicate, as the process
-// example) and one warm standby guest, the prober on the service address (the guests' whoami
-// port). History rows written into the primary guest's MariaDB reach the standby guest's through
-// the pilots' replication, at the guests' own addresses. The primary's host loses power: the
-// standby's pilot takes the address in ITS guest and promotes its database, which holds every row
-// and takes writes; the movement is recorded (tracking API and the new primary guest's
-// navigator_movements); never two MACs. Then kill -9 of the new primary's depot while its guest
-// runs: the guest stops answering within the lease (paused, NIC unplugged). The depot restarts:
-// its pilot resumes the guest with its NIC still unplugged, removes the address and stops
-// zabbix_server in it, and plugs it in again only then: the guest never answers on the address
-// until a pilot wins a later term and takes it again. Before the kill a standby guest is placed
-// on the third host (the first primary's host stays off); after it, whichever guest serves in the
-// later term takes writes and the other replicates them.
+// example) and two warm standby guests (booted together, so the test waits for one boot, not
+// two in turn), the prober on the service address (the guests' whoami port). History rows
+// written into the primary guest's MariaDB reach both standby guests' through the pilots'
+// replication, at the guests' own addresses. The primary's host loses power: a standby's pilot
+// takes the address in ITS guest and promotes its database, which holds every row and takes
+// writes; the other standby guest is made a replica of the new primary's; the movement is
+// recorded (tracking API and the new primary guest's navigator_movements); never two MACs. Then
+// kill -9 of the new primary's depot while its guest runs: the guest stops answering within the
+// lease (paused, NIC unplugged). The depot restarts: its pilot resumes the guest with its NIC
+// still unplugged, removes the address and stops zabbix_server in it, and plugs it in again only
+// then: the guest never answers on the address until a pilot wins a later term and takes it
+// again. Whichever guest serves in that later term takes writes and the other replicates them.
 //
-// Bounds, TCG on 2 shared cores: a copy starts (clone of a 620 MiB image + ~50-80 s boot) within
-// 6 min; the failover within 90 s (detection ~1.5 s, then guest-agent round trips of 0.1-2 s each).
+// Bounds, TCG on 2 shared cores: a copy starts (clone of a 620 MiB image + ~50-120 s boot, three
+// guests at once) within 10 min; the failover within 90 s (detection ~1.5 s, then guest-agent
+// round trips of 0.1-2 s each).
 
 const SERVICE = 'zbxvm';
 /** History rows written into the primary guest's database before the cut (an item id clear of the stock data's). */
@@ -107,7 +108,7 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       address,
       iface: 'eth0',
       port: GUEST_WHOAMI_PORT,
-      standbys: 1,
+      standbys: 2,
       database: { database: 'zabbix', user: 'navsync', passwordFile: 'secrets/sync.password', port: GUEST_DB_PORT },
     };
     const r = await lab.exec('w1', ['curl', '-sS', '--max-time', '590', '-w', '\n%{http_code}', '-H', 'content-type: application/json', '-H', `authorization: Bearer ${ADMIN_TOKEN}`, '--data-binary', '@-', `http://127.0.0.1:${HTTP_PORT}/api/bootstrap`], { input: JSON.stringify(body), reject: false, timeoutMs: 600_000 });
@@ -119,45 +120,48 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
     try {
       await prober.waitForServer(/^navigator-guest /, 120_000);
       // w1's copy is primary once its takeover finished (zabbix_server started in its guest: tens of
-      // seconds under TCG); a standby guest runs on another host.
-      const ready = (cs: Awaited<ReturnType<typeof copies>>) => cs.some((x) => x.host === 'w1' && x.role === 'primary' && x.state === 'running') && cs.some((x) => x.host !== 'w1' && x.role === 'standby' && x.state === 'running');
-      await waitFor(async () => ready(await copies(c, 'w2')), 600_000, 'w1 primary and a running standby guest elsewhere');
-      const standby = (await copies(c, 'w2')).find((x) => x.host !== 'w1' && x.role === 'standby' && x.state === 'running')!.host;
+      // seconds under TCG); a standby guest runs on each other host.
+      const ready = (cs: Awaited<ReturnType<typeof copies>>) => cs.some((x) => x.host === 'w1' && x.role === 'primary' && x.state === 'running') && ['w2', 'w3'].every((h) => cs.some((x) => x.host === h && x.role === 'standby' && x.state === 'running'));
+      await waitFor(async () => ready(await copies(c, 'w2')), 600_000, 'w1 primary and a running standby guest on w2 and on w3');
       const primaryMac = prober.successes.at(-1)!.server.split(' ')[1]!;
-      const observer = hosts.find((h) => h !== 'w1' && h !== standby) ?? standby;
-      const sql = (host: string, q: string) => guestSql(lab!, observer, { ip: guestIpOf(lab!, host) }, imageDir, q);
+      // SQL goes to a guest from another workstation's namespace, never w1's (it loses power).
+      const sql = (host: string, q: string) => guestSql(lab!, host === 'w2' ? 'w3' : 'w2', { ip: guestIpOf(lab!, host) }, imageDir, q);
       // The guest's MariaDB replicates (its seed loaded, replication started by the primary's pilot).
       const replicating = async (host: string) => (await sql(host, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVE_RUNNING'").catch(() => '')) === 'ON';
+      const rowsOn = async (host: string) => Number(await sql(host, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`).catch(() => '0'));
 
-      // History written into the primary guest's database reaches the standby guest's: the
-      // pilots keep it a GTID replica at the guests' own addresses. Written once it replicates
-      // (the seed, a dump of the ~15 MB Zabbix database under TCG, has loaded and replication
-      // runs), so the rows arrive by replication, not in the seed's dump.
-      await waitFor(async () => (await replicating(standby)), 600_000, `the standby guest on ${standby} replicating`);
+      // History written into the primary guest's database reaches the standby guests': the
+      // pilots keep them GTID replicas at the guests' own addresses. Written once both replicate
+      // (each seed, a dump of the ~15 MB Zabbix database under TCG, has loaded and replication
+      // runs), so the rows arrive by replication, not in a seed's dump.
+      for (const h of ['w2', 'w3']) await waitFor(async () => (await replicating(h)), 600_000, `the standby guest on ${h} replicating`);
       await sql('w1', `INSERT INTO zabbix.history_uint (itemid, clock, value, ns) SELECT ${ITEM}, UNIX_TIMESTAMP() - 1000 + seq, seq, 0 FROM zabbix.seq_1_to_${ROWS}`);
-      await waitFor(async () => Number(await sql(standby, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`).catch(() => '0')) === ROWS, 120_000, `the ${ROWS} rows in the standby guest's database`);
+      for (const h of ['w2', 'w3']) await waitFor(async () => (await rowsOn(h)) === ROWS, 120_000, `the ${ROWS} rows in the standby guest's database on ${h}`);
 
       const cut = Date.now();
       await lab.powerOff('w1');
       const after = await prober.waitForServer(new RegExp(`^navigator-guest (?!${primaryMac})`), 90_000);
       const outage = prober.outage(cut, after.t);
       expect(outage.recovered).toBe(true);
+      let failover: MovementRecord | undefined;
       await waitFor(async () => {
-        const res = await api<{ records: MovementRecord[] }>(c, observer, `/api/movements?service=${SERVICE}&limit=100`);
-        return (res?.records ?? []).some((m) => m.event === 'failover' && m.host === standby && m.fromHost === 'w1');
+        const res = await api<{ records: MovementRecord[] }>(c, 'w2', `/api/movements?service=${SERVICE}&limit=100`);
+        failover = (res?.records ?? []).find((m) => m.event === 'failover' && m.fromHost === 'w1' && (m.host === 'w2' || m.host === 'w3'));
+        return failover !== undefined;
       }, 300_000, 'the failover recorded');
-      const failover = (await api<{ records: MovementRecord[] }>(c, observer, `/api/movements?service=${SERVICE}&limit=100`))!.records.find((m) => m.event === 'failover' && m.host === standby)!;
+      // The standby that took over, and the one left a standby (the depot that stays up to the end).
+      const standby = failover!.host;
+      const observer = standby === 'w2' ? 'w3' : 'w2';
       // The new primary guest's database: every row written before the cut, writable, the move in its navigator_movements.
-      expect(Number(await sql(standby, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`))).toBe(ROWS);
+      expect(await rowsOn(standby)).toBe(ROWS);
       await waitFor(async () => (await sql(standby, 'SELECT @@read_only')) === '0', 60_000, 'the promoted guest database writable');
       await sql(standby, `INSERT INTO zabbix.history_uint (itemid, clock, value, ns) VALUES (${ITEM}, UNIX_TIMESTAMP(), ${ROWS + 1}, 0)`);
-      await waitFor(async () => Number(await sql(standby, `SELECT COUNT(*) FROM zabbix.navigator_movements WHERE event = 'failover' AND host = '${standby}' AND term = ${failover.term}`).catch(() => '0')) === 1, 60_000, "the failover in the new primary guest's navigator_movements");
+      await waitFor(async () => Number(await sql(standby, `SELECT COUNT(*) FROM zabbix.navigator_movements WHERE event = 'failover' AND host = '${standby}' AND term = ${failover!.term}`).catch(() => '0')) === 1, 60_000, "the failover in the new primary guest's navigator_movements");
 
-      // The new primary keeps a standby again: a guest on the third host, made a replica of the
-      // new primary guest's database (it holds the row written after the failover).
-      await waitFor(async () => (await copies(c, observer)).some((x) => x.host === observer && x.role === 'standby' && x.state === 'running'), 900_000, `a standby guest on ${observer}`);
-      await waitFor(async () => (await replicating(observer)), 600_000, `the standby guest on ${observer} replicating`);
-      await waitFor(async () => Number(await sql(observer, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`).catch(() => '0')) === ROWS + 1, 120_000, `the standby guest on ${observer} a replica of the new primary`);
+      // The other standby guest follows the new primary: re-pointed (or reseeded), it holds the
+      // row written after the failover.
+      await waitFor(async () => (await copies(c, observer)).some((x) => x.host === observer && x.role === 'standby' && x.state === 'running'), 300_000, `the guest on ${observer} still a running standby`);
+      await waitFor(async () => (await replicating(observer)) && (await rowsOn(observer)) === ROWS + 1, 600_000, `the standby guest on ${observer} a replica of the new primary`);
 
       // kill -9 of the new primary's depot while its guest keeps running: its fence guard (a
       // process of its own) pauses the guest, which stops answering within the lease.
@@ -188,15 +192,15 @@ describe('a VM-packed service through depots and pilots (QEMU guests under TCG)'
       const served = await prober.waitForServer(/^navigator-guest /, 600_000);
       await waitFor(async () => {
         const res = await api<{ records: MovementRecord[] }>(c, observer, `/api/movements?service=${SERVICE}&limit=100`);
-        return (res?.records ?? []).some((m) => m.role === 'primary' && m.term > failover.term);
+        return (res?.records ?? []).some((m) => m.role === 'primary' && m.term > failover!.term);
       }, 120_000, 'a later term recorded');
-      const later = (await api<{ records: MovementRecord[] }>(c, observer, `/api/movements?service=${SERVICE}&limit=100`))!.records.filter((m) => m.role === 'primary' && m.term > failover.term).sort((a, b) => a.time - b.time)[0]!;
+      const later = (await api<{ records: MovementRecord[] }>(c, observer, `/api/movements?service=${SERVICE}&limit=100`))!.records.filter((m) => m.role === 'primary' && m.term > failover!.term).sort((a, b) => a.time - b.time)[0]!;
       // The old guest answered on the address only after a pilot won that later term (its takeover began then).
       const wonAt = later.time - (later.timings.takeover ?? 0) - 1000;
       const early = prober.successes.filter((s) => s.server.includes(newMac) && s.start > killedAt + LEASE_MS + FENCE_SLACK_MS && s.start < wonAt);
       expect(early).toEqual([]);
       // Whoever serves now holds every row, takes writes, and the other guest (the resumed one,
-      // or the third host's) replicates them: the resumed guest is a warm standby again.
+      // or the standby that stayed) replicates them: the resumed guest is a warm standby again.
       const nowPrimary = later.host;
       expect(Number(await sql(nowPrimary, `SELECT COUNT(*) FROM zabbix.history_uint WHERE itemid = ${ITEM}`))).toBeGreaterThanOrEqual(ROWS + 1);
       await waitFor(async () => (await sql(nowPrimary, 'SELECT @@read_only').catch(() => '')) === '0', 120_000, 'the new primary guest database writable');
