@@ -32,6 +32,22 @@ export interface ScaleLabResult {
   servedAfterMassShutdown: boolean;
   survivors: string[];
   groupAtShutdown: string[];
+  /** --thread-probe: what a thread of its own beside each depot saw until the mass shutdown (null: not run). */
+  threadProbe: ThreadProbeFacts | null;
+}
+
+export interface ThreadProbeFacts {
+  /** 2 s windows reported by the probes. */
+  windows: number;
+  lateMaxMs: number;
+  lateP99Ms: number;
+  /** UDP renewals to the next 5 workstations' probes, and the time until 2 had answered. */
+  renewals: number;
+  majorityMsP50: number;
+  majorityMsP99: number;
+  majorityMsMax: number;
+  /** Renewals without 2 answers within 1500 ms. */
+  lapses: number;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -56,6 +72,40 @@ async function depotLogFacts(dir: string): Promise<DepotLogFacts> {
   }
   return facts;
 }
+/** The thread probes' reports (bench/thread-probe.ts) up to `until` (epoch ms). */
+async function threadProbeFacts(dir: string, until: number): Promise<ThreadProbeFacts> {
+  const late: number[] = [];
+  const majority: number[] = [];
+  let lapses = 0;
+  for (const f of (await readdir(dir)).filter((n) => n.includes('-thread-probe-'))) {
+    for (const line of (await readFile(join(dir, f), 'utf8')).split('\n')) {
+      if (!line.includes('"event":"thread-probe"')) continue;
+      const e = JSON.parse(line) as { at: number; lateMaxMs: number | null; majorityMs: number[]; lapses: number };
+      if (e.at > until) continue;
+      if (e.lateMaxMs !== null) late.push(e.lateMaxMs);
+      majority.push(...e.majorityMs);
+      lapses += e.lapses;
+    }
+  }
+  return {
+    windows: late.length,
+    lateMaxMs: Math.max(0, ...late),
+    lateP99Ms: Math.round(percentile(late, 99)),
+    renewals: majority.length + lapses,
+    majorityMsP50: Math.round(percentile(majority, 50)),
+    majorityMsP99: Math.round(percentile(majority, 99)),
+    majorityMsMax: Math.max(0, ...majority),
+    lapses,
+  };
+}
+
+/** A thread probe beside `host`'s depot, renewing with the next 5 workstations' probes. */
+function startThreadProbe(c: LabCluster, host: string): void {
+  const i = c.hosts.indexOf(host);
+  const peers = [1, 2, 3, 4, 5].map((k) => c.lab.host(c.hosts[(i + k) % c.hosts.length]!).ip);
+  c.lab.spawn(host, [process.execPath, '--disable-warning=ExperimentalWarning', join(import.meta.dirname, 'thread-probe.ts'), c.lab.host(host).ip, '7999', ...peers], { name: 'thread-probe' });
+}
+
 const loadedAt = Date.now();
 /** Each line with the seconds since the bench began, to line events up with the depots' logs. */
 const log = (s: string) => void process.stderr.write(`[+${Math.round((Date.now() - loadedAt) / 1000)} s] ${s}\n`);
@@ -95,13 +145,18 @@ function becamePrimary(c: LabCluster, except: string): { first: (timeoutMs: numb
   };
 }
 
-export async function scaleLab(opts: { workstations: number; primaryLosses: number; unrelatedLosses: number; batch: number; cpuHogS?: number }): Promise<ScaleLabResult> {
+export async function scaleLab(opts: { workstations: number; primaryLosses: number; unrelatedLosses: number; batch: number; cpuHogS?: number; threadProbe?: boolean }): Promise<ScaleLabResult> {
   const lab = await Lab.create({ workstations: opts.workstations });
   try {
     const t0 = Date.now();
     const c: LabCluster = await startCluster(lab, opts.workstations, { batch: opts.batch, startTimeoutMs: 120_000 });
     const startMs = Date.now() - t0;
     log(`${opts.workstations} depots started in batches of ${opts.batch} in ${startMs} ms`);
+    // Probes start before the bootstrap, so their own start (32 Node processes) is not part of
+    // what the service lives through.
+    const probe = (h: string) => opts.threadProbe && startThreadProbe(c, h);
+    for (const h of c.hosts) probe(h);
+    if (opts.threadProbe) await sleep(5000);
     await bootstrap(c, 'w1', 1);
     const prober = await Prober.start(lab, { target: c.ip, port: 7000 });
     const arp = await ArpWatch.start(lab, { address: c.ip });
@@ -111,7 +166,10 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
     const unrelatedOutagesMs: number[] = [];
     const baselineGapsMs: number[] = [];
     try {
-      await prober.waitForServer('w1', 20_000);
+      // w1 bootstrapped the service; a lease it lost at once (the cluster is busy just after the
+      // start) shows in the prober's timeline as a spurious change, it does not end the run.
+      const first = await prober.waitForServer(/./, 20_000);
+      if (first.server !== 'w1') log(`the service answers from ${first.server}, not w1 that bootstrapped it`);
       const protectedNow = async () => {
         const p = await placement(c, observer(c, []));
         return p.primary !== undefined && p.standbys.length >= 1;
@@ -157,6 +215,7 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
         await sleep(3000);
         await lab.powerOn(before.primary);
         await startDepot(c, before.primary);
+        probe(before.primary);
       }
       for (let i = 1; i <= opts.unrelatedLosses; i++) {
         await waitFor(protectedNow, 120_000, `protection before unrelated loss ${i}`);
@@ -178,6 +237,7 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
         log(`unrelated loss ${i}: ${victim}, longest gap ${Math.round(outage.outageMs)} ms (the 10 s before, no fault: ${baselineGapsMs.at(-1)} ms)`);
         await lab.powerOn(victim);
         await startDepot(c, victim);
+        probe(victim);
       }
       // Server changes (a term change that moved the service) outside the primary-loss trials.
       const timeline = prober.serverTimeline();
@@ -225,6 +285,7 @@ export async function scaleLab(opts: { workstations: number; primaryLosses: numb
         spuriousTermChanges: spurious,
         splitBrainEvents: arp.splitBrainEvents(),
         servedAfterMassShutdown: served,
+        threadProbe: opts.threadProbe ? await threadProbeFacts(join(lab.dir, 'logs'), tm) : null,
         survivors,
         groupAtShutdown: group,
       };

@@ -16,6 +16,9 @@
 // --unrelated-losses of other hosts, then all but 3 off within a minute.
 // --cpu-hog-s N (default 0: off): before the losses, a busy loop at normal priority on every core
 // for N s (the issue asks 300), counting term changes and the longest gap meanwhile.
+// --thread-probe: a tiny process beside each depot (bench/thread-probe.ts), scheduled like a
+// thread of its own, measures its timer lateness and UDP renewals among probes while the depots
+// churn: what a lease path off the depots' main threads would see (issue 14's open targets).
 //
 // Last stdout line: JSON.
 
@@ -45,6 +48,7 @@ const { values } = parseArgs({
     'unrelated-losses': { type: 'string', default: '10' },
     batch: { type: 'string', default: '4' },
     'cpu-hog-s': { type: 'string', default: '0' },
+    'thread-probe': { type: 'boolean', default: false },
   },
 });
 const sizes = values.sizes.split(',').map(Number).filter((n) => n > 0);
@@ -185,7 +189,7 @@ async function run(n: number, mode: Run['mode']): Promise<Run> {
 const labN = Number(values['lab-workstations']);
 let lab: ScaleLabResult | undefined;
 if (labN > 0) {
-  lab = await scaleLab({ workstations: labN, primaryLosses: Number(values['primary-losses']), unrelatedLosses: Number(values['unrelated-losses']), batch: Number(values.batch), cpuHogS: Number(values['cpu-hog-s']) });
+  lab = await scaleLab({ workstations: labN, primaryLosses: Number(values['primary-losses']), unrelatedLosses: Number(values['unrelated-losses']), batch: Number(values.batch), cpuHogS: Number(values['cpu-hog-s']), threadProbe: values['thread-probe'] });
 }
 
 const results: Run[] = [];
@@ -214,6 +218,8 @@ if (lab) {
   process.stdout.write(`unrelated power losses: ${lab.unrelatedOutagesMs.length}, longest gap ${sum.unrelated_outage_ms_max} ms (${lab.unrelatedOutagesMs.join(', ')}); the same windows with no fault: longest ${sum.no_fault_gap_ms_max} ms (${lab.baselineGapsMs.join(', ')})\n`);
   if (lab.cpuHog) process.stdout.write(`CPU hog: ${lab.cpuHog.hogs} busy loops (nice 0) for ${lab.cpuHog.seconds} s: ${lab.cpuHog.termChanges} term changes, longest gap ${lab.cpuHog.longestGapMs} ms\n`);
   process.stdout.write(`depots' own logs: ${lab.depotLogs.leaseLapses} lapsed leases; ${lab.depotLogs.loopStalls} event-loop stalls of 500 ms or more (longest ${lab.depotLogs.loopStallMaxMs ?? '-'} ms)\n`);
+  const tp = lab.threadProbe;
+  if (tp) process.stdout.write(`thread probes beside the depots (until the mass shutdown): timer lateness max ${tp.lateMaxMs} ms (p99 of 2 s windows ${tp.lateP99Ms} ms); ${tp.renewals} UDP renewals to 5 probes, 2 answers after p50 ${tp.majorityMsP50} / p99 ${tp.majorityMsP99} / max ${tp.majorityMsMax} ms, ${tp.lapses} without 2 answers in 1500 ms\n`);
   process.stdout.write(`spurious server changes ${lab.spuriousTermChanges}, split-brain moments ${lab.splitBrainEvents}, served after all but 3 off: ${lab.servedAfterMassShutdown} (survivors ${lab.survivors.join(', ')})\n`);
 }
 process.stdout.write(
@@ -231,6 +237,9 @@ process.stdout.write(
     voters_served_per_renewal: Object.fromEntries(sizes.map((n) => [n, group(n)?.servedPerRenewal ?? null])),
     renew_rtt_ms_p50: Object.fromEntries(sizes.map((n) => [n, group(n)?.renewRttMsP50 ?? null])),
     lease_lapses: results.reduce((a, r) => a + r.lapses, 0),
+    thread_probe: lab?.threadProbe
+      ? { late_max_ms: lab.threadProbe.lateMaxMs, late_p99_ms: lab.threadProbe.lateP99Ms, renewals: lab.threadProbe.renewals, majority_ms_p99: lab.threadProbe.majorityMsP99, majority_ms_max: lab.threadProbe.majorityMsMax, lapses: lab.threadProbe.lapses }
+      : null,
     cpu_hog: lab?.cpuHog ? { seconds: lab.cpuHog.seconds, busy_loops: lab.cpuHog.hogs, term_changes: lab.cpuHog.termChanges, longest_gap_ms: lab.cpuHog.longestGapMs } : null,
     in_process: { transport: 'memory', renewals },
   })}\n`,
