@@ -28,9 +28,15 @@ let majorityMs: number[] = [];
 let lapses = 0;
 
 socket.on('message', (buf, from) => {
-  const m = JSON.parse(buf.toString()) as { t: string; s: number };
+  let m: { t?: unknown; s?: unknown };
+  try {
+    m = JSON.parse(buf.toString()) as typeof m;
+  } catch {
+    return; // not a probe's datagram
+  }
   if (m.t === 'renew') socket.send(JSON.stringify({ t: 'ack', s: m.s }), from.port, from.address);
-  else if (m.t === 'ack') rounds.get(m.s)?.answers.push(performance.now() - rounds.get(m.s)!.at);
+  const round = m.t === 'ack' && typeof m.s === 'number' ? rounds.get(m.s) : undefined;
+  round?.answers.push(performance.now() - round.at);
 });
 socket.bind(port, self);
 

@@ -1,5 +1,5 @@
 // The VM-packed Zabbix guest image refreshed through depots (not store to store as bench:vm): two
-// depots on loopback (the receiver with its own OpenSSH sshd), the receiver holding the guest
+// depots on loopback (bench/ship-depots.ts: the receiver with its own OpenSSH sshd), the receiver holding the guest
 // image (shipped in full, as to a standby's host); the guest then boots from the image folder
 // and updates itself the way a package update does (dpkg writes each new file beside the old one
 // and renames it over: here zabbix_server, mariadbd and the guest agent's binaries, then `sync`),
@@ -8,59 +8,25 @@
 // holds. Prints one JSON line with the figures and the load average. TCG: the boot takes about a
 // minute here. Not in CI (a guest boot); run by hand:
 //   node --import tsx bench/vm-refresh.ts          (VM_REFRESH_UPDATE=0: boot and power off only)
-import { appendFile, copyFile, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdir, rm, stat } from 'node:fs/promises';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
-import { execa } from 'execa';
 import { guestImage, GUEST_APPEND } from '../lab/vm-guest.ts';
-import { startSshd } from '../lab/loopback/sshd.ts';
 import { waitFor } from '../lab/loopback/depot-procs.ts';
 import { QemuSpec } from '../depot/containers/drivers/driver.ts';
 import { QemuDriver } from '../depot/containers/drivers/qemu.ts';
-import { Depot } from '../depot/depot.ts';
-import { makeSwarmKey } from '../depot/swarm-key.ts';
-import { ImageStore } from '../depot/images/catalog.ts';
-import { ContainerManager } from '../depot/containers/manager.ts';
-import { containersPlugin } from '../plugins/containers.ts';
-import { imagesPlugin } from '../plugins/images.ts';
-import { ImageShipping } from '../ship/image-shipping.ts';
-import { ImageRefresh, sentPct } from '../pilot/image-refresh.ts';
-import { parseConfig } from '../shared/config.ts';
+import { ImageRefresh, refreshCandidates, sentPct } from '../pilot/image-refresh.ts';
 import { silentLogger } from '../shared/logger.ts';
+import { startShipDepots } from './ship-depots.ts';
 
 const MB = 1e6;
 const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
 const image = await guestImage();
-const root = await mkdtemp(join(process.env.BENCH_VM_DIR ?? '/var/tmp', 'nav-vm-refresh-'));
-const sshd = await startSshd();
-const swarmKey = makeSwarmKey();
-const depots: Depot[] = [];
+// A guest image wants a disk, not a tmpfs: the depots' folder is under /var/tmp by default.
+const pair = await startShipDepots({ prefix: 'vm-refresh', receivers: 1, service: 'zabbix', tmpRoot: process.env.BENCH_VM_DIR ?? '/var/tmp' });
+const { root, a, shipping } = pair;
+const b = pair.receivers[0]!;
 try {
-  const shipKey = join(root, 'ship_ed25519');
-  await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', shipKey]);
-  await appendFile(join(sshd.dir, 'authorized_keys'), await readFile(`${shipKey}.pub`));
-  const start = async (name: string, sshPort: number, bootstrap: string[]) => {
-    const config = parseConfig({
-      node: { name, dataDir: join(root, name) },
-      network: { listen: ['/ip4/127.0.0.1/tcp/0'], mdns: false, bootstrap },
-      membership: { heartbeatMs: 200 },
-      http: { host: '127.0.0.1', port: 0 },
-      log: { level: 'silent' },
-      ship: { sshPort, sshUser: 'root', sshKeyFile: shipKey, knownHostsFile: sshd.knownHostsFile },
-    });
-    const store = new ImageStore({ dir: config.store.dir, keepVersions: 3, blockSize: config.store.blockBytes, logger: silentLogger() });
-    const manager = new ContainerManager({ root: join(config.store.dir, 'containers'), images: store, logger: silentLogger(), statusIntervalMs: 200 });
-    const depot = new Depot({ config, log: silentLogger(), swarmKey, plugins: [imagesPlugin({ store }), containersPlugin({ manager })] });
-    await depot.start();
-    depots.push(depot);
-    return { depot, store, config };
-  };
-  const a = await start('vm-a', 22, []);
-  const b = await start('vm-b', sshd.port, [a.depot.node.getMultiaddrs()[0]!.toString()]);
-  b.depot.components.control.guard.setAuthority({ holder: async (s) => (s === 'zabbix' ? { peer: a.depot.peerId, term: 1 } : undefined) });
-  const shipping = new ImageShipping({ ship: a.config.ship, store: a.store, client: () => ({ call: (peer, method, params, opts) => a.depot.components.control.call(peer.toString(), method, params, opts) }), members: () => a.depot.membership.view(), logger: silentLogger() });
-  await waitFor('A hears B', async () => (a.depot.membership.view().some((m) => m.peerId === b.depot.peerId && m.heartbeat) ? true : undefined), 20_000);
-
   // The image folder as the admin bootstrapped it; B holds it (full ship).
   const src = join(root, 'zabbix-image');
   await mkdir(src);
@@ -95,8 +61,8 @@ try {
   const diskAfter = (await stat(join(src, 'disk.qcow2'))).size;
 
   const refresh = new ImageRefresh({
-    self: { peerId: a.depot.peerId, name: 'vm-a' },
-    candidates: () => a.depot.membership.view().map((m) => ({ peerId: m.peerId, host: m.name, state: m.state, images: m.heartbeat?.images ?? [] })),
+    self: { peerId: a.depot.peerId, name: a.config.node.name },
+    candidates: () => refreshCandidates(a.depot.membership.view()),
     pilotFor: () => ({ role: 'primary', spec: { image: v1 } }),
     runningImages: () => [v1],
     store: a.store,
@@ -130,9 +96,6 @@ try {
     loadEnd: round(loadavg()[0]!, 2),
   };
   console.log(JSON.stringify(out));
-  await shipping.stop();
 } finally {
-  for (const d of depots.reverse()) await d.stop().catch(() => undefined);
-  await sshd.stop();
-  await rm(root, { recursive: true, force: true });
+  await pair.stop();
 }

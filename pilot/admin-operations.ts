@@ -129,9 +129,10 @@ export class AdminOperations {
     const running = copies.filter((c) => c.report.role === 'standby' && c.report.state === 'running');
     // A standby whose database is not a complete copy yet cannot take the service (pilot/data-completeness.ts).
     const standbys = running.filter((c) => c.report.seeded !== false);
-    const target = args.to ? standbys.find((c) => c.host === args.to || c.peerId === args.to) : standbys.sort(byFreshness)[0];
+    const named = (c: (typeof running)[number]) => !args.to || c.host === args.to || c.peerId === args.to;
+    const target = args.to ? standbys.find(named) : standbys.sort(byFreshness)[0];
     if (!target) {
-      const unseeded = running.find((c) => c.report.seeded === false && (!args.to || c.host === args.to || c.peerId === args.to));
+      const unseeded = running.find((c) => c.report.seeded === false && named(c));
       if (unseeded) throw new NavigatorError('CONFLICT', `the standby of ${args.service} on ${unseeded.host} is not seeded yet (its database is not a complete copy of the primary's): wait until navigator status shows its sync`);
       throw new NavigatorError('NOT_FOUND', args.to ? `no running standby of ${args.service} on ${args.to}` : `service ${args.service} has no running standby`);
     }

@@ -39,6 +39,11 @@ export interface RefreshCandidate {
   images: readonly string[];
 }
 
+/** The refresh's candidates from a membership view: each depot's state and the images its heartbeat lists. */
+export function refreshCandidates(view: ReadonlyArray<{ peerId: string; name: string; state: MemberState; heartbeat?: { images: readonly string[] } | undefined }>): RefreshCandidate[] {
+  return view.map((m) => ({ peerId: m.peerId, host: m.name, state: m.state, images: m.heartbeat?.images ?? [] }));
+}
+
 /**
  * Which depots get the new version `newId`: every other alive depot holding a version the service
  * runs (`oldIds`) and not the new one yet. Those already holding it are `present`; those holding

@@ -26,7 +26,7 @@ import { parseParams } from '../shared/params.ts';
 import { RecoveryKit, RecoveryKits } from '../pilot/recovery-kits.ts';
 import { RecoveryKitSender } from '../pilot/recovery-kit-sender.ts';
 import { LastResortRunner } from '../pilot/last-resort-runner.ts';
-import { ImageRefresh, ImageRefreshRequest } from '../pilot/image-refresh.ts';
+import { ImageRefresh, ImageRefreshRequest, refreshCandidates } from '../pilot/image-refresh.ts';
 import type { ImageRefreshStatusResponse } from '../shared/api/image-refresh.ts';
 import { registerAdminPost } from '../web/admin-routes.ts';
 
@@ -169,7 +169,7 @@ class Pilots implements PilotsPlugin {
     this.operations = new AdminOperations({ self, members, control, store: init.store, containers: init.containers, supervisor: this.supervisor, logger, group: { voters: this.election.voters, preferred: this.election.preferredVoters } });
     this.refresh = new ImageRefresh({
       self,
-      candidates: () => members.view().map((m) => ({ peerId: m.peerId, host: m.name, state: m.state, images: m.heartbeat?.images ?? [] })),
+      candidates: () => refreshCandidates(members.view()),
       pilotFor: (service) => this.supervisor.pilotFor(service),
       runningImages: (service) => copiesOf(members, service).map((c) => c.report.image).filter((i) => i !== ''),
       store: init.store,

@@ -3,10 +3,10 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TokenBucket } from '../../ship/bandwidth.ts';
-import { ImageRefresh } from '../../pilot/image-refresh.ts';
+import { ImageRefresh, refreshCandidates } from '../../pilot/image-refresh.ts';
 import { StoreSection } from '../../shared/config.ts';
 import { createLogger } from '../../shared/logger.ts';
-import { startShipDepots, type ShipDepots, type ShipNode } from '../helpers/ship-depots.ts';
+import { startShipDepots, type ShipDepots, type ShipNode } from '../../bench/ship-depots.ts';
 import { waitFor } from '../../lab/loopback/depot-procs.ts';
 
 // A changed guest disk re-shipped to the depots that hold the old one, through real depots on
@@ -36,7 +36,7 @@ const qemuIo = (file: string, ...cmds: string[]) => execa('qemu-io', ['-f', 'qco
 
 beforeAll(async () => {
   const log = createLogger({ level: 'info', destination: { write: (line: string) => void logLines.push(JSON.parse(line) as Record<string, unknown>) } });
-  trio = await startShipDepots({ prefix: 'refresh', receivers: 2, blockSize: BLOCK, shippingLogger: log });
+  trio = await startShipDepots({ prefix: 'refresh', receivers: 2, blockSize: BLOCK, aShip: { requestsInFlight: 16 }, shippingLogger: log });
   ({ root, a, shipping } = trio);
   [b, c] = trio.receivers as [ShipNode, ShipNode];
 
@@ -68,7 +68,7 @@ describe('a changed guest image re-shipped to the depots holding the old one', (
     let cut = false;
     const refresh = new ImageRefresh({
       self: { peerId: a.depot.peerId, name: 'refresh-a' },
-      candidates: () => a.depot.membership.view().map((m) => ({ peerId: m.peerId, host: m.name, state: m.state, images: m.heartbeat?.images ?? [] })),
+      candidates: () => refreshCandidates(a.depot.membership.view()),
       pilotFor: () => ({ role: 'primary', spec: { image: v1 } }),
       runningImages: () => [v1],
       store: a.store,

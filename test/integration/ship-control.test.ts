@@ -6,7 +6,7 @@ import type { TransferInfo } from '../../shared/api/transfers.ts';
 import type { DepotsResponse } from '../../shared/api/depots.ts';
 import { waitFor } from '../../lab/loopback/depot-procs.ts';
 import { failure } from '../helpers/failure.ts';
-import { startShipDepots, type ShipDepots, type ShipNode } from '../helpers/ship-depots.ts';
+import { startShipDepots, type ShipDepots, type ShipNode } from '../../bench/ship-depots.ts';
 import type { TestSshd } from '../../lab/loopback/sshd.ts';
 
 // The control side of image shipping between real depots on loopback, each receiver with its own
@@ -38,7 +38,7 @@ const heartbeatOf = (from: ShipNode, of: ShipNode) => t.heartbeatOf(from, of);
 
 beforeAll(async () => {
   // A ships; its pre-staging limit is 50 % of a 32 Mb/s link = 2 MB/s, so a pre-stage takes ~3 s.
-  t = await startShipDepots({ prefix: 'ship', receivers: 2, blockSize: BLOCK, aShip: { linkMbps: 32, prestageBandwidthPct: 50 } });
+  t = await startShipDepots({ prefix: 'ship', receivers: 2, blockSize: BLOCK, aShip: { linkMbps: 32, prestageBandwidthPct: 50, requestsInFlight: 16 } });
   ({ root, knownHosts, a, shipping } = t);
   [b, c] = t.receivers as [ShipNode, ShipNode];
   [sshdB, sshdC] = t.sshds as [TestSshd, TestSshd];

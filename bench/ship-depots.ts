@@ -2,22 +2,22 @@ import { appendFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { Depot } from '../../depot/depot.ts';
-import { makeSwarmKey } from '../../depot/swarm-key.ts';
-import { ImageStore } from '../../depot/images/catalog.ts';
-import { containersPlugin } from '../../plugins/containers.ts';
-import { ContainerManager } from '../../depot/containers/manager.ts';
-import { imagesPlugin } from '../../plugins/images.ts';
-import { ImageShipping } from '../../ship/image-shipping.ts';
-import { parseConfig, type Config } from '../../shared/config.ts';
-import { silentLogger, type Logger } from '../../shared/logger.ts';
-import { startSshd, type TestSshd } from '../../lab/loopback/sshd.ts';
-import { waitFor } from '../../lab/loopback/depot-procs.ts';
+import { Depot } from '../depot/depot.ts';
+import { makeSwarmKey } from '../depot/swarm-key.ts';
+import { ImageStore } from '../depot/images/catalog.ts';
+import { containersPlugin } from '../plugins/containers.ts';
+import { ContainerManager } from '../depot/containers/manager.ts';
+import { imagesPlugin } from '../plugins/images.ts';
+import { ImageShipping } from '../ship/image-shipping.ts';
+import { parseConfig, type Config } from '../shared/config.ts';
+import { silentLogger, type Logger } from '../shared/logger.ts';
+import { startSshd, type TestSshd } from '../lab/loopback/sshd.ts';
+import { waitFor } from '../lab/loopback/depot-procs.ts';
 
-// Real depots on loopback for the shipping tests: A ships (the pilots'
+// Real depots on loopback for the shipping tests and bench:vm-refresh: A ships (the pilots'
 // ImageShipping), the receivers B (and C) each sit behind their own OpenSSH sshd that accepts A's
 // key, with A's known_hosts naming them all. No pilots run: the receivers are told that A holds the
-// lease of service `svc` (term 1), as their voters would.
+// lease of the service (term 1), as their voters would.
 
 export interface ShipNode {
   depot: Depot;
@@ -44,14 +44,18 @@ export interface ShipDepotsOptions {
   receivers: number;
   /** Store block size (default: the store's). */
   blockSize?: number;
-  /** Extra `ship` config of A (bandwidth limits). */
+  /** Extra `ship` config of A (bandwidth limits, requests in flight). */
   aShip?: Record<string, unknown>;
+  /** The service whose lease A holds on the receivers (default `svc`). */
+  service?: string;
+  /** Folder the depots' temporary folder is made in (default: the OS's; a guest image wants a disk, not a tmpfs). */
+  tmpRoot?: string;
   shippingLogger?: Logger;
 }
 
 export async function startShipDepots(o: ShipDepotsOptions): Promise<ShipDepots> {
   const swarmKey = makeSwarmKey();
-  const root = await mkdtemp(join(tmpdir(), `nav-${o.prefix}-`));
+  const root = await mkdtemp(join(o.tmpRoot ?? tmpdir(), `nav-${o.prefix}-`));
   const sshds = await Promise.all(Array.from({ length: o.receivers }, () => startSshd()));
   // One shipping key, authorized on every receiver's sshd.
   const shipKey = join(root, 'ship_ed25519');
@@ -68,7 +72,7 @@ export async function startShipDepots(o: ShipDepotsOptions): Promise<ShipDepots>
       membership: { heartbeatMs: 200 },
       http: { host: '127.0.0.1', port: 0 },
       log: { level: 'silent' },
-      ship: { sshPort, sshUser: 'root', sshKeyFile: shipKey, knownHostsFile: knownHosts, requestsInFlight: 16, ...ship },
+      ship: { sshPort, sshUser: 'root', sshKeyFile: shipKey, knownHostsFile: knownHosts, ...ship },
     });
     // The images plugin starts and stops the store.
     const store = new ImageStore({ dir: config.store.dir, keepVersions: 3, blockSize: o.blockSize ?? config.store.blockBytes, logger: silentLogger() });
@@ -84,7 +88,7 @@ export async function startShipDepots(o: ShipDepotsOptions): Promise<ShipDepots>
   const boot = [a.depot.node.getMultiaddrs()[0]!.toString()];
   const receivers: ShipNode[] = [];
   for (const [i, s] of sshds.entries()) receivers.push(await startNode(`${o.prefix}-${String.fromCharCode(98 + i)}`, s.port, boot));
-  for (const n of receivers) n.depot.components.control.guard.setAuthority({ holder: async (s) => (s === 'svc' ? { peer: a.depot.peerId, term: 1 } : undefined) });
+  for (const n of receivers) n.depot.components.control.guard.setAuthority({ holder: async (s) => (s === (o.service ?? 'svc') ? { peer: a.depot.peerId, term: 1 } : undefined) });
   const shipping = new ImageShipping({
     ship: a.config.ship,
     store: a.store,
