@@ -27,6 +27,8 @@ export class QmpClient {
   private readonly pending = new Map<string, Pending>();
   private greeting: ((v: unknown) => void) | undefined;
   private closedError: Error | undefined;
+  /** Agent connections: a guest-sync in flight, and the id it must echo. */
+  private syncing: { token: number; done: () => void; fail: (err: Error) => void } | undefined;
   readonly events: QmpEvent[] = [];
 
   private constructor(private readonly socket: Socket) {
@@ -49,6 +51,12 @@ export class QmpClient {
         socket.once('connect', () => resolve());
         socket.once('error', reject);
       });
+      try {
+        await client.syncAgent(timeoutMs);
+      } catch (err) {
+        socket.destroy();
+        throw err;
+      }
       return client;
     }
     const timer = setTimeout(() => socket.destroy(new NavigatorError('TIMEOUT', `no QMP greeting on ${path} within ${timeoutMs} ms`)), timeoutMs);
@@ -66,6 +74,36 @@ export class QmpClient {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /**
+   * The guest agent's channel outlives a connection: a reply to an earlier connection's command
+   * (one that timed out, or whose client closed first) can still be in it, and the agent does not
+   * echo ids, so it would be taken as the answer to this connection's first command. guest-sync
+   * with a fresh random id, and every line before its echo dropped, starts the channel clean.
+   */
+  private syncAgent(timeoutMs: number): Promise<void> {
+    const token = Math.floor(Math.random() * 2 ** 31);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.syncing = undefined;
+        reject(new NavigatorError('TIMEOUT', `guest agent: no answer to guest-sync within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.syncing = {
+        token,
+        done: () => {
+          clearTimeout(timer);
+          this.syncing = undefined;
+          resolve();
+        },
+        fail: (err) => {
+          clearTimeout(timer);
+          this.syncing = undefined;
+          reject(err);
+        },
+      };
+      this.socket.write(`${JSON.stringify({ execute: 'guest-sync', arguments: { id: token } })}\n`);
+    });
   }
 
   /** Run one command; resolves with its "return" value, rejects with its "error". */
@@ -113,6 +151,10 @@ export class QmpClient {
       this.greeting = undefined;
       return;
     }
+    if (this.syncing) {
+      if (msg.return === this.syncing.token) this.syncing.done();
+      return;
+    }
     if (typeof msg.event === 'string') {
       this.events.push(msg as unknown as QmpEvent);
       if (this.events.length > 100) this.events.shift();
@@ -134,6 +176,7 @@ export class QmpClient {
 
   private fail(err: Error): void {
     if (!this.closedError) this.closedError = err;
+    this.syncing?.fail(err);
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
       p.reject(err);
